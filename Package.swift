@@ -1,0 +1,80 @@
+// swift-tools-version:6.2
+import PackageDescription
+
+let package = Package(
+    name: "meshtrace",
+    platforms: [.macOS(.v15)],
+    products: [
+        .executable(name: "meshtrace-collector", targets: ["meshtrace-collector"]),
+        .executable(name: "meshtrace", targets: ["meshtrace"]),
+        .library(name: "Collector", targets: ["Collector"]),
+        .library(name: "MeshSim", targets: ["MeshSim"]),
+    ],
+    dependencies: [
+        .package(url: "https://github.com/apple/swift-protobuf", exact: "1.39.0"),
+        .package(url: "https://github.com/grpc/grpc-swift-2", exact: "2.4.3"),
+        .package(url: "https://github.com/grpc/grpc-swift-protobuf", exact: "2.4.1"),
+        .package(url: "https://github.com/hummingbird-project/hummingbird", from: "2.28.1", traits: []),
+        .package(url: "https://github.com/apple/swift-argument-parser", from: "1.8.2"),
+        .package(url: "https://github.com/apple/swift-log", from: "1.16.2"),
+        .package(url: "https://github.com/apple/swift-nio", from: "2.101.2"),
+        .package(url: "https://github.com/swift-server/async-http-client", from: "1.37.0"),
+        .package(url: "https://github.com/swift-server/swift-service-lifecycle", from: "2.13.0"),
+    ],
+    targets: [
+        // C shims over the system compression libraries (Debian: libzstd-dev, liblz4-dev).
+        .systemLibrary(name: "CZstd", pkgConfig: "libzstd", providers: [.apt(["libzstd-dev"])]),
+        .systemLibrary(name: "CLZ4", pkgConfig: "liblz4", providers: [.apt(["liblz4-dev"])]),
+
+        .target(name: "Compression", dependencies: ["CZstd", "CLZ4"]),
+        .target(name: "MeshCore"),
+        .target(
+            name: "OTLPWire",
+            dependencies: [
+                "MeshCore",
+                .product(name: "SwiftProtobuf", package: "swift-protobuf"),
+                .product(name: "GRPCCore", package: "grpc-swift-2"),
+                .product(name: "GRPCProtobuf", package: "grpc-swift-protobuf"),
+            ]
+        ),
+        .target(name: "SegmentStore", dependencies: ["MeshCore", "Compression", "OTLPWire"]),
+        .target(name: "QueryEngine", dependencies: ["SegmentStore", "MeshCore", "OTLPWire"]),
+        .target(name: "MeshSim", dependencies: ["MeshCore", "OTLPWire"]),
+        .target(
+            name: "Collector",
+            dependencies: [
+                "SegmentStore", "QueryEngine", "OTLPWire", "MeshCore",
+                .product(name: "Hummingbird", package: "hummingbird"),
+                .product(name: "Logging", package: "swift-log"),
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "NIOPosix", package: "swift-nio"),
+                .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
+            ]
+        ),
+        .executableTarget(
+            name: "meshtrace-collector",
+            dependencies: [
+                "Collector",
+                .product(name: "ArgumentParser", package: "swift-argument-parser"),
+                .product(name: "Logging", package: "swift-log"),
+            ]
+        ),
+        .executableTarget(
+            name: "meshtrace",
+            dependencies: [
+                "Collector", "QueryEngine", "SegmentStore", "MeshSim", "OTLPWire", "MeshCore",
+                .product(name: "ArgumentParser", package: "swift-argument-parser"),
+                .product(name: "AsyncHTTPClient", package: "async-http-client"),
+                .product(name: "Logging", package: "swift-log"),
+            ]
+        ),
+        .testTarget(
+            name: "MeshtraceTests",
+            dependencies: [
+                "Compression", "MeshCore", "OTLPWire", "SegmentStore", "QueryEngine", "MeshSim", "Collector",
+                .product(name: "SwiftProtobuf", package: "swift-protobuf"),
+            ],
+            resources: [.copy("Fixtures")]
+        ),
+    ]
+)

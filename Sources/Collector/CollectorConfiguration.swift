@@ -1,0 +1,41 @@
+import SegmentStore
+
+/// A host and port to listen on; port 0 picks a free port.
+public struct ListenAddress: Sendable, Equatable, CustomStringConvertible {
+    public var host: String
+    public var port: Int
+
+    public init(host: String, port: Int) {
+        self.host = host
+        self.port = port
+    }
+
+    /// Parses `host:port`, `:port` (loopback) or `[v6]:port`; nil when malformed.
+    public init?(_ text: String) {
+        guard let colon = text.lastIndex(of: ":"), let port = Int(text[text.index(after: colon)...]),
+              (0...65535).contains(port) else { return nil }
+        var host = String(text[..<colon])
+        if host.hasPrefix("[") && host.hasSuffix("]") { host = String(host.dropFirst().dropLast()) }
+        self.init(host: host.isEmpty ? "127.0.0.1" : host, port: port)
+    }
+
+    public var description: String { host.contains(":") ? "[\(host)]:\(port)" : "\(host):\(port)" }
+}
+
+/// Everything the collector needs to run.
+public struct CollectorConfiguration: Sendable {
+    /// Where OTLP/HTTP is served (`POST /v1/traces`).
+    public var otlpHTTP = ListenAddress(host: "127.0.0.1", port: 4318)
+    /// Where the query API is served.
+    public var query = ListenAddress(host: "127.0.0.1", port: 16686)
+    /// The span store's layout and sealing policy.
+    public var store: SpanStore.Configuration
+    /// Largest OTLP/HTTP request body accepted, in bytes (OTLP recommends 20 MiB).
+    public var maxRequestBodyBytes = 20 << 20
+    /// How often the head block is checked for sealing by age.
+    public var sealCheckInterval: Duration = .seconds(1)
+
+    public init(dataDirectory: String = "./meshtrace-data") {
+        store = SpanStore.Configuration(dataDirectory: dataDirectory)
+    }
+}

@@ -1,0 +1,117 @@
+import Hummingbird
+import Logging
+import NIOCore
+import SegmentStore
+import ServiceLifecycle
+
+/// The collector: OTLP/HTTP receiver, query API and span store, run together.
+public struct CollectorServer: Sendable {
+    /// Which listener a bound address belongs to.
+    public enum Endpoint: String, Sendable {
+        case otlpHTTP = "otlp-http"
+        case query = "query"
+    }
+
+    public let configuration: CollectorConfiguration
+    public let logger: Logger
+
+    public init(configuration: CollectorConfiguration, logger: Logger = Logger(label: "meshtrace.collector")) {
+        self.configuration = configuration
+        self.logger = logger
+    }
+
+    /// Opens the store and serves until SIGINT/SIGTERM (when `handleSignals`) or until
+    /// `shutdown` is triggered; then stops accepting, and seals the head block.
+    ///
+    /// - Parameter onListening: called once per listener with the port it bound.
+    public func run(
+        handleSignals: Bool = true,
+        shutdown: ShutdownTrigger? = nil,
+        onListening: @escaping @Sendable (Endpoint, ListenAddress) -> Void = { _, _ in }
+    ) async throws {
+        let store = try SpanStore(configuration: configuration.store)
+        for problem in store.problems {
+            logger.warning("store problem", metadata: ["problem": "\(problem)"])
+        }
+
+        let ingestRouter = Router()
+        OTLPHTTPReceiver(store: store, maxBodyBytes: configuration.maxRequestBodyBytes, logger: logger)
+            .register(on: ingestRouter)
+        let queryRouter = Router()
+        QueryAPI(store: store).register(on: queryRouter)
+
+        let ingest = Application(
+            router: ingestRouter,
+            configuration: .init(address: .hostname(configuration.otlpHTTP.host, port: configuration.otlpHTTP.port)),
+            onServerRunning: { channel in
+                onListening(.otlpHTTP, ListenAddress(host: configuration.otlpHTTP.host, port: channel.localAddress?.port ?? 0))
+            },
+            logger: logger)
+        let query = Application(
+            router: queryRouter,
+            configuration: .init(address: .hostname(configuration.query.host, port: configuration.query.port)),
+            onServerRunning: { channel in
+                onListening(.query, ListenAddress(host: configuration.query.host, port: channel.localAddress?.port ?? 0))
+            },
+            logger: logger)
+        let sealer = SealService(store: store, interval: configuration.sealCheckInterval, logger: logger)
+
+        let group = ServiceGroup(configuration: .init(
+            services: [sealer, ingest, query],
+            gracefulShutdownSignals: handleSignals ? [.sigterm, .sigint] : [],
+            logger: logger))
+        if let shutdown { shutdown.attach(group) }
+        try await group.run()
+    }
+}
+
+/// Lets code outside `run` ask a running collector to shut down gracefully.
+public final class ShutdownTrigger: Sendable {
+    private let group = Mutex<ServiceGroup?>(nil)
+    private let requested = Mutex(false)
+
+    public init() {}
+
+    func attach(_ serviceGroup: ServiceGroup) {
+        group.withLock { $0 = serviceGroup }
+        if requested.withLock({ $0 }) {
+            Task { await serviceGroup.triggerGracefulShutdown() }
+        }
+    }
+
+    /// Starts a graceful shutdown: listeners close, then the head block is sealed.
+    public func trigger() async {
+        requested.withLock { $0 = true }
+        if let serviceGroup = group.withLock({ $0 }) {
+            await serviceGroup.triggerGracefulShutdown()
+        }
+    }
+}
+
+import Synchronization
+
+/// Seals the head block when it is due, and once more at shutdown. Services in a
+/// group stop in reverse order, so this one (first) stops after the listeners.
+struct SealService: Service {
+    let store: SpanStore
+    let interval: Duration
+    let logger: Logger
+
+    func run() async throws {
+        while !Task.isShuttingDownGracefully && !Task.isCancelled {
+            try? await Task.sleep(for: interval)
+            do {
+                try store.sealIfDue()
+            } catch {
+                logger.error("sealing failed; spans stay in the WAL", metadata: ["error": "\(error)"])
+            }
+            if Task.isShuttingDownGracefully { break }
+        }
+        do {
+            try store.seal()
+            logger.info("sealed the head block at shutdown")
+        } catch {
+            logger.error("sealing at shutdown failed; spans stay in the WAL", metadata: ["error": "\(error)"])
+        }
+    }
+}

@@ -1,0 +1,122 @@
+import Foundation
+import Hummingbird
+import Logging
+import NIOCore
+import NIOPosix
+import OTLPWire
+import SegmentStore
+import SwiftProtobuf
+
+/// OTLP/HTTP: `POST /v1/traces` with a protobuf or JSON `ExportTraceServiceRequest`.
+///
+/// The response is sent only once the accepted spans are durable in the WAL.
+/// Errors follow the OTLP specification: a 4xx whose body is a `google.rpc.Status`,
+/// encoded like the request (JSON for anything that is not protobuf).
+struct OTLPHTTPReceiver: Sendable {
+    let store: SpanStore
+    let maxBodyBytes: Int
+    let logger: Logger
+
+    enum Encoding {
+        case protobuf
+        case json
+
+        var contentType: String {
+            switch self {
+            case .protobuf: return "application/x-protobuf"
+            case .json: return "application/json"
+            }
+        }
+    }
+
+    func register(on router: Router<BasicRequestContext>) {
+        router.post("/v1/traces") { request, context in
+            await exportTraces(request)
+        }
+    }
+
+    func exportTraces(_ request: Request) async -> Response {
+        let contentType = request.headers[.contentType]?
+            .split(separator: ";").first?.trimmingCharacters(in: .whitespaces).lowercased() ?? ""
+        let encoding: Encoding
+        switch contentType {
+        case "application/x-protobuf", "application/protobuf": encoding = .protobuf
+        case "application/json": encoding = .json
+        default:
+            return failure(.unsupportedMediaType, code: 3, encoding: .json,
+                           "unsupported content type \(contentType.isEmpty ? "(none)" : contentType.debugDescription); send application/x-protobuf or application/json")
+        }
+        if let contentEncoding = request.headers[.contentEncoding]?.lowercased(), contentEncoding != "identity" {
+            return failure(.unsupportedMediaType, code: 3, encoding: encoding,
+                           "unsupported content encoding \(contentEncoding.debugDescription); send the body uncompressed")
+        }
+
+        let body: ByteBuffer
+        do {
+            body = try await request.body.collect(upTo: maxBodyBytes)
+        } catch {
+            return failure(.contentTooLarge, code: 8, encoding: encoding,
+                           "request body exceeds the limit of \(maxBodyBytes) bytes")
+        }
+        guard body.readableBytes > 0 else {
+            return failure(.badRequest, code: 3, encoding: encoding, "empty request body; expected an ExportTraceServiceRequest")
+        }
+        let bytes = Array(body.readableBytesView)
+
+        let exportRequest: ExportTraceServiceRequest
+        let walBytes: [UInt8]
+        do {
+            switch encoding {
+            case .protobuf:
+                exportRequest = try ExportTraceServiceRequest(serializedBytes: bytes)
+                walBytes = bytes
+            case .json:
+                exportRequest = try OTLPJSON.decode(ExportTraceServiceRequest.self, from: bytes)
+                walBytes = try exportRequest.serializedBytes()
+            }
+        } catch {
+            return failure(.badRequest, code: 3, encoding: encoding, "malformed ExportTraceServiceRequest: \(error)")
+        }
+
+        let outcome: IngestOutcome
+        do {
+            let store = self.store
+            outcome = try await NIOThreadPool.singleton.runIfActive {
+                try store.append(exportRequest, encoded: walBytes)
+            }
+        } catch {
+            logger.error("cannot store spans", metadata: ["error": "\(error)"])
+            return failure(.serviceUnavailable, code: 14, encoding: encoding,
+                           "the collector cannot write to its store: \(error)", retryAfterSeconds: 5)
+        }
+
+        var response = ExportTraceServiceResponse()
+        if outcome.rejected > 0 {
+            response.partialSuccess.rejectedSpans = Int64(outcome.rejected)
+            response.partialSuccess.errorMessage = outcome.firstRejection ?? "spans rejected"
+        }
+        return message(response, status: .ok, encoding: encoding)
+    }
+
+    private func failure(
+        _ status: HTTPResponse.Status, code: Int32, encoding: Encoding, _ text: String, retryAfterSeconds: Int? = nil
+    ) -> Response {
+        var rpcStatus = RPCStatus()
+        rpcStatus.code = code
+        rpcStatus.message = text
+        var response = message(rpcStatus, status: status, encoding: encoding)
+        if let retryAfterSeconds { response.headers[.retryAfter] = String(retryAfterSeconds) }
+        return response
+    }
+
+    private func message(_ message: some SwiftProtobuf.Message, status: HTTPResponse.Status, encoding: Encoding) -> Response {
+        let bytes: [UInt8]
+        switch encoding {
+        case .protobuf: bytes = (try? message.serializedBytes()) ?? []
+        case .json: bytes = (try? Array(OTLPJSON.encode(message))) ?? Array("{}".utf8)
+        }
+        return Response(
+            status: status, headers: [.contentType: encoding.contentType],
+            body: ResponseBody(byteBuffer: ByteBuffer(bytes: bytes)))
+    }
+}

@@ -1,0 +1,280 @@
+/// The kind of a span, with OTLP's numbering.
+public enum SpanKind: UInt8, Sendable, CaseIterable {
+    case unspecified = 0
+    case `internal` = 1
+    case server = 2
+    case client = 3
+    case producer = 4
+    case consumer = 5
+
+    /// The lower-case name Jaeger and the CLI print (`server`, `client`, …).
+    public var name: String {
+        switch self {
+        case .unspecified: return "unspecified"
+        case .internal: return "internal"
+        case .server: return "server"
+        case .client: return "client"
+        case .producer: return "producer"
+        case .consumer: return "consumer"
+        }
+    }
+}
+
+/// The status of a span, with OTLP's numbering.
+public enum StatusCode: UInt8, Sendable {
+    case unset = 0
+    case ok = 1
+    case error = 2
+
+    public var name: String {
+        switch self {
+        case .unset: return "UNSET"
+        case .ok: return "OK"
+        case .error: return "ERROR"
+        }
+    }
+}
+
+/// A resource (the pod or process that emitted spans) as the store keeps it.
+public struct ResourceEntry: Hashable, Sendable {
+    /// The resource's `service.name`, or `unknown_service` when it has none.
+    public var serviceName: String
+    /// The OTLP `ResourceSpans` message with its resource and schema URL but no spans, protobuf-encoded.
+    public var encoded: [UInt8]
+
+    public init(serviceName: String, encoded: [UInt8]) {
+        self.serviceName = serviceName
+        self.encoded = encoded
+    }
+}
+
+/// Spans held column by column: the unit that flows from the receivers into the
+/// head block, and from segments out to queries.
+///
+/// Every column has one element per span. Resources and instrumentation scopes are
+/// interned in tables that rows point into.
+public struct SpanBatch: Sendable {
+    public var traceIDs: [TraceID] = []
+    public var spanIDs: [SpanID] = []
+    /// `.zero` for a root span.
+    public var parentSpanIDs: [SpanID] = []
+    public var names: [String] = []
+    public var kinds: [SpanKind] = []
+    /// Nanoseconds since the Unix epoch.
+    public var startTimes: [UInt64] = []
+    /// Nanoseconds since the Unix epoch.
+    public var endTimes: [UInt64] = []
+    public var statusCodes: [StatusCode] = []
+    public var statusMessages: [String] = []
+    /// `http.response.status_code` of the span, 0 when it has none.
+    public var httpStatusCodes: [UInt16] = []
+    /// Index into `resources`.
+    public var resourceIndices: [UInt32] = []
+    /// Index into `scopes`.
+    public var scopeIndices: [UInt32] = []
+    /// The span's attributes as an OTLP `KeyValueList`, protobuf-encoded.
+    public var attributes: [[UInt8]] = []
+    /// The rest of the OTLP span — trace state, flags, events, links, dropped counts —
+    /// as a protobuf-encoded OTLP `Span` holding only those fields; empty when all are unset.
+    public var extras: [[UInt8]] = []
+
+    /// Distinct resources, referenced by `resourceIndices`.
+    public private(set) var resources: [ResourceEntry] = []
+    /// Distinct scopes as protobuf-encoded OTLP `ScopeSpans` messages without spans.
+    public private(set) var scopes: [[UInt8]] = []
+    private var resourceLookup: [ResourceEntry: UInt32] = [:]
+    private var scopeLookup: [[UInt8]: UInt32] = [:]
+
+    public init() {}
+
+    /// Number of spans.
+    public var count: Int { traceIDs.count }
+
+    public var isEmpty: Bool { traceIDs.isEmpty }
+
+    /// Returns the index of `resource` in the resource table, adding it if new.
+    public mutating func intern(resource: ResourceEntry) -> UInt32 {
+        if let index = resourceLookup[resource] { return index }
+        let index = UInt32(resources.count)
+        resources.append(resource)
+        resourceLookup[resource] = index
+        return index
+    }
+
+    /// Returns the index of `scope` in the scope table, adding it if new.
+    public mutating func intern(scope: [UInt8]) -> UInt32 {
+        if let index = scopeLookup[scope] { return index }
+        let index = UInt32(scopes.count)
+        scopes.append(scope)
+        scopeLookup[scope] = index
+        return index
+    }
+
+    /// The service that emitted the span at `row`.
+    public func serviceName(at row: Int) -> String {
+        resources[Int(resourceIndices[row])].serviceName
+    }
+
+    /// Duration of the span at `row`, in nanoseconds (0 if it ends before it starts).
+    public func duration(at row: Int) -> UInt64 {
+        endTimes[row] >= startTimes[row] ? endTimes[row] - startTimes[row] : 0
+    }
+
+    /// One span's fields, for appending a row.
+    public struct Row: Sendable {
+        public var traceID: TraceID
+        public var spanID: SpanID
+        public var parentSpanID: SpanID
+        public var name: String
+        public var kind: SpanKind
+        public var startTime: UInt64
+        public var endTime: UInt64
+        public var statusCode: StatusCode
+        public var statusMessage: String
+        public var httpStatusCode: UInt16
+        public var resourceIndex: UInt32
+        public var scopeIndex: UInt32
+        public var attributes: [UInt8]
+        public var extras: [UInt8]
+
+        public init(
+            traceID: TraceID, spanID: SpanID, parentSpanID: SpanID, name: String, kind: SpanKind,
+            startTime: UInt64, endTime: UInt64, statusCode: StatusCode, statusMessage: String,
+            httpStatusCode: UInt16, resourceIndex: UInt32, scopeIndex: UInt32,
+            attributes: [UInt8], extras: [UInt8]
+        ) {
+            self.traceID = traceID
+            self.spanID = spanID
+            self.parentSpanID = parentSpanID
+            self.name = name
+            self.kind = kind
+            self.startTime = startTime
+            self.endTime = endTime
+            self.statusCode = statusCode
+            self.statusMessage = statusMessage
+            self.httpStatusCode = httpStatusCode
+            self.resourceIndex = resourceIndex
+            self.scopeIndex = scopeIndex
+            self.attributes = attributes
+            self.extras = extras
+        }
+    }
+
+    /// Appends one span; its resource and scope indices must point into this batch's tables.
+    public mutating func append(_ row: Row) {
+        precondition(Int(row.resourceIndex) < resources.count && Int(row.scopeIndex) < scopes.count,
+                     "row refers to a resource or scope outside this batch")
+        traceIDs.append(row.traceID)
+        spanIDs.append(row.spanID)
+        parentSpanIDs.append(row.parentSpanID)
+        names.append(row.name)
+        kinds.append(row.kind)
+        startTimes.append(row.startTime)
+        endTimes.append(row.endTime)
+        statusCodes.append(row.statusCode)
+        statusMessages.append(row.statusMessage)
+        httpStatusCodes.append(row.httpStatusCode)
+        resourceIndices.append(row.resourceIndex)
+        scopeIndices.append(row.scopeIndex)
+        attributes.append(row.attributes)
+        extras.append(row.extras)
+    }
+
+    /// The span at `index`, with indices into this batch's tables.
+    public func row(_ index: Int) -> Row {
+        Row(
+            traceID: traceIDs[index], spanID: spanIDs[index], parentSpanID: parentSpanIDs[index],
+            name: names[index], kind: kinds[index], startTime: startTimes[index], endTime: endTimes[index],
+            statusCode: statusCodes[index], statusMessage: statusMessages[index],
+            httpStatusCode: httpStatusCodes[index], resourceIndex: resourceIndices[index],
+            scopeIndex: scopeIndices[index], attributes: attributes[index], extras: extras[index])
+    }
+
+    /// Appends the rows of `other` at `indices` (all of them when nil), re-interning
+    /// their resources and scopes into this batch's tables.
+    public mutating func append(contentsOf other: SpanBatch, rows indices: [Int]? = nil) {
+        let resourceMap = other.resources.map { intern(resource: $0) }
+        let scopeMap = other.scopes.map { intern(scope: $0) }
+        for index in indices ?? Array(0..<other.count) {
+            var row = other.row(index)
+            row.resourceIndex = resourceMap[Int(row.resourceIndex)]
+            row.scopeIndex = scopeMap[Int(row.scopeIndex)]
+            append(row)
+        }
+    }
+
+    /// The batch with its rows ordered by trace id, then start time, then span id.
+    public func sortedByTrace() -> SpanBatch {
+        let order = (0..<count).sorted { a, b in
+            if traceIDs[a] != traceIDs[b] { return traceIDs[a] < traceIDs[b] }
+            if startTimes[a] != startTimes[b] { return startTimes[a] < startTimes[b] }
+            return spanIDs[a] < spanIDs[b]
+        }
+        var sorted = SpanBatch()
+        sorted.reserveCapacity(count)
+        sorted.append(contentsOf: self, rows: order)
+        return sorted
+    }
+
+    /// Reserves room for `capacity` spans in every column.
+    public mutating func reserveCapacity(_ capacity: Int) {
+        traceIDs.reserveCapacity(capacity)
+        spanIDs.reserveCapacity(capacity)
+        parentSpanIDs.reserveCapacity(capacity)
+        names.reserveCapacity(capacity)
+        kinds.reserveCapacity(capacity)
+        startTimes.reserveCapacity(capacity)
+        endTimes.reserveCapacity(capacity)
+        statusCodes.reserveCapacity(capacity)
+        statusMessages.reserveCapacity(capacity)
+        httpStatusCodes.reserveCapacity(capacity)
+        resourceIndices.reserveCapacity(capacity)
+        scopeIndices.reserveCapacity(capacity)
+        attributes.reserveCapacity(capacity)
+        extras.reserveCapacity(capacity)
+    }
+
+    /// Rows whose trace id is `traceID`.
+    public func rows(of traceID: TraceID) -> [Int] {
+        traceIDs.indices.filter { traceIDs[$0] == traceID }
+    }
+
+    /// Builds a batch directly from columns and tables, as a segment reader does.
+    /// Returns nil if the columns differ in length or a row points outside a table.
+    public static func assemble(
+        traceIDs: [TraceID], spanIDs: [SpanID], parentSpanIDs: [SpanID], names: [String],
+        kinds: [SpanKind], startTimes: [UInt64], endTimes: [UInt64], statusCodes: [StatusCode],
+        statusMessages: [String], httpStatusCodes: [UInt16], resourceIndices: [UInt32],
+        scopeIndices: [UInt32], attributes: [[UInt8]], extras: [[UInt8]],
+        resources: [ResourceEntry], scopes: [[UInt8]]
+    ) -> SpanBatch? {
+        let count = traceIDs.count
+        let lengths = [spanIDs.count, parentSpanIDs.count, names.count, kinds.count, startTimes.count,
+                       endTimes.count, statusCodes.count, statusMessages.count, httpStatusCodes.count,
+                       resourceIndices.count, scopeIndices.count, attributes.count, extras.count]
+        guard lengths.allSatisfy({ $0 == count }),
+              resourceIndices.allSatisfy({ Int($0) < resources.count }),
+              scopeIndices.allSatisfy({ Int($0) < scopes.count })
+        else { return nil }
+        var batch = SpanBatch()
+        batch.traceIDs = traceIDs
+        batch.spanIDs = spanIDs
+        batch.parentSpanIDs = parentSpanIDs
+        batch.names = names
+        batch.kinds = kinds
+        batch.startTimes = startTimes
+        batch.endTimes = endTimes
+        batch.statusCodes = statusCodes
+        batch.statusMessages = statusMessages
+        batch.httpStatusCodes = httpStatusCodes
+        batch.resourceIndices = resourceIndices
+        batch.scopeIndices = scopeIndices
+        batch.attributes = attributes
+        batch.extras = extras
+        for resource in resources { _ = batch.intern(resource: resource) }
+        for scope in scopes { _ = batch.intern(scope: scope) }
+        // Duplicate table entries would collapse on interning and shift indices.
+        guard batch.resources.count == resources.count, batch.scopes.count == scopes.count else { return nil }
+        return batch
+    }
+}

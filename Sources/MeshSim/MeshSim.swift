@@ -1,0 +1,276 @@
+import Foundation
+import MeshCore
+import OTLPWire
+
+/// Deterministic mesh traffic: for a seed, the same requests, spans and ground truth.
+///
+/// Every hop of a request yields a CLIENT span from the caller's sidecar and a
+/// SERVER span, its child, from the callee's sidecar, with Envoy-like attributes.
+/// The entry service's SERVER span is the root. Latencies are log-normal with a
+/// heavy tail; a configurable share of hops fail with a 5xx.
+public struct MeshSim: Sendable {
+    /// How traffic is generated.
+    public struct Configuration: Sendable {
+        public var seed: UInt64 = 42
+        /// Share of hops that fail with a 5xx, 0…1.
+        public var errorRate: Double = 0.01
+        /// Share of a service's own work times that are multiplied 5–20× (the heavy tail).
+        public var tailProbability: Double = 0.01
+
+        public init(seed: UInt64 = 42, errorRate: Double = 0.01) {
+            self.seed = seed
+            self.errorRate = errorRate
+        }
+    }
+
+    /// A span and the pod whose sidecar emitted it.
+    public struct EmittedSpan: Sendable {
+        public var pod: Int
+        public var span: OTLPSpan
+    }
+
+    public let configuration: Configuration
+    public let mesh: Mesh
+    /// What the generated traffic holds, for tests to compare against.
+    public private(set) var truth = GroundTruth()
+    private var random: SeededGenerator
+
+    public init(configuration: Configuration = Configuration()) {
+        self.configuration = configuration
+        mesh = Mesh.standard(seed: configuration.seed)
+        random = SeededGenerator(seed: configuration.seed)
+    }
+
+    /// Generates one request entering the mesh at `startTime` (nanoseconds since the epoch),
+    /// and returns its spans.
+    public mutating func request(at startTime: UInt64) -> [EmittedSpan] {
+        let traceID = TraceID(high: random.next(), low: random.next() | 1)
+        let requestID = uuid()
+        var spans: [EmittedSpan] = []
+        let entryPod = pick(mesh.services[mesh.entry].pods)
+        _ = serve(
+            service: mesh.entry, pod: entryPod, callerPod: nil, parent: .zero, traceID: traceID,
+            start: startTime, requestID: requestID, failed: random.chance(configuration.errorRate),
+            spans: &spans)
+        truth.requests += 1
+        truth.spans += spans.count
+        return spans
+    }
+
+    /// Serves a request at `pod`; appends the SERVER span and everything below it.
+    /// Returns the SERVER span's end time.
+    private mutating func serve(
+        service: Int, pod: Int, callerPod: Int?, parent: SpanID, traceID: TraceID, start: UInt64,
+        requestID: String, failed: Bool, spans: inout [EmittedSpan]
+    ) -> (end: UInt64, route: Mesh.Route, path: String, status: Int, flags: String, responseBytes: Int64) {
+        let definition = mesh.services[service]
+        let spanID = nextSpanID()
+        var ownWork = random.logNormal(median: definition.medianMilliseconds * 1e6, sigma: 0.45)
+        if random.chance(configuration.tailProbability) { ownWork *= 5 + 15 * random.unit() }
+        var cursor = start + UInt64(ownWork * 0.3)
+
+        for call in definition.calls where random.chance(call.probability) {
+            let calleePod = pick(mesh.services[call.callee].pods)
+            cursor = self.call(from: service, pod: pod, to: call.callee, calleePod: calleePod, parent: spanID,
+                               traceID: traceID, start: cursor, requestID: requestID, spans: &spans)
+            cursor += UInt64(random.logNormal(median: 50_000, sigma: 0.3))
+        }
+        let end = cursor + UInt64(ownWork * 0.7)
+
+        let route = definition.routes[random.int(in: 0...(definition.routes.count - 1))]
+        let path = route.template.replacingOccurrences(of: "{id}", with: String(random.int(in: 1...99_999)))
+        let status = failed ? (random.chance(0.6) ? 503 : 500) : (route.method == "POST" ? 201 : 200)
+        let flags = failed && status == 503 ? "UF" : "-"
+        let responseBytes = Int64(random.logNormal(median: 2_000, sigma: 1.0))
+
+        var span = OTLPSpan()
+        span.traceID = Data(traceID.bytes)
+        span.spanID = Data(spanID.bytes)
+        span.parentSpanID = Data(parent.bytes)
+        span.name = "\(route.method) \(route.template)"
+        span.kind = .server
+        span.startTimeUnixNano = start
+        span.endTimeUnixNano = end
+        span.flags = 0x101
+        span.attributes = [
+            KeyValue("http.request.method", route.method),
+            KeyValue("url.path", path),
+            KeyValue("http.response.status_code", Int64(status)),
+            KeyValue("upstream_cluster", "inbound|\(definition.port)||"),
+            KeyValue("peer.address", callerPod.map { "\(mesh.pods[$0].address):\(40000 + random.int(in: 0...20000))" } ?? "203.0.113.\(random.int(in: 1...254)):443"),
+            KeyValue("user_agent.original", callerPod.map { mesh.services[mesh.pods[$0].service].userAgent } ?? definition.userAgent),
+            KeyValue("http.request.body.size", Int64(route.method == "POST" ? Int(random.logNormal(median: 600, sigma: 0.8)) : 0)),
+            KeyValue("http.response.body.size", responseBytes),
+            KeyValue("response_flags", flags),
+            KeyValue("guid:x-request-id", requestID),
+            KeyValue("component", "proxy"),
+        ]
+        if failed {
+            span.status.code = .error
+        }
+        spans.append(EmittedSpan(pod: pod, span: span))
+        return (end, route, path, status, flags, responseBytes)
+    }
+
+    /// One hop: a CLIENT span at the caller's pod around the callee's SERVER span.
+    /// Returns the CLIENT span's end time.
+    private mutating func call(
+        from caller: Int, pod: Int, to callee: Int, calleePod: Int, parent: SpanID, traceID: TraceID,
+        start: UInt64, requestID: String, spans: inout [EmittedSpan]
+    ) -> UInt64 {
+        let spanID = nextSpanID()
+        let network = UInt64(random.logNormal(median: 300_000, sigma: 0.35))
+        let failed = random.chance(configuration.errorRate)
+        let served = serve(
+            service: callee, pod: calleePod, callerPod: pod, parent: spanID, traceID: traceID,
+            start: start + network / 2, requestID: requestID, failed: failed, spans: &spans)
+        let end = served.end + network - network / 2
+
+        var span = OTLPSpan()
+        span.traceID = Data(traceID.bytes)
+        span.spanID = Data(spanID.bytes)
+        span.parentSpanID = Data(parent.bytes)
+        span.name = "\(served.route.method) \(served.route.template)"
+        span.kind = .client
+        span.startTimeUnixNano = start
+        span.endTimeUnixNano = end
+        span.flags = 0x101
+        let calleeService = mesh.services[callee]
+        span.attributes = [
+            KeyValue("http.request.method", served.route.method),
+            KeyValue("url.path", served.path),
+            KeyValue("http.response.status_code", Int64(served.status)),
+            KeyValue("upstream_cluster", "outbound|\(calleeService.port)||\(mesh.host(of: callee))"),
+            KeyValue("peer.address", "\(mesh.pods[calleePod].address):\(calleeService.port)"),
+            KeyValue("peer.service", calleeService.name),
+            KeyValue("user_agent.original", mesh.services[caller].userAgent),
+            KeyValue("http.response.body.size", served.responseBytes),
+            KeyValue("response_flags", served.flags),
+            KeyValue("guid:x-request-id", requestID),
+            KeyValue("component", "proxy"),
+        ]
+        if failed {
+            span.status.code = .error
+        }
+        spans.append(EmittedSpan(pod: pod, span: span))
+        truth.record(edge: GroundTruth.Edge(source: mesh.services[caller].name, target: calleeService.name),
+                     duration: end - start, failed: failed)
+        return end
+    }
+
+    /// Groups spans by the pod that emitted them into OTLP export requests, one
+    /// `ResourceSpans` per pod, at most `maxSpansPerRequest` spans per request.
+    public func exportRequests(_ spans: [EmittedSpan], maxSpansPerRequest: Int = 512) -> [ExportTraceServiceRequest] {
+        var byPod: [Int: [OTLPSpan]] = [:]
+        var podOrder: [Int] = []
+        for emitted in spans {
+            if byPod[emitted.pod] == nil { podOrder.append(emitted.pod) }
+            byPod[emitted.pod, default: []].append(emitted.span)
+        }
+        var requests: [ExportTraceServiceRequest] = []
+        for pod in podOrder {
+            let podSpans = byPod[pod]!
+            var offset = 0
+            while offset < podSpans.count {
+                let chunk = podSpans[offset..<min(offset + maxSpansPerRequest, podSpans.count)]
+                offset += chunk.count
+                var scopeSpans = ScopeSpans()
+                scopeSpans.scope.name = "meshtrace.sidecar"
+                scopeSpans.scope.version = "0.1.0"
+                scopeSpans.spans = Array(chunk)
+                var resourceSpans = ResourceSpans()
+                resourceSpans.resource = resource(of: pod)
+                resourceSpans.scopeSpans = [scopeSpans]
+                var request = ExportTraceServiceRequest()
+                request.resourceSpans = [resourceSpans]
+                requests.append(request)
+            }
+        }
+        return requests
+    }
+
+    /// The OTLP resource of a pod's sidecar.
+    public func resource(of pod: Int) -> OTLPResource {
+        let definition = mesh.pods[pod]
+        let service = mesh.services[definition.service]
+        var resource = OTLPResource()
+        resource.attributes = [
+            KeyValue("service.name", service.name),
+            KeyValue("service.version", service.version),
+            KeyValue("service.namespace", service.namespace),
+            KeyValue("k8s.namespace.name", service.namespace),
+            KeyValue("k8s.pod.name", definition.name),
+            KeyValue("k8s.node.name", definition.node),
+            KeyValue("k8s.deployment.name", service.name),
+            KeyValue("cloud.availability_zone", definition.zone),
+            KeyValue("telemetry.sdk.name", "meshtrace-sim"),
+        ]
+        return resource
+    }
+
+    private mutating func pick(_ options: [Int]) -> Int {
+        options[random.int(in: 0...(options.count - 1))]
+    }
+
+    private mutating func nextSpanID() -> SpanID {
+        SpanID(random.next() | 1)
+    }
+
+    private mutating func uuid() -> String {
+        let high = random.next()
+        let low = random.next()
+        let hex = TraceID(high: high, low: low).hex
+        let characters = Array(hex)
+        return String(characters[0..<8]) + "-" + String(characters[8..<12]) + "-" + String(characters[12..<16])
+            + "-" + String(characters[16..<20]) + "-" + String(characters[20..<32])
+    }
+}
+
+/// What MeshSim generated, computed from its own model rather than from the spans.
+public struct GroundTruth: Sendable, Equatable {
+    /// A caller → callee pair of services.
+    public struct Edge: Hashable, Sendable, Comparable {
+        public var source: String
+        public var target: String
+
+        public init(source: String, target: String) {
+            self.source = source
+            self.target = target
+        }
+
+        public static func < (lhs: Edge, rhs: Edge) -> Bool { (lhs.source, lhs.target) < (rhs.source, rhs.target) }
+    }
+
+    /// Requests, failures and exact latencies over one edge.
+    public struct EdgeStats: Sendable, Equatable {
+        public var requests = 0
+        public var errors = 0
+        /// Client-side durations, in nanoseconds, in generation order.
+        public var durations: [UInt64] = []
+
+        /// The exact nearest-rank percentile (`q` in 0…1), in nanoseconds.
+        public func percentile(_ q: Double) -> UInt64 {
+            let sorted = durations.sorted()
+            guard !sorted.isEmpty else { return 0 }
+            let rank = Int((q * Double(sorted.count)).rounded(.up))
+            return sorted[min(max(rank, 1), sorted.count) - 1]
+        }
+    }
+
+    /// Requests that entered the mesh.
+    public var requests = 0
+    /// Spans emitted.
+    public var spans = 0
+    public var edges: [Edge: EdgeStats] = [:]
+
+    /// Hops per request, on average.
+    public var hopsPerRequest: Double {
+        requests == 0 ? 0 : Double(edges.values.reduce(0) { $0 + $1.requests }) / Double(requests)
+    }
+
+    mutating func record(edge: Edge, duration: UInt64, failed: Bool) {
+        edges[edge, default: EdgeStats()].requests += 1
+        if failed { edges[edge]!.errors += 1 }
+        edges[edge]!.durations.append(duration)
+    }
+}

@@ -1,0 +1,217 @@
+import Compression
+import MeshCore
+
+/// Reads a sealed v1 segment: its footer on open, columns on demand.
+public struct SegmentReader: Sendable {
+    /// Path of the segment file.
+    public let path: String
+    public let footer: SegmentFooter
+    /// Size of the file, in bytes.
+    public let fileSize: Int
+
+    /// Opens `path` and checks its header, trailer and footer checksum.
+    public init(path: String) throws(StoreError) {
+        self.path = path
+        let size = try FileIO.size(path)
+        fileSize = size
+        let minimum = SegmentFormatV1.headerMagic.count + SegmentFormatV1.trailerSize
+        guard size >= minimum else {
+            throw .corruptSegment(file: path, reason: "file is \(size) bytes, shorter than an empty segment")
+        }
+        let header = try FileIO.readRange(path, offset: 0, count: SegmentFormatV1.headerMagic.count)
+        guard header.starts(with: SegmentFormatV1.headerMagic.prefix(6)) else {
+            throw .corruptSegment(file: path, reason: "missing header magic")
+        }
+        let trailer = try FileIO.readRange(path, offset: size - SegmentFormatV1.trailerSize, count: SegmentFormatV1.trailerSize)
+        guard Array(trailer[8..<16]) == SegmentFormatV1.trailerMagic else {
+            throw .corruptSegment(file: path, reason: "missing trailer magic (file truncated?)")
+        }
+        var trailerReader = ByteReader(trailer)
+        let footerLength: Int
+        let footerChecksum: UInt32
+        do {
+            footerLength = Int(try trailerReader.readUInt32())
+            footerChecksum = try trailerReader.readUInt32()
+        } catch {
+            throw .corruptSegment(file: path, reason: "unreadable trailer")
+        }
+        guard footerLength <= size - minimum else {
+            throw .corruptSegment(file: path, reason: "footer length \(footerLength) exceeds the file")
+        }
+        let footerBytes = try FileIO.readRange(path, offset: size - SegmentFormatV1.trailerSize - footerLength, count: footerLength)
+        guard CRC32C.checksum(footerBytes) == footerChecksum else {
+            throw .corruptSegment(file: path, reason: "footer checksum mismatch")
+        }
+        let footer: SegmentFooter
+        do {
+            footer = try SegmentFooter.decode(footerBytes, fileSize: size)
+        } catch {
+            throw .corruptSegment(file: path, reason: "footer does not decode: \(error)")
+        }
+        guard footer.version == SegmentFormatV1.version else {
+            throw .unsupportedVersion(file: path, version: footer.version)
+        }
+        for chunk in footer.columns where chunk.offset + chunk.compressedSize > size - SegmentFormatV1.trailerSize - footerLength {
+            throw .corruptColumn(file: path, column: chunk.column, reason: "chunk extends past the footer")
+        }
+        self.footer = footer
+    }
+
+    /// The decompressed bytes of one column, after checking its checksum.
+    public func columnBytes(_ column: SegmentFormatV1.Column) throws(StoreError) -> [UInt8] {
+        guard let chunk = footer.columns.first(where: { $0.column == column.rawValue }) else {
+            throw .corruptColumn(file: path, column: column.rawValue, reason: "column missing from footer")
+        }
+        let compressed = try FileIO.readRange(path, offset: chunk.offset, count: chunk.compressedSize)
+        guard compressed.count == chunk.compressedSize else {
+            throw .corruptColumn(file: path, column: column.rawValue, reason: "chunk is truncated")
+        }
+        guard CRC32C.checksum(compressed) == chunk.checksum else {
+            throw .corruptColumn(file: path, column: column.rawValue, reason: "checksum mismatch")
+        }
+        let raw: [UInt8]
+        do {
+            raw = try Zstd.decompress(compressed, maxSize: chunk.rawSize)
+        } catch {
+            throw .corruptColumn(file: path, column: column.rawValue, reason: "\(error)")
+        }
+        guard raw.count == chunk.rawSize else {
+            throw .corruptColumn(file: path, column: column.rawValue, reason: "decompressed to \(raw.count) bytes, footer says \(chunk.rawSize)")
+        }
+        return raw
+    }
+
+    /// The trace id of every row, in row order (sorted).
+    public func traceIDs() throws(StoreError) -> [TraceID] {
+        let bytes = try columnBytes(.traceID)
+        let rows = footer.spanCount
+        guard bytes.count == rows * 16 else {
+            throw .corruptColumn(file: path, column: SegmentFormatV1.Column.traceID.rawValue, reason: "expected \(rows * 16) bytes")
+        }
+        return (0..<rows).map { row in TraceID(bytes: bytes[row * 16..<row * 16 + 16])! }
+    }
+
+    /// The rows of `traceID`, found by binary search over the sorted trace id column.
+    public func rows(of traceID: TraceID) throws(StoreError) -> Range<Int> {
+        guard footer.spanCount > 0, traceID >= footer.minTraceID, traceID <= footer.maxTraceID else { return 0..<0 }
+        let ids = try traceIDs()
+        var low = 0
+        var high = ids.count
+        while low < high {
+            let middle = (low + high) / 2
+            if ids[middle] < traceID { low = middle + 1 } else { high = middle }
+        }
+        var end = low
+        while end < ids.count && ids[end] == traceID { end += 1 }
+        return low..<end
+    }
+
+    /// Every row of the segment, decoded.
+    public func readBatch() throws(StoreError) -> SpanBatch {
+        let rows = footer.spanCount
+        func fail(_ column: SegmentFormatV1.Column, _ reason: String) -> StoreError {
+            .corruptColumn(file: path, column: column.rawValue, reason: reason)
+        }
+        let traceIDs = try traceIDs()
+        let spanIDs = try fixed64(.spanID, rows: rows)
+        let parents = try fixed64(.parentSpanID, rows: rows)
+
+        var names: [String] = []
+        var kinds: [SpanKind] = []
+        var statusCodes: [StatusCode] = []
+        var startTimes: [UInt64] = []
+        var endTimes: [UInt64] = []
+        var messages: [String] = []
+        var httpCodes: [UInt16] = []
+        var resources: [ResourceEntry] = []
+        var resourceIndices: [UInt32] = []
+        var scopes: [[UInt8]] = []
+        var scopeIndices: [UInt32] = []
+        var attributes: [[UInt8]] = []
+        var extras: [[UInt8]] = []
+        var current = SegmentFormatV1.Column.name
+        do {
+            var reader = ByteReader(try columnBytes(.name))
+            var dictionary: [String] = []
+            for _ in 0..<(try reader.readCount(limit: reader.remaining)) { dictionary.append(try reader.readString()) }
+            for _ in 0..<rows {
+                let index = try reader.readCount(limit: dictionary.count - 1)
+                names.append(dictionary[index])
+            }
+
+            current = .kind
+            let kindBytes = try columnBytes(.kind)
+            current = .statusCode
+            let statusBytes = try columnBytes(.statusCode)
+            guard kindBytes.count == rows, statusBytes.count == rows else {
+                throw ByteReaderError.invalidLength(offset: 0, length: UInt64(kindBytes.count))
+            }
+            kinds = kindBytes.map { SpanKind(rawValue: $0) ?? .unspecified }
+            statusCodes = statusBytes.map { StatusCode(rawValue: $0) ?? .unset }
+
+            current = .startTime
+            reader = ByteReader(try columnBytes(.startTime))
+            var previous: UInt64 = 0
+            for _ in 0..<rows {
+                previous = previous &+ UInt64(bitPattern: try reader.readSignedVarint())
+                startTimes.append(previous)
+            }
+            current = .duration
+            reader = ByteReader(try columnBytes(.duration))
+            for row in 0..<rows {
+                endTimes.append(startTimes[row] &+ UInt64(bitPattern: try reader.readSignedVarint()))
+            }
+            current = .statusMessage
+            reader = ByteReader(try columnBytes(.statusMessage))
+            for _ in 0..<rows { messages.append(try reader.readString()) }
+            current = .httpStatusCode
+            reader = ByteReader(try columnBytes(.httpStatusCode))
+            for _ in 0..<rows { httpCodes.append(UInt16(try reader.readCount(limit: 999))) }
+
+            current = .resource
+            reader = ByteReader(try columnBytes(.resource))
+            let resourceCount = try reader.readCount(limit: reader.remaining)
+            for _ in 0..<resourceCount {
+                let service = try reader.readString()
+                resources.append(ResourceEntry(serviceName: service, encoded: Array(try reader.readLengthPrefixed())))
+            }
+            for _ in 0..<rows { resourceIndices.append(UInt32(try reader.readCount(limit: max(0, resourceCount - 1)))) }
+
+            current = .scope
+            reader = ByteReader(try columnBytes(.scope))
+            let scopeCount = try reader.readCount(limit: reader.remaining)
+            for _ in 0..<scopeCount { scopes.append(Array(try reader.readLengthPrefixed())) }
+            for _ in 0..<rows { scopeIndices.append(UInt32(try reader.readCount(limit: max(0, scopeCount - 1)))) }
+
+            current = .attributes
+            reader = ByteReader(try columnBytes(.attributes))
+            for _ in 0..<rows { attributes.append(Array(try reader.readLengthPrefixed())) }
+            current = .extras
+            reader = ByteReader(try columnBytes(.extras))
+            for _ in 0..<rows { extras.append(Array(try reader.readLengthPrefixed())) }
+        } catch let error as StoreError {
+            throw error
+        } catch {
+            throw fail(current, "\(error)")
+        }
+        guard let batch = SpanBatch.assemble(
+            traceIDs: traceIDs, spanIDs: spanIDs, parentSpanIDs: parents, names: names, kinds: kinds,
+            startTimes: startTimes, endTimes: endTimes, statusCodes: statusCodes, statusMessages: messages,
+            httpStatusCodes: httpCodes, resourceIndices: resourceIndices, scopeIndices: scopeIndices,
+            attributes: attributes, extras: extras, resources: resources, scopes: scopes)
+        else {
+            throw .corruptSegment(file: path, reason: "columns disagree on the number of rows")
+        }
+        return batch
+    }
+
+    private func fixed64(_ column: SegmentFormatV1.Column, rows: Int) throws(StoreError) -> [SpanID] {
+        let bytes = try columnBytes(column)
+        guard bytes.count == rows * 8 else {
+            throw .corruptColumn(file: path, column: column.rawValue, reason: "expected \(rows * 8) bytes, found \(bytes.count)")
+        }
+        return (0..<rows).map { row in
+            SpanID(bytes[row * 8..<row * 8 + 8].reduce(UInt64(0)) { $0 << 8 | UInt64($1) })
+        }
+    }
+}

@@ -1,0 +1,151 @@
+#if canImport(Glibc)
+import Glibc
+#elseif canImport(Musl)
+import Musl
+#elseif canImport(Darwin)
+import Darwin
+#endif
+
+/// Thin POSIX file helpers with typed errors; the store needs fsync and rename
+/// semantics that Foundation does not promise.
+enum FileIO {
+    static func makeDirectory(_ path: String) throws(StoreError) {
+        var components: [String] = []
+        for part in path.split(separator: "/", omittingEmptySubsequences: false) {
+            components.append(String(part))
+            let prefix = components.joined(separator: "/")
+            if prefix.isEmpty { continue }
+            if mkdir(prefix, 0o755) != 0 && errno != EEXIST {
+                throw .io(path: prefix, operation: "mkdir", errno: errno)
+            }
+        }
+    }
+
+    static func exists(_ path: String) -> Bool {
+        access(path, F_OK) == 0
+    }
+
+    /// Names of the entries in `directory`, sorted.
+    static func list(_ directory: String) throws(StoreError) -> [String] {
+        guard let handle = opendir(directory) else {
+            throw .io(path: directory, operation: "opendir", errno: errno)
+        }
+        defer { closedir(handle) }
+        var names: [String] = []
+        while let entry = readdir(handle) {
+            let name = withUnsafePointer(to: entry.pointee.d_name) {
+                $0.withMemoryRebound(to: CChar.self, capacity: Int(NAME_MAX) + 1) { String(cString: $0) }
+            }
+            if name != "." && name != ".." { names.append(name) }
+        }
+        return names.sorted()
+    }
+
+    static func readAll(_ path: String) throws(StoreError) -> [UInt8] {
+        let fd = open(path, O_RDONLY | O_CLOEXEC)
+        guard fd >= 0 else { throw .io(path: path, operation: "open", errno: errno) }
+        defer { close(fd) }
+        var info = stat()
+        guard fstat(fd, &info) == 0 else { throw .io(path: path, operation: "stat", errno: errno) }
+        return try read(fd: fd, path: path, offset: 0, count: Int(info.st_size))
+    }
+
+    static func size(_ path: String) throws(StoreError) -> Int {
+        var info = stat()
+        guard stat(path, &info) == 0 else { throw .io(path: path, operation: "stat", errno: errno) }
+        return Int(info.st_size)
+    }
+
+    static func read(fd: Int32, path: String, offset: Int, count: Int) throws(StoreError) -> [UInt8] {
+        var buffer = [UInt8](repeating: 0, count: count)
+        var done = 0
+        while done < count {
+            let got = buffer.withUnsafeMutableBytes { raw in
+                pread(fd, raw.baseAddress! + done, count - done, off_t(offset + done))
+            }
+            if got < 0 {
+                if errno == EINTR { continue }
+                throw .io(path: path, operation: "read", errno: errno)
+            }
+            if got == 0 { break }
+            done += got
+        }
+        if done < count { buffer.removeSubrange(done...) }
+        return buffer
+    }
+
+    static func readRange(_ path: String, offset: Int, count: Int) throws(StoreError) -> [UInt8] {
+        let fd = open(path, O_RDONLY | O_CLOEXEC)
+        guard fd >= 0 else { throw .io(path: path, operation: "open", errno: errno) }
+        defer { close(fd) }
+        return try read(fd: fd, path: path, offset: offset, count: count)
+    }
+
+    static func writeAll(fd: Int32, path: String, _ bytes: [UInt8]) throws(StoreError) {
+        var done = 0
+        while done < bytes.count {
+            let wrote = bytes.withUnsafeBytes { raw in
+                write(fd, raw.baseAddress! + done, bytes.count - done)
+            }
+            if wrote < 0 {
+                if errno == EINTR { continue }
+                throw .io(path: path, operation: "write", errno: errno)
+            }
+            done += wrote
+        }
+    }
+
+    static func sync(fd: Int32, path: String) throws(StoreError) {
+        guard fsync(fd) == 0 else { throw .io(path: path, operation: "fsync", errno: errno) }
+    }
+
+    static func syncDirectory(_ path: String) throws(StoreError) {
+        let fd = open(path, O_RDONLY | O_DIRECTORY | O_CLOEXEC)
+        guard fd >= 0 else { throw .io(path: path, operation: "open", errno: errno) }
+        defer { close(fd) }
+        try sync(fd: fd, path: path)
+    }
+
+    /// Writes `bytes` to `path` atomically: a temporary file, fsync, rename, fsync of the folder.
+    static func writeAtomically(_ bytes: [UInt8], to path: String) throws(StoreError) {
+        let temporary = path + ".tmp"
+        let fd = open(temporary, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0o644)
+        guard fd >= 0 else { throw .io(path: temporary, operation: "create", errno: errno) }
+        do {
+            try writeAll(fd: fd, path: temporary, bytes)
+            try sync(fd: fd, path: temporary)
+        } catch {
+            close(fd)
+            unlink(temporary)
+            throw error
+        }
+        close(fd)
+        guard rename(temporary, path) == 0 else {
+            let code = errno
+            unlink(temporary)
+            throw .io(path: path, operation: "rename", errno: code)
+        }
+        try syncDirectory(directory(of: path))
+    }
+
+    static func remove(_ path: String) throws(StoreError) {
+        if unlink(path) != 0 && errno != ENOENT { throw .io(path: path, operation: "unlink", errno: errno) }
+    }
+
+    static func move(_ from: String, to: String) throws(StoreError) {
+        guard rename(from, to) == 0 else { throw .io(path: from, operation: "rename", errno: errno) }
+    }
+
+    static func truncate(_ path: String, to length: Int) throws(StoreError) {
+        let fd = open(path, O_WRONLY | O_CLOEXEC)
+        guard fd >= 0 else { throw .io(path: path, operation: "open", errno: errno) }
+        defer { close(fd) }
+        guard ftruncate(fd, off_t(length)) == 0 else { throw .io(path: path, operation: "truncate", errno: errno) }
+        try sync(fd: fd, path: path)
+    }
+
+    static func directory(of path: String) -> String {
+        guard let slash = path.lastIndex(of: "/") else { return "." }
+        return slash == path.startIndex ? "/" : String(path[..<slash])
+    }
+}

@@ -1,0 +1,231 @@
+import Compression
+import Foundation
+import MeshCore
+import OTLPWire
+import Synchronization
+
+/// The span store of one data directory: a write-ahead log, an in-memory head
+/// block, and sealed segments.
+///
+/// Spans are acknowledged only once their WAL record is fsynced. The head block is
+/// sealed into a segment when it reaches `maxHeadSpans` or `maxHeadAge`, or when
+/// asked (at shutdown). A crash at any instant leaves a store that reopens with
+/// every acknowledged span exactly once: a segment records the last WAL file it
+/// covers, and reopening replays only the WAL files after it.
+public final class SpanStore: Sendable {
+    /// How the store is laid out and when it seals.
+    public struct Configuration: Sendable {
+        /// The data directory; `wal/` and `segments/` live inside it.
+        public var dataDirectory: String
+        /// Seal the head block once it holds this many spans.
+        public var maxHeadSpans: Int = 200_000
+        /// Seal the head block once its oldest span arrived this long ago.
+        public var maxHeadAge: Duration = .seconds(300)
+        /// zstd level for column chunks.
+        public var compressionLevel: Int32 = Zstd.defaultLevel
+        /// Open without writing anything (for `meshtrace … --data-dir` next to a running collector).
+        public var readOnly: Bool = false
+
+        public init(dataDirectory: String) {
+            self.dataDirectory = dataDirectory
+        }
+    }
+
+    /// Something found wrong while opening the store; the rest stays usable.
+    public struct Problem: Sendable, CustomStringConvertible {
+        public var file: String
+        public var reason: String
+        public var description: String { "\(file): \(reason)" }
+    }
+
+    /// What queries read: the head block, blocks being sealed, and sealed segments.
+    public struct Snapshot: Sendable {
+        /// Spans not yet in a segment.
+        public var unsealed: [SpanBatch]
+        public var segments: [SegmentReader]
+    }
+
+    public let configuration: Configuration
+    /// Problems found when the store was opened.
+    public let problems: [Problem]
+
+    private struct State: Sendable {
+        var head = SpanBatch()
+        /// When the first span of the head block arrived.
+        var headSince: ContinuousClock.Instant?
+        /// Blocks taken from the head whose segment is being written.
+        var sealing: [SpanBatch] = []
+        var segments: [SegmentReader] = []
+    }
+
+    private let state: Mutex<State>
+    /// The log; its lock also orders WAL appends with head swaps.
+    private let wal: Mutex<WriteAheadLog?>
+    /// Held while a seal runs, so seals never overlap.
+    private let sealLock = Mutex(())
+
+    private var walDirectory: String { configuration.dataDirectory + "/wal" }
+    private var segmentDirectory: String { configuration.dataDirectory + "/segments" }
+
+    /// Opens (or creates) the store, replaying the WAL into the head block.
+    public init(configuration: Configuration) throws(StoreError) {
+        self.configuration = configuration
+        let walDirectory = configuration.dataDirectory + "/wal"
+        let segmentDirectory = configuration.dataDirectory + "/segments"
+        if !configuration.readOnly {
+            try FileIO.makeDirectory(walDirectory)
+            try FileIO.makeDirectory(segmentDirectory)
+        }
+        var problems: [Problem] = []
+        var state = State()
+
+        var coveredSequence: UInt64 = 0
+        if FileIO.exists(segmentDirectory) {
+            for name in try FileIO.list(segmentDirectory) {
+                let path = segmentDirectory + "/" + name
+                if name.hasSuffix(".tmp") {
+                    if !configuration.readOnly { try FileIO.remove(path) }
+                    continue
+                }
+                guard name.hasSuffix(SegmentFormatV1.fileExtension) else {
+                    problems.append(Problem(file: path, reason: "not a segment file; ignored"))
+                    continue
+                }
+                do {
+                    let reader = try SegmentReader(path: path)
+                    coveredSequence = max(coveredSequence, reader.footer.walSequence)
+                    state.segments.append(reader)
+                } catch {
+                    problems.append(Problem(file: path, reason: "\(error); skipped"))
+                }
+            }
+        }
+
+        var lastSequence = coveredSequence
+        if FileIO.exists(walDirectory) {
+            for name in try FileIO.list(walDirectory) {
+                guard let sequence = WriteAheadLog.sequence(fromFileName: name) else { continue }
+                let path = walDirectory + "/" + name
+                lastSequence = max(lastSequence, sequence)
+                if sequence <= coveredSequence {
+                    if !configuration.readOnly { try FileIO.remove(path) }
+                    continue
+                }
+                let replay = try WriteAheadLog.replay(path: path)
+                for record in replay.records where record.type == .traceExport {
+                    guard let request = try? ExportTraceServiceRequest(serializedBytes: Array(record.body)) else {
+                        problems.append(Problem(file: path, reason: "a record holds an undecodable request; skipped"))
+                        continue
+                    }
+                    state.head.append(request)
+                }
+                if let damage = replay.damage {
+                    problems.append(Problem(file: path, reason: "\(damage); \(replay.damagedTailBytes) trailing bytes ignored"))
+                    if !configuration.readOnly { try FileIO.truncate(path, to: replay.validLength) }
+                }
+            }
+        }
+        if !state.head.isEmpty { state.headSince = .now }
+        self.state = Mutex(state)
+        self.problems = problems
+        if configuration.readOnly {
+            wal = Mutex(nil)
+        } else {
+            wal = Mutex(try WriteAheadLog(directory: walDirectory, sequence: lastSequence + 1))
+        }
+    }
+
+    /// Makes the valid spans of `request` durable and queryable.
+    ///
+    /// - Parameter encoded: the request's protobuf bytes, as logged in the WAL.
+    /// - Returns: how many spans were accepted and refused. Nothing is logged when
+    ///   every span is refused.
+    public func append(_ request: ExportTraceServiceRequest, encoded: [UInt8]) throws(StoreError) -> IngestOutcome {
+        var batch = SpanBatch()
+        let outcome = batch.append(request)
+        guard outcome.accepted > 0 else { return outcome }
+        try wal.withLock { (log: inout WriteAheadLog?) throws(StoreError) in
+            guard let log else { throw .readOnly }
+            try log.append(type: .traceExport, body: encoded)
+            state.withLock { state in
+                if state.head.isEmpty { state.headSince = .now }
+                state.head.append(contentsOf: batch)
+            }
+        }
+        return outcome
+    }
+
+    /// Whether the head block has reached its size or age limit.
+    public var headIsDue: Bool {
+        state.withLock { state in
+            guard let since = state.headSince, !state.head.isEmpty else { return false }
+            return state.head.count >= configuration.maxHeadSpans || since.duration(to: .now) >= configuration.maxHeadAge
+        }
+    }
+
+    /// Seals the head block into a segment if it is due.
+    public func sealIfDue() throws {
+        if headIsDue { try seal() }
+    }
+
+    /// Seals whatever the head block holds into a new segment, then drops the WAL
+    /// files it covers. Does nothing when the head block is empty.
+    public func seal() throws {
+        try sealLock.withLock { _ in
+            let taken: (SpanBatch, UInt64)? = try wal.withLock { (log: inout WriteAheadLog?) throws -> (SpanBatch, UInt64)? in
+                guard let log else { throw StoreError.readOnly }
+                return try state.withLock { (state: inout State) throws -> (SpanBatch, UInt64)? in
+                    guard !state.head.isEmpty else { return nil }
+                    let sequence = log.sequence
+                    try log.rotate()
+                    let batch = state.head
+                    state.head = SpanBatch()
+                    state.headSince = nil
+                    state.sealing.append(batch)
+                    return (batch, sequence)
+                }
+            }
+            guard let (batch, sequence) = taken else { return }
+            let name = WriteAheadLog.fileName(sequence: sequence)
+                .replacingOccurrences(of: "wal-", with: "seg-")
+                .replacingOccurrences(of: ".log", with: SegmentFormatV1.fileExtension)
+            let path = segmentDirectory + "/" + name
+            do {
+                try SegmentWriter.write(batch, walSequence: sequence, to: path, level: configuration.compressionLevel)
+                let reader = try SegmentReader(path: path)
+                state.withLock { state in
+                    state.sealing.removeFirst()
+                    state.segments.append(reader)
+                }
+            } catch {
+                // The WAL still holds these spans; put them back so they stay
+                // queryable and are sealed with the next block.
+                state.withLock { state in
+                    state.sealing.removeFirst()
+                    var restored = batch
+                    restored.append(contentsOf: state.head)
+                    state.head = restored
+                    state.headSince = state.headSince ?? .now
+                }
+                throw error
+            }
+            for file in try FileIO.list(walDirectory) {
+                if let walSequence = WriteAheadLog.sequence(fromFileName: file), walSequence <= sequence {
+                    try FileIO.remove(walDirectory + "/" + file)
+                }
+            }
+        }
+    }
+
+    /// The current head, blocks being sealed, and segments, for a query to read.
+    public func snapshot() -> Snapshot {
+        state.withLock { state in
+            Snapshot(unsealed: state.sealing + (state.head.isEmpty ? [] : [state.head]), segments: state.segments)
+        }
+    }
+
+    /// Number of spans in the head block and blocks being sealed.
+    public var unsealedSpanCount: Int {
+        state.withLock { state in state.head.count + state.sealing.reduce(0) { $0 + $1.count } }
+    }
+}

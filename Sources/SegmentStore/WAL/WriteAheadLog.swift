@@ -1,0 +1,169 @@
+#if canImport(Glibc)
+import Glibc
+#elseif canImport(Musl)
+import Musl
+#elseif canImport(Darwin)
+import Darwin
+#endif
+import Compression
+import MeshCore
+
+/// The write-ahead log: numbered files of checksummed, LZ4-compressed records.
+///
+/// A file starts with the 8-byte magic `MTWAL\0\0\u{1}`. Each record is
+/// `magic u32 | payload length u32 | CRC32C(payload) u32 | payload`, all
+/// little-endian, where the payload is one LZ4 frame holding `type u8 | body`.
+/// A record is durable once `append` returns: the file is fsynced first.
+/// See storage/FORMAT.md.
+final class WriteAheadLog {
+    static let fileMagic: [UInt8] = Array("MTWAL".utf8) + [0, 0, 1]
+    static let recordMagic: UInt32 = 0x4C52_544D  // "MTRL" little-endian
+    static let recordHeaderSize = 12
+    /// The largest record payload accepted on replay, in bytes.
+    static let maxPayload = 256 << 20
+
+    /// What a record holds.
+    enum RecordType: UInt8 {
+        /// A protobuf-encoded OTLP `ExportTraceServiceRequest`.
+        case traceExport = 1
+    }
+
+    let directory: String
+    /// Sequence number of the file being appended to.
+    private(set) var sequence: UInt64
+    private var fd: Int32
+    private var path: String
+    /// Bytes in the current file.
+    private(set) var fileSize: Int
+
+    /// Opens a new log file numbered `sequence` in `directory`.
+    init(directory: String, sequence: UInt64) throws(StoreError) {
+        self.directory = directory
+        self.sequence = sequence
+        (fd, path) = try Self.create(directory: directory, sequence: sequence)
+        fileSize = Self.fileMagic.count
+    }
+
+    deinit { close(fd) }
+
+    static func fileName(sequence: UInt64) -> String {
+        let hex = String(sequence, radix: 16)
+        return "wal-" + String(repeating: "0", count: max(0, 16 - hex.count)) + hex + ".log"
+    }
+
+    /// The sequence number in a log file name, or nil if it is not one.
+    static func sequence(fromFileName name: String) -> UInt64? {
+        guard name.hasPrefix("wal-"), name.hasSuffix(".log") else { return nil }
+        return UInt64(name.dropFirst(4).dropLast(4), radix: 16)
+    }
+
+    private static func create(directory: String, sequence: UInt64) throws(StoreError) -> (Int32, String) {
+        let path = directory + "/" + fileName(sequence: sequence)
+        let fd = open(path, O_WRONLY | O_CREAT | O_TRUNC | O_APPEND | O_CLOEXEC, 0o644)
+        guard fd >= 0 else { throw .io(path: path, operation: "create", errno: errno) }
+        do {
+            try FileIO.writeAll(fd: fd, path: path, fileMagic)
+            try FileIO.sync(fd: fd, path: path)
+            try FileIO.syncDirectory(directory)
+        } catch {
+            close(fd)
+            throw error
+        }
+        return (fd, path)
+    }
+
+    /// Appends one record and fsyncs the file; when this returns, the record survives a crash.
+    func append(type: RecordType, body: [UInt8]) throws(StoreError) {
+        var plain = [UInt8]()
+        plain.reserveCapacity(body.count + 1)
+        plain.append(type.rawValue)
+        plain.append(contentsOf: body)
+        let payload: [UInt8]
+        do {
+            payload = try LZ4Frame.compress(plain)
+        } catch {
+            throw .io(path: path, operation: "compress record (\(error))", errno: 0)
+        }
+        var record = ByteWriter(capacity: payload.count + Self.recordHeaderSize)
+        record.write(Self.recordMagic)
+        record.write(UInt32(payload.count))
+        record.write(CRC32C.checksum(payload))
+        record.write(raw: payload)
+        try FileIO.writeAll(fd: fd, path: path, record.bytes)
+        try FileIO.sync(fd: fd, path: path)
+        fileSize += record.count
+    }
+
+    /// Closes the current file and starts the next one.
+    func rotate() throws(StoreError) {
+        let next = sequence + 1
+        let (newFD, newPath) = try Self.create(directory: directory, sequence: next)
+        close(fd)
+        fd = newFD
+        path = newPath
+        sequence = next
+        fileSize = Self.fileMagic.count
+    }
+
+    /// One record read back.
+    struct Record {
+        var type: RecordType
+        var body: ArraySlice<UInt8>
+    }
+
+    /// What replaying one file found.
+    struct Replay {
+        var records: [Record] = []
+        /// Bytes at the end of the file that do not form a whole, valid record.
+        var damagedTailBytes = 0
+        /// Why the tail was cut, when it was.
+        var damage: String?
+        /// Length of the valid prefix of the file, in bytes.
+        var validLength = 0
+    }
+
+    /// Reads every valid record of a log file, stopping at the first damaged one.
+    static func replay(path: String) throws(StoreError) -> Replay {
+        let bytes = try FileIO.readAll(path)
+        var result = Replay()
+        guard bytes.count >= fileMagic.count, Array(bytes[0..<fileMagic.count]) == fileMagic else {
+            result.damagedTailBytes = bytes.count
+            result.damage = "file does not start with the WAL magic"
+            return result
+        }
+        var reader = ByteReader(bytes, range: fileMagic.count..<bytes.count)
+        result.validLength = fileMagic.count
+        while !reader.isAtEnd {
+            do {
+                let magic = try reader.readUInt32()
+                guard magic == recordMagic else {
+                    result.damage = "bad record magic at byte \(result.validLength)"
+                    break
+                }
+                let length = Int(try reader.readUInt32())
+                let checksum = try reader.readUInt32()
+                guard length <= maxPayload else {
+                    result.damage = "record at byte \(result.validLength) claims \(length) bytes"
+                    break
+                }
+                let payload = try reader.readRaw(count: length)
+                guard CRC32C.checksum(Array(payload)) == checksum else {
+                    result.damage = "checksum mismatch in record at byte \(result.validLength)"
+                    break
+                }
+                let plain = try LZ4Frame.decompress(Array(payload), maxSize: maxPayload)
+                guard let first = plain.first, let type = RecordType(rawValue: first) else {
+                    result.damage = "unknown record type at byte \(result.validLength)"
+                    break
+                }
+                result.records.append(Record(type: type, body: plain[1...]))
+                result.validLength = reader.offset
+            } catch {
+                result.damage = "record at byte \(result.validLength) is damaged: \(error)"
+                break
+            }
+        }
+        result.damagedTailBytes = bytes.count - result.validLength
+        return result
+    }
+}

@@ -1,0 +1,73 @@
+import ArgumentParser
+import Collector
+import Foundation
+import Logging
+
+/// `meshtrace-collector`: receives OTLP, stores spans durably, serves queries.
+@main
+struct CollectorCommand: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "meshtrace-collector",
+        abstract: "Receive OTLP spans, store them durably, and answer queries.",
+        discussion: """
+            Spans sent to the OTLP/HTTP receiver are acknowledged once they are in the \
+            write-ahead log on disk. The head block is sealed into a compressed columnar \
+            segment when it is large or old enough, and on SIGINT/SIGTERM.
+            """)
+
+    @Option(name: .long, help: "Data directory (write-ahead log and segments).")
+    var dataDir = "./meshtrace-data"
+
+    @Option(name: .long, help: "OTLP/HTTP listen address, host:port (port 0 picks a free port).")
+    var otlpHttp = "127.0.0.1:4318"
+
+    @Option(name: .long, help: "Query API listen address, host:port.")
+    var query = "127.0.0.1:16686"
+
+    @Option(name: .long, help: "Seal the head block once it holds this many spans.")
+    var maxHeadSpans = 200_000
+
+    @Option(name: .long, help: "Seal the head block once it is this old, in seconds.")
+    var maxHeadAge = 300
+
+    @Option(name: .long, help: "Largest OTLP/HTTP request body, in bytes.")
+    var maxRequestBytes = 20 << 20
+
+    @Option(name: .long, help: "Log level: trace, debug, info, notice, warning, error, critical.")
+    var logLevel = "info"
+
+    func validate() throws {
+        guard ListenAddress(otlpHttp) != nil else { throw ValidationError("--otlp-http must be host:port, got \(otlpHttp)") }
+        guard ListenAddress(query) != nil else { throw ValidationError("--query must be host:port, got \(query)") }
+        guard maxHeadSpans > 0, maxHeadAge > 0, maxRequestBytes > 0 else {
+            throw ValidationError("--max-head-spans, --max-head-age and --max-request-bytes must be positive")
+        }
+        guard Logger.Level(rawValue: logLevel) != nil else { throw ValidationError("unknown --log-level \(logLevel)") }
+    }
+
+    func run() async throws {
+        let level = Logger.Level(rawValue: logLevel)!
+        LoggingSystem.bootstrap { label in
+            var handler = StreamLogHandler.standardError(label: label)
+            handler.logLevel = level
+            return handler
+        }
+        var configuration = CollectorConfiguration(dataDirectory: dataDir)
+        configuration.otlpHTTP = ListenAddress(otlpHttp)!
+        configuration.query = ListenAddress(query)!
+        configuration.store.maxHeadSpans = maxHeadSpans
+        configuration.store.maxHeadAge = .seconds(maxHeadAge)
+        configuration.maxRequestBodyBytes = maxRequestBytes
+
+        let server = CollectorServer(configuration: configuration)
+        do {
+            try await server.run { endpoint, address in
+                // Tests and scripts read the bound ports from these lines.
+                FileHandle.standardOutput.write(Data("meshtrace-collector: \(endpoint.rawValue) listening on \(address)\n".utf8))
+            }
+        } catch {
+            FileHandle.standardError.write(Data("meshtrace-collector: \(error)\n".utf8))
+            throw ExitCode(2)
+        }
+    }
+}

@@ -1,0 +1,63 @@
+import MeshCore
+import MeshSim
+import OTLPWire
+import QueryEngine
+import SegmentStore
+import SwiftProtobuf
+import XCTest
+
+final class MeshSimTests: XCTestCase {
+    func testSameSeedGivesTheSameTraffic() throws {
+        let (first, _) = simulatedRequests(count: 40, seed: 11)
+        let (second, _) = simulatedRequests(count: 40, seed: 11)
+        let (other, _) = simulatedRequests(count: 40, seed: 12)
+        XCTAssertEqual(first, second)
+        XCTAssertNotEqual(first, other)
+    }
+
+    func testTrafficHasMeshShape() throws {
+        let (requests, simulator) = simulatedRequests(count: 2_000)
+        let truth = simulator.truth
+        XCTAssertEqual(truth.hopsPerRequest, 8, accuracy: 1.0, "about 8 hops per request")
+        let hops = truth.edges.values.reduce(0) { $0 + $1.requests }
+        XCTAssertEqual(truth.spans, truth.requests + 2 * hops, "one root span plus a CLIENT and a SERVER span per hop")
+        XCTAssertEqual(Set(simulator.mesh.services.map(\.namespace)).count, 4)
+
+        let spans = requests.flatMap { $0.resourceSpans.flatMap { $0.scopeSpans.flatMap(\.spans) } }
+        XCTAssertEqual(spans.count, truth.spans)
+        XCTAssertEqual(spans.filter { $0.kind == .client }.count, hops)
+        let client = try XCTUnwrap(spans.first { $0.kind == .client })
+        for key in ["http.request.method", "url.path", "http.response.status_code", "upstream_cluster", "peer.address",
+                    "user_agent.original", "http.response.body.size", "response_flags", "guid:x-request-id"] {
+            XCTAssertTrue(client.attributes.contains { $0.key == key }, "client spans carry \(key)")
+        }
+        let resource = requests[0].resourceSpans[0].resource.attributes
+        for key in ["service.name", "service.version", "k8s.namespace.name", "k8s.pod.name"] {
+            XCTAssertNotNil(resource.string(key), "resources carry \(key)")
+        }
+
+        let errorShare = Double(truth.edges.values.reduce(0) { $0 + $1.errors }) / Double(hops)
+        XCTAssertEqual(errorShare, 0.02, accuracy: 0.01)
+        let checkout = try XCTUnwrap(truth.edges[GroundTruth.Edge(source: "cart", target: "checkout")])
+        XCTAssertGreaterThan(checkout.percentile(0.99), checkout.percentile(0.50) * 2, "latency has a heavy tail")
+    }
+
+    func testTopologyFromStoredSpansEqualsGroundTruth() throws {
+        let (requests, simulator) = simulatedRequests(count: 500)
+        let store = try SpanStore(configuration: .init(dataDirectory: temporaryDirectory(self)))
+        for (index, request) in requests.enumerated() {
+            _ = try store.append(request, encoded: try request.serializedBytes())
+            if index == requests.count / 2 { try store.seal() }
+        }
+        let topology = try QueryEngine(snapshot: store.snapshot()).topology(window: 0...UInt64.max)
+        let truth = simulator.truth
+        XCTAssertEqual(topology.edges.count, truth.edges.count)
+        for edge in topology.edges {
+            let expected = try XCTUnwrap(truth.edges[GroundTruth.Edge(source: edge.source, target: edge.target)], "\(edge.source)→\(edge.target)")
+            XCTAssertEqual(edge.requests, expected.requests, "\(edge.source)→\(edge.target)")
+            XCTAssertEqual(edge.errors, expected.errors, "\(edge.source)→\(edge.target)")
+            XCTAssertEqual(edge.p50, expected.percentile(0.50))
+            XCTAssertEqual(edge.p99, expected.percentile(0.99))
+        }
+    }
+}

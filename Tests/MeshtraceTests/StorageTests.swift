@@ -1,0 +1,191 @@
+import Foundation
+import MeshCore
+import MeshSim
+import OTLPWire
+import QueryEngine
+import SegmentStore
+import SwiftProtobuf
+import XCTest
+
+final class StorageTests: XCTestCase {
+    private func batch(_ requests: [ExportTraceServiceRequest]) -> SpanBatch {
+        var batch = SpanBatch()
+        for request in requests { batch.append(request) }
+        return batch
+    }
+
+    private func wireFixture() throws -> ExportTraceServiceRequest {
+        let url = try XCTUnwrap(Bundle.module.url(forResource: "Fixtures/wire/trace_export_request", withExtension: "binpb"))
+        return try ExportTraceServiceRequest(serializedBytes: try Data(contentsOf: url))
+    }
+
+    func testSegmentRoundTripIsLosslessForMeshSimTraffic() throws {
+        let (requests, _) = simulatedRequests(count: 300)
+        let original = batch(requests)
+        let path = temporaryDirectory(self) + "/one.mts"
+        try SegmentWriter.write(original, walSequence: 9, to: path)
+
+        let reader = try SegmentReader(path: path)
+        XCTAssertEqual(reader.footer.spanCount, original.count)
+        XCTAssertEqual(reader.footer.walSequence, 9)
+        XCTAssertEqual(reader.footer.traceCount, 300)
+        XCTAssertTrue(reader.footer.services.contains("frontend"))
+        let restored = try reader.readBatch()
+        XCTAssertEqual(restored.traceIDs, restored.traceIDs.sorted(), "rows are sorted by trace id")
+        XCTAssertEqual(canonicalSpans(try restored.tracesData()), canonicalSpans(tracesData(requests)))
+    }
+
+    func testSegmentRoundTripKeepsEveryOTLPField() throws {
+        let request = try wireFixture()
+        let original = batch([request])
+        XCTAssertEqual(original.count, 2)
+        let path = temporaryDirectory(self) + "/fields.mts"
+        try SegmentWriter.write(original, walSequence: 1, to: path)
+        let restored = try SegmentReader(path: path).readBatch()
+        // The fixture's second ResourceSpans has no spans, so it carries nothing to keep.
+        var expected = tracesData([request])
+        expected.resourceSpans.removeLast()
+        XCTAssertEqual(canonicalSpans(try restored.tracesData()), canonicalSpans(expected))
+    }
+
+    func testFlippedBitIsReportedWithFileAndColumn() throws {
+        let path = temporaryDirectory(self) + "/flip.mts"
+        try SegmentWriter.write(batch(simulatedRequests(count: 20).0), walSequence: 1, to: path)
+        let chunk = try XCTUnwrap(SegmentReader(path: path).footer.columns.first { $0.column == "attributes" })
+        var bytes = try Data(contentsOf: URL(fileURLWithPath: path))
+        bytes[chunk.offset + chunk.compressedSize / 2] ^= 0x08
+        try bytes.write(to: URL(fileURLWithPath: path))
+
+        let reader = try SegmentReader(path: path)
+        XCTAssertNoThrow(try reader.traceIDs(), "undamaged columns stay readable")
+        XCTAssertThrowsError(try reader.readBatch()) { error in
+            guard case StoreError.corruptColumn(let file, let column, _) = error else { return XCTFail("\(error)") }
+            XCTAssertEqual(file, path)
+            XCTAssertEqual(column, "attributes")
+        }
+    }
+
+    func testTruncatedAndGarbageSegmentsAreRefused() throws {
+        let directory = temporaryDirectory(self)
+        let path = directory + "/cut.mts"
+        try SegmentWriter.write(batch(simulatedRequests(count: 20).0), walSequence: 1, to: path)
+        let bytes = try Data(contentsOf: URL(fileURLWithPath: path))
+        try bytes.prefix(bytes.count - 40).write(to: URL(fileURLWithPath: path))
+        XCTAssertThrowsError(try SegmentReader(path: path)) { error in
+            guard case StoreError.corruptSegment = error else { return XCTFail("\(error)") }
+        }
+        try Data("hello".utf8).write(to: URL(fileURLWithPath: directory + "/garbage.mts"))
+        XCTAssertThrowsError(try SegmentReader(path: directory + "/garbage.mts"))
+    }
+
+    func testStoreReplaysTheWALAfterACrashWithoutDuplicates() throws {
+        let directory = temporaryDirectory(self)
+        let (requests, _) = simulatedRequests(count: 50)
+        let total = batch(requests).count
+        do {
+            let store = try SpanStore(configuration: .init(dataDirectory: directory))
+            for request in requests { _ = try store.append(request, encoded: try request.serializedBytes()) }
+            XCTAssertEqual(store.unsealedSpanCount, total)
+            // The process "dies" here: nothing is sealed, only the WAL is on disk.
+        }
+        let reopened = try SpanStore(configuration: .init(dataDirectory: directory))
+        XCTAssertEqual(reopened.unsealedSpanCount, total)
+        XCTAssertTrue(reopened.problems.isEmpty, "\(reopened.problems)")
+
+        try reopened.seal()
+        XCTAssertEqual(reopened.unsealedSpanCount, 0)
+        let afterSeal = try SpanStore(configuration: .init(dataDirectory: directory))
+        XCTAssertEqual(afterSeal.unsealedSpanCount, 0, "sealed spans are not replayed again")
+        XCTAssertEqual(afterSeal.snapshot().segments.reduce(0) { $0 + $1.footer.spanCount }, total)
+    }
+
+    func testCrashBetweenSegmentRenameAndWALCleanupStoresSpansOnce() throws {
+        let directory = temporaryDirectory(self)
+        let (requests, _) = simulatedRequests(count: 30)
+        let total = batch(requests).count
+        let saved = directory + "-wal-copy"
+        addTeardownBlock { try? FileManager.default.removeItem(atPath: saved) }
+        do {
+            let store = try SpanStore(configuration: .init(dataDirectory: directory))
+            for request in requests { _ = try store.append(request, encoded: try request.serializedBytes()) }
+            try FileManager.default.copyItem(atPath: directory + "/wal", toPath: saved)
+            try store.seal()
+        }
+        // Put back the WAL files the seal removed, as if it crashed just before removing them.
+        for name in try FileManager.default.contentsOfDirectory(atPath: saved) {
+            let target = directory + "/wal/" + name
+            if !FileManager.default.fileExists(atPath: target) {
+                try FileManager.default.copyItem(atPath: saved + "/" + name, toPath: target)
+            }
+        }
+        let reopened = try SpanStore(configuration: .init(dataDirectory: directory))
+        let stored = reopened.unsealedSpanCount + reopened.snapshot().segments.reduce(0) { $0 + $1.footer.spanCount }
+        XCTAssertEqual(stored, total)
+    }
+
+    func testTornWALTailIsCutAndEverythingBeforeItSurvives() throws {
+        let directory = temporaryDirectory(self)
+        let (requests, _) = simulatedRequests(count: 10)
+        do {
+            let store = try SpanStore(configuration: .init(dataDirectory: directory))
+            for request in requests { _ = try store.append(request, encoded: try request.serializedBytes()) }
+        }
+        let walFile = try XCTUnwrap(FileManager.default.contentsOfDirectory(atPath: directory + "/wal").sorted().first)
+        let handle = try FileHandle(forWritingTo: URL(fileURLWithPath: directory + "/wal/" + walFile))
+        try handle.seekToEnd()
+        try handle.write(contentsOf: Data([0x4D, 0x54, 0x52, 0x4C, 0xFF, 0x00, 0x00]))
+        try handle.close()
+
+        let reopened = try SpanStore(configuration: .init(dataDirectory: directory))
+        XCTAssertEqual(reopened.unsealedSpanCount, batch(requests).count)
+        XCTAssertEqual(reopened.problems.count, 1)
+        XCTAssertTrue(reopened.problems[0].reason.contains("7 trailing bytes"), reopened.problems[0].reason)
+    }
+
+    func testGarbageInTheSegmentFolderIsReportedAndTheStoreStillAnswers() throws {
+        let directory = temporaryDirectory(self)
+        let (requests, _) = simulatedRequests(count: 10)
+        let store = try SpanStore(configuration: .init(dataDirectory: directory))
+        for request in requests { _ = try store.append(request, encoded: try request.serializedBytes()) }
+        try store.seal()
+        try Data(repeating: 0xAB, count: 100).write(to: URL(fileURLWithPath: directory + "/segments/seg-00000000000000ff.mts"))
+        try Data("notes".utf8).write(to: URL(fileURLWithPath: directory + "/segments/README"))
+
+        let reopened = try SpanStore(configuration: .init(dataDirectory: directory))
+        XCTAssertEqual(reopened.problems.count, 2, "\(reopened.problems)")
+        let someTrace = try XCTUnwrap(TraceID(bytes: requests[0].resourceSpans[0].scopeSpans[0].spans[0].traceID))
+        XCTAssertNotNil(try QueryEngine(snapshot: reopened.snapshot()).trace(someTrace))
+    }
+
+    func testInvalidIDsAreRejectedAndCounted() throws {
+        var request = try wireFixture()
+        request.resourceSpans[0].scopeSpans[0].spans[0].traceID = Data(repeating: 0, count: 16)
+        request.resourceSpans[0].scopeSpans[0].spans[1].spanID = Data([1, 2, 3])
+        var batch = SpanBatch()
+        let outcome = batch.append(request)
+        XCTAssertEqual(outcome.accepted, 0)
+        XCTAssertEqual(outcome.rejected, 2)
+        XCTAssertTrue(outcome.firstRejection?.contains("trace id") ?? false)
+
+        let store = try SpanStore(configuration: .init(dataDirectory: temporaryDirectory(self)))
+        let stored = try store.append(request, encoded: try request.serializedBytes())
+        XCTAssertEqual(stored.rejected, 2)
+        XCTAssertEqual(store.unsealedSpanCount, 0)
+    }
+
+    func testTraceLookupFindsATraceSplitAcrossSegmentsAndHead() throws {
+        let store = try SpanStore(configuration: .init(dataDirectory: temporaryDirectory(self)))
+        let request = try wireFixture()
+        var first = request
+        first.resourceSpans[0].scopeSpans[0].spans.removeLast()
+        var second = request
+        second.resourceSpans[0].scopeSpans[0].spans.removeFirst()
+        _ = try store.append(first, encoded: try first.serializedBytes())
+        try store.seal()
+        _ = try store.append(second, encoded: try second.serializedBytes())
+        let traceID = try XCTUnwrap(TraceID(hex: "5b8efff798038103d269b633813fc60c"))
+        let found = try XCTUnwrap(try QueryEngine(snapshot: store.snapshot()).trace(traceID))
+        XCTAssertEqual(found.count, 2)
+        XCTAssertNil(try QueryEngine(snapshot: store.snapshot()).trace(TraceID(high: 1, low: 2)))
+    }
+}

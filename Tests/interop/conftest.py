@@ -1,0 +1,88 @@
+"""Shared fixtures: real meshtrace processes on loopback ports, and the CLI."""
+import os
+import re
+import signal
+import subprocess
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+BIN = Path(os.environ.get("MESHTRACE_BIN", ROOT / ".build" / "debug"))
+LISTEN = re.compile(r"^meshtrace-collector: (\S+) listening on (\S+)$")
+
+
+class Collector:
+    """A meshtrace-collector process with its data directory and bound ports."""
+
+    def __init__(self, data_dir, extra_args=()):
+        self.data_dir = Path(data_dir)
+        self.extra_args = list(extra_args)
+        self.proc = None
+        self.otlp_url = None
+        self.query_url = None
+        self.stderr_lines = []
+
+    def start(self, timeout=60):
+        self.proc = subprocess.Popen(
+            [str(BIN / "meshtrace-collector"), "--data-dir", str(self.data_dir),
+             "--otlp-http", "127.0.0.1:0", "--query", "127.0.0.1:0", *self.extra_args],
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        threading.Thread(target=self._drain_stderr, daemon=True).start()
+        addresses = {}
+        deadline = time.monotonic() + timeout
+        while len(addresses) < 2:
+            if time.monotonic() > deadline:
+                self.proc.kill()
+                raise RuntimeError(f"collector did not start: {''.join(self.stderr_lines)}")
+            line = self.proc.stdout.readline()
+            if not line:
+                raise RuntimeError(f"collector exited with {self.proc.wait()}: {''.join(self.stderr_lines)}")
+            match = LISTEN.match(line.strip())
+            if match:
+                addresses[match.group(1)] = match.group(2)
+        self.otlp_url = f"http://{addresses['otlp-http']}"
+        self.query_url = f"http://{addresses['query']}"
+        return self
+
+    def _drain_stderr(self):
+        for line in self.proc.stderr:
+            self.stderr_lines.append(line)
+
+    def alive(self):
+        return self.proc is not None and self.proc.poll() is None
+
+    def stop(self, timeout=60):
+        """Graceful shutdown (SIGTERM): drain, seal, exit 0."""
+        if self.alive():
+            self.proc.send_signal(signal.SIGTERM)
+            return self.proc.wait(timeout=timeout)
+        return self.proc.returncode
+
+    def kill(self):
+        """Crash (SIGKILL): no chance to seal or flush."""
+        if self.alive():
+            self.proc.kill()
+            self.proc.wait()
+
+
+@pytest.fixture
+def collector(tmp_path):
+    """Starts collectors on free ports; all are stopped at the end of the test."""
+    started = []
+
+    def start(data_dir=None, extra_args=()):
+        c = Collector(data_dir or tmp_path / "data", extra_args).start()
+        started.append(c)
+        return c
+
+    yield start
+    for c in started:
+        c.kill()
+
+
+def meshtrace(*args, timeout=120):
+    """Runs the meshtrace CLI and returns the completed process."""
+    return subprocess.run([str(BIN / "meshtrace"), *map(str, args)], capture_output=True, text=True, timeout=timeout)

@@ -1,0 +1,72 @@
+"""Every span acknowledged with a 200 survives kill -9 of the collector, exactly once."""
+import threading
+import time
+
+import requests
+from opentelemetry.proto.collector.trace.v1 import trace_service_pb2
+from opentelemetry.proto.resource.v1 import resource_pb2
+from opentelemetry.proto.common.v1 import common_pb2
+from opentelemetry.proto.trace.v1 import trace_pb2
+
+from conftest import meshtrace
+
+SPANS_PER_TRACE = 3
+
+
+def request_for(n):
+    trace_id = n.to_bytes(16, "big")
+    spans = [trace_pb2.Span(trace_id=trace_id, span_id=(n * 8 + k + 1).to_bytes(8, "big"), name=f"op-{k}",
+                            start_time_unix_nano=1_700_000_000_000_000_000 + n * 1000 + k,
+                            end_time_unix_nano=1_700_000_000_000_000_500 + n * 1000 + k)
+             for k in range(SPANS_PER_TRACE)]
+    resource = resource_pb2.Resource(attributes=[common_pb2.KeyValue(
+        key="service.name", value=common_pb2.AnyValue(string_value="durable"))])
+    return trace_service_pb2.ExportTraceServiceRequest(resource_spans=[trace_pb2.ResourceSpans(
+        resource=resource, scope_spans=[trace_pb2.ScopeSpans(spans=spans)])])
+
+
+def test_acknowledged_spans_survive_kill_9(collector, tmp_path):
+    c = collector(tmp_path / "store", extra_args=["--max-head-spans", "600"])
+    acknowledged = []
+    stop = threading.Event()
+
+    def send(worker):
+        session = requests.Session()
+        n = worker * 1_000_000 + 1
+        while not stop.is_set():
+            try:
+                response = session.post(f"{c.otlp_url}/v1/traces", data=request_for(n).SerializeToString(),
+                                        headers={"Content-Type": "application/x-protobuf"}, timeout=5)
+            except requests.RequestException:
+                return  # the collector is gone
+            if response.status_code == 200:
+                acknowledged.append(n)
+            n += 1
+
+    senders = [threading.Thread(target=send, args=(w,)) for w in range(4)]
+    for s in senders:
+        s.start()
+    deadline = time.monotonic() + 30
+    sealed = lambda: list((c.data_dir / "segments").glob("*.mts"))
+    while (len(acknowledged) < 400 or not sealed()) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    c.kill()  # SIGKILL while the senders are still sending
+    stop.set()
+    for s in senders:
+        s.join()
+    assert len(acknowledged) >= 400, "the collector acknowledged too little before the kill"
+    assert sealed(), "some head blocks were sealed before the crash"
+
+    restarted = collector(c.data_dir)
+    session = requests.Session()
+    for n in acknowledged:
+        response = session.get(f"{restarted.query_url}/api/traces/{n:032x}", timeout=10)
+        assert response.status_code == 200, f"acknowledged trace {n:032x} lost"
+        spans = response.json()["data"][0]["spans"]
+        assert len(spans) == SPANS_PER_TRACE, f"trace {n:032x} has {len(spans)} spans, not {SPANS_PER_TRACE}"
+
+    # The same answer straight from disk, with the collector stopped and everything sealed.
+    assert restarted.stop() == 0
+    answer = meshtrace("trace", f"{acknowledged[-1]:032x}", "-o", "json", "--data-dir", c.data_dir)
+    assert answer.returncode == 0, answer.stderr
+    assert answer.stdout.count('"spanId"') == SPANS_PER_TRACE
