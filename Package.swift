@@ -7,6 +7,7 @@ let package = Package(
     products: [
         .executable(name: "meshtrace-collector", targets: ["meshtrace-collector"]),
         .executable(name: "meshtrace", targets: ["meshtrace"]),
+        .executable(name: "meshtrace-bench", targets: ["meshtrace-bench"]),
         .library(name: "Collector", targets: ["Collector"]),
         .library(name: "MeshSim", targets: ["MeshSim"]),
     ],
@@ -66,6 +67,13 @@ let package = Package(
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "AsyncHTTPClient", package: "async-http-client"),
                 .product(name: "Logging", package: "swift-log"),
+            ]
+        ),
+        .executableTarget(
+            name: "meshtrace-bench",
+            dependencies: [
+                "SegmentStore", "QueryEngine", "MeshSim", "OTLPWire", "MeshCore", "Compression",
+                .product(name: "ArgumentParser", package: "swift-argument-parser"),
             ]
         ),
         .testTarget(

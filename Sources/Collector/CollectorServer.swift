@@ -1,8 +1,10 @@
 import Hummingbird
 import Logging
 import NIOCore
+import NIOPosix
 import SegmentStore
 import ServiceLifecycle
+import Synchronization
 
 /// The collector: OTLP/HTTP receiver, query API and span store, run together.
 public struct CollectorServer: Sendable {
@@ -88,8 +90,6 @@ public final class ShutdownTrigger: Sendable {
     }
 }
 
-import Synchronization
-
 /// Seals the head block when it is due, and once more at shutdown. Services in a
 /// group stop in reverse order, so this one (first) stops after the listeners.
 struct SealService: Service {
@@ -101,14 +101,18 @@ struct SealService: Service {
         while !Task.isShuttingDownGracefully && !Task.isCancelled {
             try? await Task.sleep(for: interval)
             do {
-                try store.sealIfDue()
+                let store = self.store
+                if store.headIsDue {
+                    try await NIOThreadPool.singleton.runIfActive { try store.seal() }
+                }
             } catch {
                 logger.error("sealing failed; spans stay in the WAL", metadata: ["error": "\(error)"])
             }
             if Task.isShuttingDownGracefully { break }
         }
         do {
-            try store.seal()
+            let store = self.store
+            try await NIOThreadPool.singleton.runIfActive { try store.seal() }
             logger.info("sealed the head block at shutdown")
         } catch {
             logger.error("sealing at shutdown failed; spans stay in the WAL", metadata: ["error": "\(error)"])

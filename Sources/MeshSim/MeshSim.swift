@@ -62,7 +62,7 @@ public struct MeshSim: Sendable {
     private mutating func serve(
         service: Int, pod: Int, callerPod: Int?, parent: SpanID, traceID: TraceID, start: UInt64,
         requestID: String, failed: Bool, spans: inout [EmittedSpan]
-    ) -> (end: UInt64, route: Mesh.Route, path: String, status: Int, flags: String, responseBytes: Int64) {
+    ) -> (end: UInt64, route: Mesh.Route, path: String, status: Int, flags: String, requestBytes: Int64, responseBytes: Int64) {
         let definition = mesh.services[service]
         let spanID = nextSpanID()
         var ownWork = random.logNormal(median: definition.medianMilliseconds * 1e6, sigma: 0.45)
@@ -82,6 +82,7 @@ public struct MeshSim: Sendable {
         let status = failed ? (random.chance(0.6) ? 503 : 500) : (route.method == "POST" ? 201 : 200)
         let flags = failed && status == 503 ? "UF" : "-"
         let responseBytes = Int64(random.logNormal(median: 2_000, sigma: 1.0))
+        let requestBytes = Int64(route.method == "POST" ? Int(random.logNormal(median: 600, sigma: 0.8)) : 0)
 
         var span = OTLPSpan()
         span.traceID = Data(traceID.bytes)
@@ -99,7 +100,7 @@ public struct MeshSim: Sendable {
             KeyValue("upstream_cluster", "inbound|\(definition.port)||"),
             KeyValue("peer.address", callerPod.map { "\(mesh.pods[$0].address):\(40000 + random.int(in: 0...20000))" } ?? "203.0.113.\(random.int(in: 1...254)):443"),
             KeyValue("user_agent.original", callerPod.map { mesh.services[mesh.pods[$0].service].userAgent } ?? definition.userAgent),
-            KeyValue("http.request.body.size", Int64(route.method == "POST" ? Int(random.logNormal(median: 600, sigma: 0.8)) : 0)),
+            KeyValue("http.request.body.size", requestBytes),
             KeyValue("http.response.body.size", responseBytes),
             KeyValue("response_flags", flags),
             KeyValue("guid:x-request-id", requestID),
@@ -109,7 +110,7 @@ public struct MeshSim: Sendable {
             span.status.code = .error
         }
         spans.append(EmittedSpan(pod: pod, span: span))
-        return (end, route, path, status, flags, responseBytes)
+        return (end, route, path, status, flags, requestBytes, responseBytes)
     }
 
     /// One hop: a CLIENT span at the caller's pod around the callee's SERVER span.
@@ -144,6 +145,7 @@ public struct MeshSim: Sendable {
             KeyValue("peer.address", "\(mesh.pods[calleePod].address):\(calleeService.port)"),
             KeyValue("peer.service", calleeService.name),
             KeyValue("user_agent.original", mesh.services[caller].userAgent),
+            KeyValue("http.request.body.size", served.requestBytes),
             KeyValue("http.response.body.size", served.responseBytes),
             KeyValue("response_flags", served.flags),
             KeyValue("guid:x-request-id", requestID),

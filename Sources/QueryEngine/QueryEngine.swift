@@ -19,9 +19,7 @@ public struct QueryEngine: Sendable {
             if !rows.isEmpty { result.append(contentsOf: block, rows: rows) }
         }
         for segment in snapshot.segments {
-            let range = try segment.rows(of: traceID)
-            guard !range.isEmpty else { continue }
-            result.append(contentsOf: try segment.readBatch(), rows: Array(range))
+            if let found = try segment.trace(traceID) { result.append(contentsOf: found) }
         }
         return result.isEmpty ? nil : result.sortedByTrace()
     }

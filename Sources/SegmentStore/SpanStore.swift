@@ -87,7 +87,7 @@ public final class SpanStore: Sendable {
                     if !configuration.readOnly { try FileIO.remove(path) }
                     continue
                 }
-                guard name.hasSuffix(SegmentFormatV1.fileExtension) else {
+                guard name.hasSuffix(SegmentFile.fileExtension) else {
                     problems.append(Problem(file: path, reason: "not a segment file; ignored"))
                     continue
                 }
@@ -163,11 +163,6 @@ public final class SpanStore: Sendable {
         }
     }
 
-    /// Seals the head block into a segment if it is due.
-    public func sealIfDue() throws {
-        if headIsDue { try seal() }
-    }
-
     /// Seals whatever the head block holds into a new segment, then drops the WAL
     /// files it covers. Does nothing when the head block is empty.
     public func seal() throws {
@@ -188,7 +183,7 @@ public final class SpanStore: Sendable {
             guard let (batch, sequence) = taken else { return }
             let name = WriteAheadLog.fileName(sequence: sequence)
                 .replacingOccurrences(of: "wal-", with: "seg-")
-                .replacingOccurrences(of: ".log", with: SegmentFormatV1.fileExtension)
+                .replacingOccurrences(of: ".log", with: SegmentFile.fileExtension)
             let path = segmentDirectory + "/" + name
             do {
                 try SegmentWriter.write(batch, walSequence: sequence, to: path, level: configuration.compressionLevel)

@@ -51,17 +51,17 @@ final class StorageTests: XCTestCase {
     func testFlippedBitIsReportedWithFileAndColumn() throws {
         let path = temporaryDirectory(self) + "/flip.mts"
         try SegmentWriter.write(batch(simulatedRequests(count: 20).0), walSequence: 1, to: path)
-        let chunk = try XCTUnwrap(SegmentReader(path: path).footer.columns.first { $0.column == "attributes" })
+        let chunk = try XCTUnwrap(SegmentReader(path: path).footer.columns.first { $0.column == "0/attr/string/url.path" })
         var bytes = try Data(contentsOf: URL(fileURLWithPath: path))
         bytes[chunk.offset + chunk.compressedSize / 2] ^= 0x08
         try bytes.write(to: URL(fileURLWithPath: path))
 
         let reader = try SegmentReader(path: path)
-        XCTAssertNoThrow(try reader.traceIDs(), "undamaged columns stay readable")
+        XCTAssertNoThrow(try reader.columnBytes(named: "0/span.id"), "undamaged columns stay readable")
         XCTAssertThrowsError(try reader.readBatch()) { error in
             guard case StoreError.corruptColumn(let file, let column, _) = error else { return XCTFail("\(error)") }
             XCTAssertEqual(file, path)
-            XCTAssertEqual(column, "attributes")
+            XCTAssertEqual(column, "0/attr/string/url.path")
         }
     }
 

@@ -26,7 +26,8 @@ public enum TraceTree {
         func visit(_ row: Int, depth: Int) {
             guard visited.insert(row).inserted else { return }
             let indent = String(repeating: "  ", count: depth)
-            let status = batch.statusCodes[row] == .error ? "ERROR" : (batch.httpStatusCodes[row] > 0 ? String(batch.httpStatusCodes[row]) : "")
+            let code = batch.httpStatusCodes[row] > 0 ? String(batch.httpStatusCodes[row]) : ""
+            let status = batch.statusCodes[row] == .error ? (code.isEmpty ? "ERROR" : code + " ERROR") : code
             lines.append([
                 indent + batch.serviceName(at: row),
                 batch.names[row],

@@ -1,88 +1,18 @@
-import Compression
 import MeshCore
 
-/// Reads a sealed v1 segment: its footer on open, columns on demand.
-public struct SegmentReader: Sendable {
-    /// Path of the segment file.
-    public let path: String
-    public let footer: SegmentFooter
-    /// Size of the file, in bytes.
-    public let fileSize: Int
+/// Reads the columns of a v1 segment back into a `SpanBatch`.
+struct SegmentDecoderV1 {
+    let segment: SegmentReader
 
-    /// Opens `path` and checks its header, trailer and footer checksum.
-    public init(path: String) throws(StoreError) {
-        self.path = path
-        let size = try FileIO.size(path)
-        fileSize = size
-        let minimum = SegmentFormatV1.headerMagic.count + SegmentFormatV1.trailerSize
-        guard size >= minimum else {
-            throw .corruptSegment(file: path, reason: "file is \(size) bytes, shorter than an empty segment")
-        }
-        let header = try FileIO.readRange(path, offset: 0, count: SegmentFormatV1.headerMagic.count)
-        guard header.starts(with: SegmentFormatV1.headerMagic.prefix(6)) else {
-            throw .corruptSegment(file: path, reason: "missing header magic")
-        }
-        let trailer = try FileIO.readRange(path, offset: size - SegmentFormatV1.trailerSize, count: SegmentFormatV1.trailerSize)
-        guard Array(trailer[8..<16]) == SegmentFormatV1.trailerMagic else {
-            throw .corruptSegment(file: path, reason: "missing trailer magic (file truncated?)")
-        }
-        var trailerReader = ByteReader(trailer)
-        let footerLength: Int
-        let footerChecksum: UInt32
-        do {
-            footerLength = Int(try trailerReader.readUInt32())
-            footerChecksum = try trailerReader.readUInt32()
-        } catch {
-            throw .corruptSegment(file: path, reason: "unreadable trailer")
-        }
-        guard footerLength <= size - minimum else {
-            throw .corruptSegment(file: path, reason: "footer length \(footerLength) exceeds the file")
-        }
-        let footerBytes = try FileIO.readRange(path, offset: size - SegmentFormatV1.trailerSize - footerLength, count: footerLength)
-        guard CRC32C.checksum(footerBytes) == footerChecksum else {
-            throw .corruptSegment(file: path, reason: "footer checksum mismatch")
-        }
-        let footer: SegmentFooter
-        do {
-            footer = try SegmentFooter.decode(footerBytes, fileSize: size)
-        } catch {
-            throw .corruptSegment(file: path, reason: "footer does not decode: \(error)")
-        }
-        guard footer.version == SegmentFormatV1.version else {
-            throw .unsupportedVersion(file: path, version: footer.version)
-        }
-        for chunk in footer.columns where chunk.offset + chunk.compressedSize > size - SegmentFormatV1.trailerSize - footerLength {
-            throw .corruptColumn(file: path, column: chunk.column, reason: "chunk extends past the footer")
-        }
-        self.footer = footer
-    }
+    private var path: String { segment.path }
+    private var footer: SegmentFooter { segment.footer }
 
-    /// The decompressed bytes of one column, after checking its checksum.
-    public func columnBytes(_ column: SegmentFormatV1.Column) throws(StoreError) -> [UInt8] {
-        guard let chunk = footer.columns.first(where: { $0.column == column.rawValue }) else {
-            throw .corruptColumn(file: path, column: column.rawValue, reason: "column missing from footer")
-        }
-        let compressed = try FileIO.readRange(path, offset: chunk.offset, count: chunk.compressedSize)
-        guard compressed.count == chunk.compressedSize else {
-            throw .corruptColumn(file: path, column: column.rawValue, reason: "chunk is truncated")
-        }
-        guard CRC32C.checksum(compressed) == chunk.checksum else {
-            throw .corruptColumn(file: path, column: column.rawValue, reason: "checksum mismatch")
-        }
-        let raw: [UInt8]
-        do {
-            raw = try Zstd.decompress(compressed, maxSize: chunk.rawSize)
-        } catch {
-            throw .corruptColumn(file: path, column: column.rawValue, reason: "\(error)")
-        }
-        guard raw.count == chunk.rawSize else {
-            throw .corruptColumn(file: path, column: column.rawValue, reason: "decompressed to \(raw.count) bytes, footer says \(chunk.rawSize)")
-        }
-        return raw
+    private func columnBytes(_ column: SegmentFormatV1.Column) throws(StoreError) -> [UInt8] {
+        try segment.columnBytes(named: column.rawValue)
     }
 
     /// The trace id of every row, in row order (sorted).
-    public func traceIDs() throws(StoreError) -> [TraceID] {
+    func traceIDs() throws(StoreError) -> [TraceID] {
         let bytes = try columnBytes(.traceID)
         let rows = footer.spanCount
         guard bytes.count == rows * 16 else {
@@ -91,28 +21,13 @@ public struct SegmentReader: Sendable {
         return (0..<rows).map { row in TraceID(bytes: bytes[row * 16..<row * 16 + 16])! }
     }
 
-    /// The rows of `traceID`, found by binary search over the sorted trace id column.
-    public func rows(of traceID: TraceID) throws(StoreError) -> Range<Int> {
-        guard footer.spanCount > 0, traceID >= footer.minTraceID, traceID <= footer.maxTraceID else { return 0..<0 }
-        let ids = try traceIDs()
-        var low = 0
-        var high = ids.count
-        while low < high {
-            let middle = (low + high) / 2
-            if ids[middle] < traceID { low = middle + 1 } else { high = middle }
-        }
-        var end = low
-        while end < ids.count && ids[end] == traceID { end += 1 }
-        return low..<end
-    }
-
     /// Every row of the segment, decoded.
-    public func readBatch() throws(StoreError) -> SpanBatch {
+    func decode() throws(StoreError) -> SpanBatch {
         let rows = footer.spanCount
         func fail(_ column: SegmentFormatV1.Column, _ reason: String) -> StoreError {
             .corruptColumn(file: path, column: column.rawValue, reason: reason)
         }
-        let traceIDs = try traceIDs()
+        let traceIDs = try self.traceIDs()
         let spanIDs = try fixed64(.spanID, rows: rows)
         let parents = try fixed64(.parentSpanID, rows: rows)
 

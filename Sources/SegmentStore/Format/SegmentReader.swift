@@ -1,0 +1,174 @@
+import Compression
+import MeshCore
+import Synchronization
+
+/// Reads a sealed segment of any supported version: its footer on open, columns on demand.
+public struct SegmentReader: Sendable {
+    /// Path of the segment file.
+    public let path: String
+    public let footer: SegmentFooter
+    /// Size of the file, in bytes.
+    public let fileSize: Int
+    private let chunkIndex: [String: ColumnChunkInfo]
+    private let dictionaryCache = DictionaryCache()
+
+    /// Opens `path` and checks its header, trailer and footer checksum.
+    public init(path: String) throws(StoreError) {
+        self.path = path
+        let size = try FileIO.size(path)
+        fileSize = size
+        let headerSize = SegmentFile.headerMagicPrefix.count + 1
+        let minimum = headerSize + SegmentFile.trailerSize
+        guard size >= minimum else {
+            throw .corruptSegment(file: path, reason: "file is \(size) bytes, shorter than an empty segment")
+        }
+        let header = try FileIO.readRange(path, offset: 0, count: headerSize)
+        guard header.starts(with: SegmentFile.headerMagicPrefix) else {
+            throw .corruptSegment(file: path, reason: "missing header magic")
+        }
+        let trailer = try FileIO.readRange(path, offset: size - SegmentFile.trailerSize, count: SegmentFile.trailerSize)
+        guard Array(trailer[8..<16]) == SegmentFile.trailerMagic else {
+            throw .corruptSegment(file: path, reason: "missing trailer magic (file truncated?)")
+        }
+        var trailerReader = ByteReader(trailer)
+        let footerLength: Int
+        let footerChecksum: UInt32
+        do {
+            footerLength = Int(try trailerReader.readUInt32())
+            footerChecksum = try trailerReader.readUInt32()
+        } catch {
+            throw .corruptSegment(file: path, reason: "unreadable trailer")
+        }
+        guard footerLength <= size - minimum else {
+            throw .corruptSegment(file: path, reason: "footer length \(footerLength) exceeds the file")
+        }
+        let footerBytes = try FileIO.readRange(path, offset: size - SegmentFile.trailerSize - footerLength, count: footerLength)
+        guard CRC32C.checksum(footerBytes) == footerChecksum else {
+            throw .corruptSegment(file: path, reason: "footer checksum mismatch")
+        }
+        let footer: SegmentFooter
+        do {
+            footer = try SegmentFooter.decode(footerBytes, fileSize: size)
+        } catch {
+            throw .corruptSegment(file: path, reason: "footer does not decode: \(error)")
+        }
+        guard SegmentFile.readableVersions.contains(footer.version), UInt16(header[headerSize - 1]) == footer.version else {
+            throw .unsupportedVersion(file: path, version: footer.version)
+        }
+        for chunk in footer.columns where chunk.offset + chunk.compressedSize > size - SegmentFile.trailerSize - footerLength {
+            throw .corruptColumn(file: path, column: chunk.column, reason: "chunk extends past the footer")
+        }
+        self.footer = footer
+        chunkIndex = Dictionary(footer.columns.map { ($0.column, $0) }, uniquingKeysWith: { first, _ in first })
+    }
+
+    /// The decompressed bytes of the column called `name`, after checking its checksum.
+    public func columnBytes(named name: String) throws(StoreError) -> [UInt8] {
+        guard let chunk = chunkIndex[name] else {
+            throw .corruptColumn(file: path, column: name, reason: "column missing from footer")
+        }
+        let compressed = try FileIO.readRange(path, offset: chunk.offset, count: chunk.compressedSize)
+        return try decompress(chunk, compressed[...])
+    }
+
+    private func decompress(_ chunk: ColumnChunkInfo, _ compressed: ArraySlice<UInt8>) throws(StoreError) -> [UInt8] {
+        let name = chunk.column
+        guard compressed.count == chunk.compressedSize else {
+            throw .corruptColumn(file: path, column: name, reason: "chunk is truncated")
+        }
+        guard CRC32C.checksum(compressed) == chunk.checksum else {
+            throw .corruptColumn(file: path, column: name, reason: "checksum mismatch")
+        }
+        let raw: [UInt8]
+        do {
+            raw = try Zstd.decompress(Array(compressed), maxSize: chunk.rawSize)
+        } catch {
+            throw .corruptColumn(file: path, column: name, reason: "\(error)")
+        }
+        guard raw.count == chunk.rawSize else {
+            throw .corruptColumn(file: path, column: name, reason: "decompressed to \(raw.count) bytes, footer says \(chunk.rawSize)")
+        }
+        return raw
+    }
+
+    /// The decompressed columns of block `block` of a v2 segment, keyed by column
+    /// name; read from disk in one request. `only` limits which columns are read.
+    func blockColumns(_ block: Int, only: Set<String>? = nil) throws(StoreError) -> [String: [UInt8]] {
+        let prefix = "\(block)/"
+        let chunks = footer.columns.filter { $0.column.hasPrefix(prefix) && (only?.contains(String($0.column.dropFirst(prefix.count))) ?? true) }
+        guard let start = chunks.map(\.offset).min(), let end = chunks.map({ $0.offset + $0.compressedSize }).max() else {
+            throw .corruptSegment(file: path, reason: "block \(block) has no columns")
+        }
+        let bytes = try FileIO.readRange(path, offset: start, count: end - start)
+        var result: [String: [UInt8]] = [:]
+        for chunk in chunks {
+            let from = chunk.offset - start
+            guard from + chunk.compressedSize <= bytes.count else {
+                throw .corruptColumn(file: path, column: chunk.column, reason: "chunk is truncated")
+            }
+            result[String(chunk.column.dropFirst(prefix.count))] = try decompress(chunk, bytes[from..<from + chunk.compressedSize])
+        }
+        return result
+    }
+
+    /// Every span of `traceID` in this segment, or nil when it holds none.
+    public func trace(_ traceID: TraceID) throws(StoreError) -> SpanBatch? {
+        guard footer.spanCount > 0, traceID >= footer.minTraceID, traceID <= footer.maxTraceID else { return nil }
+        switch footer.version {
+        case SegmentFormatV1.version:
+            let ids = try SegmentDecoderV1(segment: self).traceIDs()
+            let low = Self.lowerBound(of: traceID, count: ids.count) { ids[$0] }
+            var end = low
+            while end < ids.count && ids[end] == traceID { end += 1 }
+            guard end > low else { return nil }
+            var result = SpanBatch()
+            result.append(contentsOf: try readBatch(), rows: Array(low..<end))
+            return result
+        default:
+            if let bloom = footer.bloom, !bloom.mightContain(traceID) { return nil }
+            let blocks = footer.blocks
+            let block = Self.lowerBound(of: traceID, count: blocks.count) { blocks[$0].lastTraceID }
+            guard block < blocks.count, blocks[block].firstTraceID <= traceID else { return nil }
+            let decoder = SegmentDecoderV2(segment: self, dictionaries: try dictionaries())
+            guard let rows = try decoder.rows(of: traceID, block: block) else { return nil }
+            return try decoder.decode(block: block, keep: rows)
+        }
+    }
+
+    /// Every row of the segment, decoded.
+    public func readBatch() throws(StoreError) -> SpanBatch {
+        switch footer.version {
+        case SegmentFormatV1.version:
+            return try SegmentDecoderV1(segment: self).decode()
+        default:
+            let decoder = SegmentDecoderV2(segment: self, dictionaries: try dictionaries())
+            var batch = SpanBatch()
+            batch.reserveCapacity(footer.spanCount)
+            for block in footer.blocks.indices { batch.append(contentsOf: try decoder.decode(block: block)) }
+            return batch
+        }
+    }
+
+    /// The v2 dictionaries, read on first use and kept.
+    private func dictionaries() throws(StoreError) -> DictionariesV2 {
+        if let cached = dictionaryCache.value.withLock({ $0 }) { return cached }
+        let loaded = try DictionariesV2(segment: self)
+        dictionaryCache.value.withLock { $0 = loaded }
+        return loaded
+    }
+
+    private static func lowerBound(of traceID: TraceID, count: Int, _ id: (Int) -> TraceID) -> Int {
+        var low = 0
+        var high = count
+        while low < high {
+            let middle = (low + high) / 2
+            if id(middle) < traceID { low = middle + 1 } else { high = middle }
+        }
+        return low
+    }
+}
+
+/// Holds a segment's decoded dictionaries across reads.
+private final class DictionaryCache: Sendable {
+    let value = Mutex<DictionariesV2?>(nil)
+}

@@ -1,0 +1,375 @@
+import MeshCore
+
+/// The segment-wide dictionaries of a v2 segment, read once per segment.
+struct DictionariesV2: Sendable {
+    var names: [String] = []
+    var resources: [ResourceEntry] = []
+    var scopes: [[UInt8]] = []
+    var keys: [[UInt8]] = []
+    /// (key, type) pairs with a column of their own, by column position.
+    var dedicated: [(key: Int, type: AttributeType)] = []
+    var shapes: [[(key: Int, type: AttributeType)]] = []
+
+    init(segment: SegmentReader) throws(StoreError) {
+        typealias Dictionary = SegmentFormatV2.Dictionary
+        var current = Dictionary.names
+        do {
+            var reader = ByteReader(try segment.columnBytes(named: Dictionary.names.rawValue))
+            for _ in 0..<(try reader.readCount(limit: reader.remaining)) { names.append(try reader.readString()) }
+
+            current = .resources
+            reader = ByteReader(try segment.columnBytes(named: Dictionary.resources.rawValue))
+            for _ in 0..<(try reader.readCount(limit: reader.remaining)) {
+                let service = try reader.readString()
+                resources.append(ResourceEntry(serviceName: service, encoded: Array(try reader.readLengthPrefixed())))
+            }
+
+            current = .scopes
+            reader = ByteReader(try segment.columnBytes(named: Dictionary.scopes.rawValue))
+            for _ in 0..<(try reader.readCount(limit: reader.remaining)) { scopes.append(Array(try reader.readLengthPrefixed())) }
+
+            current = .attributes
+            reader = ByteReader(try segment.columnBytes(named: Dictionary.attributes.rawValue))
+            for _ in 0..<(try reader.readCount(limit: reader.remaining)) { keys.append(Array(try reader.readLengthPrefixed())) }
+            for _ in 0..<(try reader.readCount(limit: reader.remaining)) {
+                let key = try reader.readCount(limit: max(0, keys.count - 1))
+                guard let type = AttributeType(rawValue: try reader.readUInt8()) else {
+                    throw ByteReaderError.invalidLength(offset: reader.offset, length: 0)
+                }
+                dedicated.append((key, type))
+            }
+            for _ in 0..<(try reader.readCount(limit: reader.remaining)) {
+                var shape: [(key: Int, type: AttributeType)] = []
+                for _ in 0..<(try reader.readCount(limit: reader.remaining)) {
+                    let entry = try reader.readVarint()
+                    guard let type = AttributeType(rawValue: UInt8(entry & 7)), entry >> 3 < UInt64(keys.count) else {
+                        throw ByteReaderError.invalidLength(offset: reader.offset, length: entry)
+                    }
+                    shape.append((Int(entry >> 3), type))
+                }
+                shapes.append(shape)
+            }
+        } catch let error as StoreError {
+            throw error
+        } catch {
+            throw .corruptColumn(file: segment.path, column: current.rawValue, reason: "\(error)")
+        }
+    }
+}
+
+/// Reads blocks of a v2 segment back into `SpanBatch`es.
+struct SegmentDecoderV2 {
+    let segment: SegmentReader
+    let dictionaries: DictionariesV2
+
+    private typealias Column = SegmentFormatV2.Column
+
+    /// Decodes block `block`; only rows in `keep` (block-local row numbers) are
+    /// materialized, the others are read past.
+    func decode(block: Int, keep: Range<Int>? = nil) throws(StoreError) -> SpanBatch {
+        let info = segment.footer.blocks[block]
+        let rows = info.spanCount
+        let keep = keep ?? 0..<rows
+        let chunks = try segment.blockColumns(block)
+        var current = Column.traceID.rawValue
+        func column(_ column: Column) throws -> ByteReader {
+            current = column.rawValue
+            guard let bytes = chunks[column.rawValue] else {
+                throw StoreError.corruptColumn(file: segment.path, column: SegmentFormatV2.chunkName(block: block, column: column.rawValue), reason: "missing")
+            }
+            return ByteReader(bytes)
+        }
+        do {
+            let traceIDBytes = try column(.traceID)
+            guard traceIDBytes.remaining == info.traceCount * 16 else { throw ByteReaderError.invalidLength(offset: 0, length: UInt64(traceIDBytes.remaining)) }
+            var traceIDReader = traceIDBytes
+            var spanCounts = try column(.traceSpans)
+            var traceStarts = try column(.traceStart)
+            var spanIDReader = try column(.spanID)
+            guard spanIDReader.remaining == rows * 8 else { throw ByteReaderError.invalidLength(offset: 0, length: UInt64(spanIDReader.remaining)) }
+            var kindStatusReader = try column(.kindStatus)
+            guard kindStatusReader.remaining == rows else { throw ByteReaderError.invalidLength(offset: 0, length: UInt64(kindStatusReader.remaining)) }
+            var parents = try column(.parent)
+            var externalParents = try column(.parentExternal)
+            var starts = try column(.start)
+            var durations = try column(.duration)
+            var nameIndices = try column(.name)
+            var messages = try column(.statusMessage)
+            var traceStates = try column(.traceState)
+            var flagsColumn = try column(.flags)
+            var resourceIndices = try column(.resource)
+            var scopeIndices = try column(.scope)
+            var extrasColumn = try column(.extras)
+            var attributes = try AttributeRowsDecoder(chunks: chunks, dictionaries: dictionaries, segment: segment, block: block)
+
+            var batch = SpanBatch()
+            for resource in dictionaries.resources { _ = batch.intern(resource: resource) }
+            for scope in dictionaries.scopes { _ = batch.intern(scope: scope) }
+            batch.reserveCapacity(keep.count)
+            var seenTraceStates: [ArraySlice<UInt8>] = []
+            // Per trace: span ids, kinds, start and end times of its rows so far.
+            var traceSpanIDs: [SpanID] = []
+            var traceKinds: [SpanKind] = []
+            var traceStartTimes: [UInt64] = []
+            var traceEndTimes: [UInt64] = []
+
+            var row = 0
+            for _ in 0..<info.traceCount {
+                current = Column.traceSpans.rawValue
+                let count = try spanCounts.readCount(limit: rows - row)
+                current = Column.traceStart.rawValue
+                let traceStart = info.minStartTime &+ (try traceStarts.readVarint())
+                let traceID = TraceID(bytes: try traceIDReader.readRaw(count: 16))!
+                traceSpanIDs.removeAll(keepingCapacity: true)
+                traceKinds.removeAll(keepingCapacity: true)
+                traceStartTimes.removeAll(keepingCapacity: true)
+                traceEndTimes.removeAll(keepingCapacity: true)
+                var parentLocals: [Int?] = []
+                var pendingRows: [SpanBatch.Row] = []
+
+                for local in 0..<count {
+                    let spanID = SpanID(try spanIDReader.readRaw(count: 8).reduce(UInt64(0)) { $0 << 8 | UInt64($1) })
+                    current = Column.parent.rawValue
+                    let parentCode = try parents.readVarint()
+                    var parentID = SpanID.zero
+                    var timingParent: Int?
+                    var parentLocal: Int?
+                    switch parentCode {
+                    case 0:
+                        break
+                    case 1:
+                        current = Column.parentExternal.rawValue
+                        parentID = SpanID(try externalParents.readRaw(count: 8).reduce(UInt64(0)) { $0 << 8 | UInt64($1) })
+                    default:
+                        let target = Int64(local) - SegmentDecoderV2.unzigzag(parentCode - 2)
+                        guard target >= 0, target < Int64(count), target != Int64(local) else {
+                            throw ByteReaderError.invalidLength(offset: parents.offset, length: parentCode)
+                        }
+                        parentLocal = Int(target)
+                        if target < Int64(local) { timingParent = Int(target) }
+                    }
+                    let code = try kindStatusReader.readUInt8()
+                    let kind = SpanKind(rawValue: code & 7) ?? .unspecified
+
+                    current = Column.start.rawValue
+                    let base = timingParent.map { traceStartTimes[$0] } ?? traceStart
+                    let start = base &+ UInt64(bitPattern: SegmentDecoderV2.unzigzag(try starts.readVarint()))
+                    current = Column.duration.rawValue
+                    var duration = SegmentDecoderV2.unzigzag(try durations.readVarint())
+                    if let timingParent, kind == .server, traceKinds[timingParent] == .client {
+                        duration = duration &+ Int64(bitPattern: traceEndTimes[timingParent] &- traceStartTimes[timingParent])
+                    }
+                    let end = start &+ UInt64(bitPattern: duration)
+                    traceSpanIDs.append(spanID)
+                    traceKinds.append(kind)
+                    traceStartTimes.append(start)
+                    traceEndTimes.append(end)
+                    parentLocals.append(parentLocal)
+
+                    current = Column.name.rawValue
+                    let name = try nameIndices.readCount(limit: max(0, dictionaries.names.count - 1))
+                    current = Column.resource.rawValue
+                    let resource = try resourceIndices.readCount(limit: max(0, dictionaries.resources.count - 1))
+                    current = Column.scope.rawValue
+                    let scope = try scopeIndices.readCount(limit: max(0, dictionaries.scopes.count - 1))
+                    current = Column.statusMessage.rawValue
+                    let message = code & SegmentFormatV2.hasStatusMessage != 0 ? try messages.readLengthPrefixed() : []
+                    current = Column.flags.rawValue
+                    let flags = UInt32(truncatingIfNeeded: try flagsColumn.readVarint())
+                    current = Column.extras.rawValue
+                    let storedExtras = code & SegmentFormatV2.hasExtras != 0 ? try extrasColumn.readLengthPrefixed() : []
+                    current = Column.traceState.rawValue
+                    let traceState = code & SegmentFormatV2.hasTraceState != 0
+                        ? try SegmentDecoderV2.readRecency(&traceStates, into: &seenTraceStates) : nil
+                    current = Column.layout.rawValue
+                    let materialize = keep.contains(row)
+                    let (attributeBytes, httpCode) = try attributes.next(materialize: materialize)
+
+                    if materialize {
+                        var extras = Array(storedExtras)
+                        if let traceState {
+                            extras.append(0x1A)
+                            AttributeCoding.appendVarint(UInt64(traceState.count), to: &extras)
+                            extras += traceState
+                        }
+                        if flags != 0 {
+                            extras += [0x85, 0x01]
+                            for shift in stride(from: 0, to: 32, by: 8) { extras.append(UInt8(truncatingIfNeeded: flags >> UInt32(shift))) }
+                        }
+                        pendingRows.append(SpanBatch.Row(
+                            traceID: traceID, spanID: spanID, parentSpanID: parentID,
+                            name: dictionaries.names[name], kind: kind, startTime: start, endTime: end,
+                            statusCode: StatusCode(rawValue: (code >> 3) & 3) ?? .unset,
+                            statusMessage: String(decoding: message, as: UTF8.self), httpStatusCode: httpCode,
+                            resourceIndex: UInt32(resource), scopeIndex: UInt32(scope),
+                            attributes: attributeBytes, extras: extras))
+                    } else {
+                        pendingRows.append(SpanBatch.Row.placeholder)
+                    }
+                    row += 1
+                }
+                for local in 0..<count where keep.contains(row - count + local) {
+                    var span = pendingRows[local]
+                    if let parentLocal = parentLocals[local] { span.parentSpanID = traceSpanIDs[parentLocal] }
+                    batch.append(span)
+                }
+            }
+            guard row == rows else { throw ByteReaderError.invalidLength(offset: 0, length: UInt64(row)) }
+            return batch
+        } catch let error as StoreError {
+            throw error
+        } catch {
+            throw .corruptColumn(file: segment.path, column: SegmentFormatV2.chunkName(block: block, column: current), reason: "\(error)")
+        }
+    }
+
+    /// Block-local row range of `traceID` within `block`, if the block holds it.
+    func rows(of traceID: TraceID, block: Int) throws(StoreError) -> Range<Int>? {
+        let chunks = try segment.blockColumns(block, only: [Column.traceID.rawValue, Column.traceSpans.rawValue])
+        let info = segment.footer.blocks[block]
+        guard let ids = chunks[Column.traceID.rawValue], ids.count == info.traceCount * 16,
+              let countBytes = chunks[Column.traceSpans.rawValue] else {
+            throw .corruptColumn(file: segment.path, column: SegmentFormatV2.chunkName(block: block, column: Column.traceID.rawValue), reason: "missing or wrong size")
+        }
+        var low = 0
+        var high = info.traceCount
+        while low < high {
+            let middle = (low + high) / 2
+            if TraceID(bytes: ids[middle * 16..<middle * 16 + 16])! < traceID { low = middle + 1 } else { high = middle }
+        }
+        guard low < info.traceCount, TraceID(bytes: ids[low * 16..<low * 16 + 16])! == traceID else { return nil }
+        var counts = ByteReader(countBytes)
+        do {
+            var first = 0
+            for _ in 0..<low { first += try counts.readCount(limit: info.spanCount) }
+            return first..<first + (try counts.readCount(limit: info.spanCount - first))
+        } catch {
+            throw .corruptColumn(file: segment.path, column: SegmentFormatV2.chunkName(block: block, column: Column.traceSpans.rawValue), reason: "\(error)")
+        }
+    }
+
+    static func unzigzag(_ value: UInt64) -> Int64 {
+        Int64(bitPattern: value >> 1) ^ -Int64(bitPattern: value & 1)
+    }
+
+    /// Reads one recency-coded string (see `RecencyStrings`).
+    static func readRecency(_ reader: inout ByteReader, into seen: inout [ArraySlice<UInt8>]) throws(ByteReaderError) -> ArraySlice<UInt8> {
+        let start = reader.offset
+        let reference = try reader.readVarint()
+        if reference == 0 {
+            let value = try reader.readLengthPrefixed()
+            seen.append(value)
+            return value
+        }
+        guard reference <= UInt64(seen.count) else { throw .invalidLength(offset: start, length: reference) }
+        return seen[seen.count - Int(reference)]
+    }
+}
+
+extension SpanBatch.Row {
+    /// A row that is read past and never stored.
+    static let placeholder = SpanBatch.Row(
+        traceID: .zero, spanID: .zero, parentSpanID: .zero, name: "", kind: .unspecified, startTime: 0, endTime: 0,
+        statusCode: .unset, statusMessage: "", httpStatusCode: 0, resourceIndex: 0, scopeIndex: 0, attributes: [], extras: [])
+}
+
+/// Rebuilds each row's attributes (protobuf `KeyValueList` bytes) from a block's
+/// layout codes and value columns, and derives the HTTP status code on the way.
+struct AttributeRowsDecoder {
+    private struct ValueColumn {
+        var reader: ByteReader
+        var seen: [ArraySlice<UInt8>] = []
+    }
+
+    private let dictionaries: DictionariesV2
+    private var layout: ByteReader
+    private var fallback: ByteReader
+    private var generic: ByteReader
+    private var columns: [Int: ValueColumn] = [:]
+    private var statusKeys: Set<Int> = []
+
+    init(chunks: [String: [UInt8]], dictionaries: DictionariesV2, segment: SegmentReader, block: Int) throws(StoreError) {
+        self.dictionaries = dictionaries
+        func chunk(_ name: String) throws(StoreError) -> ByteReader {
+            guard let bytes = chunks[name] else {
+                throw .corruptColumn(file: segment.path, column: SegmentFormatV2.chunkName(block: block, column: name), reason: "missing")
+            }
+            return ByteReader(bytes)
+        }
+        layout = try chunk(SegmentFormatV2.Column.layout.rawValue)
+        fallback = try chunk(SegmentFormatV2.Column.fallback.rawValue)
+        generic = try chunk(SegmentFormatV2.Column.generic.rawValue)
+        for (key, type) in dictionaries.dedicated {
+            let name = SegmentFormatV2.attributeColumnName(key: dictionaries.keys[key], type: type)
+            columns[key << 3 | Int(type.rawValue)] = ValueColumn(reader: try chunk(name))
+        }
+        for (index, key) in dictionaries.keys.enumerated()
+        where key == Array("http.response.status_code".utf8) || key == Array("http.status_code".utf8) {
+            statusKeys.insert(index)
+        }
+    }
+
+    /// The next row's attributes and HTTP status code (0 when absent); the bytes are
+    /// built only when `materialize` is set.
+    mutating func next(materialize: Bool) throws -> ([UInt8], UInt16) {
+        let code = try layout.readCount(limit: dictionaries.shapes.count + 1)
+        switch code {
+        case 0:
+            return ([], 0)
+        case 1:
+            let bytes = Array(try fallback.readLengthPrefixed())
+            var httpCode: UInt16 = 0
+            for attribute in AttributeCoding.scan(bytes) ?? [] where attribute.type == .int && httpCode == 0 {
+                if attribute.key.elementsEqual("http.response.status_code".utf8) || attribute.key.elementsEqual("http.status_code".utf8) {
+                    httpCode = Self.statusCode(attribute.scalar)
+                }
+            }
+            return (bytes, httpCode)
+        default:
+            var bytes: [UInt8] = []
+            var httpCode: UInt16 = 0
+            for (key, type) in dictionaries.shapes[code - 2] {
+                var payload: ArraySlice<UInt8> = []
+                var scalar: UInt64 = 0
+                let columnKey = key << 3 | Int(type.rawValue)
+                if var column = columns.removeValue(forKey: columnKey) {
+                    defer { columns[columnKey] = column }
+                    try Self.readValue(type: type, from: &column.reader, seen: &column.seen, recency: true, payload: &payload, scalar: &scalar)
+                } else {
+                    var unused: [ArraySlice<UInt8>] = []
+                    try Self.readValue(type: type, from: &generic, seen: &unused, recency: false, payload: &payload, scalar: &scalar)
+                }
+                if type == .int && httpCode == 0 && statusKeys.contains(key) { httpCode = Self.statusCode(scalar) }
+                if materialize {
+                    AttributeCoding.appendEntry(key: dictionaries.keys[key], type: type, bytes: payload, scalar: scalar, to: &bytes)
+                }
+            }
+            return (bytes, httpCode)
+        }
+    }
+
+    private static func statusCode(_ scalar: UInt64) -> UInt16 {
+        let value = Int64(bitPattern: scalar)
+        return (0...999).contains(value) ? UInt16(value) : 0
+    }
+
+    private static func readValue(
+        type: AttributeType, from reader: inout ByteReader, seen: inout [ArraySlice<UInt8>], recency: Bool,
+        payload: inout ArraySlice<UInt8>, scalar: inout UInt64
+    ) throws(ByteReaderError) {
+        switch type {
+        case .absent:
+            break
+        case .string:
+            payload = recency ? try SegmentDecoderV2.readRecency(&reader, into: &seen) : try reader.readLengthPrefixed()
+        case .bool:
+            scalar = UInt64(try reader.readUInt8())
+        case .int:
+            scalar = UInt64(bitPattern: SegmentDecoderV2.unzigzag(try reader.readVarint()))
+        case .double:
+            scalar = try reader.readUInt64()
+        case .other:
+            payload = try reader.readLengthPrefixed()
+        }
+    }
+}

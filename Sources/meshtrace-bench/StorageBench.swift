@@ -1,0 +1,201 @@
+import ArgumentParser
+import Compression
+import Foundation
+import MeshCore
+import MeshSim
+import OTLPWire
+import QueryEngine
+import SegmentStore
+
+/// Segment size, encode speed, trace lookup and column scan on MeshSim traffic.
+struct StorageBench: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "storage",
+        abstract: "Bytes per span against a Tempo-like Parquet table, encode throughput, trace-by-id lookup, column scan.")
+
+    @Option(help: "Spans in the size and throughput corpus.")
+    var spans = 1_000_000
+
+    @Option(help: "Spans per segment, as the collector seals them.")
+    var segmentSpans = 200_000
+
+    @Option(help: "Spans stored for the lookup benchmark (0 skips it).")
+    var lookupSpans = 10_000_000
+
+    @Option(help: "Trace lookups to time.")
+    var lookups = 2_000
+
+    @Option(help: "Working directory (emptied first).")
+    var directory = "/tmp/meshtrace-bench"
+
+    @Option(help: "Python with pyarrow and opentelemetry-proto, for the Parquet baseline (empty skips it).")
+    var python = ".venv/bin/python"
+
+    @Option(help: "MeshSim seed.")
+    var seed: UInt64 = 42
+
+    func run() throws {
+        try? FileManager.default.removeItem(atPath: directory)
+        try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true)
+        print("machine: \(ProcessInfo.processInfo.activeProcessorCount) cores, \(cpuModel())")
+
+        // 1. The corpus, as OTLP export requests (one per pod and batch) and as a columnar batch.
+        var simulator = MeshSim(configuration: MeshSim.Configuration(seed: seed, errorRate: 0.01))
+        var requests: [ExportTraceServiceRequest] = []
+        var emitted = 0
+        var pending: [MeshSim.EmittedSpan] = []
+        var time: UInt64 = 1_767_225_600_000_000_000
+        while emitted < spans {
+            let next = simulator.request(at: time)
+            time += 1_000_000
+            emitted += next.count
+            pending += next
+            if pending.count >= 20_000 {
+                requests += simulator.exportRequests(pending, maxSpansPerRequest: 512)
+                pending = []
+            }
+        }
+        requests += simulator.exportRequests(pending, maxSpansPerRequest: 512)
+        var corpus = SpanBatch()
+        corpus.reserveCapacity(emitted)
+        var otlpBytes = 0
+        var corpusFile = ByteWriter(capacity: emitted * 500)
+        for request in requests {
+            corpus.append(request)
+            let bytes: [UInt8] = try request.serializedBytes()
+            otlpBytes += bytes.count
+            corpusFile.write(UInt32(bytes.count))
+            corpusFile.write(raw: bytes)
+        }
+        let corpusPath = directory + "/corpus.otlp"
+        try Data(corpusFile.bytes).write(to: URL(fileURLWithPath: corpusPath))
+        print("corpus: \(corpus.count) spans, \(simulator.truth.requests) requests, \(String(format: "%.1f", simulator.truth.hopsPerRequest)) hops/request, OTLP protobuf \(String(format: "%.1f", Double(otlpBytes) / Double(corpus.count))) B/span")
+
+        // 2. Segments as the collector seals them, and their encode throughput.
+        var segmentBytes = 0
+        var encodeSeconds = 0.0
+        var encodeCPU = 0.0
+        var offset = 0
+        var index = 0
+        while offset < corpus.count {
+            var part = SpanBatch()
+            part.append(contentsOf: corpus, rows: Array(offset..<min(offset + segmentSpans, corpus.count)))
+            offset += part.count
+            let (bytes, measured) = try Measurement.run { try SegmentWriter.encode(part, walSequence: UInt64(index)) }
+            encodeSeconds += measured.seconds
+            encodeCPU += measured.cpuSeconds
+            segmentBytes += bytes.count
+            try Data(bytes).write(to: URL(fileURLWithPath: directory + "/size-\(index).mts"))
+            index += 1
+        }
+        let meshtraceBytesPerSpan = Double(segmentBytes) / Double(corpus.count)
+        print(String(format: "meshtrace segments: %d bytes in %d segments = %.2f B/span", segmentBytes, index, meshtraceBytesPerSpan))
+        print(String(format: "encode + compress: %.0f spans/s wall, %.0f spans/s per CPU-second (one thread)",
+                     Double(corpus.count) / encodeSeconds, Double(corpus.count) / encodeCPU))
+        let oneSegment = try SegmentReader(path: directory + "/size-0.mts")
+        let columnTable = oneSegment.footer.columns.sorted { $0.compressedSize > $1.compressedSize }.prefix(12).map {
+            String(format: "  %-40@ %7.2f B/span (raw %7.2f, ×%.1f)", $0.column as NSString,
+                   Double($0.compressedSize) / Double(oneSegment.footer.spanCount),
+                   Double($0.rawSize) / Double(oneSegment.footer.spanCount),
+                   Double($0.rawSize) / Double(max(1, $0.compressedSize)))
+        }
+        print("largest columns of segment 0:\n" + columnTable.joined(separator: "\n"))
+
+        // 3. The Parquet baseline.
+        if !python.isEmpty {
+            let script = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent()
+                .deletingLastPathComponent().appendingPathComponent("Benchmarks/parquet_baseline.py").path
+            let process = Process()
+            process.executableURL = URL(fileURLWithPath: python)
+            process.arguments = [script, corpusPath, directory + "/corpus.parquet"]
+            let output = Pipe()
+            process.standardOutput = output
+            try process.run()
+            let text = String(decoding: output.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
+            process.waitUntilExit()
+            print(text, terminator: "")
+            if let line = text.split(separator: "\n").first(where: { $0.hasPrefix("parquet bytes:") }),
+               let parquetBytes = Double(line.split(separator: " ")[2]) {
+                let parquetPerSpan = parquetBytes / Double(corpus.count)
+                print(String(format: "ratio meshtrace / parquet: %.3f (%.2f vs %.2f B/span)", meshtraceBytesPerSpan / parquetPerSpan,
+                             meshtraceBytesPerSpan, parquetPerSpan))
+            }
+        }
+
+        // 4. One-column scan speed.
+        let (scanned, scan) = try Measurement.run { () throws -> Int in
+            var total = 0
+            for segment in 0..<index {
+                total += try SegmentReader(path: directory + "/size-\(segment).mts").columnBytes(named: "span.duration").count
+            }
+            return total
+        }
+        print(String(format: "column scan (span.duration, read + checksum + decompress): %.0f MB/s decompressed, %.0f M spans/s",
+                     Double(scanned) / scan.seconds / 1e6, Double(corpus.count) / scan.seconds / 1e6))
+
+        if lookupSpans > 0 { try lookupBench(simulator: &simulator, start: time) }
+    }
+
+    /// Trace by id over many segments: the median and p99 over random stored traces.
+    private func lookupBench(simulator: inout MeshSim, start: UInt64) throws {
+        let storeDirectory = directory + "/lookup"
+        var configuration = SpanStore.Configuration(dataDirectory: storeDirectory)
+        configuration.maxHeadSpans = lookupSpans / 100
+        try FileManager.default.createDirectory(atPath: storeDirectory + "/segments", withIntermediateDirectories: true)
+        var time = start
+        var written = 0
+        var sample: [TraceID] = []
+        var random = SeededGenerator(seed: seed ^ 0xBEEF)
+        var segmentIndex = 0
+        while written < lookupSpans {
+            var batch = SpanBatch()
+            var pending: [MeshSim.EmittedSpan] = []
+            while pending.count < configuration.maxHeadSpans {
+                let next = simulator.request(at: time)
+                time += 1_000_000
+                if random.chance(0.01) { sample.append(TraceID(bytes: next[0].span.traceID)!) }
+                pending += next
+            }
+            for request in simulator.exportRequests(pending) { batch.append(request) }
+            try SegmentWriter.write(batch, walSequence: UInt64(segmentIndex + 1),
+                                    to: storeDirectory + "/segments/" + String(format: "seg-%016llx.mts", segmentIndex + 1))
+            written += batch.count
+            segmentIndex += 1
+        }
+        let store = try SpanStore(configuration: configuration)
+        let snapshot = store.snapshot()
+        print("lookup store: \(written) spans in \(snapshot.segments.count) segments")
+        dropPageCache()
+        var timings: [Double] = []
+        var found = 0
+        for lookup in 0..<lookups {
+            let traceID = sample[Int(random.next() % UInt64(sample.count))]
+            if lookup == lookups / 2 { dropPageCache() }
+            let (result, measured) = try Measurement.run { try QueryEngine(snapshot: snapshot).trace(traceID) }
+            if result != nil { found += 1 }
+            timings.append(measured.seconds * 1000)
+        }
+        timings.sort()
+        print(String(format: "trace by id: median %.3f ms, p90 %.3f ms, p99 %.3f ms, max %.3f ms over %d lookups (%d found)",
+                     timings[timings.count / 2], timings[timings.count * 9 / 10], timings[timings.count * 99 / 100],
+                     timings.last!, timings.count, found))
+    }
+
+    /// Drops the page cache so reads come from disk, when running as root; says so either way.
+    private func dropPageCache() {
+        sync()
+        if let handle = FileHandle(forWritingAtPath: "/proc/sys/vm/drop_caches") {
+            handle.write(Data("3\n".utf8))
+            try? handle.close()
+            print("page cache dropped")
+        } else {
+            print("page cache NOT dropped (needs root): lookups may read from memory")
+        }
+    }
+
+    private func cpuModel() -> String {
+        let info = (try? String(contentsOfFile: "/proc/cpuinfo", encoding: .utf8)) ?? ""
+        return info.split(separator: "\n").first { $0.hasPrefix("model name") }?
+            .split(separator: ":").last?.trimmingCharacters(in: .whitespaces) ?? "unknown CPU"
+    }
+}
