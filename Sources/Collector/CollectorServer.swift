@@ -40,7 +40,7 @@ public struct CollectorServer: Sendable {
         OTLPHTTPReceiver(store: store, maxBodyBytes: configuration.maxRequestBodyBytes, logger: logger)
             .register(on: ingestRouter)
         let queryRouter = Router()
-        QueryAPI(store: store).register(on: queryRouter)
+        QueryAPI(store: store, logger: logger).register(on: queryRouter)
 
         let ingest = Application(
             router: ingestRouter,

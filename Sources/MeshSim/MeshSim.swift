@@ -16,6 +16,9 @@ public struct MeshSim: Sendable {
         public var errorRate: Double = 0.01
         /// Share of a service's own work times that are multiplied 5–20× (the heavy tail).
         public var tailProbability: Double = 0.01
+        /// Granularity of span timestamps, in nanoseconds. Envoy's clocks report whole
+        /// microseconds, so sidecar spans do too; 1 gives full nanosecond precision.
+        public var timestampResolution: UInt64 = 1_000
 
         public init(seed: UInt64 = 42, errorRate: Double = 0.01) {
             self.seed = seed
@@ -90,8 +93,8 @@ public struct MeshSim: Sendable {
         span.parentSpanID = Data(parent.bytes)
         span.name = "\(route.method) \(route.template)"
         span.kind = .server
-        span.startTimeUnixNano = start
-        span.endTimeUnixNano = end
+        span.startTimeUnixNano = quantize(start)
+        span.endTimeUnixNano = quantize(end)
         span.flags = 0x101
         span.attributes = [
             KeyValue("http.request.method", route.method),
@@ -133,8 +136,8 @@ public struct MeshSim: Sendable {
         span.parentSpanID = Data(parent.bytes)
         span.name = "\(served.route.method) \(served.route.template)"
         span.kind = .client
-        span.startTimeUnixNano = start
-        span.endTimeUnixNano = end
+        span.startTimeUnixNano = quantize(start)
+        span.endTimeUnixNano = quantize(end)
         span.flags = 0x101
         let calleeService = mesh.services[callee]
         span.attributes = [
@@ -156,7 +159,7 @@ public struct MeshSim: Sendable {
         }
         spans.append(EmittedSpan(pod: pod, span: span))
         truth.record(edge: GroundTruth.Edge(source: mesh.services[caller].name, target: calleeService.name),
-                     duration: end - start, failed: failed)
+                     duration: quantize(end) - quantize(start), failed: failed)
         return end
     }
 
@@ -208,6 +211,10 @@ public struct MeshSim: Sendable {
             KeyValue("telemetry.sdk.name", "meshtrace-sim"),
         ]
         return resource
+    }
+
+    private func quantize(_ time: UInt64) -> UInt64 {
+        time / configuration.timestampResolution * configuration.timestampResolution
     }
 
     private mutating func pick(_ options: [Int]) -> Int {

@@ -4,11 +4,26 @@ import SegmentStore
 
 /// Answers trace and topology questions over a store snapshot: the unsealed
 /// head blocks and every sealed segment whose time range and trace-id range can match.
+///
+/// A segment found damaged while reading is reported to `onDamagedSegment` and
+/// skipped, so one bad file never takes the answer down with it.
 public struct QueryEngine: Sendable {
     public let snapshot: SpanStore.Snapshot
+    private let onDamagedSegment: @Sendable (SegmentReader, StoreError) -> Void
 
-    public init(snapshot: SpanStore.Snapshot) {
+    public init(snapshot: SpanStore.Snapshot, onDamagedSegment: @escaping @Sendable (SegmentReader, StoreError) -> Void = { _, _ in }) {
         self.snapshot = snapshot
+        self.onDamagedSegment = onDamagedSegment
+    }
+
+    /// Runs `read` on `segment`; on damage, reports it and returns nil.
+    private func reading<T>(_ segment: SegmentReader, _ read: (SegmentReader) throws(StoreError) -> T?) -> T? {
+        do {
+            return try read(segment)
+        } catch {
+            onDamagedSegment(segment, error)
+            return nil
+        }
     }
 
     /// Every span of `traceID`, from the head blocks and all segments; nil when none is stored.
@@ -19,7 +34,9 @@ public struct QueryEngine: Sendable {
             if !rows.isEmpty { result.append(contentsOf: block, rows: rows) }
         }
         for segment in snapshot.segments {
-            if let found = try segment.trace(traceID) { result.append(contentsOf: found) }
+            if let found = reading(segment, { segment throws(StoreError) in try segment.trace(traceID) }) {
+                result.append(contentsOf: found)
+            }
         }
         return result.isEmpty ? nil : result.sortedByTrace()
     }
@@ -54,7 +71,7 @@ public struct QueryEngine: Sendable {
         for block in snapshot.unsealed { scan(block) }
         for segment in snapshot.segments
         where segment.footer.minStartTime <= window.upperBound && segment.footer.maxEndTime >= window.lowerBound {
-            scan(try segment.readBatch())
+            if let batch = reading(segment, { segment throws(StoreError) in try segment.readBatch() }) { scan(batch) }
         }
 
         var edges: [EdgeKey: [ClientSide]] = [:]

@@ -96,7 +96,12 @@ public final class SpanStore: Sendable {
                     coveredSequence = max(coveredSequence, reader.footer.walSequence)
                     state.segments.append(reader)
                 } catch {
-                    problems.append(Problem(file: path, reason: "\(error); skipped"))
+                    if configuration.readOnly {
+                        problems.append(Problem(file: path, reason: "\(error); skipped"))
+                    } else {
+                        try Self.moveToQuarantine(path, dataDirectory: configuration.dataDirectory)
+                        problems.append(Problem(file: path, reason: "\(error); moved to quarantine/"))
+                    }
                 }
             }
         }
@@ -210,6 +215,26 @@ public final class SpanStore: Sendable {
                 }
             }
         }
+    }
+
+    /// Takes a segment found damaged out of service: queries stop reading it, and
+    /// (unless read-only) the file moves to `quarantine/` for inspection.
+    public func quarantine(_ path: String) throws(StoreError) {
+        let removed = state.withLock { state in
+            let before = state.segments.count
+            state.segments.removeAll { $0.path == path }
+            return state.segments.count < before
+        }
+        if removed && !configuration.readOnly {
+            try Self.moveToQuarantine(path, dataDirectory: configuration.dataDirectory)
+        }
+    }
+
+    private static func moveToQuarantine(_ path: String, dataDirectory: String) throws(StoreError) {
+        let folder = dataDirectory + "/quarantine"
+        try FileIO.makeDirectory(folder)
+        let name = path.split(separator: "/").last.map(String.init) ?? path
+        try FileIO.move(path, to: folder + "/" + name)
     }
 
     /// The current head, blocks being sealed, and segments, for a query to read.

@@ -92,14 +92,7 @@ struct StorageBench: ParsableCommand {
         print(String(format: "meshtrace segments: %d bytes in %d segments = %.2f B/span", segmentBytes, index, meshtraceBytesPerSpan))
         print(String(format: "encode + compress: %.0f spans/s wall, %.0f spans/s per CPU-second (one thread)",
                      Double(corpus.count) / encodeSeconds, Double(corpus.count) / encodeCPU))
-        let oneSegment = try SegmentReader(path: directory + "/size-0.mts")
-        let columnTable = oneSegment.footer.columns.sorted { $0.compressedSize > $1.compressedSize }.prefix(12).map {
-            String(format: "  %-40@ %7.2f B/span (raw %7.2f, ×%.1f)", $0.column as NSString,
-                   Double($0.compressedSize) / Double(oneSegment.footer.spanCount),
-                   Double($0.rawSize) / Double(oneSegment.footer.spanCount),
-                   Double($0.rawSize) / Double(max(1, $0.compressedSize)))
-        }
-        print("largest columns of segment 0:\n" + columnTable.joined(separator: "\n"))
+        print("per-column sizes: meshtrace segments inspect \(directory)/size-*.mts")
 
         // 3. The Parquet baseline.
         if !python.isEmpty {
@@ -126,7 +119,10 @@ struct StorageBench: ParsableCommand {
         let (scanned, scan) = try Measurement.run { () throws -> Int in
             var total = 0
             for segment in 0..<index {
-                total += try SegmentReader(path: directory + "/size-\(segment).mts").columnBytes(named: "span.duration").count
+                let reader = try SegmentReader(path: directory + "/size-\(segment).mts")
+                for chunk in reader.footer.columns where chunk.column.hasSuffix("/span.duration") {
+                    total += try reader.columnBytes(named: chunk.column).count
+                }
             }
             return total
         }

@@ -1,5 +1,6 @@
 import Foundation
 import Hummingbird
+import Logging
 import MeshCore
 import NIOCore
 import NIOPosix
@@ -10,6 +11,17 @@ import SegmentStore
 /// The HTTP query API: Jaeger's trace-by-id, the native topology, and readiness.
 struct QueryAPI: Sendable {
     let store: SpanStore
+    let logger: Logger
+
+    /// A query engine over the store's current state that quarantines damaged segments.
+    private func engine() -> QueryEngine {
+        let store = self.store
+        let logger = self.logger
+        return QueryEngine(snapshot: store.snapshot()) { segment, error in
+            logger.error("damaged segment taken out of service", metadata: ["file": "\(segment.path)", "error": "\(error)"])
+            try? store.quarantine(segment.path)
+        }
+    }
 
     func register(on router: Router<BasicRequestContext>) {
         router.get("/ready") { _, _ in
@@ -27,10 +39,10 @@ struct QueryAPI: Sendable {
         guard let traceID = TraceID(hex: id), traceID != .zero else {
             return jaegerError(.badRequest, "trace id \(id.debugDescription) is not 16 or 32 hex digits")
         }
-        let snapshot = store.snapshot()
+        let engine = engine()
         let found: SpanBatch?
         do {
-            found = try await NIOThreadPool.singleton.runIfActive { try QueryEngine(snapshot: snapshot).trace(traceID) }
+            found = try await NIOThreadPool.singleton.runIfActive { try engine.trace(traceID) }
         } catch {
             return jaegerError(.internalServerError, "cannot read the store: \(error)")
         }
@@ -58,11 +70,9 @@ struct QueryAPI: Sendable {
         case .success(let parsed): window = parsed
         case .failure(let error): return jaegerError(.badRequest, error.message)
         }
-        let snapshot = store.snapshot()
+        let engine = engine()
         do {
-            let topology = try await NIOThreadPool.singleton.runIfActive {
-                try QueryEngine(snapshot: snapshot).topology(window: window)
-            }
+            let topology = try await NIOThreadPool.singleton.runIfActive { try engine.topology(window: window) }
             return json(TopologyJSON(topology), status: .ok)
         } catch {
             return jaegerError(.internalServerError, "cannot read the store: \(error)")

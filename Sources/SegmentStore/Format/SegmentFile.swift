@@ -82,6 +82,7 @@ public struct SegmentFooter: Sendable, Equatable {
                 writer.writeVarint(UInt64(block.traceCount))
                 writer.write(block.minStartTime)
                 writer.write(block.maxEndTime)
+                writer.writeVarint(block.timeUnit)
             }
             let words = bloom?.words ?? []
             writer.writeVarint(UInt64(words.count))
@@ -129,7 +130,8 @@ public struct SegmentFooter: Sendable, Equatable {
                 traces += blockTraces
                 footer.blocks.append(BlockInfo(
                     firstTraceID: first, lastTraceID: last, spanCount: blockSpans, traceCount: blockTraces,
-                    minStartTime: try reader.readUInt64(), maxEndTime: try reader.readUInt64()))
+                    minStartTime: try reader.readUInt64(), maxEndTime: try reader.readUInt64(),
+                    timeUnit: max(1, try reader.readVarint())))
             }
             guard spans == spanCount, traces == traceCount else {
                 throw ByteReaderError.invalidLength(offset: reader.offset, length: UInt64(spans))

@@ -106,24 +106,31 @@ struct SegmentDecoderV2 {
             for resource in dictionaries.resources { _ = batch.intern(resource: resource) }
             for scope in dictionaries.scopes { _ = batch.intern(scope: scope) }
             batch.reserveCapacity(keep.count)
-            var seenTraceStates: [ArraySlice<UInt8>] = []
+            var traceStateValues = StringValueReader()
+            let unit = info.timeUnit
             // Per trace: span ids, kinds, start and end times of its rows so far.
             var traceSpanIDs: [SpanID] = []
             var traceKinds: [SpanKind] = []
             var traceStartTimes: [UInt64] = []
             var traceEndTimes: [UInt64] = []
+            var traceNames: [Int] = []
+            var traceResources: [Int] = []
+            var lastChildEnd: [Int: UInt64] = [:]
 
             var row = 0
             for _ in 0..<info.traceCount {
                 current = Column.traceSpans.rawValue
                 let count = try spanCounts.readCount(limit: rows - row)
                 current = Column.traceStart.rawValue
-                let traceStart = info.minStartTime &+ (try traceStarts.readVarint())
+                let traceStart = info.minStartTime &+ (try traceStarts.readVarint()) &* unit
                 let traceID = TraceID(bytes: try traceIDReader.readRaw(count: 16))!
                 traceSpanIDs.removeAll(keepingCapacity: true)
                 traceKinds.removeAll(keepingCapacity: true)
                 traceStartTimes.removeAll(keepingCapacity: true)
                 traceEndTimes.removeAll(keepingCapacity: true)
+                traceNames.removeAll(keepingCapacity: true)
+                traceResources.removeAll(keepingCapacity: true)
+                lastChildEnd.removeAll(keepingCapacity: true)
                 var parentLocals: [Int?] = []
                 var pendingRows: [SpanBatch.Row] = []
 
@@ -152,24 +159,32 @@ struct SegmentDecoderV2 {
                     let kind = SpanKind(rawValue: code & 7) ?? .unspecified
 
                     current = Column.start.rawValue
-                    let base = timingParent.map { traceStartTimes[$0] } ?? traceStart
-                    let start = base &+ UInt64(bitPattern: SegmentDecoderV2.unzigzag(try starts.readVarint()))
+                    let base = timingParent.map { lastChildEnd[$0] ?? traceStartTimes[$0] } ?? traceStart
+                    let start = base &+ UInt64(bitPattern: SegmentDecoderV2.unzigzag(try starts.readVarint()) &* Int64(unit))
                     current = Column.duration.rawValue
-                    var duration = SegmentDecoderV2.unzigzag(try durations.readVarint())
+                    var duration = SegmentDecoderV2.unzigzag(try durations.readVarint()) &* Int64(unit)
                     if let timingParent, kind == .server, traceKinds[timingParent] == .client {
                         duration = duration &+ Int64(bitPattern: traceEndTimes[timingParent] &- traceStartTimes[timingParent])
                     }
                     let end = start &+ UInt64(bitPattern: duration)
+                    if let timingParent { lastChildEnd[timingParent] = end }
                     traceSpanIDs.append(spanID)
                     traceKinds.append(kind)
                     traceStartTimes.append(start)
                     traceEndTimes.append(end)
                     parentLocals.append(parentLocal)
 
+                    // 0 repeats the parent's name or resource; otherwise the dictionary index + 1.
                     current = Column.name.rawValue
-                    let name = try nameIndices.readCount(limit: max(0, dictionaries.names.count - 1))
+                    let nameCode = try nameIndices.readCount(limit: dictionaries.names.count)
+                    guard nameCode > 0 || timingParent != nil else { throw ByteReaderError.invalidLength(offset: nameIndices.offset, length: 0) }
+                    let name = nameCode == 0 ? traceNames[timingParent!] : nameCode - 1
+                    traceNames.append(name)
                     current = Column.resource.rawValue
-                    let resource = try resourceIndices.readCount(limit: max(0, dictionaries.resources.count - 1))
+                    let resourceCode = try resourceIndices.readCount(limit: dictionaries.resources.count)
+                    guard resourceCode > 0 || timingParent != nil else { throw ByteReaderError.invalidLength(offset: resourceIndices.offset, length: 0) }
+                    let resource = resourceCode == 0 ? traceResources[timingParent!] : resourceCode - 1
+                    traceResources.append(resource)
                     current = Column.scope.rawValue
                     let scope = try scopeIndices.readCount(limit: max(0, dictionaries.scopes.count - 1))
                     current = Column.statusMessage.rawValue
@@ -180,7 +195,7 @@ struct SegmentDecoderV2 {
                     let storedExtras = code & SegmentFormatV2.hasExtras != 0 ? try extrasColumn.readLengthPrefixed() : []
                     current = Column.traceState.rawValue
                     let traceState = code & SegmentFormatV2.hasTraceState != 0
-                        ? try SegmentDecoderV2.readRecency(&traceStates, into: &seenTraceStates) : nil
+                        ? try traceStateValues.read(from: &traceStates) : nil
                     current = Column.layout.rawValue
                     let materialize = keep.contains(row)
                     let (attributeBytes, httpCode) = try attributes.next(materialize: materialize)
@@ -251,19 +266,6 @@ struct SegmentDecoderV2 {
     static func unzigzag(_ value: UInt64) -> Int64 {
         Int64(bitPattern: value >> 1) ^ -Int64(bitPattern: value & 1)
     }
-
-    /// Reads one recency-coded string (see `RecencyStrings`).
-    static func readRecency(_ reader: inout ByteReader, into seen: inout [ArraySlice<UInt8>]) throws(ByteReaderError) -> ArraySlice<UInt8> {
-        let start = reader.offset
-        let reference = try reader.readVarint()
-        if reference == 0 {
-            let value = try reader.readLengthPrefixed()
-            seen.append(value)
-            return value
-        }
-        guard reference <= UInt64(seen.count) else { throw .invalidLength(offset: start, length: reference) }
-        return seen[seen.count - Int(reference)]
-    }
 }
 
 extension SpanBatch.Row {
@@ -278,7 +280,8 @@ extension SpanBatch.Row {
 struct AttributeRowsDecoder {
     private struct ValueColumn {
         var reader: ByteReader
-        var seen: [ArraySlice<UInt8>] = []
+        var strings = StringValueReader()
+        var integers = IntegerValueCoder()
     }
 
     private let dictionaries: DictionariesV2
@@ -334,10 +337,13 @@ struct AttributeRowsDecoder {
                 let columnKey = key << 3 | Int(type.rawValue)
                 if var column = columns.removeValue(forKey: columnKey) {
                     defer { columns[columnKey] = column }
-                    try Self.readValue(type: type, from: &column.reader, seen: &column.seen, recency: true, payload: &payload, scalar: &scalar)
+                    switch type {
+                    case .string: payload = try column.strings.read(from: &column.reader)
+                    case .int: scalar = try column.integers.read(from: &column.reader)
+                    default: try Self.readPlain(type: type, from: &column.reader, payload: &payload, scalar: &scalar)
+                    }
                 } else {
-                    var unused: [ArraySlice<UInt8>] = []
-                    try Self.readValue(type: type, from: &generic, seen: &unused, recency: false, payload: &payload, scalar: &scalar)
+                    try Self.readPlain(type: type, from: &generic, payload: &payload, scalar: &scalar)
                 }
                 if type == .int && httpCode == 0 && statusKeys.contains(key) { httpCode = Self.statusCode(scalar) }
                 if materialize {
@@ -353,23 +359,20 @@ struct AttributeRowsDecoder {
         return (0...999).contains(value) ? UInt16(value) : 0
     }
 
-    private static func readValue(
-        type: AttributeType, from reader: inout ByteReader, seen: inout [ArraySlice<UInt8>], recency: Bool,
-        payload: inout ArraySlice<UInt8>, scalar: inout UInt64
+    private static func readPlain(
+        type: AttributeType, from reader: inout ByteReader, payload: inout ArraySlice<UInt8>, scalar: inout UInt64
     ) throws(ByteReaderError) {
         switch type {
         case .absent:
             break
-        case .string:
-            payload = recency ? try SegmentDecoderV2.readRecency(&reader, into: &seen) : try reader.readLengthPrefixed()
+        case .string, .other:
+            payload = try reader.readLengthPrefixed()
         case .bool:
             scalar = UInt64(try reader.readUInt8())
         case .int:
             scalar = UInt64(bitPattern: SegmentDecoderV2.unzigzag(try reader.readVarint()))
         case .double:
             scalar = try reader.readUInt64()
-        case .other:
-            payload = try reader.readLengthPrefixed()
         }
     }
 }

@@ -133,15 +133,19 @@ enum SegmentFormatV2 {
         for column in Column.allCases { columns[column] = ByteWriter() }
         let rows = traces.first!.lowerBound..<traces.last!.upperBound
         let blockStart = rows.map { batch.startTimes[order[$0]] }.min()!
-        var traceStates = RecencyStrings()
+        // Proxies often report microseconds; then every time is stored in µs.
+        let timeUnit: UInt64 = rows.allSatisfy { batch.startTimes[order[$0]] % 1000 == 0 && batch.endTimes[order[$0]] % 1000 == 0 } ? 1000 : 1
+        var traceStates = StringValueWriter()
 
         for range in traces {
             let first = order[range.lowerBound]
             columns[.traceID]!.write(raw: batch.traceIDs[first].bytes)
             columns[.traceSpans]!.writeVarint(UInt64(range.count))
             let traceStart = range.map { batch.startTimes[order[$0]] }.min()!
-            columns[.traceStart]!.writeVarint(traceStart - blockStart)
+            columns[.traceStart]!.writeVarint((traceStart - blockStart) / timeUnit)
 
+            // The end of the latest child of each row so far: a sibling called after it starts soon after.
+            var lastChildEnd: [Int: UInt64] = [:]
             var indexInTrace: [SpanID: Int] = [:]
             for (local, position) in range.enumerated() where indexInTrace[batch.spanIDs[order[position]]] == nil {
                 indexInTrace[batch.spanIDs[order[position]]] = local
@@ -152,30 +156,44 @@ enum SegmentFormatV2 {
 
                 let parentID = batch.parentSpanIDs[row]
                 var parentRow: Int?
+                var parentLocalIndex: Int?
                 if parentID == .zero {
                     columns[.parent]!.writeVarint(0)
                 } else if let parentLocal = indexInTrace[parentID], parentLocal != local {
                     columns[.parent]!.writeVarint(zigzag(Int64(local - parentLocal)) + 2)
                     // Times are coded against a parent that precedes the row, so a reader has it already.
-                    if parentLocal < local { parentRow = order[range.lowerBound + parentLocal] }
+                    if parentLocal < local {
+                        parentRow = order[range.lowerBound + parentLocal]
+                        parentLocalIndex = parentLocal
+                    }
                 } else {
                     columns[.parent]!.writeVarint(1)
                     writeBigEndian(parentID.value, to: &columns[.parentExternal]!)
                 }
 
                 let start = batch.startTimes[row]
-                let base = parentRow.map { batch.startTimes[$0] } ?? traceStart
-                columns[.start]!.writeVarint(zigzag(Int64(bitPattern: start &- base)))
+                let base = parentLocalIndex.map { lastChildEnd[$0] ?? batch.startTimes[parentRow!] } ?? traceStart
+                columns[.start]!.writeVarint(zigzag(Int64(bitPattern: start &- base) / Int64(timeUnit)))
+                if let parentLocalIndex { lastChildEnd[parentLocalIndex] = batch.endTimes[row] }
                 let duration = Int64(bitPattern: batch.endTimes[row] &- start)
                 if let parentRow, batch.kinds[row] == .server, batch.kinds[parentRow] == .client {
                     let parentDuration = Int64(bitPattern: batch.endTimes[parentRow] &- batch.startTimes[parentRow])
-                    columns[.duration]!.writeVarint(zigzag(duration &- parentDuration))
+                    columns[.duration]!.writeVarint(zigzag((duration &- parentDuration) / Int64(timeUnit)))
                 } else {
-                    columns[.duration]!.writeVarint(zigzag(duration))
+                    columns[.duration]!.writeVarint(zigzag(duration / Int64(timeUnit)))
                 }
 
-                columns[.name]!.writeVarint(UInt64(names.index(of: batch.names[row])))
-                columns[.resource]!.writeVarint(UInt64(batch.resourceIndices[row]))
+                // 0: the same as the parent's; otherwise the dictionary index + 1.
+                if let parentRow, batch.names[parentRow] == batch.names[row] {
+                    columns[.name]!.writeVarint(0)
+                } else {
+                    columns[.name]!.writeVarint(UInt64(names.index(of: batch.names[row]) + 1))
+                }
+                if let parentRow, batch.resourceIndices[parentRow] == batch.resourceIndices[row] {
+                    columns[.resource]!.writeVarint(0)
+                } else {
+                    columns[.resource]!.writeVarint(UInt64(batch.resourceIndices[row]) + 1)
+                }
                 columns[.scope]!.writeVarint(UInt64(batch.scopeIndices[row]))
 
                 let split = ExtrasSplit(batch.extras[row])
@@ -190,7 +208,7 @@ enum SegmentFormatV2 {
                 }
                 if let traceState = split.traceState {
                     kindStatus |= hasTraceState
-                    traceStates.append(traceState, to: &columns[.traceState]!)
+                    traceStates.write(traceState, to: &columns[.traceState]!)
                 }
                 columns[.kindStatus]!.write(kindStatus)
                 columns[.flags]!.writeVarint(UInt64(split.flags))
@@ -206,7 +224,7 @@ enum SegmentFormatV2 {
         let info = BlockInfo(
             firstTraceID: batch.traceIDs[firstRow], lastTraceID: batch.traceIDs[lastRow],
             spanCount: rows.count, traceCount: traces.count, minStartTime: blockStart,
-            maxEndTime: rows.map { batch.endTimes[order[$0]] }.max()!)
+            maxEndTime: rows.map { batch.endTimes[order[$0]] }.max()!, timeUnit: timeUnit)
         return (info, Column.allCases.map { ($0.rawValue, columns[$0]!.bytes) } + attributeColumns.dedicated)
     }
 
@@ -231,6 +249,9 @@ public struct BlockInfo: Sendable, Equatable {
     public var minStartTime: UInt64
     /// Nanoseconds since the Unix epoch.
     public var maxEndTime: UInt64
+    /// The unit of the block's stored times, in nanoseconds: 1000 when every time
+    /// is a whole microsecond, else 1.
+    public var timeUnit: UInt64
 }
 
 /// A per-segment string dictionary in first-seen order.
@@ -243,25 +264,6 @@ struct StringDictionary {
         lookup[value] = values.count
         values.append(value)
         return values.count - 1
-    }
-}
-
-/// Strings coded against the values seen so far in the same column chunk: 0 means a
-/// new value follows; n > 0 repeats the n-th most recently added value. Values
-/// repeated within a trace (request ids, a path on both sides of a hop) cost a byte.
-struct RecencyStrings {
-    private var lookup: [ArraySlice<UInt8>: Int] = [:]
-    private var count = 0
-
-    mutating func append(_ value: ArraySlice<UInt8>, to writer: inout ByteWriter) {
-        if let index = lookup[value] {
-            writer.writeVarint(UInt64(count - index))
-        } else {
-            writer.writeVarint(0)
-            writer.write(lengthPrefixed: value)
-            lookup[value] = count
-            count += 1
-        }
     }
 }
 
@@ -330,16 +332,21 @@ struct AttributeDictionary {
     }
 
     private var keys: [[UInt8]] = []
-    private var keyIndex: [ArraySlice<UInt8>: Int] = [:]
+    private var keyIndex: [ByteKey: Int] = [:]
     private var chosen: [Pair] = []
     private var columnOf: [Pair: Int] = [:]
     private var layouts: [[UInt64]] = []
     private var layoutIndex: [[UInt64]: Int] = [:]
 
-    /// Chooses the dedicated columns: the most frequent (key, type) pairs.
+    /// Rows sampled to choose the dedicated columns.
+    static let sampleRows = 8192
+
+    /// Chooses the dedicated columns: the most frequent (key, type) pairs among a
+    /// sample of rows spread over the batch.
     init(batch: SpanBatch, order: [Int]) {
         var frequency: [Pair: Int] = [:]
-        for row in order {
+        let step = max(1, order.count / Self.sampleRows)
+        for row in stride(from: 0, to: order.count, by: step).map({ order[$0] }) {
             guard let scanned = AttributeCoding.scan(batch.attributes[row]) else { continue }
             for attribute in scanned where attribute.type != .absent {
                 frequency[Pair(key: keyID(attribute.key), type: attribute.type), default: 0] += 1
@@ -351,8 +358,8 @@ struct AttributeDictionary {
     }
 
     private mutating func keyID(_ key: ArraySlice<UInt8>) -> Int {
-        if let known = keyIndex[key] { return known }
-        keyIndex[key] = keys.count
+        if let known = keyIndex[ByteKey(key)] { return known }
+        keyIndex[ByteKey(key)] = keys.count
         keys.append(Array(key))
         return keys.count - 1
     }
@@ -365,8 +372,8 @@ struct AttributeDictionary {
         var fallback = ByteWriter()
         var generic = ByteWriter()
         var values = [ByteWriter](repeating: ByteWriter(), count: chosen.count)
-        var recency = [RecencyStrings?](repeating: RecencyStrings(), count: chosen.count)
-        var plain: RecencyStrings? = nil
+        var strings = [StringValueWriter](repeating: StringValueWriter(), count: chosen.count)
+        var integers = [IntegerValueCoder](repeating: IntegerValueCoder(), count: chosen.count)
         for row in rows {
             let bytes = batch.attributes[row]
             if bytes.isEmpty {
@@ -384,9 +391,13 @@ struct AttributeDictionary {
                 let pair = Pair(key: keyID(attribute.key), type: attribute.type)
                 shape.append(UInt64(pair.key) << 3 | UInt64(pair.type.rawValue))
                 if let column = columnOf[pair] {
-                    Self.writeValue(attribute, to: &values[column], recency: &recency[column])
+                    switch attribute.type {
+                    case .string: strings[column].write(attribute.bytes, to: &values[column])
+                    case .int: integers[column].write(attribute.scalar, to: &values[column])
+                    default: Self.writePlain(attribute, to: &values[column])
+                    }
                 } else {
-                    Self.writeValue(attribute, to: &generic, recency: &plain)
+                    Self.writePlain(attribute, to: &generic)
                 }
             }
             let index: Int
@@ -423,23 +434,38 @@ struct AttributeDictionary {
         return writer.bytes
     }
 
-    /// Writes one value: strings by recency when `recency` is given (plain in the
-    /// generic column, whose values mix keys), integers as zig-zag varints, doubles
-    /// as 8 bytes, booleans as a byte, other values as protobuf `AnyValue` bytes.
-    private static func writeValue(_ attribute: ScannedAttribute, to writer: inout ByteWriter, recency: inout RecencyStrings?) {
+    /// Writes one value plainly: strings as byte strings, integers as zig-zag
+    /// varints, doubles as 8 bytes, booleans as a byte, other values as protobuf
+    /// `AnyValue` bytes.
+    private static func writePlain(_ attribute: ScannedAttribute, to writer: inout ByteWriter) {
         switch attribute.type {
         case .absent:
             break
-        case .string:
-            if recency != nil { recency!.append(attribute.bytes, to: &writer) } else { writer.write(lengthPrefixed: attribute.bytes) }
+        case .string, .other:
+            writer.write(lengthPrefixed: attribute.bytes)
         case .bool:
             writer.write(UInt8(attribute.scalar))
         case .int:
             writer.writeVarint(SegmentFormatV2.zigzag(Int64(bitPattern: attribute.scalar)))
         case .double:
             writer.write(attribute.scalar)
-        case .other:
-            writer.write(lengthPrefixed: attribute.bytes)
         }
+    }
+}
+
+/// Bytes as a dictionary key, hashed in one call rather than byte by byte.
+struct ByteKey: Hashable {
+    let bytes: ArraySlice<UInt8>
+
+    init(_ bytes: ArraySlice<UInt8>) {
+        self.bytes = bytes
+    }
+
+    func hash(into hasher: inout Hasher) {
+        bytes.withUnsafeBytes { hasher.combine(bytes: $0) }
+    }
+
+    static func == (lhs: ByteKey, rhs: ByteKey) -> Bool {
+        lhs.bytes.count == rhs.bytes.count && lhs.bytes.elementsEqual(rhs.bytes)
     }
 }
