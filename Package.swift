@@ -55,7 +55,7 @@ let package = Package(
         .executableTarget(
             name: "meshtrace-collector",
             dependencies: [
-                "Collector",
+                "Collector", "MeshCore",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "Logging", package: "swift-log"),
             ]

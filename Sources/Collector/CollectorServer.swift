@@ -1,3 +1,4 @@
+import Foundation
 import Hummingbird
 import Logging
 import NIOCore
@@ -104,6 +105,15 @@ struct SealService: Service {
                 let store = self.store
                 if store.headIsDue {
                     try await NIOThreadPool.singleton.runIfActive { try store.seal() }
+                }
+                if store.compactionIsDue {
+                    let merged = try await NIOThreadPool.singleton.runIfActive { try store.compact() }
+                    logger.info("compacted segments", metadata: ["inputs": "\(merged.count)"])
+                }
+                if store.configuration.retention != nil || store.configuration.maxSegmentBytes != nil {
+                    let now = UInt64(Date().timeIntervalSince1970 * 1e9)
+                    let removed = try await NIOThreadPool.singleton.runIfActive { try store.enforceRetention(now: now) }
+                    for path in removed { logger.info("retention removed a segment", metadata: ["file": "\(path)"]) }
                 }
             } catch {
                 logger.error("sealing failed; spans stay in the WAL", metadata: ["error": "\(error)"])

@@ -25,6 +25,14 @@ public final class SpanStore: Sendable {
         public var compressionLevel: Int32 = Zstd.defaultLevel
         /// Open without writing anything (for `meshtrace … --data-dir` next to a running collector).
         public var readOnly: Bool = false
+        /// Delete segments whose newest span ended longer ago than this; nil keeps them.
+        public var retention: Duration?
+        /// Delete the oldest segments while all segments together exceed this many bytes; nil for no limit.
+        public var maxSegmentBytes: Int?
+        /// Segments with fewer spans than this are merged by compaction.
+        public var compactionTargetSpans: Int = 1_000_000
+        /// The most spans one compaction reads into memory at once (about 400 bytes each).
+        public var compactionMaxSpans: Int = 500_000
 
         public init(dataDirectory: String) {
             self.dataDirectory = dataDirectory
@@ -63,6 +71,8 @@ public final class SpanStore: Sendable {
     private let wal: Mutex<WriteAheadLog?>
     /// Held while a seal runs, so seals never overlap.
     private let sealLock = Mutex(())
+    /// Held while a compaction runs.
+    private let compactionLock = Mutex(())
 
     private var walDirectory: String { configuration.dataDirectory + "/wal" }
     private var segmentDirectory: String { configuration.dataDirectory + "/segments" }
@@ -105,6 +115,14 @@ public final class SpanStore: Sendable {
                 }
             }
         }
+
+        // A compaction that renamed its output but crashed before deleting its inputs
+        // left them behind: the output's footer names them.
+        let replaced = Set(state.segments.flatMap(\.footer.replaces))
+        for segment in state.segments where replaced.contains(Self.fileName(segment.path)) {
+            if !configuration.readOnly { try FileIO.remove(segment.path) }
+        }
+        state.segments.removeAll { replaced.contains(Self.fileName($0.path)) }
 
         var lastSequence = coveredSequence
         if FileIO.exists(walDirectory) {
@@ -217,6 +235,100 @@ public final class SpanStore: Sendable {
         }
     }
 
+    /// Deletes the segments that retention no longer keeps: those that ended before
+    /// `now − retention`, then the oldest while the total exceeds `maxSegmentBytes`.
+    /// A segment leaves the query path before its file is deleted, so a crash at any
+    /// point leaves it either whole or gone.
+    ///
+    /// - Parameter now: nanoseconds since the Unix epoch.
+    /// - Returns: the paths deleted.
+    @discardableResult
+    public func enforceRetention(now: UInt64) throws(StoreError) -> [String] {
+        guard !configuration.readOnly else { throw .readOnly }
+        let expired: [SegmentReader] = state.withLock { state in
+            var byAge = state.segments.sorted { $0.footer.maxEndTime < $1.footer.maxEndTime }
+            var doomed: [SegmentReader] = []
+            if let retention = configuration.retention {
+                let keep = UInt64(max(0, retention.components.seconds)) * 1_000_000_000
+                    + UInt64(max(0, retention.components.attoseconds) / 1_000_000_000)
+                let cutoff = now > keep ? now - keep : 0
+                while let oldest = byAge.first, oldest.footer.maxEndTime < cutoff {
+                    doomed.append(byAge.removeFirst())
+                }
+            }
+            if let limit = configuration.maxSegmentBytes {
+                var total = byAge.reduce(0) { $0 + $1.fileSize }
+                while total > limit, !byAge.isEmpty {
+                    let oldest = byAge.removeFirst()
+                    total -= oldest.fileSize
+                    doomed.append(oldest)
+                }
+            }
+            let paths = Set(doomed.map(\.path))
+            state.segments.removeAll { paths.contains($0.path) }
+            return doomed
+        }
+        for segment in expired { try FileIO.remove(segment.path) }
+        if !expired.isEmpty { try FileIO.syncDirectory(segmentDirectory) }
+        return expired.map(\.path)
+    }
+
+    /// Merges the oldest segments smaller than `compactionTargetSpans` — at most
+    /// `compactionMaxSpans` spans in all — into one. The output is written to a
+    /// temporary file, fsynced and renamed; its footer names the inputs, which are
+    /// then deleted. A crash before the rename leaves the inputs; after it, opening
+    /// the store deletes any input still present. No span is lost or stored twice.
+    ///
+    /// - Returns: the inputs merged, or an empty list when fewer than two qualify.
+    @discardableResult
+    public func compact() throws -> [String] {
+        guard !configuration.readOnly else { throw StoreError.readOnly }
+        return try compactionLock.withLock { _ in
+            let candidates = state.withLock { state in
+                state.segments.filter { $0.footer.spanCount < configuration.compactionTargetSpans }
+                    .sorted { $0.footer.minStartTime < $1.footer.minStartTime }
+            }
+            var inputs: [SegmentReader] = []
+            var spans = 0
+            for candidate in candidates where spans + candidate.footer.spanCount <= configuration.compactionMaxSpans {
+                inputs.append(candidate)
+                spans += candidate.footer.spanCount
+            }
+            guard inputs.count >= 2 else { return [] }
+
+            var merged = SpanBatch()
+            merged.reserveCapacity(spans)
+            for input in inputs { merged.append(contentsOf: try input.readBatch()) }
+            let sequence = inputs.map(\.footer.walSequence).max() ?? 0
+            let names = inputs.map { Self.fileName($0.path) }
+            let suffix = String(UInt32.random(in: 0...UInt32.max), radix: 16)
+            let output = segmentDirectory + "/" + WriteAheadLog.fileName(sequence: sequence)
+                .replacingOccurrences(of: "wal-", with: "cmp-")
+                .replacingOccurrences(of: ".log", with: "-\(suffix)" + SegmentFile.fileExtension)
+            try SegmentWriter.write(merged, walSequence: sequence, replaces: names, to: output, level: configuration.compressionLevel)
+            let reader = try SegmentReader(path: output)
+            let inputPaths = Set(inputs.map(\.path))
+            state.withLock { state in
+                state.segments.removeAll { inputPaths.contains($0.path) }
+                state.segments.append(reader)
+            }
+            for input in inputs { try FileIO.remove(input.path) }
+            try FileIO.syncDirectory(segmentDirectory)
+            return inputs.map(\.path)
+        }
+    }
+
+    /// Whether enough small segments have gathered for a compaction to be worth it.
+    public var compactionIsDue: Bool {
+        state.withLock { state in
+            state.segments.filter { $0.footer.spanCount < configuration.compactionTargetSpans }.count >= 4
+        }
+    }
+
+    private static func fileName(_ path: String) -> String {
+        path.split(separator: "/").last.map(String.init) ?? path
+    }
+
     /// Takes a segment found damaged out of service: queries stop reading it, and
     /// (unless read-only) the file moves to `quarantine/` for inspection.
     public func quarantine(_ path: String) throws(StoreError) {
@@ -233,8 +345,7 @@ public final class SpanStore: Sendable {
     private static func moveToQuarantine(_ path: String, dataDirectory: String) throws(StoreError) {
         let folder = dataDirectory + "/quarantine"
         try FileIO.makeDirectory(folder)
-        let name = path.split(separator: "/").last.map(String.init) ?? path
-        try FileIO.move(path, to: folder + "/" + name)
+        try FileIO.move(path, to: folder + "/" + fileName(path))
     }
 
     /// The current head, blocks being sealed, and segments, for a query to read.

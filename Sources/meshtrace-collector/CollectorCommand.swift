@@ -2,6 +2,7 @@ import ArgumentParser
 import Collector
 import Foundation
 import Logging
+import MeshCore
 
 /// `meshtrace-collector`: receives OTLP, stores spans durably, serves queries.
 @main
@@ -30,6 +31,15 @@ struct CollectorCommand: AsyncParsableCommand {
     @Option(name: .long, help: "Seal the head block once it is this old, in seconds.")
     var maxHeadAge = 300
 
+    @Option(name: .long, help: "Delete segments older than this (e.g. 72h, 14d); unset keeps them.")
+    var retention: String?
+
+    @Option(name: .long, help: "Delete the oldest segments while all of them exceed this many bytes.")
+    var maxStoreBytes: Int?
+
+    @Option(name: .long, help: "Merge segments with fewer spans than this in the background; 0 turns compaction off.")
+    var compactBelow = 1_000_000
+
     @Option(name: .long, help: "Largest OTLP/HTTP request body, in bytes.")
     var maxRequestBytes = 20 << 20
 
@@ -43,6 +53,10 @@ struct CollectorCommand: AsyncParsableCommand {
             throw ValidationError("--max-head-spans, --max-head-age and --max-request-bytes must be positive")
         }
         guard Logger.Level(rawValue: logLevel) != nil else { throw ValidationError("unknown --log-level \(logLevel)") }
+        if let retention, DurationText.nanoseconds(retention) == nil {
+            throw ValidationError("--retention must be a duration like 72h or 14d, got \(retention)")
+        }
+        if let maxStoreBytes, maxStoreBytes <= 0 { throw ValidationError("--max-store-bytes must be positive") }
     }
 
     func run() async throws {
@@ -58,6 +72,11 @@ struct CollectorCommand: AsyncParsableCommand {
         configuration.store.maxHeadSpans = maxHeadSpans
         configuration.store.maxHeadAge = .seconds(maxHeadAge)
         configuration.maxRequestBodyBytes = maxRequestBytes
+        if let retention, let nanoseconds = DurationText.nanoseconds(retention) {
+            configuration.store.retention = .nanoseconds(Int64(nanoseconds))
+        }
+        configuration.store.maxSegmentBytes = maxStoreBytes
+        configuration.store.compactionTargetSpans = compactBelow
 
         let server = CollectorServer(configuration: configuration)
         do {

@@ -188,4 +188,88 @@ final class StorageTests: XCTestCase {
         XCTAssertEqual(found.count, 2)
         XCTAssertNil(try QueryEngine(snapshot: store.snapshot()).trace(TraceID(high: 1, low: 2)))
     }
+
+    private func sealedStore(_ directory: String, startTimes: [UInt64], configure: (inout SpanStore.Configuration) -> Void = { _ in }) throws -> SpanStore {
+        var configuration = SpanStore.Configuration(dataDirectory: directory)
+        configure(&configuration)
+        let store = try SpanStore(configuration: configuration)
+        for (index, start) in startTimes.enumerated() {
+            let (requests, _) = simulatedRequests(count: 5, seed: UInt64(index + 1), start: start)
+            for request in requests { _ = try store.append(request, encoded: try request.serializedBytes()) }
+            try store.seal()
+        }
+        return store
+    }
+
+    func testRetentionByAgeDeletesOnlyExpiredSegments() throws {
+        let directory = temporaryDirectory(self)
+        let day: UInt64 = 86_400_000_000_000
+        let now: UInt64 = 1_800_000_000_000_000_000
+        let store = try sealedStore(directory, startTimes: [now - 3 * day, now - 2 * day, now - 3_600_000_000_000]) {
+            $0.retention = .seconds(86_400)
+        }
+        XCTAssertEqual(store.snapshot().segments.count, 3)
+        let removed = try store.enforceRetention(now: now)
+        XCTAssertEqual(removed.count, 2)
+        XCTAssertEqual(store.snapshot().segments.count, 1)
+        XCTAssertTrue(store.snapshot().segments[0].footer.minStartTime >= now - day)
+        for path in removed { XCTAssertFalse(FileManager.default.fileExists(atPath: path)) }
+        let reopened = try SpanStore(configuration: .init(dataDirectory: directory))
+        XCTAssertEqual(reopened.snapshot().segments.count, 1, "deleted segments stay deleted")
+        XCTAssertEqual(reopened.unsealedSpanCount, 0, "their spans are not replayed from the WAL")
+    }
+
+    func testRetentionBySizeDeletesOldestFirst() throws {
+        let directory = temporaryDirectory(self)
+        let base: UInt64 = 1_800_000_000_000_000_000
+        let hour: UInt64 = 3_600_000_000_000
+        var store = try sealedStore(directory, startTimes: [base, base + hour, base + 2 * hour])
+        let newest = try XCTUnwrap(store.snapshot().segments.max { $0.footer.maxEndTime < $1.footer.maxEndTime })
+        store = try SpanStore(configuration: {
+            var configuration = SpanStore.Configuration(dataDirectory: directory)
+            configuration.maxSegmentBytes = newest.fileSize + 1
+            return configuration
+        }())
+        let removed = try store.enforceRetention(now: base + 3 * hour)
+        XCTAssertEqual(removed.count, 2)
+        XCTAssertEqual(store.snapshot().segments.map(\.path), [newest.path])
+    }
+
+    func testCompactionMergesSmallSegmentsWithoutLosingOrDuplicatingSpans() throws {
+        let directory = temporaryDirectory(self)
+        let base: UInt64 = 1_800_000_000_000_000_000
+        let store = try sealedStore(directory, startTimes: (0..<5).map { base + UInt64($0) * 1_000_000_000 })
+        let before = store.snapshot().segments
+        let spans = before.reduce(0) { $0 + $1.footer.spanCount }
+        let someTrace = try XCTUnwrap(before.last?.readBatch().traceIDs.first)
+        let expectedTrace = try XCTUnwrap(try before.last?.trace(someTrace)).count
+        let merged = try store.compact()
+        XCTAssertEqual(merged.count, 5)
+        let after = store.snapshot().segments
+        XCTAssertEqual(after.count, 1)
+        XCTAssertEqual(after[0].footer.spanCount, spans)
+        XCTAssertEqual(Set(after[0].footer.replaces), Set(before.map { ($0.path as NSString).lastPathComponent }))
+        XCTAssertEqual(try QueryEngine(snapshot: store.snapshot()).trace(someTrace)?.count, expectedTrace)
+        for path in merged { XCTAssertFalse(FileManager.default.fileExists(atPath: path)) }
+    }
+
+    func testCompactionCrashAfterRenameLeavesNoDuplicates() throws {
+        let directory = temporaryDirectory(self)
+        let base: UInt64 = 1_800_000_000_000_000_000
+        let store = try sealedStore(directory, startTimes: (0..<3).map { base + UInt64($0) * 1_000_000_000 })
+        let spans = store.snapshot().segments.reduce(0) { $0 + $1.footer.spanCount }
+        let saved = directory + "-inputs"
+        addTeardownBlock { try? FileManager.default.removeItem(atPath: saved) }
+        try FileManager.default.copyItem(atPath: directory + "/segments", toPath: saved)
+        try store.compact()
+        // The crash: the output was renamed into place, the inputs were not yet deleted.
+        for name in try FileManager.default.contentsOfDirectory(atPath: saved) {
+            try FileManager.default.copyItem(atPath: saved + "/" + name, toPath: directory + "/segments/" + name)
+        }
+        let reopened = try SpanStore(configuration: .init(dataDirectory: directory))
+        XCTAssertEqual(reopened.snapshot().segments.count, 1)
+        XCTAssertEqual(reopened.snapshot().segments[0].footer.spanCount, spans)
+        XCTAssertEqual(try FileManager.default.contentsOfDirectory(atPath: directory + "/segments").count, 1,
+                       "the leftover inputs are deleted on open")
+    }
 }

@@ -52,6 +52,9 @@ public struct SegmentFooter: Sendable, Equatable {
     public var blocks: [BlockInfo] = []
     /// Version 2 and later: which trace ids the segment may hold.
     public var bloom: TraceBloomFilter?
+    /// Version 2 and later: file names of the segments this one was compacted from;
+    /// any of them still present when the store opens is deleted.
+    public var replaces: [String] = []
 
     func encode() -> [UInt8] {
         var writer = ByteWriter(capacity: 256 + columns.count * 32)
@@ -87,6 +90,8 @@ public struct SegmentFooter: Sendable, Equatable {
             let words = bloom?.words ?? []
             writer.writeVarint(UInt64(words.count))
             for word in words { writer.write(word) }
+            writer.writeVarint(UInt64(replaces.count))
+            for name in replaces { writer.write(string: name) }
         }
         return writer.bytes
     }
@@ -139,6 +144,7 @@ public struct SegmentFooter: Sendable, Equatable {
             var words: [UInt64] = []
             for _ in 0..<(try reader.readCount(limit: reader.remaining / 8)) { words.append(try reader.readUInt64()) }
             footer.bloom = words.isEmpty ? nil : TraceBloomFilter(words: words)
+            for _ in 0..<(try reader.readCount(limit: reader.remaining)) { footer.replaces.append(try reader.readString()) }
         }
         return footer
     }
@@ -150,7 +156,8 @@ public enum SegmentWriter {
     public static let formatVersion = Int(SegmentFormatV2.version)
 
     /// Encodes `batch` as a segment file's bytes.
-    public static func encode(_ batch: SpanBatch, walSequence: UInt64, level: Int32 = Zstd.defaultLevel) throws -> [UInt8] {
+    /// - Parameter replaces: file names of the segments a compaction merged into this one.
+    public static func encode(_ batch: SpanBatch, walSequence: UInt64, replaces: [String] = [], level: Int32 = Zstd.defaultLevel) throws -> [UInt8] {
         let encoded = SegmentFormatV2.encode(batch)
         var file = ByteWriter(capacity: batch.count * 32)
         file.write(raw: SegmentFile.headerMagicPrefix + [UInt8(SegmentFormatV2.version)])
@@ -176,6 +183,7 @@ public enum SegmentWriter {
             columns: chunks)
         footer.blocks = encoded.blocks.map(\.info)
         footer.bloom = encoded.bloom
+        footer.replaces = replaces
         let footerBytes = footer.encode()
         file.write(raw: footerBytes)
         file.write(UInt32(footerBytes.count))
@@ -185,7 +193,7 @@ public enum SegmentWriter {
     }
 
     /// Writes `batch` as a segment at `path`, atomically and durably.
-    public static func write(_ batch: SpanBatch, walSequence: UInt64, to path: String, level: Int32 = Zstd.defaultLevel) throws {
-        try FileIO.writeAtomically(try encode(batch, walSequence: walSequence, level: level), to: path)
+    public static func write(_ batch: SpanBatch, walSequence: UInt64, replaces: [String] = [], to path: String, level: Int32 = Zstd.defaultLevel) throws {
+        try FileIO.writeAtomically(try encode(batch, walSequence: walSequence, replaces: replaces, level: level), to: path)
     }
 }

@@ -9,7 +9,7 @@ struct SegmentsCommand: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "segments",
         abstract: "List, inspect and verify the segments of a data directory.",
-        subcommands: [List.self, Inspect.self, Verify.self])
+        subcommands: [List.self, Inspect.self, Verify.self, Compact.self])
 
     struct Options: ParsableArguments {
         @Option(name: .long, help: "The data directory.")
@@ -179,6 +179,42 @@ struct SegmentsCommand: ParsableCommand {
                       terminator: "")
             }
             if damaged > 0 { throw ExitCode(2) }
+        }
+    }
+}
+
+extension SegmentsCommand {
+    struct Compact: ParsableCommand {
+        static let configuration = CommandConfiguration(
+            abstract: "Merge small segments into larger ones (the collector also does this on its own).",
+            discussion: "Do not run it while a collector writes to the same directory.")
+
+        @OptionGroup var options: Options
+
+        @Option(help: "Merge segments with fewer spans than this.")
+        var targetSpans = 1_000_000
+
+        @Option(help: "The most spans read into memory by one merge.")
+        var maxSpans = 500_000
+
+        func run() throws {
+            var configuration = SpanStore.Configuration(dataDirectory: options.dataDir)
+            configuration.compactionTargetSpans = targetSpans
+            configuration.compactionMaxSpans = maxSpans
+            do {
+                let store = try SpanStore(configuration: configuration)
+                var rounds = 0
+                while true {
+                    let merged = try store.compact()
+                    if merged.isEmpty { break }
+                    rounds += 1
+                    print("merged \(merged.count) segments")
+                }
+                print("\(rounds) compactions; \(store.snapshot().segments.count) segments remain")
+            } catch {
+                FileHandle.standardError.write(Data("meshtrace: \(error)\n".utf8))
+                throw ExitCode(2)
+            }
         }
     }
 }

@@ -2,30 +2,53 @@ import MeshCore
 
 /// A bounded move-to-front list: recently used values sit near the front, so a
 /// value repeated soon after (a request id on every span of a trace, a path on both
-/// sides of a hop, a status code) is coded as a small position.
-struct MoveToFront<Value: Equatable> {
+/// sides of a hop, a status code) is coded as a small position. Each value carries a
+/// fingerprint so a search compares integers, not bytes.
+struct MoveToFront<Value: Hashable> {
     /// Values beyond this many distinct recent ones are coded as new again.
     static var capacity: Int { 64 }
 
     private(set) var values: [Value] = []
+    private var fingerprints: [Int] = []
 
     /// The position of `value`, if it is in the list.
     func position(of value: Value) -> Int? {
-        values.firstIndex(of: value)
+        let fingerprint = Self.fingerprint(value)
+        var index = 0
+        while index < fingerprints.count {
+            if fingerprints[index] == fingerprint && values[index] == value { return index }
+            index += 1
+        }
+        return nil
     }
 
     /// Moves the value at `position` to the front and returns it.
     @discardableResult
     mutating func use(at position: Int) -> Value {
         let value = values.remove(at: position)
+        let fingerprint = fingerprints.remove(at: position)
         values.insert(value, at: 0)
+        fingerprints.insert(fingerprint, at: 0)
         return value
     }
 
     /// Puts a new value at the front.
     mutating func insert(_ value: Value) {
         values.insert(value, at: 0)
-        if values.count > Self.capacity { values.removeLast() }
+        fingerprints.insert(Self.fingerprint(value), at: 0)
+        if values.count > Self.capacity {
+            values.removeLast()
+            fingerprints.removeLast()
+        }
+    }
+
+    private static func fingerprint(_ value: Value) -> Int {
+        if let bytes = value as? ArraySlice<UInt8> {
+            var hasher = Hasher()
+            bytes.withUnsafeBytes { hasher.combine(bytes: $0) }
+            return hasher.finalize()
+        }
+        return value.hashValue
     }
 }
 
