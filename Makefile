@@ -34,6 +34,12 @@ test: deps venv
 	MESHTRACE_PYTHON=$(abspath $(PYTHON)) $(SWIFT) test --skip-build
 	MESHTRACE_BIN=$$($(SWIFT) build --show-bin-path) $(PYTHON) -m pytest Tests/interop -q
 
+# Storage benchmarks (release build); figures go to BENCHMARKS.md.
+bench: deps venv
+	$(PYTHON) -m pip install -q --disable-pip-version-check -r Benchmarks/requirements.txt
+	$(SWIFT) build -c release --product meshtrace-bench
+	$$($(SWIFT) build -c release --show-bin-path)/meshtrace-bench storage --python $(PYTHON)
+
 demo: deps
 	$(SWIFT) build --product meshtrace
 	$$($(SWIFT) build --show-bin-path)/meshtrace demo

@@ -43,7 +43,7 @@ extension SpanBatch {
         var outcome = IngestOutcome()
         for resourceSpans in request.resourceSpans {
             var resourceOnly = ResourceSpans()
-            resourceOnly.resource = resourceSpans.resource
+            if resourceSpans.hasResource { resourceOnly.resource = resourceSpans.resource }
             resourceOnly.schemaURL = resourceSpans.schemaURL
             let serviceName = resourceSpans.resource.attributes.string("service.name") ?? "unknown_service"
             let resourceIndex = intern(resource: ResourceEntry(

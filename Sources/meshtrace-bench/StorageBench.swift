@@ -34,7 +34,14 @@ struct StorageBench: ParsableCommand {
     @Option(help: "MeshSim seed.")
     var seed: UInt64 = 42
 
+    @Flag(help: "Only time lookups, over the lookup store an earlier run left in --directory.")
+    var lookupOnly = false
+
     func run() throws {
+        if lookupOnly {
+            var simulator = MeshSim(configuration: MeshSim.Configuration(seed: seed, errorRate: 0.01))
+            return try lookupBench(simulator: &simulator, start: 0)
+        }
         try? FileManager.default.removeItem(atPath: directory)
         try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true)
         print("machine: \(ProcessInfo.processInfo.activeProcessorCount) cores, \(cpuModel())")
@@ -137,12 +144,22 @@ struct StorageBench: ParsableCommand {
         let storeDirectory = directory + "/lookup"
         var configuration = SpanStore.Configuration(dataDirectory: storeDirectory)
         configuration.maxHeadSpans = lookupSpans / 100
-        try FileManager.default.createDirectory(atPath: storeDirectory + "/segments", withIntermediateDirectories: true)
         var time = start
         var written = 0
         var sample: [TraceID] = []
         var random = SeededGenerator(seed: seed ^ 0xBEEF)
         var segmentIndex = 0
+        if lookupOnly {
+            // Sample trace ids from the stored segments themselves.
+            for segment in try SpanStore(configuration: configuration).snapshot().segments.prefix(20) {
+                let traceIDs = try segment.readBatch().traceIDs
+                for _ in 0..<100 { sample.append(traceIDs[Int(random.next() % UInt64(traceIDs.count))]) }
+            }
+            written = lookupSpans
+        } else {
+            try? FileManager.default.removeItem(atPath: storeDirectory)
+            try FileManager.default.createDirectory(atPath: storeDirectory + "/segments", withIntermediateDirectories: true)
+        }
         while written < lookupSpans {
             var batch = SpanBatch()
             var pending: [MeshSim.EmittedSpan] = []

@@ -133,6 +133,7 @@ struct SegmentDecoderV2 {
                 lastChildEnd.removeAll(keepingCapacity: true)
                 var parentLocals: [Int?] = []
                 var pendingRows: [SpanBatch.Row] = []
+                let traceKept = keep.overlaps(row..<row + count)
 
                 for local in 0..<count {
                     let spanID = SpanID(try spanIDReader.readRaw(count: 8).reduce(UInt64(0)) { $0 << 8 | UInt64($1) })
@@ -195,7 +196,7 @@ struct SegmentDecoderV2 {
                     let storedExtras = code & SegmentFormatV2.hasExtras != 0 ? try extrasColumn.readLengthPrefixed() : []
                     current = Column.traceState.rawValue
                     let traceState = code & SegmentFormatV2.hasTraceState != 0
-                        ? try traceStateValues.read(from: &traceStates) : nil
+                        ? try traceStateValues.read(from: &traceStates).bytes : nil
                     current = Column.layout.rawValue
                     let materialize = keep.contains(row)
                     let (attributeBytes, httpCode) = try attributes.next(materialize: materialize)
@@ -218,12 +219,12 @@ struct SegmentDecoderV2 {
                             statusMessage: String(decoding: message, as: UTF8.self), httpStatusCode: httpCode,
                             resourceIndex: UInt32(resource), scopeIndex: UInt32(scope),
                             attributes: attributeBytes, extras: extras))
-                    } else {
+                    } else if traceKept {
                         pendingRows.append(SpanBatch.Row.placeholder)
                     }
                     row += 1
                 }
-                for local in 0..<count where keep.contains(row - count + local) {
+                for local in 0..<count where traceKept && keep.contains(row - count + local) {
                     var span = pendingRows[local]
                     if let parentLocal = parentLocals[local] { span.parentSpanID = traceSpanIDs[parentLocal] }
                     batch.append(span)
@@ -281,14 +282,21 @@ struct AttributeRowsDecoder {
     private struct ValueColumn {
         var reader: ByteReader
         var strings = StringValueReader()
-        var integers = IntegerValueCoder()
+        var integers = IntegerValueCoder(searchable: false)
+
+        mutating func readString() throws(ByteReaderError) -> StoredString { try strings.read(from: &reader) }
+
+        mutating func readInteger() throws(ByteReaderError) -> UInt64 { try integers.read(from: &reader) }
     }
 
     private let dictionaries: DictionariesV2
     private var layout: ByteReader
     private var fallback: ByteReader
     private var generic: ByteReader
-    private var columns: [Int: ValueColumn] = [:]
+    /// Dedicated value columns, in `dictionaries.dedicated` order.
+    private var columns: [ValueColumn] = []
+    /// Per layout, per attribute: its column in `columns`, or -1 for the generic column.
+    private var shapeColumns: [[Int]] = []
     private var statusKeys: Set<Int> = []
 
     init(chunks: [String: [UInt8]], dictionaries: DictionariesV2, segment: SegmentReader, block: Int) throws(StoreError) {
@@ -302,10 +310,13 @@ struct AttributeRowsDecoder {
         layout = try chunk(SegmentFormatV2.Column.layout.rawValue)
         fallback = try chunk(SegmentFormatV2.Column.fallback.rawValue)
         generic = try chunk(SegmentFormatV2.Column.generic.rawValue)
-        for (key, type) in dictionaries.dedicated {
+        var position: [Int: Int] = [:]
+        for (index, (key, type)) in dictionaries.dedicated.enumerated() {
             let name = SegmentFormatV2.attributeColumnName(key: dictionaries.keys[key], type: type)
-            columns[key << 3 | Int(type.rawValue)] = ValueColumn(reader: try chunk(name))
+            columns.append(ValueColumn(reader: try chunk(name)))
+            position[key << 3 | Int(type.rawValue)] = index
         }
+        shapeColumns = dictionaries.shapes.map { shape in shape.map { position[$0.key << 3 | Int($0.type.rawValue)] ?? -1 } }
         for (index, key) in dictionaries.keys.enumerated()
         where key == Array("http.response.status_code".utf8) || key == Array("http.status_code".utf8) {
             statusKeys.insert(index)
@@ -331,16 +342,21 @@ struct AttributeRowsDecoder {
         default:
             var bytes: [UInt8] = []
             var httpCode: UInt16 = 0
-            for (key, type) in dictionaries.shapes[code - 2] {
+            let shape = dictionaries.shapes[code - 2]
+            let shapeColumn = shapeColumns[code - 2]
+            for (index, (key, type)) in shape.enumerated() {
                 var payload: ArraySlice<UInt8> = []
                 var scalar: UInt64 = 0
-                let columnKey = key << 3 | Int(type.rawValue)
-                if var column = columns.removeValue(forKey: columnKey) {
-                    defer { columns[columnKey] = column }
+                let column = shapeColumn[index]
+                if column >= 0 {
                     switch type {
-                    case .string: payload = try column.strings.read(from: &column.reader)
-                    case .int: scalar = try column.integers.read(from: &column.reader)
-                    default: try Self.readPlain(type: type, from: &column.reader, payload: &payload, scalar: &scalar)
+                    case .string:
+                        let value = try columns[column].readString()
+                        if materialize { payload = value.bytes }
+                    case .int:
+                        scalar = try columns[column].readInteger()
+                    default:
+                        try Self.readPlain(type: type, from: &columns[column].reader, payload: &payload, scalar: &scalar)
                     }
                 } else {
                     try Self.readPlain(type: type, from: &generic, payload: &payload, scalar: &scalar)

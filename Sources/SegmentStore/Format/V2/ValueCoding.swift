@@ -2,22 +2,33 @@ import MeshCore
 
 /// A bounded move-to-front list: recently used values sit near the front, so a
 /// value repeated soon after (a request id on every span of a trace, a path on both
-/// sides of a hop, a status code) is coded as a small position. Each value carries a
-/// fingerprint so a search compares integers, not bytes.
+/// sides of a hop, a status code) is coded as a small position.
+///
+/// Values are appended to a pool once; the list itself is a ring of pool indexes,
+/// so adding is O(1) and using position p moves p integers. Writers search it by
+/// fingerprint; readers (`searchable: false`) only index it.
 struct MoveToFront<Value: Hashable> {
     /// Values beyond this many distinct recent ones are coded as new again.
     static var capacity: Int { 64 }
+    private static var mask: Int { capacity - 1 }
 
-    private(set) var values: [Value] = []
+    private var pool: [Value] = []
     private var fingerprints: [Int] = []
+    private var ring = [Int](repeating: 0, count: 64)
+    private var head = 0
+    private(set) var count = 0
+    private let searchable: Bool
+
+    init(searchable: Bool = true) {
+        self.searchable = searchable
+    }
 
     /// The position of `value`, if it is in the list.
     func position(of value: Value) -> Int? {
         let fingerprint = Self.fingerprint(value)
-        var index = 0
-        while index < fingerprints.count {
-            if fingerprints[index] == fingerprint && values[index] == value { return index }
-            index += 1
+        for position in 0..<count {
+            let index = ring[(head + position) & Self.mask]
+            if fingerprints[index] == fingerprint && pool[index] == value { return position }
         }
         return nil
     }
@@ -25,24 +36,27 @@ struct MoveToFront<Value: Hashable> {
     /// Moves the value at `position` to the front and returns it.
     @discardableResult
     mutating func use(at position: Int) -> Value {
-        let value = values.remove(at: position)
-        let fingerprint = fingerprints.remove(at: position)
-        values.insert(value, at: 0)
-        fingerprints.insert(fingerprint, at: 0)
-        return value
+        let index = ring[(head + position) & Self.mask]
+        var current = position
+        while current > 0 {
+            ring[(head + current) & Self.mask] = ring[(head + current - 1) & Self.mask]
+            current -= 1
+        }
+        ring[head] = index
+        return pool[index]
     }
 
-    /// Puts a new value at the front.
+    /// Puts a new value at the front; the oldest falls off when the list is full.
     mutating func insert(_ value: Value) {
-        values.insert(value, at: 0)
-        fingerprints.insert(Self.fingerprint(value), at: 0)
-        if values.count > Self.capacity {
-            values.removeLast()
-            fingerprints.removeLast()
-        }
+        head = (head - 1) & Self.mask
+        ring[head] = pool.count
+        pool.append(value)
+        if searchable { fingerprints.append(Self.fingerprint(value)) }
+        count = min(count + 1, Self.capacity)
     }
 
     private static func fingerprint(_ value: Value) -> Int {
+        if let number = value as? UInt64 { return Int(truncatingIfNeeded: number) }
         if let bytes = value as? ArraySlice<UInt8> {
             var hasher = Hasher()
             bytes.withUnsafeBytes { hasher.combine(bytes: $0) }
@@ -136,30 +150,24 @@ struct StringValueWriter {
     }
 }
 
-/// Reads what `StringValueWriter` wrote.
-struct StringValueReader {
-    private var recent = MoveToFront<ArraySlice<UInt8>>()
-    private var heads = MoveToFront<ArraySlice<UInt8>>()
-    private var tails = MoveToFront<ArraySlice<UInt8>>()
+/// A string value as read: kept in its coded parts until someone asks for the bytes,
+/// so rows that a query reads past cost no allocation.
+enum StoredString: Hashable {
+    case bytes(ArraySlice<UInt8>)
+    case token(head: ArraySlice<UInt8>, number: UInt64, tail: ArraySlice<UInt8>)
+    case uuid(ArraySlice<UInt8>)
 
-    mutating func read(from reader: inout ByteReader) throws(ByteReaderError) -> ArraySlice<UInt8> {
-        let start = reader.offset
-        let code = try reader.readVarint()
-        switch code {
-        case 0:
-            let value = try reader.readLengthPrefixed()
-            recent.insert(value)
+    /// The value's UTF-8 bytes.
+    var bytes: ArraySlice<UInt8> {
+        switch self {
+        case .bytes(let value):
             return value
-        case 1:
-            let head = try Self.readPart(&heads, from: &reader)
-            let number = try reader.readVarint()
-            let tail = try Self.readPart(&tails, from: &reader)
-            guard number < 1_000_000_000_000_000_000 else { throw .invalidLength(offset: start, length: number) }
-            let value = ArraySlice(Array(head) + Array(String(number).utf8) + Array(tail))
-            recent.insert(value)
-            return value
-        case 2:
-            let raw = try reader.readRaw(count: 16)
+        case .token(let head, let number, let tail):
+            var text = Array(head)
+            text += String(number).utf8
+            text += tail
+            return text[...]
+        case .uuid(let raw):
             let hex = Array("0123456789abcdef".utf8)
             var text: [UInt8] = []
             text.reserveCapacity(36)
@@ -168,14 +176,39 @@ struct StringValueReader {
                 text.append(hex[Int(byte >> 4)])
                 text.append(hex[Int(byte & 0xF)])
             }
-            let value = ArraySlice(text)
-            recent.insert(value)
-            return value
+            return text[...]
+        }
+    }
+}
+
+/// Reads what `StringValueWriter` wrote.
+struct StringValueReader {
+    private var recent = MoveToFront<StoredString>(searchable: false)
+    private var heads = MoveToFront<ArraySlice<UInt8>>(searchable: false)
+    private var tails = MoveToFront<ArraySlice<UInt8>>(searchable: false)
+
+    mutating func read(from reader: inout ByteReader) throws(ByteReaderError) -> StoredString {
+        let start = reader.offset
+        let code = try reader.readVarint()
+        let value: StoredString
+        switch code {
+        case 0:
+            value = .bytes(try reader.readLengthPrefixed())
+        case 1:
+            let head = try Self.readPart(&heads, from: &reader)
+            let number = try reader.readVarint()
+            let tail = try Self.readPart(&tails, from: &reader)
+            guard number < 1_000_000_000_000_000_000 else { throw .invalidLength(offset: start, length: number) }
+            value = .token(head: head, number: number, tail: tail)
+        case 2:
+            value = .uuid(try reader.readRaw(count: 16))
         default:
             let position = Int(code - 3)
-            guard position < recent.values.count else { throw .invalidLength(offset: start, length: code) }
+            guard position < recent.count else { throw .invalidLength(offset: start, length: code) }
             return recent.use(at: position)
         }
+        recent.insert(value)
+        return value
     }
 
     private static func readPart(_ list: inout MoveToFront<ArraySlice<UInt8>>, from reader: inout ByteReader) throws(ByteReaderError) -> ArraySlice<UInt8> {
@@ -186,7 +219,7 @@ struct StringValueReader {
             list.insert(part)
             return part
         }
-        guard code - 1 < UInt64(list.values.count) else { throw .invalidLength(offset: start, length: code) }
+        guard code - 1 < UInt64(list.count) else { throw .invalidLength(offset: start, length: code) }
         return list.use(at: Int(code - 1))
     }
 }
@@ -194,7 +227,12 @@ struct StringValueReader {
 /// Integer values of one column chunk: 0 then a zig-zag varint for a new value;
 /// n ≥ 1 repeats the value at move-to-front position n − 1.
 struct IntegerValueCoder {
-    private var recent = MoveToFront<UInt64>()
+    private var recent: MoveToFront<UInt64>
+
+    /// - Parameter searchable: false for a reader, which never searches by value.
+    init(searchable: Bool = true) {
+        recent = MoveToFront(searchable: searchable)
+    }
 
     mutating func write(_ value: UInt64, to writer: inout ByteWriter) {
         if let position = recent.position(of: value) {
@@ -215,7 +253,7 @@ struct IntegerValueCoder {
             recent.insert(value)
             return value
         }
-        guard code - 1 < UInt64(recent.values.count) else { throw .invalidLength(offset: start, length: code) }
+        guard code - 1 < UInt64(recent.count) else { throw .invalidLength(offset: start, length: code) }
         return recent.use(at: Int(code - 1))
     }
 }
