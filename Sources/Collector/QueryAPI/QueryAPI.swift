@@ -18,6 +18,8 @@ struct QueryAPI: Sendable {
         let store = self.store
         let logger = self.logger
         return QueryEngine(snapshot: store.snapshot()) { segment, error in
+            // Compaction or retention may have removed the file since the snapshot was taken.
+            guard FileManager.default.fileExists(atPath: segment.path) else { return }
             logger.error("damaged segment taken out of service", metadata: ["file": "\(segment.path)", "error": "\(error)"])
             try? store.quarantine(segment.path)
         }
