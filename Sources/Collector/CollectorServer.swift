@@ -108,7 +108,7 @@ struct SealService: Service {
                 }
                 if store.compactionIsDue {
                     let merged = try await NIOThreadPool.singleton.runIfActive { try store.compact() }
-                    logger.info("compacted segments", metadata: ["inputs": "\(merged.count)"])
+                    if !merged.isEmpty { logger.info("compacted segments", metadata: ["inputs": "\(merged.count)"]) }
                 }
                 if store.configuration.retention != nil || store.configuration.maxSegmentBytes != nil {
                     let now = UInt64(Date().timeIntervalSince1970 * 1e9)

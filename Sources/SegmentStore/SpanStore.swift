@@ -30,9 +30,9 @@ public final class SpanStore: Sendable {
         /// Delete the oldest segments while all segments together exceed this many bytes; nil for no limit.
         public var maxSegmentBytes: Int?
         /// Segments with fewer spans than this are merged by compaction.
-        public var compactionTargetSpans: Int = 1_000_000
+        public var compactionTargetSpans: Int = 400_000
         /// The most spans one compaction reads into memory at once (about 400 bytes each).
-        public var compactionMaxSpans: Int = 500_000
+        public var compactionMaxSpans: Int = 800_000
 
         public init(dataDirectory: String) {
             self.dataDirectory = dataDirectory

@@ -38,7 +38,7 @@ struct CollectorCommand: AsyncParsableCommand {
     var maxStoreBytes: Int?
 
     @Option(name: .long, help: "Merge segments with fewer spans than this in the background; 0 turns compaction off.")
-    var compactBelow = 1_000_000
+    var compactBelow = 400_000
 
     @Option(name: .long, help: "Largest OTLP/HTTP request body, in bytes.")
     var maxRequestBytes = 20 << 20

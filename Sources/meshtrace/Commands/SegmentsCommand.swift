@@ -192,10 +192,10 @@ extension SegmentsCommand {
         @OptionGroup var options: Options
 
         @Option(help: "Merge segments with fewer spans than this.")
-        var targetSpans = 1_000_000
+        var targetSpans = 400_000
 
-        @Option(help: "The most spans read into memory by one merge.")
-        var maxSpans = 500_000
+        @Option(help: "The most spans read into memory by one merge (about 400 bytes each).")
+        var maxSpans = 800_000
 
         func run() throws {
             var configuration = SpanStore.Configuration(dataDirectory: options.dataDir)
