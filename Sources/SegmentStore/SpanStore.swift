@@ -204,10 +204,7 @@ public final class SpanStore: Sendable {
                 }
             }
             guard let (batch, sequence) = taken else { return }
-            let name = WriteAheadLog.fileName(sequence: sequence)
-                .replacingOccurrences(of: "wal-", with: "seg-")
-                .replacingOccurrences(of: ".log", with: SegmentFile.fileExtension)
-            let path = segmentDirectory + "/" + name
+            let path = segmentDirectory + "/" + Self.segmentFileName(prefix: "seg", sequence: sequence)
             do {
                 try SegmentWriter.write(batch, walSequence: sequence, to: path, level: configuration.compressionLevel)
                 let reader = try SegmentReader(path: path)
@@ -302,9 +299,7 @@ public final class SpanStore: Sendable {
             let sequence = inputs.map(\.footer.walSequence).max() ?? 0
             let names = inputs.map { Self.fileName($0.path) }
             let suffix = String(UInt32.random(in: 0...UInt32.max), radix: 16)
-            let output = segmentDirectory + "/" + WriteAheadLog.fileName(sequence: sequence)
-                .replacingOccurrences(of: "wal-", with: "cmp-")
-                .replacingOccurrences(of: ".log", with: "-\(suffix)" + SegmentFile.fileExtension)
+            let output = segmentDirectory + "/" + Self.segmentFileName(prefix: "cmp", sequence: sequence, tag: suffix)
             try SegmentWriter.write(merged, walSequence: sequence, replaces: names, to: output, level: configuration.compressionLevel)
             let reader = try SegmentReader(path: output)
             let inputPaths = Set(inputs.map(\.path))
@@ -323,6 +318,13 @@ public final class SpanStore: Sendable {
         state.withLock { state in
             state.segments.filter { $0.footer.spanCount < configuration.compactionTargetSpans }.count >= 4
         }
+    }
+
+    /// `<prefix>-<16 hex digits of the WAL sequence>[-<tag>].mts`.
+    private static func segmentFileName(prefix: String, sequence: UInt64, tag: String? = nil) -> String {
+        let hex = String(sequence, radix: 16)
+        return prefix + "-" + String(repeating: "0", count: max(0, 16 - hex.count)) + hex
+            + (tag.map { "-" + $0 } ?? "") + SegmentFile.fileExtension
     }
 
     private static func fileName(_ path: String) -> String {

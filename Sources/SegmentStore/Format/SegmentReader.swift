@@ -92,10 +92,10 @@ public struct SegmentReader: Sendable {
     }
 
     /// The decompressed columns of block `block` of a v2 segment, keyed by column
-    /// name; read from disk in one request. `only` limits which columns are read.
-    func blockColumns(_ block: Int, only: Set<String>? = nil) throws(StoreError) -> [String: [UInt8]] {
+    /// name; read from disk in one request.
+    func blockColumns(_ block: Int) throws(StoreError) -> [String: [UInt8]] {
         let prefix = "\(block)/"
-        let chunks = footer.columns.filter { $0.column.hasPrefix(prefix) && (only?.contains(String($0.column.dropFirst(prefix.count))) ?? true) }
+        let chunks = footer.columns.filter { $0.column.hasPrefix(prefix) }
         guard let start = chunks.map(\.offset).min(), let end = chunks.map({ $0.offset + $0.compressedSize }).max() else {
             throw .corruptSegment(file: path, reason: "block \(block) has no columns")
         }
@@ -129,9 +129,11 @@ public struct SegmentReader: Sendable {
             let blocks = footer.blocks
             let block = Self.lowerBound(of: traceID, count: blocks.count) { blocks[$0].lastTraceID }
             guard block < blocks.count, blocks[block].firstTraceID <= traceID else { return nil }
+            // One read serves both finding the rows and decoding them.
+            let chunks = try blockColumns(block)
             let decoder = SegmentDecoderV2(segment: self, dictionaries: try dictionaries())
-            guard let rows = try decoder.rows(of: traceID, block: block) else { return nil }
-            return try decoder.decode(block: block, keep: rows)
+            guard let rows = try decoder.rows(of: traceID, block: block, chunks: chunks) else { return nil }
+            return try decoder.decode(block: block, keep: rows, preloaded: chunks)
         }
     }
 

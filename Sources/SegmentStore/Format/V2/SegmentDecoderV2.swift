@@ -66,11 +66,13 @@ struct SegmentDecoderV2 {
 
     /// Decodes block `block`; only rows in `keep` (block-local row numbers) are
     /// materialized, the others are read past.
-    func decode(block: Int, keep: Range<Int>? = nil) throws(StoreError) -> SpanBatch {
+    /// `preloaded` are the block's columns when the caller has read them already.
+    func decode(block: Int, keep: Range<Int>? = nil, preloaded: [String: [UInt8]]? = nil) throws(StoreError) -> SpanBatch {
         let info = segment.footer.blocks[block]
         let rows = info.spanCount
         let keep = keep ?? 0..<rows
-        let chunks = try segment.blockColumns(block)
+        let chunks: [String: [UInt8]]
+        if let preloaded { chunks = preloaded } else { chunks = try segment.blockColumns(block) }
         var current = Column.traceID.rawValue
         func column(_ column: Column) throws -> ByteReader {
             current = column.rawValue
@@ -240,8 +242,8 @@ struct SegmentDecoderV2 {
     }
 
     /// Block-local row range of `traceID` within `block`, if the block holds it.
-    func rows(of traceID: TraceID, block: Int) throws(StoreError) -> Range<Int>? {
-        let chunks = try segment.blockColumns(block, only: [Column.traceID.rawValue, Column.traceSpans.rawValue])
+    /// - Parameter chunks: the block's columns (`trace.id` and `trace.spans` at least).
+    func rows(of traceID: TraceID, block: Int, chunks: [String: [UInt8]]) throws(StoreError) -> Range<Int>? {
         let info = segment.footer.blocks[block]
         guard let ids = chunks[Column.traceID.rawValue], ids.count == info.traceCount * 16,
               let countBytes = chunks[Column.traceSpans.rawValue] else {
