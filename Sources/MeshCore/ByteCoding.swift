@@ -1,55 +1,71 @@
 /// Appends little-endian integers, LEB128 varints and length-prefixed bytes to a buffer.
 public struct ByteWriter: Sendable {
     /// The bytes written so far.
-    public private(set) var bytes: [UInt8]
+    @usableFromInline
+    internal private(set) var storage: [UInt8]
+
+    /// The bytes written so far.
+    @inlinable
+    public var bytes: [UInt8] { storage }
 
     public init(capacity: Int = 0) {
-        bytes = []
-        bytes.reserveCapacity(capacity)
+        storage = []
+        storage.reserveCapacity(capacity)
     }
 
     /// Number of bytes written so far.
-    public var count: Int { bytes.count }
+    @inlinable
+    public var count: Int { storage.count }
 
-    public mutating func write(_ value: UInt8) { bytes.append(value) }
+    @inlinable
+    public mutating func write(_ value: UInt8) { storage.append(value) }
 
+    @inlinable
     public mutating func write(_ value: UInt16) { writeLittleEndian(UInt64(value), width: 2) }
 
+    @inlinable
     public mutating func write(_ value: UInt32) { writeLittleEndian(UInt64(value), width: 4) }
 
+    @inlinable
     public mutating func write(_ value: UInt64) { writeLittleEndian(value, width: 8) }
 
-    private mutating func writeLittleEndian(_ value: UInt64, width: Int) {
-        for index in 0..<width { bytes.append(UInt8(truncatingIfNeeded: value >> UInt64(index * 8))) }
+    @inlinable
+    internal mutating func writeLittleEndian(_ value: UInt64, width: Int) {
+        for index in 0..<width { storage.append(UInt8(truncatingIfNeeded: value >> UInt64(index * 8))) }
     }
 
     /// Writes an unsigned LEB128 varint (1–10 bytes).
+    @inlinable
     public mutating func writeVarint(_ value: UInt64) {
         var remaining = value
         while remaining >= 0x80 {
-            bytes.append(UInt8(truncatingIfNeeded: remaining) | 0x80)
+            storage.append(UInt8(truncatingIfNeeded: remaining) | 0x80)
             remaining >>= 7
         }
-        bytes.append(UInt8(remaining))
+        storage.append(UInt8(remaining))
     }
 
     /// Writes a signed integer as a zig-zag varint.
+    @inlinable
     public mutating func writeSignedVarint(_ value: Int64) {
         writeVarint(UInt64(bitPattern: (value << 1) ^ (value >> 63)))
     }
 
     /// Writes raw bytes with no length prefix.
+    @inlinable
     public mutating func write<Bytes: Sequence>(raw: Bytes) where Bytes.Element == UInt8 {
-        bytes.append(contentsOf: raw)
+        storage.append(contentsOf: raw)
     }
 
     /// Writes a varint length followed by the bytes.
+    @inlinable
     public mutating func write<Bytes: Collection>(lengthPrefixed value: Bytes) where Bytes.Element == UInt8 {
         writeVarint(UInt64(value.count))
-        bytes.append(contentsOf: value)
+        storage.append(contentsOf: value)
     }
 
     /// Writes a varint length followed by the UTF-8 bytes of `value`.
+    @inlinable
     public mutating func write(string value: String) {
         write(lengthPrefixed: value.utf8)
     }
@@ -75,56 +91,79 @@ public enum ByteReaderError: Error, Equatable, CustomStringConvertible {
 
 /// Reads what `ByteWriter` wrote, checking every bound.
 public struct ByteReader: Sendable {
-    private let bytes: [UInt8]
+    @usableFromInline
+    internal let bytes: [UInt8]
+    @usableFromInline
+    internal var position: Int
     /// The next byte to read.
-    public private(set) var offset: Int
-    private let end: Int
+    @inlinable
+    public var offset: Int { position }
+    @usableFromInline
+    internal let end: Int
 
     public init(_ bytes: [UInt8], range: Range<Int>? = nil) {
         self.bytes = bytes
         let range = range ?? 0..<bytes.count
-        offset = range.lowerBound
+        position = range.lowerBound
         end = range.upperBound
     }
 
     /// Bytes left to read.
-    public var remaining: Int { end - offset }
+    @inlinable
+    public var remaining: Int { end - position }
 
     /// Whether every byte has been read.
-    public var isAtEnd: Bool { offset >= end }
+    @inlinable
+    public var isAtEnd: Bool { position >= end }
 
-    private mutating func need(_ count: Int) throws(ByteReaderError) {
-        if count > end - offset { throw .truncated(offset: offset, needed: count - (end - offset)) }
+    @inlinable
+    internal mutating func need(_ count: Int) throws(ByteReaderError) {
+        if count > end - position { throw .truncated(offset: position, needed: count - (end - position)) }
     }
 
+    @inlinable
     public mutating func readUInt8() throws(ByteReaderError) -> UInt8 {
         try need(1)
-        defer { offset += 1 }
-        return bytes[offset]
+        defer { position += 1 }
+        return bytes[position]
     }
 
+    @inlinable
     public mutating func readUInt16() throws(ByteReaderError) -> UInt16 { UInt16(try readLittleEndian(width: 2)) }
 
+    @inlinable
     public mutating func readUInt32() throws(ByteReaderError) -> UInt32 { UInt32(try readLittleEndian(width: 4)) }
 
+    @inlinable
     public mutating func readUInt64() throws(ByteReaderError) -> UInt64 { try readLittleEndian(width: 8) }
 
-    private mutating func readLittleEndian(width: Int) throws(ByteReaderError) -> UInt64 {
+    @inlinable
+    internal mutating func readLittleEndian(width: Int) throws(ByteReaderError) -> UInt64 {
         try need(width)
         var value: UInt64 = 0
-        for index in 0..<width { value |= UInt64(bytes[offset + index]) << UInt64(index * 8) }
-        offset += width
+        for index in 0..<width { value |= UInt64(bytes[position + index]) << UInt64(index * 8) }
+        position += width
         return value
     }
 
+    @inlinable
     public mutating func readVarint() throws(ByteReaderError) -> UInt64 {
-        let start = offset
+        if position < end, bytes[position] < 0x80 {
+            defer { position += 1 }
+            return UInt64(bytes[position])
+        }
+        return try readLongVarint()
+    }
+
+    @inlinable
+    internal mutating func readLongVarint() throws(ByteReaderError) -> UInt64 {
+        let start = position
         var value: UInt64 = 0
         var shift: UInt64 = 0
         while true {
-            guard offset < end else { throw .truncated(offset: offset, needed: 1) }
-            let byte = bytes[offset]
-            offset += 1
+            guard position < end else { throw .truncated(offset: position, needed: 1) }
+            let byte = bytes[position]
+            position += 1
             if shift == 63 && byte > 1 { throw .malformedVarint(offset: start) }
             value |= UInt64(byte & 0x7F) << shift
             if byte & 0x80 == 0 { return value }
@@ -133,31 +172,52 @@ public struct ByteReader: Sendable {
         }
     }
 
+    @inlinable
     public mutating func readSignedVarint() throws(ByteReaderError) -> Int64 {
         let raw = try readVarint()
         return Int64(bitPattern: raw >> 1) ^ -Int64(bitPattern: raw & 1)
     }
 
     /// Reads a varint that counts items or bytes, refusing values above `limit`.
+    @inlinable
     public mutating func readCount(limit: Int) throws(ByteReaderError) -> Int {
-        let start = offset
+        let start = position
         let value = try readVarint()
         guard value <= UInt64(limit) else { throw .invalidLength(offset: start, length: value) }
         return Int(value)
     }
 
+    @inlinable
     public mutating func readRaw(count: Int) throws(ByteReaderError) -> ArraySlice<UInt8> {
-        try need(count)
-        defer { offset += count }
-        return bytes[offset..<offset + count]
+        bytes[try readRange(count: count)]
     }
 
-    public mutating func readLengthPrefixed() throws(ByteReaderError) -> ArraySlice<UInt8> {
-        let count = try readCount(limit: remaining)
-        return try readRaw(count: count)
+    /// Reads past `count` bytes and returns where they are in the buffer.
+    @inlinable
+    public mutating func readRange(count: Int) throws(ByteReaderError) -> Range<Int> {
+        try need(count)
+        defer { position += count }
+        return position..<position + count
     }
+
+    @inlinable
+    public mutating func readLengthPrefixed() throws(ByteReaderError) -> ArraySlice<UInt8> {
+        bytes[try readLengthPrefixedRange()]
+    }
+
+    /// Reads past a varint length and that many bytes; returns where the bytes are in the buffer.
+    @inlinable
+    public mutating func readLengthPrefixedRange() throws(ByteReaderError) -> Range<Int> {
+        let count = try readCount(limit: remaining)
+        return try readRange(count: count)
+    }
+
+    /// The buffer being read (all of it, not only the range given at init).
+    @inlinable
+    public var buffer: [UInt8] { bytes }
 
     /// Reads a length-prefixed string; invalid UTF-8 is repaired with U+FFFD.
+    @inlinable
     public mutating func readString() throws(ByteReaderError) -> String {
         String(decoding: try readLengthPrefixed(), as: UTF8.self)
     }

@@ -46,6 +46,11 @@ public struct ResourceEntry: Hashable, Sendable {
         self.serviceName = serviceName
         self.encoded = encoded
     }
+
+    public func hash(into hasher: inout Hasher) {
+        hasher.combine(serviceName)
+        encoded.withUnsafeBytes { hasher.combine(bytes: $0) }
+    }
 }
 
 /// Spans held column by column: the unit that flows from the receivers into the

@@ -23,6 +23,17 @@ struct ScannedAttribute {
     var scalar: UInt64
 }
 
+/// One attribute as scanned from protobuf bytes: offsets into the scanned buffer,
+/// so a writer can scan every row into one reused array without allocating.
+struct RawAttribute {
+    var key: Range<Int>
+    var type: AttributeType
+    /// For `.string`: the UTF-8 bytes; for `.other`: the whole AnyValue message.
+    var value: Range<Int>
+    /// For `.bool`, `.int`: the varint; for `.double`: the bit pattern.
+    var scalar: UInt64
+}
+
 /// Reads and writes OTLP `KeyValueList` protobuf bytes directly, so the segment
 /// writer and reader move attributes in and out of columns without building
 /// message objects.
@@ -31,22 +42,31 @@ enum AttributeCoding {
     /// columns cannot reproduce exactly (unknown fields, string-table indexes,
     /// malformed input); the caller then keeps the bytes as they are.
     static func scan(_ bytes: [UInt8]) -> [ScannedAttribute]? {
-        var attributes: [ScannedAttribute] = []
-        var reader = WireReader(bytes: bytes[...])
+        var raw: [RawAttribute] = []
+        let complete = bytes.withUnsafeBufferPointer { scan($0, into: &raw) }
+        guard complete else { return nil }
+        return raw.map { ScannedAttribute(key: bytes[$0.key], type: $0.type, bytes: bytes[$0.value], scalar: $0.scalar) }
+    }
+
+    /// Scans a protobuf `KeyValueList` into `attributes` (emptied first); false when
+    /// the bytes hold anything the columns cannot reproduce exactly.
+    static func scan(_ bytes: UnsafeBufferPointer<UInt8>, into attributes: inout [RawAttribute]) -> Bool {
+        attributes.removeAll(keepingCapacity: true)
+        var reader = WireReader(bytes, 0..<bytes.count)
         while !reader.isAtEnd {
             guard let (field, wireType) = reader.tag(), field == 1, wireType == 2,
                   let keyValue = reader.lengthDelimited(),
-                  let attribute = scanKeyValue(keyValue)
-            else { return nil }
+                  let attribute = scanKeyValue(bytes, keyValue)
+            else { return false }
             attributes.append(attribute)
         }
-        return attributes
+        return true
     }
 
-    private static func scanKeyValue(_ bytes: ArraySlice<UInt8>) -> ScannedAttribute? {
-        var reader = WireReader(bytes: bytes)
-        var key: ArraySlice<UInt8>?
-        var value: ArraySlice<UInt8>?
+    private static func scanKeyValue(_ bytes: UnsafeBufferPointer<UInt8>, _ range: Range<Int>) -> RawAttribute? {
+        var reader = WireReader(bytes, range)
+        var key: Range<Int>?
+        var value: Range<Int>?
         while !reader.isAtEnd {
             guard let (field, wireType) = reader.tag(), wireType == 2, let payload = reader.lengthDelimited() else { return nil }
             switch field {
@@ -56,29 +76,29 @@ enum AttributeCoding {
             }
         }
         // Canonical encoders write the key first; a different order would not round-trip byte for byte.
-        guard let key else { return nil }
-        guard let value else { return ScannedAttribute(key: key, type: .absent, bytes: [], scalar: 0) }
+        guard let key, value.map({ key.lowerBound < $0.lowerBound }) ?? true else { return nil }
+        guard let value else { return RawAttribute(key: key, type: .absent, value: 0..<0, scalar: 0) }
 
-        var valueReader = WireReader(bytes: value)
-        if valueReader.isAtEnd { return ScannedAttribute(key: key, type: .other, bytes: value, scalar: 0) }
+        var valueReader = WireReader(bytes, value)
+        if valueReader.isAtEnd { return RawAttribute(key: key, type: .other, value: value, scalar: 0) }
         guard let (field, wireType) = valueReader.tag() else { return nil }
-        var attribute: ScannedAttribute
+        var attribute: RawAttribute
         switch (field, wireType) {
         case (1, 2):
             guard let text = valueReader.lengthDelimited() else { return nil }
-            attribute = ScannedAttribute(key: key, type: .string, bytes: text, scalar: 0)
+            attribute = RawAttribute(key: key, type: .string, value: text, scalar: 0)
         case (2, 0):
             guard let flag = valueReader.varint(), flag <= 1 else { return nil }
-            attribute = ScannedAttribute(key: key, type: .bool, bytes: [], scalar: flag)
+            attribute = RawAttribute(key: key, type: .bool, value: 0..<0, scalar: flag)
         case (3, 0):
             guard let number = valueReader.varint() else { return nil }
-            attribute = ScannedAttribute(key: key, type: .int, bytes: [], scalar: number)
+            attribute = RawAttribute(key: key, type: .int, value: 0..<0, scalar: number)
         case (4, 1):
             guard let bits = valueReader.fixed64() else { return nil }
-            attribute = ScannedAttribute(key: key, type: .double, bytes: [], scalar: bits)
+            attribute = RawAttribute(key: key, type: .double, value: 0..<0, scalar: bits)
         case (5, 2), (6, 2), (7, 2):
             guard valueReader.lengthDelimited() != nil else { return nil }
-            attribute = ScannedAttribute(key: key, type: .other, bytes: value, scalar: 0)
+            attribute = RawAttribute(key: key, type: .other, value: value, scalar: 0)
         default:
             return nil
         }
@@ -131,16 +151,27 @@ enum AttributeCoding {
     }
 }
 
-/// A bounds-checked protobuf wire-format reader over a byte slice.
+/// A bounds-checked protobuf wire-format reader over a range of a buffer; payloads
+/// come back as ranges of that buffer.
 struct WireReader {
-    var bytes: ArraySlice<UInt8>
-    var isAtEnd: Bool { bytes.isEmpty }
+    private let bytes: UnsafeBufferPointer<UInt8>
+    private(set) var position: Int
+    private let end: Int
+
+    init(_ bytes: UnsafeBufferPointer<UInt8>, _ range: Range<Int>) {
+        self.bytes = bytes
+        position = range.lowerBound
+        end = range.upperBound
+    }
+
+    var isAtEnd: Bool { position >= end }
 
     mutating func varint() -> UInt64? {
         var value: UInt64 = 0
         var shift: UInt64 = 0
-        while let byte = bytes.first {
-            bytes = bytes.dropFirst()
+        while position < end {
+            let byte = bytes[position]
+            position += 1
             if shift == 63 && byte > 1 { return nil }
             value |= UInt64(byte & 0x7F) << shift
             if byte & 0x80 == 0 { return value }
@@ -155,18 +186,32 @@ struct WireReader {
         return (key >> 3, UInt8(key & 7))
     }
 
-    mutating func lengthDelimited() -> ArraySlice<UInt8>? {
-        guard let length = varint(), length <= UInt64(bytes.count) else { return nil }
-        let payload = bytes.prefix(Int(length))
-        bytes = bytes.dropFirst(Int(length))
-        return payload
+    mutating func lengthDelimited() -> Range<Int>? {
+        guard let length = varint(), length <= UInt64(end - position) else { return nil }
+        defer { position += Int(length) }
+        return position..<position + Int(length)
+    }
+
+    mutating func fixed32() -> UInt32? {
+        guard end - position >= 4 else { return nil }
+        defer { position += 4 }
+        return (0..<4).reduce(UInt32(0)) { $0 | UInt32(bytes[position + $1]) << UInt32($1 * 8) }
     }
 
     mutating func fixed64() -> UInt64? {
-        guard bytes.count >= 8 else { return nil }
-        var value: UInt64 = 0
-        for (index, byte) in bytes.prefix(8).enumerated() { value |= UInt64(byte) << UInt64(index * 8) }
-        bytes = bytes.dropFirst(8)
-        return value
+        guard end - position >= 8 else { return nil }
+        defer { position += 8 }
+        return (0..<8).reduce(UInt64(0)) { $0 | UInt64(bytes[position + $1]) << UInt64($1 * 8) }
+    }
+
+    /// Skips one field's payload; false when the wire type is unknown or the input ends.
+    mutating func skip(wireType: UInt8) -> Bool {
+        switch wireType {
+        case 0: return varint() != nil
+        case 1: return fixed64() != nil
+        case 2: return lengthDelimited() != nil
+        case 5: return fixed32() != nil
+        default: return false
+        }
     }
 }

@@ -65,7 +65,7 @@ struct SegmentDecoderV2 {
     private typealias Column = SegmentFormatV2.Column
 
     /// Decodes block `block`; only rows in `keep` (block-local row numbers) are
-    /// materialized, the others are read past.
+    /// materialized: rows before them are read past, rows after them are not read.
     /// `preloaded` are the block's columns when the caller has read them already.
     func decode(block: Int, keep: Range<Int>? = nil, preloaded: [String: [UInt8]]? = nil) throws(StoreError) -> SpanBatch {
         let info = segment.footer.blocks[block]
@@ -117,15 +117,16 @@ struct SegmentDecoderV2 {
             var traceEndTimes: [UInt64] = []
             var traceNames: [Int] = []
             var traceResources: [Int] = []
-            var lastChildEnd: [Int: UInt64] = [:]
+            var lastChildEnd: [UInt64?] = []
 
             var row = 0
-            for _ in 0..<info.traceCount {
+            // Rows after the last kept one are never read: a lookup decodes only up to its trace.
+            for _ in 0..<info.traceCount where row < keep.upperBound {
                 current = Column.traceSpans.rawValue
                 let count = try spanCounts.readCount(limit: rows - row)
                 current = Column.traceStart.rawValue
                 let traceStart = info.minStartTime &+ (try traceStarts.readVarint()) &* unit
-                let traceID = TraceID(bytes: try traceIDReader.readRaw(count: 16))!
+                let traceID = TraceID(high: try traceIDReader.readUInt64().byteSwapped, low: try traceIDReader.readUInt64().byteSwapped)
                 traceSpanIDs.removeAll(keepingCapacity: true)
                 traceKinds.removeAll(keepingCapacity: true)
                 traceStartTimes.removeAll(keepingCapacity: true)
@@ -133,12 +134,13 @@ struct SegmentDecoderV2 {
                 traceNames.removeAll(keepingCapacity: true)
                 traceResources.removeAll(keepingCapacity: true)
                 lastChildEnd.removeAll(keepingCapacity: true)
+                lastChildEnd.append(contentsOf: repeatElement(nil, count: count))
                 var parentLocals: [Int?] = []
                 var pendingRows: [SpanBatch.Row] = []
                 let traceKept = keep.overlaps(row..<row + count)
 
                 for local in 0..<count {
-                    let spanID = SpanID(try spanIDReader.readRaw(count: 8).reduce(UInt64(0)) { $0 << 8 | UInt64($1) })
+                    let spanID = SpanID(try spanIDReader.readUInt64().byteSwapped)
                     current = Column.parent.rawValue
                     let parentCode = try parents.readVarint()
                     var parentID = SpanID.zero
@@ -149,7 +151,7 @@ struct SegmentDecoderV2 {
                         break
                     case 1:
                         current = Column.parentExternal.rawValue
-                        parentID = SpanID(try externalParents.readRaw(count: 8).reduce(UInt64(0)) { $0 << 8 | UInt64($1) })
+                        parentID = SpanID(try externalParents.readUInt64().byteSwapped)
                     default:
                         let target = Int64(local) - SegmentDecoderV2.unzigzag(parentCode - 2)
                         guard target >= 0, target < Int64(count), target != Int64(local) else {
@@ -198,7 +200,7 @@ struct SegmentDecoderV2 {
                     let storedExtras = code & SegmentFormatV2.hasExtras != 0 ? try extrasColumn.readLengthPrefixed() : []
                     current = Column.traceState.rawValue
                     let traceState = code & SegmentFormatV2.hasTraceState != 0
-                        ? try traceStateValues.read(from: &traceStates).bytes : nil
+                        ? try traceStateValues.read(from: &traceStates).bytes(in: traceStates.buffer) : nil
                     current = Column.layout.rawValue
                     let materialize = keep.contains(row)
                     let (attributeBytes, httpCode) = try attributes.next(materialize: materialize)
@@ -232,7 +234,7 @@ struct SegmentDecoderV2 {
                     batch.append(span)
                 }
             }
-            guard row == rows else { throw ByteReaderError.invalidLength(offset: 0, length: UInt64(row)) }
+            guard row == rows || keep.upperBound < rows else { throw ByteReaderError.invalidLength(offset: 0, length: UInt64(row)) }
             return batch
         } catch let error as StoreError {
             throw error
@@ -284,7 +286,7 @@ struct AttributeRowsDecoder {
     private struct ValueColumn {
         var reader: ByteReader
         var strings = StringValueReader()
-        var integers = IntegerValueCoder(searchable: false)
+        var integers = IntegerValueReader()
 
         mutating func readString() throws(ByteReaderError) -> StoredString { try strings.read(from: &reader) }
 
@@ -297,9 +299,13 @@ struct AttributeRowsDecoder {
     private var generic: ByteReader
     /// Dedicated value columns, in `dictionaries.dedicated` order.
     private var columns: [ValueColumn] = []
-    /// Per layout, per attribute: its column in `columns`, or -1 for the generic column.
-    private var shapeColumns: [[Int]] = []
-    private var statusKeys: Set<Int> = []
+    /// Every layout's attributes, one after another: per attribute its key and type
+    /// (`key << 3 | type`) and its column in `columns`, or -1 for the generic column.
+    private var shapeEntries: [(code: Int, column: Int)] = []
+    /// Where each layout's attributes start in `shapeEntries`; one more than there are layouts.
+    private var shapeStarts: [Int] = [0]
+    /// Per key index: whether it names the HTTP status code.
+    private var statusKeys: [Bool] = []
 
     init(chunks: [String: [UInt8]], dictionaries: DictionariesV2, segment: SegmentReader, block: Int) throws(StoreError) {
         self.dictionaries = dictionaries
@@ -318,11 +324,14 @@ struct AttributeRowsDecoder {
             columns.append(ValueColumn(reader: try chunk(name)))
             position[key << 3 | Int(type.rawValue)] = index
         }
-        shapeColumns = dictionaries.shapes.map { shape in shape.map { position[$0.key << 3 | Int($0.type.rawValue)] ?? -1 } }
-        for (index, key) in dictionaries.keys.enumerated()
-        where key == Array("http.response.status_code".utf8) || key == Array("http.status_code".utf8) {
-            statusKeys.insert(index)
+        for shape in dictionaries.shapes {
+            for (key, type) in shape {
+                let code = key << 3 | Int(type.rawValue)
+                shapeEntries.append((code, position[code] ?? -1))
+            }
+            shapeStarts.append(shapeEntries.count)
         }
+        statusKeys = dictionaries.keys.map { $0 == Array("http.response.status_code".utf8) || $0 == Array("http.status_code".utf8) }
     }
 
     /// The next row's attributes and HTTP status code (0 when absent); the bytes are
@@ -344,28 +353,29 @@ struct AttributeRowsDecoder {
         default:
             var bytes: [UInt8] = []
             var httpCode: UInt16 = 0
-            let shape = dictionaries.shapes[code - 2]
-            let shapeColumn = shapeColumns[code - 2]
-            for (index, (key, type)) in shape.enumerated() {
-                var payload: ArraySlice<UInt8> = []
-                var scalar: UInt64 = 0
-                let column = shapeColumn[index]
-                if column >= 0 {
-                    switch type {
-                    case .string:
-                        let value = try columns[column].readString()
-                        if materialize { payload = value.bytes }
-                    case .int:
-                        scalar = try columns[column].readInteger()
-                    default:
-                        try Self.readPlain(type: type, from: &columns[column].reader, payload: &payload, scalar: &scalar)
+            let entries = shapeStarts[code - 2]..<shapeStarts[code - 1]
+            try columns.withUnsafeMutableBufferPointer { columns throws in
+                for (code, column) in shapeEntries[entries] {
+                    let type = AttributeType(rawValue: UInt8(code & 7))!
+                    var payload: ArraySlice<UInt8> = []
+                    var scalar: UInt64 = 0
+                    if column >= 0 {
+                        switch type {
+                        case .string:
+                            let value = try columns[column].readString()
+                            if materialize { payload = value.bytes(in: columns[column].reader.buffer) }
+                        case .int:
+                            scalar = try columns[column].readInteger()
+                        default:
+                            try Self.readPlain(type: type, from: &columns[column].reader, payload: &payload, scalar: &scalar)
+                        }
+                    } else {
+                        try Self.readPlain(type: type, from: &generic, payload: &payload, scalar: &scalar)
                     }
-                } else {
-                    try Self.readPlain(type: type, from: &generic, payload: &payload, scalar: &scalar)
-                }
-                if type == .int && httpCode == 0 && statusKeys.contains(key) { httpCode = Self.statusCode(scalar) }
-                if materialize {
-                    AttributeCoding.appendEntry(key: dictionaries.keys[key], type: type, bytes: payload, scalar: scalar, to: &bytes)
+                    if type == .int && httpCode == 0 && statusKeys[code >> 3] { httpCode = Self.statusCode(scalar) }
+                    if materialize {
+                        AttributeCoding.appendEntry(key: dictionaries.keys[code >> 3], type: type, bytes: payload, scalar: scalar, to: &bytes)
+                    }
                 }
             }
             return (bytes, httpCode)

@@ -129,103 +129,177 @@ enum SegmentFormatV2 {
         batch: SpanBatch, order: [Int], traces: ArraySlice<Range<Int>>,
         names: inout StringDictionary, attributes: inout AttributeDictionary
     ) -> (info: BlockInfo, columns: [(name: String, bytes: [UInt8])]) {
-        var columns: [Column: ByteWriter] = [:]
-        for column in Column.allCases { columns[column] = ByteWriter() }
+        var columns = BlockColumns()
         let rows = traces.first!.lowerBound..<traces.last!.upperBound
-        let blockStart = rows.map { batch.startTimes[order[$0]] }.min()!
+        var blockStart = UInt64.max
+        var blockEnd = UInt64.min
+        var wholeMicroseconds = true
+        for position in rows {
+            let row = order[position]
+            blockStart = min(blockStart, batch.startTimes[row])
+            blockEnd = max(blockEnd, batch.endTimes[row])
+            wholeMicroseconds = wholeMicroseconds && batch.startTimes[row] % 1000 == 0 && batch.endTimes[row] % 1000 == 0
+        }
         // Proxies often report microseconds; then every time is stored in µs.
-        let timeUnit: UInt64 = rows.allSatisfy { batch.startTimes[order[$0]] % 1000 == 0 && batch.endTimes[order[$0]] % 1000 == 0 } ? 1000 : 1
+        let timeUnit: UInt64 = wholeMicroseconds ? 1000 : 1
         var traceStates = StringValueWriter()
+        var trace = TraceRows()
 
         for range in traces {
+            trace.reset(batch: batch, order: order, range: range)
             let first = order[range.lowerBound]
-            columns[.traceID]!.write(raw: batch.traceIDs[first].bytes)
-            columns[.traceSpans]!.writeVarint(UInt64(range.count))
-            let traceStart = range.map { batch.startTimes[order[$0]] }.min()!
-            columns[.traceStart]!.writeVarint((traceStart - blockStart) / timeUnit)
+            let traceID = batch.traceIDs[first]
+            writeBigEndian(traceID.high, to: &columns.traceID)
+            writeBigEndian(traceID.low, to: &columns.traceID)
+            columns.traceSpans.writeVarint(UInt64(range.count))
+            columns.traceStart.writeVarint((trace.start - blockStart) / timeUnit)
 
-            // The end of the latest child of each row so far: a sibling called after it starts soon after.
-            var lastChildEnd: [Int: UInt64] = [:]
-            var indexInTrace: [SpanID: Int] = [:]
-            for (local, position) in range.enumerated() where indexInTrace[batch.spanIDs[order[position]]] == nil {
-                indexInTrace[batch.spanIDs[order[position]]] = local
-            }
             for (local, position) in range.enumerated() {
                 let row = order[position]
-                writeBigEndian(batch.spanIDs[row].value, to: &columns[.spanID]!)
+                writeBigEndian(batch.spanIDs[row].value, to: &columns.spanID)
 
                 let parentID = batch.parentSpanIDs[row]
                 var parentRow: Int?
                 var parentLocalIndex: Int?
                 if parentID == .zero {
-                    columns[.parent]!.writeVarint(0)
-                } else if let parentLocal = indexInTrace[parentID], parentLocal != local {
-                    columns[.parent]!.writeVarint(zigzag(Int64(local - parentLocal)) + 2)
+                    columns.parent.writeVarint(0)
+                } else if let parentLocal = trace.local(of: parentID), parentLocal != local {
+                    columns.parent.writeVarint(zigzag(Int64(local - parentLocal)) + 2)
                     // Times are coded against a parent that precedes the row, so a reader has it already.
                     if parentLocal < local {
                         parentRow = order[range.lowerBound + parentLocal]
                         parentLocalIndex = parentLocal
                     }
                 } else {
-                    columns[.parent]!.writeVarint(1)
-                    writeBigEndian(parentID.value, to: &columns[.parentExternal]!)
+                    columns.parent.writeVarint(1)
+                    writeBigEndian(parentID.value, to: &columns.parentExternal)
                 }
 
                 let start = batch.startTimes[row]
-                let base = parentLocalIndex.map { lastChildEnd[$0] ?? batch.startTimes[parentRow!] } ?? traceStart
-                columns[.start]!.writeVarint(zigzag(Int64(bitPattern: start &- base) / Int64(timeUnit)))
-                if let parentLocalIndex { lastChildEnd[parentLocalIndex] = batch.endTimes[row] }
+                // The end of the latest child of the parent so far: a sibling called after it starts soon after.
+                let base = parentLocalIndex.map { trace.lastChildEnd[$0] ?? batch.startTimes[parentRow!] } ?? trace.start
+                columns.start.writeVarint(zigzag(Int64(bitPattern: start &- base) / Int64(timeUnit)))
+                if let parentLocalIndex { trace.lastChildEnd[parentLocalIndex] = batch.endTimes[row] }
                 let duration = Int64(bitPattern: batch.endTimes[row] &- start)
                 if let parentRow, batch.kinds[row] == .server, batch.kinds[parentRow] == .client {
                     let parentDuration = Int64(bitPattern: batch.endTimes[parentRow] &- batch.startTimes[parentRow])
-                    columns[.duration]!.writeVarint(zigzag((duration &- parentDuration) / Int64(timeUnit)))
+                    columns.duration.writeVarint(zigzag((duration &- parentDuration) / Int64(timeUnit)))
                 } else {
-                    columns[.duration]!.writeVarint(zigzag(duration / Int64(timeUnit)))
+                    columns.duration.writeVarint(zigzag(duration / Int64(timeUnit)))
                 }
 
                 // 0: the same as the parent's; otherwise the dictionary index + 1.
                 if let parentRow, batch.names[parentRow] == batch.names[row] {
-                    columns[.name]!.writeVarint(0)
+                    columns.name.writeVarint(0)
                 } else {
-                    columns[.name]!.writeVarint(UInt64(names.index(of: batch.names[row]) + 1))
+                    columns.name.writeVarint(UInt64(names.index(of: batch.names[row]) + 1))
                 }
                 if let parentRow, batch.resourceIndices[parentRow] == batch.resourceIndices[row] {
-                    columns[.resource]!.writeVarint(0)
+                    columns.resource.writeVarint(0)
                 } else {
-                    columns[.resource]!.writeVarint(UInt64(batch.resourceIndices[row]) + 1)
+                    columns.resource.writeVarint(UInt64(batch.resourceIndices[row]) + 1)
                 }
-                columns[.scope]!.writeVarint(UInt64(batch.scopeIndices[row]))
+                columns.scope.writeVarint(UInt64(batch.scopeIndices[row]))
 
-                let split = ExtrasSplit(batch.extras[row])
                 var kindStatus = batch.kinds[row].rawValue | batch.statusCodes[row].rawValue << 3
                 if !batch.statusMessages[row].isEmpty {
                     kindStatus |= hasStatusMessage
-                    columns[.statusMessage]!.write(string: batch.statusMessages[row])
+                    columns.statusMessage.write(string: batch.statusMessages[row])
                 }
-                if !split.rest.isEmpty {
-                    kindStatus |= hasExtras
-                    columns[.extras]!.write(lengthPrefixed: split.rest)
+                batch.extras[row].withUnsafeBufferPointer { extras in
+                    let split = ExtrasSplit(extras)
+                    if !split.rest.isEmpty {
+                        kindStatus |= hasExtras
+                        columns.extras.write(lengthPrefixed: split.rest)
+                    }
+                    if let traceState = split.traceState {
+                        kindStatus |= hasTraceState
+                        traceStates.write(UnsafeBufferPointer(rebasing: extras[traceState]), to: &columns.traceState)
+                    }
+                    columns.flags.writeVarint(UInt64(split.flags))
                 }
-                if let traceState = split.traceState {
-                    kindStatus |= hasTraceState
-                    traceStates.write(traceState, to: &columns[.traceState]!)
-                }
-                columns[.kindStatus]!.write(kindStatus)
-                columns[.flags]!.writeVarint(UInt64(split.flags))
+                columns.kindStatus.write(kindStatus)
             }
         }
 
         let attributeColumns = attributes.encode(rows: rows.map { order[$0] }, of: batch)
-        columns[.layout] = attributeColumns.layout
-        columns[.fallback] = attributeColumns.fallback
-        columns[.generic] = attributeColumns.generic
-        let firstRow = order[rows.lowerBound]
-        let lastRow = order[rows.upperBound - 1]
+        columns.layout = attributeColumns.layout
+        columns.fallback = attributeColumns.fallback
+        columns.generic = attributeColumns.generic
         let info = BlockInfo(
-            firstTraceID: batch.traceIDs[firstRow], lastTraceID: batch.traceIDs[lastRow],
+            firstTraceID: batch.traceIDs[order[rows.lowerBound]], lastTraceID: batch.traceIDs[order[rows.upperBound - 1]],
             spanCount: rows.count, traceCount: traces.count, minStartTime: blockStart,
-            maxEndTime: rows.map { batch.endTimes[order[$0]] }.max()!, timeUnit: timeUnit)
-        return (info, Column.allCases.map { ($0.rawValue, columns[$0]!.bytes) } + attributeColumns.dedicated)
+            maxEndTime: blockEnd, timeUnit: timeUnit)
+        return (info, columns.chunks() + attributeColumns.dedicated)
+    }
+
+    /// One block's column writers.
+    private struct BlockColumns {
+        var traceID = ByteWriter(), traceSpans = ByteWriter(), traceStart = ByteWriter()
+        var spanID = ByteWriter(), parent = ByteWriter(), parentExternal = ByteWriter()
+        var start = ByteWriter(), duration = ByteWriter(), name = ByteWriter(), kindStatus = ByteWriter()
+        var statusMessage = ByteWriter(), traceState = ByteWriter(), flags = ByteWriter()
+        var resource = ByteWriter(), scope = ByteWriter(), extras = ByteWriter()
+        var layout = ByteWriter(), fallback = ByteWriter(), generic = ByteWriter()
+
+        /// The columns in file order (`Column.allCases`).
+        func chunks() -> [(name: String, bytes: [UInt8])] {
+            Column.allCases.map { column in
+                let writer: ByteWriter
+                switch column {
+                case .traceID: writer = traceID
+                case .traceSpans: writer = traceSpans
+                case .traceStart: writer = traceStart
+                case .spanID: writer = spanID
+                case .parent: writer = parent
+                case .parentExternal: writer = parentExternal
+                case .start: writer = start
+                case .duration: writer = duration
+                case .name: writer = name
+                case .kindStatus: writer = kindStatus
+                case .statusMessage: writer = statusMessage
+                case .traceState: writer = traceState
+                case .flags: writer = flags
+                case .resource: writer = resource
+                case .scope: writer = scope
+                case .extras: writer = extras
+                case .layout: writer = layout
+                case .fallback: writer = fallback
+                case .generic: writer = generic
+                }
+                return (column.rawValue, writer.bytes)
+            }
+        }
+    }
+
+    /// The rows of the trace being written: where each span id first appears, and the
+    /// end of each row's latest child so far.
+    private struct TraceRows {
+        /// Traces up to this many spans are searched linearly.
+        static let linearLimit = 64
+        private var spanIDs: [SpanID] = []
+        private var firstIndex: [SpanID: Int] = [:]
+        var lastChildEnd: [UInt64?] = []
+        /// The earliest start in the trace.
+        private(set) var start: UInt64 = 0
+
+        mutating func reset(batch: SpanBatch, order: [Int], range: Range<Int>) {
+            spanIDs.removeAll(keepingCapacity: true)
+            firstIndex.removeAll(keepingCapacity: true)
+            lastChildEnd = [UInt64?](repeating: nil, count: range.count)
+            start = .max
+            for (local, position) in range.enumerated() {
+                let row = order[position]
+                start = min(start, batch.startTimes[row])
+                spanIDs.append(batch.spanIDs[row])
+                if range.count > Self.linearLimit && firstIndex[batch.spanIDs[row]] == nil { firstIndex[batch.spanIDs[row]] = local }
+            }
+        }
+
+        /// The first row in the trace with span id `id`.
+        func local(of id: SpanID) -> Int? {
+            spanIDs.count > Self.linearLimit ? firstIndex[id] : spanIDs.firstIndex(of: id)
+        }
     }
 
     static func zigzag(_ value: Int64) -> UInt64 {
@@ -270,55 +344,45 @@ struct StringDictionary {
 /// A span's `extras` protobuf split into what v2 stores in columns (trace state,
 /// flags) and the remaining fields (events, links, dropped counts), kept as bytes.
 struct ExtrasSplit {
-    var traceState: ArraySlice<UInt8>?
+    /// Where the trace state's bytes are, when it is set and not empty.
+    var traceState: Range<Int>?
     var flags: UInt32 = 0
     var rest: [UInt8] = []
 
-    init(_ bytes: [UInt8]) {
+    init(_ bytes: UnsafeBufferPointer<UInt8>) {
         guard !bytes.isEmpty else { return }
-        var reader = WireReader(bytes: bytes[...])
+        var reader = WireReader(bytes, 0..<bytes.count)
         var seenTraceState = false
         var seenFlags = false
         while !reader.isAtEnd {
-            let fieldStart = reader.bytes.startIndex
+            let fieldStart = reader.position
             guard let (field, wireType) = reader.tag() else { self = ExtrasSplit(keeping: bytes); return }
+            var keep = true
             switch (field, wireType) {
             case (3, 2) where !seenTraceState:
                 guard let value = reader.lengthDelimited() else { self = ExtrasSplit(keeping: bytes); return }
                 seenTraceState = true
-                if !value.isEmpty { traceState = value } else { rest += bytes[fieldStart..<reader.bytes.startIndex] }
+                if !value.isEmpty {
+                    traceState = value
+                    keep = false
+                }
             case (16, 5) where !seenFlags:
-                guard reader.bytes.count >= 4 else { self = ExtrasSplit(keeping: bytes); return }
-                flags = reader.bytes.prefix(4).enumerated().reduce(UInt32(0)) { $0 | UInt32($1.element) << UInt32($1.offset * 8) }
-                reader.bytes = reader.bytes.dropFirst(4)
+                guard let value = reader.fixed32() else { self = ExtrasSplit(keeping: bytes); return }
                 seenFlags = true
-                if flags == 0 { rest += bytes[fieldStart..<reader.bytes.startIndex] }
+                if value != 0 {
+                    flags = value
+                    keep = false
+                }
             default:
                 guard reader.skip(wireType: wireType) else { self = ExtrasSplit(keeping: bytes); return }
-                rest += bytes[fieldStart..<reader.bytes.startIndex]
             }
+            if keep { rest += bytes[fieldStart..<reader.position] }
         }
     }
 
     /// Keeps malformed or unusual bytes whole.
-    private init(keeping bytes: [UInt8]) {
-        rest = bytes
-    }
-}
-
-extension WireReader {
-    /// Skips one field's payload; false when the wire type is unknown or the input ends.
-    mutating func skip(wireType: UInt8) -> Bool {
-        switch wireType {
-        case 0: return varint() != nil
-        case 1: return fixed64() != nil
-        case 2: return lengthDelimited() != nil
-        case 5:
-            guard bytes.count >= 4 else { return false }
-            bytes = bytes.dropFirst(4)
-            return true
-        default: return false
-        }
+    private init(keeping bytes: UnsafeBufferPointer<UInt8>) {
+        rest = Array(bytes)
     }
 }
 
@@ -329,14 +393,19 @@ struct AttributeDictionary {
     private struct Pair: Hashable {
         var key: Int
         var type: AttributeType
+
+        /// The pair as one number: key index × 8 + type.
+        var code: Int { key << 3 | Int(type.rawValue) }
     }
 
-    private var keys: [[UInt8]] = []
-    private var keyIndex: [ByteKey: Int] = [:]
+    private var keys = SequenceInterner<UInt8>()
     private var chosen: [Pair] = []
-    private var columnOf: [Pair: Int] = [:]
-    private var layouts: [[UInt64]] = []
-    private var layoutIndex: [[UInt64]: Int] = [:]
+    /// The dedicated column of each pair by `Pair.code`; -1 for the generic column.
+    private var columnOf: [Int16] = []
+    private var layouts = SequenceInterner<UInt64>()
+    /// Scratch space reused for every row.
+    private var scanned: [RawAttribute] = []
+    private var shape: [UInt64] = []
 
     /// Rows sampled to choose the dedicated columns.
     static let sampleRows = 8192
@@ -347,21 +416,20 @@ struct AttributeDictionary {
         var frequency: [Pair: Int] = [:]
         let step = max(1, order.count / Self.sampleRows)
         for row in stride(from: 0, to: order.count, by: step).map({ order[$0] }) {
-            guard let scanned = AttributeCoding.scan(batch.attributes[row]) else { continue }
-            for attribute in scanned where attribute.type != .absent {
-                frequency[Pair(key: keyID(attribute.key), type: attribute.type), default: 0] += 1
+            batch.attributes[row].withUnsafeBufferPointer { bytes in
+                guard AttributeCoding.scan(bytes, into: &scanned) else { return }
+                for attribute in scanned where attribute.type != .absent {
+                    let key = keys.index(of: UnsafeBufferPointer(rebasing: bytes[attribute.key]))
+                    frequency[Pair(key: key, type: attribute.type), default: 0] += 1
+                }
             }
         }
         chosen = frequency.sorted { ($0.value, -$0.key.key) > ($1.value, -$1.key.key) }
             .prefix(SegmentFormatV2.maxDedicatedAttributes).map(\.key)
-        for (index, pair) in chosen.enumerated() { columnOf[pair] = index }
-    }
-
-    private mutating func keyID(_ key: ArraySlice<UInt8>) -> Int {
-        if let known = keyIndex[ByteKey(key)] { return known }
-        keyIndex[ByteKey(key)] = keys.count
-        keys.append(Array(key))
-        return keys.count - 1
+        for (index, pair) in chosen.enumerated() {
+            if columnOf.count <= pair.code { columnOf += [Int16](repeating: -1, count: pair.code + 1 - columnOf.count) }
+            columnOf[pair.code] = Int16(index)
+        }
     }
 
     /// Encodes the attributes of `rows` (batch row indices, in block order).
@@ -373,45 +441,39 @@ struct AttributeDictionary {
         var generic = ByteWriter()
         var values = [ByteWriter](repeating: ByteWriter(), count: chosen.count)
         var strings = [StringValueWriter](repeating: StringValueWriter(), count: chosen.count)
-        var integers = [IntegerValueCoder](repeating: IntegerValueCoder(), count: chosen.count)
+        var integers = [IntegerValueWriter](repeating: IntegerValueWriter(), count: chosen.count)
         for row in rows {
-            let bytes = batch.attributes[row]
-            if bytes.isEmpty {
-                layout.writeVarint(0)
-                continue
-            }
-            guard let scanned = AttributeCoding.scan(bytes) else {
-                layout.writeVarint(1)
-                fallback.write(lengthPrefixed: bytes)
-                continue
-            }
-            var shape: [UInt64] = []
-            shape.reserveCapacity(scanned.count)
-            for attribute in scanned {
-                let pair = Pair(key: keyID(attribute.key), type: attribute.type)
-                shape.append(UInt64(pair.key) << 3 | UInt64(pair.type.rawValue))
-                if let column = columnOf[pair] {
-                    switch attribute.type {
-                    case .string: strings[column].write(attribute.bytes, to: &values[column])
-                    case .int: integers[column].write(attribute.scalar, to: &values[column])
-                    default: Self.writePlain(attribute, to: &values[column])
-                    }
-                } else {
-                    Self.writePlain(attribute, to: &generic)
+            batch.attributes[row].withUnsafeBufferPointer { bytes in
+                if bytes.isEmpty {
+                    layout.writeVarint(0)
+                    return
                 }
+                guard AttributeCoding.scan(bytes, into: &scanned) else {
+                    layout.writeVarint(1)
+                    fallback.write(lengthPrefixed: bytes)
+                    return
+                }
+                shape.removeAll(keepingCapacity: true)
+                for attribute in scanned {
+                    let code = keys.index(of: UnsafeBufferPointer(rebasing: bytes[attribute.key])) << 3 | Int(attribute.type.rawValue)
+                    shape.append(UInt64(code))
+                    let column = code < columnOf.count ? Int(columnOf[code]) : -1
+                    guard column >= 0 else {
+                        Self.writePlain(attribute, bytes, to: &generic)
+                        continue
+                    }
+                    switch attribute.type {
+                    case .string: strings[column].write(UnsafeBufferPointer(rebasing: bytes[attribute.value]), to: &values[column])
+                    case .int: integers[column].write(attribute.scalar, to: &values[column])
+                    default: Self.writePlain(attribute, bytes, to: &values[column])
+                    }
+                }
+                let index = shape.withUnsafeBufferPointer { layouts.index(of: $0) }
+                layout.writeVarint(UInt64(index + 2))
             }
-            let index: Int
-            if let known = layoutIndex[shape] {
-                index = known
-            } else {
-                index = layouts.count
-                layouts.append(shape)
-                layoutIndex[shape] = index
-            }
-            layout.writeVarint(UInt64(index + 2))
         }
         let dedicated = chosen.enumerated().map { index, pair in
-            (SegmentFormatV2.attributeColumnName(key: keys[pair.key], type: pair.type), values[index].bytes)
+            (SegmentFormatV2.attributeColumnName(key: Array(keys[pair.key]), type: pair.type), values[index].bytes)
         }
         return (layout, fallback, generic, dedicated)
     }
@@ -420,14 +482,15 @@ struct AttributeDictionary {
     func serialized() -> [UInt8] {
         var writer = ByteWriter()
         writer.writeVarint(UInt64(keys.count))
-        for key in keys { writer.write(lengthPrefixed: key) }
+        for key in 0..<keys.count { writer.write(lengthPrefixed: keys[key]) }
         writer.writeVarint(UInt64(chosen.count))
         for pair in chosen {
             writer.writeVarint(UInt64(pair.key))
             writer.write(pair.type.rawValue)
         }
         writer.writeVarint(UInt64(layouts.count))
-        for shape in layouts {
+        for index in 0..<layouts.count {
+            let shape = layouts[index]
             writer.writeVarint(UInt64(shape.count))
             for entry in shape { writer.writeVarint(entry) }
         }
@@ -437,12 +500,12 @@ struct AttributeDictionary {
     /// Writes one value plainly: strings as byte strings, integers as zig-zag
     /// varints, doubles as 8 bytes, booleans as a byte, other values as protobuf
     /// `AnyValue` bytes.
-    private static func writePlain(_ attribute: ScannedAttribute, to writer: inout ByteWriter) {
+    private static func writePlain(_ attribute: RawAttribute, _ bytes: UnsafeBufferPointer<UInt8>, to writer: inout ByteWriter) {
         switch attribute.type {
         case .absent:
             break
         case .string, .other:
-            writer.write(lengthPrefixed: attribute.bytes)
+            writer.write(lengthPrefixed: UnsafeBufferPointer(rebasing: bytes[attribute.value]))
         case .bool:
             writer.write(UInt8(attribute.scalar))
         case .int:
@@ -450,22 +513,5 @@ struct AttributeDictionary {
         case .double:
             writer.write(attribute.scalar)
         }
-    }
-}
-
-/// Bytes as a dictionary key, hashed in one call rather than byte by byte.
-struct ByteKey: Hashable {
-    let bytes: ArraySlice<UInt8>
-
-    init(_ bytes: ArraySlice<UInt8>) {
-        self.bytes = bytes
-    }
-
-    func hash(into hasher: inout Hasher) {
-        bytes.withUnsafeBytes { hasher.combine(bytes: $0) }
-    }
-
-    static func == (lhs: ByteKey, rhs: ByteKey) -> Bool {
-        lhs.bytes.count == rhs.bytes.count && lhs.bytes.elementsEqual(rhs.bytes)
     }
 }

@@ -1,34 +1,38 @@
 import MeshCore
 
+#if canImport(Glibc)
+import Glibc
+#elseif canImport(Musl)
+import Musl
+#elseif canImport(Darwin)
+import Darwin
+#endif
+
 /// A bounded move-to-front list: recently used values sit near the front, so a
 /// value repeated soon after (a request id on every span of a trace, a path on both
 /// sides of a hop, a status code) is coded as a small position.
 ///
-/// Values are appended to a pool once; the list itself is a ring of pool indexes,
-/// so adding is O(1) and using position p moves p integers. Writers search it by
-/// fingerprint; readers (`searchable: false`) only index it.
-struct MoveToFront<Value: Hashable> {
+/// Values are appended to a pool once; the list is a window of pool indexes with
+/// the front at its end, so using position p moves p indexes with one memmove and
+/// adding is an append (the window slides back to the start of its buffer now and then).
+struct MoveToFront<Value> {
     /// Values beyond this many distinct recent ones are coded as new again.
     static var capacity: Int { 64 }
-    private static var mask: Int { capacity - 1 }
 
     private var pool: [Value] = []
-    private var fingerprints: [Int] = []
-    private var ring = [Int](repeating: 0, count: 64)
-    private var head = 0
-    private(set) var count = 0
-    private let searchable: Bool
+    private var window = [Int32](repeating: 0, count: 256)
+    /// The list is `window[low..<high]`, oldest first; position p is `window[high - 1 - p]`.
+    private var low = 0
+    private var high = 0
 
-    init(searchable: Bool = true) {
-        self.searchable = searchable
-    }
+    var count: Int { high - low }
 
-    /// The position of `value`, if it is in the list.
-    func position(of value: Value) -> Int? {
-        let fingerprint = Self.fingerprint(value)
-        for position in 0..<count {
-            let index = ring[(head + position) & Self.mask]
-            if fingerprints[index] == fingerprint && pool[index] == value { return position }
+    /// The position of the first value, from the front, that `matches`.
+    func position(where matches: (Value) -> Bool) -> Int? {
+        var index = high - 1
+        while index >= low {
+            if matches(pool[Int(window[index])]) { return high - 1 - index }
+            index -= 1
         }
         return nil
     }
@@ -36,33 +40,174 @@ struct MoveToFront<Value: Hashable> {
     /// Moves the value at `position` to the front and returns it.
     @discardableResult
     mutating func use(at position: Int) -> Value {
-        let index = ring[(head + position) & Self.mask]
-        var current = position
-        while current > 0 {
-            ring[(head + current) & Self.mask] = ring[(head + current - 1) & Self.mask]
-            current -= 1
+        let index = high - 1 - position
+        let high = high
+        let slot = window.withUnsafeMutableBufferPointer { window in
+            let slot = window[index]
+            if position > 0 { (window.baseAddress! + index).update(from: window.baseAddress! + index + 1, count: position) }
+            window[high - 1] = slot
+            return slot
         }
-        ring[head] = index
-        return pool[index]
+        return pool[Int(slot)]
     }
 
-    /// Puts a new value at the front; the oldest falls off when the list is full.
-    mutating func insert(_ value: Value) {
-        head = (head - 1) & Self.mask
-        ring[head] = pool.count
+    /// Puts a new value at the front; returns the oldest, which falls off, when the list was full.
+    @discardableResult
+    mutating func insert(_ value: Value) -> Value? {
+        if high == window.count {
+            let (low, count) = (low, count)
+            window.withUnsafeMutableBufferPointer { window in
+                window.baseAddress!.update(from: window.baseAddress! + low, count: count)
+            }
+            self.low = 0
+            high = count
+        }
+        window[high] = Int32(pool.count)
+        high += 1
         pool.append(value)
-        if searchable { fingerprints.append(Self.fingerprint(value)) }
-        count = min(count + 1, Self.capacity)
+        guard count > Self.capacity else { return nil }
+        low += 1
+        return pool[Int(window[low - 1])]
+    }
+}
+
+/// A value a writer finds in a move-to-front list by a fingerprint first.
+protocol Fingerprinted {
+    var fingerprint: UInt64 { get }
+}
+
+extension UInt64: Fingerprinted {
+    var fingerprint: UInt64 { self &* 0x9E37_79B9_7F4A_7C15 }
+}
+
+/// A move-to-front list a writer searches. A counting filter over the fingerprints
+/// in the list answers most misses (a value not seen recently) without a scan.
+struct SearchableMoveToFront<Value: Fingerprinted> {
+    private var list = MoveToFront<Value>()
+    private var present = [UInt8](repeating: 0, count: 1024)
+
+    private static func slot(_ fingerprint: UInt64) -> Int { Int(truncatingIfNeeded: fingerprint >> 54) }
+
+    /// The position of the value with `fingerprint` for which `matches` holds.
+    func position(of fingerprint: UInt64, where matches: (Value) -> Bool) -> Int? {
+        guard present[Self.slot(fingerprint)] > 0 else { return nil }
+        return list.position { $0.fingerprint == fingerprint && matches($0) }
     }
 
-    private static func fingerprint(_ value: Value) -> Int {
-        if let number = value as? UInt64 { return Int(truncatingIfNeeded: number) }
-        if let bytes = value as? ArraySlice<UInt8> {
-            var hasher = Hasher()
-            bytes.withUnsafeBytes { hasher.combine(bytes: $0) }
-            return hasher.finalize()
+    mutating func use(at position: Int) {
+        list.use(at: position)
+    }
+
+    mutating func insert(_ value: Value) {
+        present[Self.slot(value.fingerprint)] += 1
+        if let evicted = list.insert(value) { present[Self.slot(evicted.fingerprint)] -= 1 }
+    }
+}
+
+/// Bytes a writer has copied into its store: where, and their hash.
+struct PooledBytes: Fingerprinted {
+    var fingerprint: UInt64
+    var start: Int
+    var count: Int
+}
+
+/// A fast, non-cryptographic hash of bytes, for writers' lookup tables; equal hashes
+/// are always confirmed by comparing the bytes.
+func byteHash(_ bytes: UnsafeRawBufferPointer) -> UInt64 {
+    var hash: UInt64 = 0x9E37_79B9_7F4A_7C15 ^ UInt64(bytes.count)
+    var offset = 0
+    while offset + 8 <= bytes.count {
+        hash = (hash ^ bytes.loadUnaligned(fromByteOffset: offset, as: UInt64.self)) &* 0xFF51_AFD7_ED55_8CCD
+        hash ^= hash >> 32
+        offset += 8
+    }
+    var tail: UInt64 = 0
+    var shift: UInt64 = 0
+    while offset < bytes.count {
+        tail |= UInt64(bytes[offset]) << shift
+        shift += 8
+        offset += 1
+    }
+    hash = (hash ^ tail) &* 0xC4CE_B9FE_1A85_EC53
+    return hash ^ (hash >> 29)
+}
+
+/// Copies of byte strings a writer has seen, found again by hash and comparison.
+struct ByteStore {
+    private var bytes: [UInt8] = []
+
+    /// Copies `value` in.
+    mutating func add(_ value: UnsafeBufferPointer<UInt8>, fingerprint: UInt64) -> PooledBytes {
+        let start = bytes.count
+        bytes.append(contentsOf: value)
+        return PooledBytes(fingerprint: fingerprint, start: start, count: value.count)
+    }
+
+    /// Whether `pooled` holds exactly the bytes of `value`.
+    func matches(_ pooled: PooledBytes, _ value: UnsafeBufferPointer<UInt8>) -> Bool {
+        guard pooled.count == value.count else { return false }
+        return bytes.withUnsafeBufferPointer { stored in
+            memcmp(stored.baseAddress! + pooled.start, value.baseAddress!, value.count) == 0
         }
-        return value.hashValue
+    }
+
+    /// The position of `value` in `list` (moved to the front) when it is there, and
+    /// its fingerprint, for adding it when it is not.
+    func find(_ value: UnsafeBufferPointer<UInt8>, in list: inout SearchableMoveToFront<PooledBytes>) -> (position: Int?, fingerprint: UInt64) {
+        let fingerprint = byteHash(UnsafeRawBufferPointer(value))
+        let position = list.position(of: fingerprint) { matches($0, value) }
+        if let position { list.use(at: position) }
+        return (position, fingerprint)
+    }
+}
+
+/// Assigns dense indexes, in first-seen order, to distinct sequences of integers
+/// (attribute keys as bytes, layouts as codes).
+struct SequenceInterner<Element: FixedWidthInteger> {
+    private var pool: [Element] = []
+    /// Entry i is `pool[starts[i]..<starts[i + 1]]`.
+    private var starts: [Int] = [0]
+    private var hashes: [UInt64] = []
+    private var table = [Int32](repeating: -1, count: 64)
+
+    /// Number of distinct sequences.
+    var count: Int { hashes.count }
+
+    subscript(index: Int) -> ArraySlice<Element> { pool[starts[index]..<starts[index + 1]] }
+
+    /// The index of `value`, adding it if new.
+    mutating func index(of value: UnsafeBufferPointer<Element>) -> Int {
+        let raw = UnsafeRawBufferPointer(value)
+        let hash = byteHash(raw)
+        let mask = table.count - 1
+        var slot = Int(truncatingIfNeeded: hash) & mask
+        while table[slot] >= 0 {
+            let entry = Int(table[slot])
+            if hashes[entry] == hash && starts[entry + 1] - starts[entry] == value.count {
+                let equal = pool.withUnsafeBytes { stored in
+                    raw.isEmpty || memcmp(stored.baseAddress! + starts[entry] * MemoryLayout<Element>.stride, raw.baseAddress!, raw.count) == 0
+                }
+                if equal { return entry }
+            }
+            slot = (slot + 1) & mask
+        }
+        let index = hashes.count
+        table[slot] = Int32(index)
+        pool.append(contentsOf: value)
+        starts.append(pool.count)
+        hashes.append(hash)
+        if hashes.count * 2 > table.count { rehash() }
+        return index
+    }
+
+    private mutating func rehash() {
+        table = [Int32](repeating: -1, count: table.count * 2)
+        let mask = table.count - 1
+        for (entry, hash) in hashes.enumerated() {
+            var slot = Int(truncatingIfNeeded: hash) & mask
+            while table[slot] >= 0 { slot = (slot + 1) & mask }
+            table[slot] = Int32(entry)
+        }
     }
 }
 
@@ -72,106 +217,110 @@ struct MoveToFront<Value: Hashable> {
 /// tails), as in `10.1.7.3:45012` or `/api/cart/12345`; 2 a new canonical UUID as 16
 /// bytes; n ≥ 3 repeats the value at move-to-front position n − 3.
 struct StringValueWriter {
-    private var recent = MoveToFront<ArraySlice<UInt8>>()
-    private var heads = MoveToFront<ArraySlice<UInt8>>()
-    private var tails = MoveToFront<ArraySlice<UInt8>>()
+    private var recent = SearchableMoveToFront<PooledBytes>()
+    private var heads = SearchableMoveToFront<PooledBytes>()
+    private var tails = SearchableMoveToFront<PooledBytes>()
+    private var store = ByteStore()
 
-    mutating func write(_ value: ArraySlice<UInt8>, to writer: inout ByteWriter) {
-        if let position = recent.position(of: value) {
+    mutating func write(_ value: UnsafeBufferPointer<UInt8>, to writer: inout ByteWriter) {
+        let (position, fingerprint) = store.find(value, in: &recent)
+        if let position {
             writer.writeVarint(UInt64(position + 3))
-            recent.use(at: position)
             return
         }
-        recent.insert(value)
-        if let uuid = Self.uuidBytes(value) {
+        recent.insert(store.add(value, fingerprint: fingerprint))
+        if let (high, low) = Self.uuid(value) {
             writer.writeVarint(2)
-            writer.write(raw: uuid)
+            SegmentFormatV2.writeBigEndian(high, to: &writer)
+            SegmentFormatV2.writeBigEndian(low, to: &writer)
         } else if let (head, number, tail) = Self.splitNumber(value) {
             writer.writeVarint(1)
-            Self.writePart(head, list: &heads, to: &writer)
+            Self.writePart(UnsafeBufferPointer(rebasing: value[head]), list: &heads, store: &store, to: &writer)
             writer.writeVarint(number)
-            Self.writePart(tail, list: &tails, to: &writer)
+            Self.writePart(UnsafeBufferPointer(rebasing: value[tail]), list: &tails, store: &store, to: &writer)
         } else {
             writer.writeVarint(0)
             writer.write(lengthPrefixed: value)
         }
     }
 
-    private static func writePart(_ part: ArraySlice<UInt8>, list: inout MoveToFront<ArraySlice<UInt8>>, to writer: inout ByteWriter) {
-        if let position = list.position(of: part) {
+    private static func writePart(
+        _ part: UnsafeBufferPointer<UInt8>, list: inout SearchableMoveToFront<PooledBytes>, store: inout ByteStore,
+        to writer: inout ByteWriter
+    ) {
+        let (position, fingerprint) = store.find(part, in: &list)
+        if let position {
             writer.writeVarint(UInt64(position + 1))
-            list.use(at: position)
         } else {
             writer.writeVarint(0)
             writer.write(lengthPrefixed: part)
-            list.insert(part)
+            list.insert(store.add(part, fingerprint: fingerprint))
         }
     }
 
     /// Splits at the last run of decimal digits, when that run reads back exactly
-    /// (no leading zero, at most 18 digits).
-    static func splitNumber(_ value: ArraySlice<UInt8>) -> (ArraySlice<UInt8>, UInt64, ArraySlice<UInt8>)? {
-        guard let last = value.lastIndex(where: isDigit) else { return nil }
+    /// (no leading zero, at most 18 digits): the ranges before and after, and the number.
+    static func splitNumber(_ value: UnsafeBufferPointer<UInt8>) -> (Range<Int>, UInt64, Range<Int>)? {
+        var last = value.count - 1
+        while last >= 0 && !isDigit(value[last]) { last -= 1 }
+        guard last >= 0 else { return nil }
         var first = last
-        while first > value.startIndex && isDigit(value[value.index(before: first)]) { first = value.index(before: first) }
-        let digits = value[first...last]
-        guard digits.count <= 18, digits.count == 1 || digits.first != UInt8(ascii: "0") else { return nil }
-        let number = digits.reduce(UInt64(0)) { $0 * 10 + UInt64($1 - UInt8(ascii: "0")) }
-        return (value[..<first], number, value[value.index(after: last)...])
+        while first > 0 && isDigit(value[first - 1]) { first -= 1 }
+        let digits = last - first + 1
+        guard digits <= 18, digits == 1 || value[first] != UInt8(ascii: "0") else { return nil }
+        var number: UInt64 = 0
+        for index in first...last { number = number * 10 + UInt64(value[index] - UInt8(ascii: "0")) }
+        return (0..<first, number, last + 1..<value.count)
     }
 
     private static func isDigit(_ byte: UInt8) -> Bool { byte >= UInt8(ascii: "0") && byte <= UInt8(ascii: "9") }
 
-    /// The 16 bytes of a lower-case canonical UUID (`8-4-4-4-12` hex digits).
-    static func uuidBytes(_ value: ArraySlice<UInt8>) -> [UInt8]? {
+    /// The 16 bytes of a lower-case canonical UUID (`8-4-4-4-12` hex digits), as two
+    /// big-endian halves.
+    static func uuid(_ value: UnsafeBufferPointer<UInt8>) -> (UInt64, UInt64)? {
         guard value.count == 36 else { return nil }
-        var bytes: [UInt8] = []
-        bytes.reserveCapacity(16)
-        var high: UInt8?
+        var halves: (UInt64, UInt64) = (0, 0)
+        var nibbles = 0
         for (offset, character) in value.enumerated() {
             if offset == 8 || offset == 13 || offset == 18 || offset == 23 {
                 guard character == UInt8(ascii: "-") else { return nil }
                 continue
             }
-            let nibble: UInt8
+            let nibble: UInt64
             switch character {
-            case UInt8(ascii: "0")...UInt8(ascii: "9"): nibble = character - UInt8(ascii: "0")
-            case UInt8(ascii: "a")...UInt8(ascii: "f"): nibble = character - UInt8(ascii: "a") + 10
+            case UInt8(ascii: "0")...UInt8(ascii: "9"): nibble = UInt64(character - UInt8(ascii: "0"))
+            case UInt8(ascii: "a")...UInt8(ascii: "f"): nibble = UInt64(character - UInt8(ascii: "a") + 10)
             default: return nil
             }
-            if let pending = high {
-                bytes.append(pending << 4 | nibble)
-                high = nil
-            } else {
-                high = nibble
-            }
+            if nibbles < 16 { halves.0 = halves.0 << 4 | nibble } else { halves.1 = halves.1 << 4 | nibble }
+            nibbles += 1
         }
-        return bytes
+        return halves
     }
 }
 
-/// A string value as read: kept in its coded parts until someone asks for the bytes,
-/// so rows that a query reads past cost no allocation.
-enum StoredString: Hashable {
-    case bytes(ArraySlice<UInt8>)
-    case token(head: ArraySlice<UInt8>, number: UInt64, tail: ArraySlice<UInt8>)
-    case uuid(ArraySlice<UInt8>)
+/// A string value as read: where its coded parts are in the column chunk, kept until
+/// someone asks for the bytes, so rows a query reads past cost no allocation.
+enum StoredString {
+    case bytes(Range<Int>)
+    case token(head: Range<Int>, number: UInt64, tail: Range<Int>)
+    case uuid(Range<Int>)
 
-    /// The value's UTF-8 bytes.
-    var bytes: ArraySlice<UInt8> {
+    /// The value's UTF-8 bytes; `chunk` is the column chunk it was read from.
+    func bytes(in chunk: [UInt8]) -> ArraySlice<UInt8> {
         switch self {
         case .bytes(let value):
-            return value
+            return chunk[value]
         case .token(let head, let number, let tail):
-            var text = Array(head)
+            var text = Array(chunk[head])
             text += String(number).utf8
-            text += tail
+            text += chunk[tail]
             return text[...]
         case .uuid(let raw):
             let hex = Array("0123456789abcdef".utf8)
             var text: [UInt8] = []
             text.reserveCapacity(36)
-            for (index, byte) in raw.enumerated() {
+            for (index, byte) in chunk[raw].enumerated() {
                 if index == 4 || index == 6 || index == 8 || index == 10 { text.append(UInt8(ascii: "-")) }
                 text.append(hex[Int(byte >> 4)])
                 text.append(hex[Int(byte & 0xF)])
@@ -183,9 +332,9 @@ enum StoredString: Hashable {
 
 /// Reads what `StringValueWriter` wrote.
 struct StringValueReader {
-    private var recent = MoveToFront<StoredString>(searchable: false)
-    private var heads = MoveToFront<ArraySlice<UInt8>>(searchable: false)
-    private var tails = MoveToFront<ArraySlice<UInt8>>(searchable: false)
+    private var recent = MoveToFront<StoredString>()
+    private var heads = MoveToFront<Range<Int>>()
+    private var tails = MoveToFront<Range<Int>>()
 
     mutating func read(from reader: inout ByteReader) throws(ByteReaderError) -> StoredString {
         let start = reader.offset
@@ -193,7 +342,7 @@ struct StringValueReader {
         let value: StoredString
         switch code {
         case 0:
-            value = .bytes(try reader.readLengthPrefixed())
+            value = .bytes(try reader.readLengthPrefixedRange())
         case 1:
             let head = try Self.readPart(&heads, from: &reader)
             let number = try reader.readVarint()
@@ -201,7 +350,7 @@ struct StringValueReader {
             guard number < 1_000_000_000_000_000_000 else { throw .invalidLength(offset: start, length: number) }
             value = .token(head: head, number: number, tail: tail)
         case 2:
-            value = .uuid(try reader.readRaw(count: 16))
+            value = .uuid(try reader.readRange(count: 16))
         default:
             let position = Int(code - 3)
             guard position < recent.count else { throw .invalidLength(offset: start, length: code) }
@@ -211,11 +360,11 @@ struct StringValueReader {
         return value
     }
 
-    private static func readPart(_ list: inout MoveToFront<ArraySlice<UInt8>>, from reader: inout ByteReader) throws(ByteReaderError) -> ArraySlice<UInt8> {
+    private static func readPart(_ list: inout MoveToFront<Range<Int>>, from reader: inout ByteReader) throws(ByteReaderError) -> Range<Int> {
         let start = reader.offset
         let code = try reader.readVarint()
         if code == 0 {
-            let part = try reader.readLengthPrefixed()
+            let part = try reader.readLengthPrefixedRange()
             list.insert(part)
             return part
         }
@@ -226,16 +375,11 @@ struct StringValueReader {
 
 /// Integer values of one column chunk: 0 then a zig-zag varint for a new value;
 /// n ≥ 1 repeats the value at move-to-front position n − 1.
-struct IntegerValueCoder {
-    private var recent: MoveToFront<UInt64>
-
-    /// - Parameter searchable: false for a reader, which never searches by value.
-    init(searchable: Bool = true) {
-        recent = MoveToFront(searchable: searchable)
-    }
+struct IntegerValueWriter {
+    private var recent = SearchableMoveToFront<UInt64>()
 
     mutating func write(_ value: UInt64, to writer: inout ByteWriter) {
-        if let position = recent.position(of: value) {
+        if let position = recent.position(of: value.fingerprint, where: { $0 == value }) {
             writer.writeVarint(UInt64(position + 1))
             recent.use(at: position)
         } else {
@@ -244,6 +388,11 @@ struct IntegerValueCoder {
             recent.insert(value)
         }
     }
+}
+
+/// Reads what `IntegerValueWriter` wrote.
+struct IntegerValueReader {
+    private var recent = MoveToFront<UInt64>()
 
     mutating func read(from reader: inout ByteReader) throws(ByteReaderError) -> UInt64 {
         let start = reader.offset
