@@ -6,8 +6,10 @@ public struct TraceID: Hashable, Comparable, Sendable, CustomStringConvertible {
     public var low: UInt64
 
     /// The all-zero id, which OTLP treats as invalid.
-    public static let zero = TraceID(high: 0, low: 0)
+    @inlinable
+    public static var zero: TraceID { TraceID(high: 0, low: 0) }
 
+    @inlinable
     public init(high: UInt64, low: UInt64) {
         self.high = high
         self.low = low
@@ -53,6 +55,12 @@ public struct TraceID: Hashable, Comparable, Sendable, CustomStringConvertible {
 
     public var description: String { hex }
 
+    @inlinable
+    public static func == (lhs: TraceID, rhs: TraceID) -> Bool {
+        lhs.high == rhs.high && lhs.low == rhs.low
+    }
+
+    @inlinable
     public static func < (lhs: TraceID, rhs: TraceID) -> Bool {
         (lhs.high, lhs.low) < (rhs.high, rhs.low)
     }
@@ -64,8 +72,10 @@ public struct SpanID: Hashable, Comparable, Sendable, CustomStringConvertible {
     public var value: UInt64
 
     /// The all-zero id: no span.
-    public static let zero = SpanID(0)
+    @inlinable
+    public static var zero: SpanID { SpanID(0) }
 
+    @inlinable
     public init(_ value: UInt64) { self.value = value }
 
     /// Reads 8 bytes; an empty collection is `.zero`; any other length gives nil.
@@ -96,6 +106,10 @@ public struct SpanID: Hashable, Comparable, Sendable, CustomStringConvertible {
 
     public var description: String { hex }
 
+    @inlinable
+    public static func == (lhs: SpanID, rhs: SpanID) -> Bool { lhs.value == rhs.value }
+
+    @inlinable
     public static func < (lhs: SpanID, rhs: SpanID) -> Bool { lhs.value < rhs.value }
 }
 
