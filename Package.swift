@@ -27,8 +27,11 @@ let package = Package(
         .systemLibrary(name: "CZstd", pkgConfig: "libzstd", providers: [.apt(["libzstd-dev"])]),
         .systemLibrary(name: "CLZ4", pkgConfig: "liblz4", providers: [.apt(["liblz4-dev"])]),
 
+        // The CPU's CRC-32C instruction, where it has one.
+        .target(name: "CCRC32C"),
+
         .target(name: "Compression", dependencies: ["CZstd", "CLZ4"]),
-        .target(name: "MeshCore"),
+        .target(name: "MeshCore", dependencies: ["CCRC32C"]),
         .target(
             name: "OTLPWire",
             dependencies: [

@@ -178,6 +178,12 @@ public struct ByteReader: Sendable {
         return Int64(bitPattern: raw >> 1) ^ -Int64(bitPattern: raw & 1)
     }
 
+    /// Reads past `count` varints.
+    @inlinable
+    public mutating func skipVarints(_ count: Int) throws(ByteReaderError) {
+        for _ in 0..<count { _ = try readVarint() }
+    }
+
     /// Reads a varint that counts items or bytes, refusing values above `limit`.
     @inlinable
     public mutating func readCount(limit: Int) throws(ByteReaderError) -> Int {

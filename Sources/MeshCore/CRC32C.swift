@@ -1,5 +1,12 @@
+import CCRC32C
+
 /// CRC-32C (Castagnoli), the checksum of every WAL record, column chunk and footer.
+/// It uses the CPU's CRC-32C instruction (SSE 4.2) when there is one, and tables
+/// (slicing-by-8) otherwise.
 public enum CRC32C {
+    /// Whether this CPU computes CRC-32C in hardware.
+    public static let hardwareAvailable = meshtrace_crc32c_hardware_available() != 0
+
     /// Eight 256-entry tables for slicing-by-8 over the reflected polynomial 0x82F63B78.
     private static let tables: [[UInt32]] = {
         var tables = [[UInt32]](repeating: [UInt32](repeating: 0, count: 256), count: 8)
@@ -20,6 +27,12 @@ public enum CRC32C {
 
     /// The checksum of `bytes`, continuing from `crc` (the result of an earlier call) when given.
     public static func checksum(_ bytes: UnsafeRawBufferPointer, continuing crc: UInt32 = 0) -> UInt32 {
+        guard hardwareAvailable, let base = bytes.baseAddress else { return tableChecksum(bytes, continuing: crc) }
+        return ~meshtrace_crc32c_update(~crc, base, bytes.count)
+    }
+
+    /// The checksum computed from tables alone, as on a CPU without the instruction.
+    public static func tableChecksum(_ bytes: UnsafeRawBufferPointer, continuing crc: UInt32 = 0) -> UInt32 {
         var value = ~crc
         var index = 0
         let count = bytes.count

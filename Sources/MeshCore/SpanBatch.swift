@@ -208,13 +208,16 @@ public struct SpanBatch: Sendable {
         }
     }
 
-    /// The batch with its rows ordered by trace id, then start time, then span id.
+    /// The batch with its rows ordered by trace id, then start time, then span id
+    /// (the batch itself when they already are, as a segment returns them).
     public func sortedByTrace() -> SpanBatch {
-        let order = (0..<count).sorted { a, b in
+        let precedes = { (a: Int, b: Int) -> Bool in
             if traceIDs[a] != traceIDs[b] { return traceIDs[a] < traceIDs[b] }
             if startTimes[a] != startTimes[b] { return startTimes[a] < startTimes[b] }
             return spanIDs[a] < spanIDs[b]
         }
+        if (1..<max(1, count)).allSatisfy({ !precedes($0, $0 - 1) }) { return self }
+        let order = (0..<count).sorted(by: precedes)
         var sorted = SpanBatch()
         sorted.reserveCapacity(count)
         sorted.append(contentsOf: self, rows: order)

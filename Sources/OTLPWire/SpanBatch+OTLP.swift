@@ -68,12 +68,12 @@ extension SpanBatch {
                         outcome.reject("span \(span.name.debugDescription) has an invalid parent span id (\(span.parentSpanID.count) bytes; empty or 8 required)")
                         continue
                     }
+                    let status = Self.columnStatus(of: span)
                     append(Row(
                         traceID: traceID, spanID: spanID, parentSpanID: parentID, name: span.name,
                         kind: MeshCore.SpanKind(rawValue: UInt8(clamping: span.kind.rawValue)) ?? .unspecified,
                         startTime: span.startTimeUnixNano, endTime: span.endTimeUnixNano,
-                        statusCode: MeshCore.StatusCode(rawValue: UInt8(clamping: span.status.code.rawValue)) ?? .unset,
-                        statusMessage: span.status.message,
+                        statusCode: status?.code ?? .unset, statusMessage: status?.message ?? "",
                         httpStatusCode: Self.httpStatusCode(span.attributes),
                         resourceIndex: resourceIndex, scopeIndex: scopeIndex,
                         attributes: span.attributes.isEmpty ? [] : Self.encode(KeyValueList.with { $0.values = span.attributes }),
@@ -167,8 +167,20 @@ extension SpanBatch {
         }
     }
 
+    /// The span's status as the status columns hold it, or nil when it is absent or
+    /// something the columns cannot say — present but empty, a code this version does
+    /// not know, unknown fields — which the extras then keep whole.
+    private static func columnStatus(of span: OTLPSpan) -> (code: MeshCore.StatusCode, message: String)? {
+        guard span.hasStatus, span.status.unknownFields.data.isEmpty,
+              let code = MeshCore.StatusCode(rawValue: UInt8(clamping: span.status.code.rawValue)),
+              span.status.code.rawValue >= 0, code != .unset || !span.status.message.isEmpty
+        else { return nil }
+        return (code, span.status.message)
+    }
+
     private static func extras(of span: OTLPSpan) -> [UInt8] {
         var extras = OTLPSpan()
+        if span.hasStatus && columnStatus(of: span) == nil { extras.status = span.status }
         extras.traceState = span.traceState
         extras.flags = span.flags
         extras.droppedAttributesCount = span.droppedAttributesCount

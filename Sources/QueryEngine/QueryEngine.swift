@@ -28,17 +28,23 @@ public struct QueryEngine: Sendable {
 
     /// Every span of `traceID`, from the head blocks and all segments; nil when none is stored.
     public func trace(_ traceID: TraceID) throws -> SpanBatch? {
-        var result = SpanBatch()
+        var parts: [SpanBatch] = []
         for block in snapshot.unsealed {
             let rows = block.rows(of: traceID)
-            if !rows.isEmpty { result.append(contentsOf: block, rows: rows) }
+            if !rows.isEmpty {
+                var part = SpanBatch()
+                part.append(contentsOf: block, rows: rows)
+                parts.append(part)
+            }
         }
         for segment in snapshot.segments {
             if let found = reading(segment, { segment throws(StoreError) in try segment.trace(traceID) }) {
-                result.append(contentsOf: found)
+                parts.append(found)
             }
         }
-        return result.isEmpty ? nil : result.sortedByTrace()
+        guard var result = parts.first else { return nil }
+        for part in parts.dropFirst() { result.append(contentsOf: part) }
+        return result.sortedByTrace()
     }
 
     /// The service graph over spans that started within `window` (nanoseconds since the epoch).

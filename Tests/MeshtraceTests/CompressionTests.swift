@@ -1,5 +1,6 @@
 import Compression
 import MeshCore
+import MeshSim
 import XCTest
 
 final class CompressionTests: XCTestCase {
@@ -38,6 +39,22 @@ final class CompressionTests: XCTestCase {
         XCTAssertThrowsError(try LZ4Frame.decompress(flipped))
         XCTAssertThrowsError(try LZ4Frame.decompress([]))
         XCTAssertThrowsError(try LZ4Frame.decompress(compressed + [0]))
+    }
+
+    func testCRC32CInstructionAgreesWithTheTables() throws {
+        try XCTSkipUnless(CRC32C.hardwareAvailable, "this CPU has no CRC-32C instruction")
+        var random = SeededGenerator(seed: 5)
+        let bytes = (0..<4096).map { _ in UInt8(truncatingIfNeeded: random.next()) }
+        bytes.withUnsafeBytes { all in
+            // Every length up to 80 at every alignment up to 8, and longer runs, continued from a prior value.
+            for start in 0..<8 {
+                for length in Array(0...80) + [511, 4000] where start + length <= all.count {
+                    let part = UnsafeRawBufferPointer(rebasing: all[start..<start + length])
+                    XCTAssertEqual(CRC32C.checksum(part), CRC32C.tableChecksum(part), "start \(start), length \(length)")
+                    XCTAssertEqual(CRC32C.checksum(part, continuing: 0xDEAD_BEEF), CRC32C.tableChecksum(part, continuing: 0xDEAD_BEEF))
+                }
+            }
+        }
     }
 
     func testCRC32CMatchesTheCastagnoliCheckValue() {

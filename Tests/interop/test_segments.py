@@ -99,3 +99,50 @@ def test_compaction_killed_at_random_points_loses_and_duplicates_nothing(collect
         answer = meshtrace("trace", f"{n:032x}", "-o", "json", "--data-dir", data)
         assert answer.returncode == 0, answer.stderr
         assert answer.stdout.count('"spanId"') == SPANS_PER_TRACE
+
+
+def test_retention_killed_at_random_points_keeps_whole_segments(collector, tmp_path):
+    data = tmp_path / "store"
+    sent = build_store(collector, data, rounds=6)
+    before = sorted(listed(data), key=lambda s: s["end"])
+    total = sum(s["bytes"] for s in before)
+    limit = total // 2
+    # Retention by size keeps the newest segments that fit together under the limit.
+    kept, size = [], 0
+    for segment in reversed(before):
+        if size + segment["bytes"] > limit:
+            break
+        kept.append(segment["file"])
+        size += segment["bytes"]
+    assert 0 < len(kept) < len(before)
+
+    rng = random.Random(11)
+    for step in range(8):
+        # Each run has something left to delete: the bound tightens towards the limit.
+        bound = total - (total - limit) * (step + 1) // 8
+        process = subprocess.Popen([str(BIN / "meshtrace"), "segments", "retain", "--data-dir", str(data),
+                                    "--max-bytes", str(bound)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        time.sleep(rng.uniform(0.0, 0.15))
+        process.send_signal(signal.SIGKILL)
+        process.wait()
+    final = meshtrace("segments", "retain", "--data-dir", data, "--max-bytes", limit)
+    assert final.returncode == 0, final.stderr
+    after = listed(data)
+    assert sorted(s["file"] for s in after) == sorted(kept)
+    assert meshtrace("segments", "verify", "--data-dir", data).returncode == 0
+    assert not list((data / "segments").glob("*.tmp"))
+
+    # Every trace is whole or gone, and the ones kept are the newest.
+    c = collector(data, extra_args=["--compact-below", "0"])
+    found = []
+    for n in sent:
+        response = requests.get(f"{c.query_url}/api/traces/{n:032x}", timeout=10)
+        assert response.status_code in (200, 404), response.text
+        if response.status_code == 200:
+            assert len(response.json()["data"][0]["spans"]) == SPANS_PER_TRACE
+            found.append(n)
+    assert found == sent[len(sent) - len(found):]
+    assert len(found) * SPANS_PER_TRACE == sum(s["spans"] for s in after)
+
+    bad = meshtrace("segments", "retain", "--data-dir", data)
+    assert bad.returncode != 0 and "--older-than" in bad.stderr

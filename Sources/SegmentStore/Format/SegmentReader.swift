@@ -3,7 +3,8 @@ import MeshCore
 import Synchronization
 
 /// Reads a sealed segment of any supported version: its footer on open, columns on demand.
-public struct SegmentReader: Sendable {
+/// A class, so the store's snapshots share one reader per segment.
+public final class SegmentReader: Sendable {
     /// Path of the segment file.
     public let path: String
     public let footer: SegmentFooter

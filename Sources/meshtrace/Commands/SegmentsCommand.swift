@@ -4,12 +4,12 @@ import MeshCore
 import QueryEngine
 import SegmentStore
 
-/// `meshtrace segments list|inspect|verify`: what the store holds on disk.
+/// `meshtrace segments list|inspect|verify|compact|retain`: what the store holds on disk.
 struct SegmentsCommand: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "segments",
-        abstract: "List, inspect and verify the segments of a data directory.",
-        subcommands: [List.self, Inspect.self, Verify.self, Compact.self])
+        abstract: "List, inspect, verify, compact and expire the segments of a data directory.",
+        subcommands: [List.self, Inspect.self, Verify.self, Compact.self, Retain.self])
 
     struct Options: ParsableArguments {
         @Option(name: .long, help: "The data directory.")
@@ -211,6 +211,52 @@ extension SegmentsCommand {
                     print("merged \(merged.count) segments")
                 }
                 print("\(rounds) compactions; \(store.snapshot().segments.count) segments remain")
+            } catch {
+                FileHandle.standardError.write(Data("meshtrace: \(error)\n".utf8))
+                throw ExitCode(2)
+            }
+        }
+    }
+}
+
+extension SegmentsCommand {
+    struct Retain: ParsableCommand {
+        static let configuration = CommandConfiguration(
+            abstract: "Delete the segments retention no longer keeps (the collector also does this on its own).",
+            discussion: """
+                Deletes segments whose newest span ended more than --older-than ago, then the oldest \
+                segments while all of them together exceed --max-bytes. Do not run it while a collector \
+                writes to the same directory.
+                """)
+
+        @OptionGroup var options: Options
+
+        @Option(help: "Delete segments that ended longer ago than this (72h, 14d, …).")
+        var olderThan: String?
+
+        @Option(help: "Delete the oldest segments while all segments together exceed this many bytes.")
+        var maxBytes: Int?
+
+        func validate() throws {
+            guard olderThan != nil || maxBytes != nil else { throw ValidationError("give --older-than, --max-bytes or both") }
+            if let olderThan, DurationText.nanoseconds(olderThan) == nil {
+                throw ValidationError("--older-than must be a duration like 72h or 14d, got \(olderThan)")
+            }
+            if let maxBytes, maxBytes < 0 { throw ValidationError("--max-bytes must not be negative") }
+        }
+
+        func run() throws {
+            var configuration = SpanStore.Configuration(dataDirectory: options.dataDir)
+            if let olderThan, let nanoseconds = DurationText.nanoseconds(olderThan) {
+                configuration.retention = .nanoseconds(Int64(clamping: nanoseconds))
+            }
+            configuration.maxSegmentBytes = maxBytes
+            do {
+                let store = try SpanStore(configuration: configuration)
+                let now = UInt64(Date().timeIntervalSince1970 * 1e9)
+                let deleted = try store.enforceRetention(now: now)
+                for path in deleted { print("deleted \((path as NSString).lastPathComponent)") }
+                print("\(deleted.count) segments deleted; \(store.snapshot().segments.count) remain")
             } catch {
                 FileHandle.standardError.write(Data("meshtrace: \(error)\n".utf8))
                 throw ExitCode(2)

@@ -9,6 +9,9 @@ struct DictionariesV2: Sendable {
     /// (key, type) pairs with a column of their own, by column position.
     var dedicated: [(key: Int, type: AttributeType)] = []
     var shapes: [[(key: Int, type: AttributeType)]] = []
+    /// A batch with no rows whose resource and scope tables are the segment's, for
+    /// decoded blocks to start from without interning the tables again.
+    var emptyBatch = SpanBatch()
 
     init(segment: SegmentReader) throws(StoreError) {
         typealias Dictionary = SegmentFormatV2.Dictionary
@@ -49,6 +52,8 @@ struct DictionariesV2: Sendable {
                 }
                 shapes.append(shape)
             }
+            for resource in resources { _ = emptyBatch.intern(resource: resource) }
+            for scope in scopes { _ = emptyBatch.intern(scope: scope) }
         } catch let error as StoreError {
             throw error
         } catch {
@@ -104,9 +109,7 @@ struct SegmentDecoderV2 {
             var extrasColumn = try column(.extras)
             var attributes = try AttributeRowsDecoder(chunks: chunks, dictionaries: dictionaries, segment: segment, block: block)
 
-            var batch = SpanBatch()
-            for resource in dictionaries.resources { _ = batch.intern(resource: resource) }
-            for scope in dictionaries.scopes { _ = batch.intern(scope: scope) }
+            var batch = dictionaries.emptyBatch
             batch.reserveCapacity(keep.count)
             var traceStateValues = StringValueReader()
             let unit = info.timeUnit
@@ -127,6 +130,42 @@ struct SegmentDecoderV2 {
                 current = Column.traceStart.rawValue
                 let traceStart = info.minStartTime &+ (try traceStarts.readVarint()) &* unit
                 let traceID = TraceID(high: try traceIDReader.readUInt64().byteSwapped, low: try traceIDReader.readUInt64().byteSwapped)
+                if row + count <= keep.lowerBound {
+                    // A trace before the kept rows: only the values later rows may refer back to are decoded.
+                    current = Column.spanID.rawValue
+                    _ = try spanIDReader.readRange(count: count * 8)
+                    current = Column.parent.rawValue
+                    for _ in 0..<count where try parents.readVarint() == 1 {
+                        current = Column.parentExternal.rawValue
+                        _ = try externalParents.readRange(count: 8)
+                    }
+                    for _ in 0..<count {
+                        current = Column.kindStatus.rawValue
+                        let code = try kindStatusReader.readUInt8()
+                        current = Column.statusMessage.rawValue
+                        if code & SegmentFormatV2.hasStatusMessage != 0 { _ = try messages.readLengthPrefixedRange() }
+                        current = Column.extras.rawValue
+                        if code & SegmentFormatV2.hasExtras != 0 { _ = try extrasColumn.readLengthPrefixedRange() }
+                        current = Column.traceState.rawValue
+                        if code & SegmentFormatV2.hasTraceState != 0 { _ = try traceStateValues.read(from: &traceStates) }
+                        current = Column.layout.rawValue
+                        _ = try attributes.next(materialize: false)
+                    }
+                    current = Column.start.rawValue
+                    try starts.skipVarints(count)
+                    current = Column.duration.rawValue
+                    try durations.skipVarints(count)
+                    current = Column.name.rawValue
+                    try nameIndices.skipVarints(count)
+                    current = Column.resource.rawValue
+                    try resourceIndices.skipVarints(count)
+                    current = Column.scope.rawValue
+                    try scopeIndices.skipVarints(count)
+                    current = Column.flags.rawValue
+                    try flagsColumn.skipVarints(count)
+                    row += count
+                    continue
+                }
                 traceSpanIDs.removeAll(keepingCapacity: true)
                 traceKinds.removeAll(keepingCapacity: true)
                 traceStartTimes.removeAll(keepingCapacity: true)
