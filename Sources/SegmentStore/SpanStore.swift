@@ -23,6 +23,8 @@ public final class SpanStore: Sendable {
         public var maxHeadAge: Duration = .seconds(300)
         /// zstd level for column chunks.
         public var compressionLevel: Int32 = Zstd.defaultLevel
+        /// Spans per segment block: a trace lookup decodes up to one block.
+        public var blockSpans: Int = SegmentWriter.defaultBlockSpans
         /// Open without writing anything (for `meshtrace … --data-dir` next to a running collector).
         public var readOnly: Bool = false
         /// Delete segments whose newest span ended longer ago than this; nil keeps them.
@@ -206,7 +208,8 @@ public final class SpanStore: Sendable {
             guard let (batch, sequence) = taken else { return }
             let path = segmentDirectory + "/" + Self.segmentFileName(prefix: "seg", sequence: sequence)
             do {
-                try SegmentWriter.write(batch, walSequence: sequence, to: path, level: configuration.compressionLevel)
+                try SegmentWriter.write(
+                    batch, walSequence: sequence, to: path, level: configuration.compressionLevel, blockSpans: configuration.blockSpans)
                 let reader = try SegmentReader(path: path)
                 state.withLock { state in
                     state.sealing.removeFirst()
@@ -300,7 +303,9 @@ public final class SpanStore: Sendable {
             let names = inputs.map { Self.fileName($0.path) }
             let suffix = String(UInt32.random(in: 0...UInt32.max), radix: 16)
             let output = segmentDirectory + "/" + Self.segmentFileName(prefix: "cmp", sequence: sequence, tag: suffix)
-            try SegmentWriter.write(merged, walSequence: sequence, replaces: names, to: output, level: configuration.compressionLevel)
+            try SegmentWriter.write(
+                merged, walSequence: sequence, replaces: names, to: output, level: configuration.compressionLevel,
+                blockSpans: configuration.blockSpans)
             let reader = try SegmentReader(path: output)
             let inputPaths = Set(inputs.map(\.path))
             state.withLock { state in

@@ -31,6 +31,9 @@ struct StorageBench: ParsableCommand {
     @Option(help: "Python with pyarrow and opentelemetry-proto, for the Parquet baseline (empty skips it).")
     var python = ".venv/bin/python"
 
+    @Option(help: "Spans per segment block (a lookup decodes up to one block).")
+    var blockSpans = SegmentWriter.defaultBlockSpans
+
     @Option(help: "MeshSim seed.")
     var seed: UInt64 = 42
 
@@ -88,7 +91,7 @@ struct StorageBench: ParsableCommand {
             var part = SpanBatch()
             part.append(contentsOf: corpus, rows: Array(offset..<min(offset + segmentSpans, corpus.count)))
             offset += part.count
-            let (bytes, measured) = try Measurement.run { try SegmentWriter.encode(part, walSequence: UInt64(index)) }
+            let (bytes, measured) = try Measurement.run { try SegmentWriter.encode(part, walSequence: UInt64(index), blockSpans: blockSpans) }
             encodeSeconds += measured.seconds
             encodeCPU += measured.cpuSeconds
             segmentBytes += bytes.count
@@ -171,7 +174,8 @@ struct StorageBench: ParsableCommand {
             }
             for request in simulator.exportRequests(pending) { batch.append(request) }
             try SegmentWriter.write(batch, walSequence: UInt64(segmentIndex + 1),
-                                    to: storeDirectory + "/segments/" + String(format: "seg-%016llx.mts", segmentIndex + 1))
+                                    to: storeDirectory + "/segments/" + String(format: "seg-%016llx.mts", segmentIndex + 1),
+                                    blockSpans: blockSpans)
             written += batch.count
             segmentIndex += 1
         }

@@ -40,6 +40,12 @@ struct CollectorCommand: AsyncParsableCommand {
     @Option(name: .long, help: "Merge segments with fewer spans than this in the background; 0 turns compaction off.")
     var compactBelow = 400_000
 
+    @Option(name: .long, help: "zstd level of segment column chunks (1–19; higher is smaller and slower to write).")
+    var compressionLevel: Int32 = 3
+
+    @Option(name: .long, help: "Spans per segment block; a trace lookup decodes up to one block, smaller blocks cost bytes.")
+    var blockSpans = 4096
+
     @Option(name: .long, help: "Largest OTLP/HTTP request body, in bytes.")
     var maxRequestBytes = 20 << 20
 
@@ -57,6 +63,8 @@ struct CollectorCommand: AsyncParsableCommand {
             throw ValidationError("--retention must be a duration like 72h or 14d, got \(retention)")
         }
         if let maxStoreBytes, maxStoreBytes <= 0 { throw ValidationError("--max-store-bytes must be positive") }
+        guard (1...19).contains(compressionLevel) else { throw ValidationError("--compression-level must be 1 to 19, got \(compressionLevel)") }
+        guard blockSpans >= 64 else { throw ValidationError("--block-spans must be at least 64, got \(blockSpans)") }
     }
 
     func run() async throws {
@@ -77,6 +85,8 @@ struct CollectorCommand: AsyncParsableCommand {
         }
         configuration.store.maxSegmentBytes = maxStoreBytes
         configuration.store.compactionTargetSpans = compactBelow
+        configuration.store.compressionLevel = compressionLevel
+        configuration.store.blockSpans = blockSpans
 
         let server = CollectorServer(configuration: configuration)
         do {

@@ -146,3 +146,23 @@ def test_retention_killed_at_random_points_keeps_whole_segments(collector, tmp_p
 
     bad = meshtrace("segments", "retain", "--data-dir", data)
     assert bad.returncode != 0 and "--older-than" in bad.stderr
+
+
+def test_block_size_and_compression_level_are_configurable(collector, tmp_path):
+    data = tmp_path / "store"
+    c = collector(data, extra_args=["--block-spans", "64", "--compression-level", "19", "--compact-below", "0"])
+    session = requests.Session()
+    for n in range(1, 201):
+        response = session.post(f"{c.otlp_url}/v1/traces", data=request_for(n).SerializeToString(), headers=PROTOBUF, timeout=10)
+        assert response.status_code == 200
+    assert c.stop() == 0  # seals the head block
+    segments = listed(data)
+    assert sum(s["spans"] for s in segments) == 200 * SPANS_PER_TRACE
+    # A block closes at the first trace boundary after 64 spans: 66 spans, 22 traces of 3.
+    assert sum(s["blocks"] for s in segments) >= 200 * SPANS_PER_TRACE // 66
+    assert meshtrace("trace", f"{150:032x}", "--data-dir", data).returncode == 0
+
+    for flag, value in (("--block-spans", "10"), ("--compression-level", "0")):
+        run = subprocess.run([str(BIN / "meshtrace-collector"), "--data-dir", str(tmp_path / "refused"), flag, value],
+                             capture_output=True, text=True, timeout=60)
+        assert run.returncode != 0 and flag in run.stderr, run.stderr

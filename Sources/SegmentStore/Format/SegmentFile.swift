@@ -155,10 +155,19 @@ public enum SegmentWriter {
     /// The format version new segments are written in.
     public static let formatVersion = Int(SegmentFormatV2.version)
 
+    /// Spans per block unless told otherwise: a lookup decodes up to one block.
+    public static let defaultBlockSpans = SegmentFormatV2.defaultBlockSpans
+
     /// Encodes `batch` as a segment file's bytes.
-    /// - Parameter replaces: file names of the segments a compaction merged into this one.
-    public static func encode(_ batch: SpanBatch, walSequence: UInt64, replaces: [String] = [], level: Int32 = Zstd.defaultLevel) throws -> [UInt8] {
-        let encoded = SegmentFormatV2.encode(batch)
+    /// - Parameters:
+    ///   - replaces: file names of the segments a compaction merged into this one.
+    ///   - blockSpans: a block closes at the first trace boundary after this many
+    ///     spans; smaller blocks make lookups cheaper and segments larger.
+    public static func encode(
+        _ batch: SpanBatch, walSequence: UInt64, replaces: [String] = [], level: Int32 = Zstd.defaultLevel,
+        blockSpans: Int = defaultBlockSpans
+    ) throws -> [UInt8] {
+        let encoded = SegmentFormatV2.encode(batch, blockSpans: max(1, blockSpans))
         var file = ByteWriter(capacity: batch.count * 32)
         file.write(raw: SegmentFile.headerMagicPrefix + [UInt8(SegmentFormatV2.version)])
         var chunks: [ColumnChunkInfo] = []
@@ -193,7 +202,11 @@ public enum SegmentWriter {
     }
 
     /// Writes `batch` as a segment at `path`, atomically and durably.
-    public static func write(_ batch: SpanBatch, walSequence: UInt64, replaces: [String] = [], to path: String, level: Int32 = Zstd.defaultLevel) throws {
-        try FileIO.writeAtomically(try encode(batch, walSequence: walSequence, replaces: replaces, level: level), to: path)
+    public static func write(
+        _ batch: SpanBatch, walSequence: UInt64, replaces: [String] = [], to path: String, level: Int32 = Zstd.defaultLevel,
+        blockSpans: Int = defaultBlockSpans
+    ) throws {
+        try FileIO.writeAtomically(
+            try encode(batch, walSequence: walSequence, replaces: replaces, level: level, blockSpans: blockSpans), to: path)
     }
 }
