@@ -34,6 +34,9 @@ struct StorageBench: ParsableCommand {
     @Option(help: "Spans per segment block (a lookup decodes up to one block).")
     var blockSpans = SegmentWriter.defaultBlockSpans
 
+    @Option(help: "zstd level of the column chunks.")
+    var level: Int32 = Zstd.defaultLevel
+
     @Option(help: "MeshSim seed.")
     var seed: UInt64 = 42
 
@@ -91,7 +94,7 @@ struct StorageBench: ParsableCommand {
             var part = SpanBatch()
             part.append(contentsOf: corpus, rows: Array(offset..<min(offset + segmentSpans, corpus.count)))
             offset += part.count
-            let (bytes, measured) = try Measurement.run { try SegmentWriter.encode(part, walSequence: UInt64(index), blockSpans: blockSpans) }
+            let (bytes, measured) = try Measurement.run { try SegmentWriter.encode(part, walSequence: UInt64(index), level: level, blockSpans: blockSpans) }
             encodeSeconds += measured.seconds
             encodeCPU += measured.cpuSeconds
             segmentBytes += bytes.count
@@ -175,7 +178,7 @@ struct StorageBench: ParsableCommand {
             for request in simulator.exportRequests(pending) { batch.append(request) }
             try SegmentWriter.write(batch, walSequence: UInt64(segmentIndex + 1),
                                     to: storeDirectory + "/segments/" + String(format: "seg-%016llx.mts", segmentIndex + 1),
-                                    blockSpans: blockSpans)
+                                    level: level, blockSpans: blockSpans)
             written += batch.count
             segmentIndex += 1
         }

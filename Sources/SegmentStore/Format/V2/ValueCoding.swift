@@ -146,6 +146,7 @@ struct ByteStore {
     /// Whether `pooled` holds exactly the bytes of `value`.
     func matches(_ pooled: PooledBytes, _ value: UnsafeBufferPointer<UInt8>) -> Bool {
         guard pooled.count == value.count else { return false }
+        guard !value.isEmpty else { return true }
         return bytes.withUnsafeBufferPointer { stored in
             memcmp(stored.baseAddress! + pooled.start, value.baseAddress!, value.count) == 0
         }
