@@ -74,6 +74,7 @@ struct CollectorCommand: AsyncParsableCommand {
             handler.logLevel = level
             return handler
         }
+        Self.raiseDescriptorLimit()
         var configuration = CollectorConfiguration(dataDirectory: dataDir)
         configuration.otlpHTTP = ListenAddress(otlpHttp)!
         configuration.query = ListenAddress(query)!
@@ -98,5 +99,18 @@ struct CollectorCommand: AsyncParsableCommand {
             FileHandle.standardError.write(Data("meshtrace-collector: \(error)\n".utf8))
             throw ExitCode(2)
         }
+    }
+
+    /// The store keeps one descriptor open per segment: allow as many as the system
+    /// lets this process have (the soft limit is often far below the hard one).
+    private static func raiseDescriptorLimit() {
+        #if os(Linux)
+        var limit = rlimit()
+        let resource = __rlimit_resource_t(RLIMIT_NOFILE.rawValue)
+        if getrlimit(resource, &limit) == 0, limit.rlim_cur < limit.rlim_max {
+            limit.rlim_cur = limit.rlim_max
+            _ = setrlimit(resource, &limit)
+        }
+        #endif
     }
 }

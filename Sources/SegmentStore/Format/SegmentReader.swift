@@ -12,10 +12,13 @@ public final class SegmentReader: Sendable {
     public let fileSize: Int
     private let chunkIndex: [String: ColumnChunkInfo]
     private let dictionaryCache = DictionaryCache()
+    private let file: ReadHandle
 
     /// Opens `path` and checks its header, trailer and footer checksum.
     public init(path: String) throws(StoreError) {
         self.path = path
+        let file = try ReadHandle(path: path)
+        self.file = file
         let size = try FileIO.size(path)
         fileSize = size
         let headerSize = SegmentFile.headerMagicPrefix.count + 1
@@ -23,11 +26,11 @@ public final class SegmentReader: Sendable {
         guard size >= minimum else {
             throw .corruptSegment(file: path, reason: "file is \(size) bytes, shorter than an empty segment")
         }
-        let header = try FileIO.readRange(path, offset: 0, count: headerSize)
+        let header = try file.read(offset: 0, count: headerSize)
         guard header.starts(with: SegmentFile.headerMagicPrefix) else {
             throw .corruptSegment(file: path, reason: "missing header magic")
         }
-        let trailer = try FileIO.readRange(path, offset: size - SegmentFile.trailerSize, count: SegmentFile.trailerSize)
+        let trailer = try file.read(offset: size - SegmentFile.trailerSize, count: SegmentFile.trailerSize)
         guard Array(trailer[8..<16]) == SegmentFile.trailerMagic else {
             throw .corruptSegment(file: path, reason: "missing trailer magic (file truncated?)")
         }
@@ -43,7 +46,7 @@ public final class SegmentReader: Sendable {
         guard footerLength <= size - minimum else {
             throw .corruptSegment(file: path, reason: "footer length \(footerLength) exceeds the file")
         }
-        let footerBytes = try FileIO.readRange(path, offset: size - SegmentFile.trailerSize - footerLength, count: footerLength)
+        let footerBytes = try file.read(offset: size - SegmentFile.trailerSize - footerLength, count: footerLength)
         guard CRC32C.checksum(footerBytes) == footerChecksum else {
             throw .corruptSegment(file: path, reason: "footer checksum mismatch")
         }
@@ -68,7 +71,7 @@ public final class SegmentReader: Sendable {
         guard let chunk = chunkIndex[name] else {
             throw .corruptColumn(file: path, column: name, reason: "column missing from footer")
         }
-        let compressed = try FileIO.readRange(path, offset: chunk.offset, count: chunk.compressedSize)
+        let compressed = try file.read(offset: chunk.offset, count: chunk.compressedSize)
         return try decompress(chunk, compressed[...])
     }
 
@@ -100,7 +103,7 @@ public final class SegmentReader: Sendable {
         guard let start = chunks.map(\.offset).min(), let end = chunks.map({ $0.offset + $0.compressedSize }).max() else {
             throw .corruptSegment(file: path, reason: "block \(block) has no columns")
         }
-        let bytes = try FileIO.readRange(path, offset: start, count: end - start)
+        let bytes = try file.read(offset: start, count: end - start)
         var result: [String: [UInt8]] = [:]
         for chunk in chunks {
             let from = chunk.offset - start

@@ -149,3 +149,35 @@ enum FileIO {
         return slash == path.startIndex ? "/" : String(path[..<slash])
     }
 }
+
+/// A file kept open for reading while its owner lives, so reads need no path
+/// lookup and a file deleted meanwhile (by compaction or retention) stays readable
+/// for whoever still holds it. When the process is out of descriptors it opens the
+/// file for each read instead.
+final class ReadHandle: Sendable {
+    let path: String
+    /// nil when no descriptor was left at open.
+    private let descriptor: Int32?
+
+    init(path: String) throws(StoreError) {
+        self.path = path
+        let descriptor = open(path, O_RDONLY | O_CLOEXEC)
+        if descriptor >= 0 {
+            self.descriptor = descriptor
+        } else if errno == EMFILE || errno == ENFILE {
+            self.descriptor = nil
+        } else {
+            throw .io(path: path, operation: "open", errno: errno)
+        }
+    }
+
+    deinit {
+        if let descriptor { close(descriptor) }
+    }
+
+    /// Up to `count` bytes at `offset` (fewer at the end of the file).
+    func read(offset: Int, count: Int) throws(StoreError) -> [UInt8] {
+        guard let descriptor else { return try FileIO.readRange(path, offset: offset, count: count) }
+        return try FileIO.read(fd: descriptor, path: path, offset: offset, count: count)
+    }
+}
