@@ -58,7 +58,7 @@ let package = Package(
         .executableTarget(
             name: "meshtrace-collector",
             dependencies: [
-                "Collector", "MeshCore",
+                "Collector", "MeshCore", "SegmentStore",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "Logging", package: "swift-log"),
             ]

@@ -1,6 +1,7 @@
 /// Parses the relative durations that `--since` and the query API accept.
 public enum DurationText {
-    /// Parses `90s`, `15m`, `1h30m`, `2d`, `500ms`, `250us`; returns nanoseconds, or nil when malformed.
+    /// Parses `90s`, `15m`, `1h30m`, `2d`, `500ms`, `250us`; returns nanoseconds, or nil
+    /// when malformed or longer than `Int64.max` nanoseconds (about 292 years).
     public static func nanoseconds(_ text: String) -> UInt64? {
         let units: [(String, UInt64)] = [
             ("ns", 1), ("us", 1_000), ("µs", 1_000), ("ms", 1_000_000), ("s", 1_000_000_000),
@@ -17,8 +18,10 @@ public enum DurationText {
             guard let unit = units.first(where: { $0.0 == unitText }) else { return nil }
             rest = rest.dropFirst(unitText.count)
             let part = value * Double(unit.1)
-            guard part.isFinite, part < Double(UInt64.max / 2) else { return nil }
-            total += UInt64(part)
+            guard part.isFinite, part < Double(Int64.max) else { return nil }
+            let (sum, overflow) = total.addingReportingOverflow(UInt64(part))
+            guard !overflow, sum <= UInt64(Int64.max) else { return nil }
+            total = sum
         }
         return total
     }

@@ -28,23 +28,18 @@ public struct QueryEngine: Sendable {
 
     /// Every span of `traceID`, from the head blocks and all segments; nil when none is stored.
     public func trace(_ traceID: TraceID) throws -> SpanBatch? {
-        var parts: [SpanBatch] = []
+        var result = SpanBatch()
         for block in snapshot.unsealed {
             let rows = block.rows(of: traceID)
-            if !rows.isEmpty {
-                var part = SpanBatch()
-                part.append(contentsOf: block, rows: rows)
-                parts.append(part)
-            }
+            if !rows.isEmpty { result.append(contentsOf: block, rows: rows) }
         }
         for segment in snapshot.segments {
             if let found = reading(segment, { segment throws(StoreError) in try segment.trace(traceID) }) {
-                parts.append(found)
+                // A trace in one segment alone is taken as the segment returns it: already sorted.
+                if result.isEmpty { result = found } else { result.append(contentsOf: found) }
             }
         }
-        guard var result = parts.first else { return nil }
-        for part in parts.dropFirst() { result.append(contentsOf: part) }
-        return result.sortedByTrace()
+        return result.isEmpty ? nil : result.sortedByTrace()
     }
 
     /// The service graph over spans that started within `window` (nanoseconds since the epoch).

@@ -3,6 +3,7 @@ import Collector
 import Foundation
 import Logging
 import MeshCore
+import SegmentStore
 
 /// `meshtrace-collector`: receives OTLP, stores spans durably, serves queries.
 @main
@@ -26,7 +27,7 @@ struct CollectorCommand: AsyncParsableCommand {
     var query = "127.0.0.1:16686"
 
     @Option(name: .long, help: "Seal the head block once it holds this many spans.")
-    var maxHeadSpans = 200_000
+    var maxHeadSpans = Self.storeDefaults.maxHeadSpans
 
     @Option(name: .long, help: "Seal the head block once it is this old, in seconds.")
     var maxHeadAge = 300
@@ -38,19 +39,22 @@ struct CollectorCommand: AsyncParsableCommand {
     var maxStoreBytes: Int?
 
     @Option(name: .long, help: "Merge segments with fewer spans than this in the background; 0 turns compaction off.")
-    var compactBelow = 400_000
+    var compactBelow = Self.storeDefaults.compactionTargetSpans
 
     @Option(name: .long, help: "zstd level of segment column chunks (1–19; higher is smaller and slower to write).")
-    var compressionLevel: Int32 = 3
+    var compressionLevel = Self.storeDefaults.compressionLevel
 
     @Option(name: .long, help: "Spans per segment block; a trace lookup decodes up to one block, smaller blocks cost bytes.")
-    var blockSpans = 4096
+    var blockSpans = Self.storeDefaults.blockSpans
 
     @Option(name: .long, help: "Largest OTLP/HTTP request body, in bytes.")
     var maxRequestBytes = 20 << 20
 
     @Option(name: .long, help: "Log level: trace, debug, info, notice, warning, error, critical.")
     var logLevel = "info"
+
+    /// The store's own defaults, which the flags start from.
+    private static let storeDefaults = SpanStore.Configuration(dataDirectory: "")
 
     func validate() throws {
         guard ListenAddress(otlpHttp) != nil else { throw ValidationError("--otlp-http must be host:port, got \(otlpHttp)") }

@@ -107,6 +107,9 @@ final class CompressionTests: XCTestCase {
         XCTAssertNil(DurationText.nanoseconds("15"))
         XCTAssertNil(DurationText.nanoseconds("fifteen minutes"))
         XCTAssertNil(DurationText.nanoseconds(""))
+        // Beyond Int64 nanoseconds, in one part or summed over several.
+        XCTAssertNil(DurationText.nanoseconds("106752d"))
+        XCTAssertNil(DurationText.nanoseconds("100000d100000d100000d"))
         XCTAssertEqual(DurationText.format(nanoseconds: 1_234_567), "1.23ms")
         XCTAssertEqual(DurationText.format(nanoseconds: 850_000), "850µs")
     }

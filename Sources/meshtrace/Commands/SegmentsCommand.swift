@@ -192,10 +192,10 @@ extension SegmentsCommand {
         @OptionGroup var options: Options
 
         @Option(help: "Merge segments with fewer spans than this.")
-        var targetSpans = 400_000
+        var targetSpans = SpanStore.Configuration(dataDirectory: "").compactionTargetSpans
 
         @Option(help: "The most spans read into memory by one merge (about 400 bytes each).")
-        var maxSpans = 800_000
+        var maxSpans = SpanStore.Configuration(dataDirectory: "").compactionMaxSpans
 
         func run() throws {
             var configuration = SpanStore.Configuration(dataDirectory: options.dataDir)
@@ -248,7 +248,7 @@ extension SegmentsCommand {
         func run() throws {
             var configuration = SpanStore.Configuration(dataDirectory: options.dataDir)
             if let olderThan, let nanoseconds = DurationText.nanoseconds(olderThan) {
-                configuration.retention = .nanoseconds(Int64(clamping: nanoseconds))
+                configuration.retention = .nanoseconds(Int64(nanoseconds))
             }
             configuration.maxSegmentBytes = maxBytes
             do {

@@ -151,18 +151,16 @@ struct SegmentDecoderV2 {
                         current = Column.layout.rawValue
                         _ = try attributes.next(materialize: false)
                     }
-                    current = Column.start.rawValue
-                    try starts.skipVarints(count)
-                    current = Column.duration.rawValue
-                    try durations.skipVarints(count)
-                    current = Column.name.rawValue
-                    try nameIndices.skipVarints(count)
-                    current = Column.resource.rawValue
-                    try resourceIndices.skipVarints(count)
-                    current = Column.scope.rawValue
-                    try scopeIndices.skipVarints(count)
-                    current = Column.flags.rawValue
-                    try flagsColumn.skipVarints(count)
+                    func readPast(_ column: Column, _ reader: inout ByteReader) throws {
+                        current = column.rawValue
+                        try reader.skipVarints(count)
+                    }
+                    try readPast(.start, &starts)
+                    try readPast(.duration, &durations)
+                    try readPast(.name, &nameIndices)
+                    try readPast(.resource, &resourceIndices)
+                    try readPast(.scope, &scopeIndices)
+                    try readPast(.flags, &flagsColumn)
                     row += count
                     continue
                 }
