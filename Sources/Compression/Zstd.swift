@@ -26,29 +26,38 @@ public enum Zstd {
     /// - Parameter maxSize: the largest decompressed size accepted, in bytes; a frame
     ///   claiming more is refused before any memory is allocated for it.
     public static func decompress(_ input: [UInt8], maxSize: Int = 1 << 30) throws -> [UInt8] {
-        try input.withUnsafeBytes { (source: UnsafeRawBufferPointer) throws -> [UInt8] in
-            let declared = ZSTD_getFrameContentSize(source.baseAddress, source.count)
-            if declared == ZSTD_CONTENTSIZE_ERROR {
-                throw CompressionError.corrupt(codec: "zstd", reason: "not a zstd frame")
-            }
-            if declared == ZSTD_CONTENTSIZE_UNKNOWN {
-                throw CompressionError.corrupt(codec: "zstd", reason: "frame does not record its decompressed size")
-            }
-            guard declared <= UInt64(maxSize) else {
-                throw CompressionError.tooLarge(codec: "zstd", declared: declared, limit: maxSize)
-            }
-            let size = Int(declared)
-            var output = [UInt8](repeating: 0, count: size)
-            let produced = output.withUnsafeMutableBytes { destination in
-                ZSTD_decompress(destination.baseAddress, size, source.baseAddress, source.count)
-            }
-            if ZSTD_isError(produced) != 0 {
-                throw CompressionError.corrupt(codec: "zstd", reason: String(cString: ZSTD_getErrorName(produced)))
-            }
-            guard produced == size else {
-                throw CompressionError.corrupt(codec: "zstd", reason: "frame decompressed to \(produced) bytes, header said \(size)")
-            }
-            return output
+        try input.withUnsafeBytes { try decompress($0, maxSize: maxSize) }
+    }
+
+    /// Decompresses one zstd frame held in part of a larger buffer.
+    public static func decompress(_ input: ArraySlice<UInt8>, maxSize: Int = 1 << 30) throws -> [UInt8] {
+        try input.withUnsafeBytes { try decompress($0, maxSize: maxSize) }
+    }
+
+    private static func decompress(_ source: UnsafeRawBufferPointer, maxSize: Int) throws -> [UInt8] {
+        let declared = ZSTD_getFrameContentSize(source.baseAddress, source.count)
+        if declared == ZSTD_CONTENTSIZE_ERROR {
+            throw CompressionError.corrupt(codec: "zstd", reason: "not a zstd frame")
         }
+        if declared == ZSTD_CONTENTSIZE_UNKNOWN {
+            throw CompressionError.corrupt(codec: "zstd", reason: "frame does not record its decompressed size")
+        }
+        guard declared <= UInt64(maxSize) else {
+            throw CompressionError.tooLarge(codec: "zstd", declared: declared, limit: maxSize)
+        }
+        let size = Int(declared)
+        var produced = 0
+        // zstd writes every byte it reports, so the buffer needs no zeroing first.
+        let output = [UInt8](unsafeUninitializedCapacity: size) { destination, initialized in
+            produced = ZSTD_decompress(destination.baseAddress, size, source.baseAddress, source.count)
+            initialized = ZSTD_isError(produced) != 0 ? 0 : min(produced, size)
+        }
+        if ZSTD_isError(produced) != 0 {
+            throw CompressionError.corrupt(codec: "zstd", reason: String(cString: ZSTD_getErrorName(produced)))
+        }
+        guard produced == size else {
+            throw CompressionError.corrupt(codec: "zstd", reason: "frame decompressed to \(produced) bytes, header said \(size)")
+        }
+        return output
     }
 }

@@ -178,6 +178,13 @@ public struct ByteReader: Sendable {
         return Int64(bitPattern: raw >> 1) ^ -Int64(bitPattern: raw & 1)
     }
 
+    /// Continues reading at `offset` of the buffer, which must not lie past the end.
+    @inlinable
+    public mutating func move(to offset: Int) throws(ByteReaderError) {
+        guard offset >= 0, offset <= end else { throw .invalidLength(offset: position, length: UInt64(bitPattern: Int64(offset))) }
+        position = offset
+    }
+
     /// Reads past `count` varints.
     @inlinable
     public mutating func skipVarints(_ count: Int) throws(ByteReaderError) {

@@ -31,8 +31,11 @@ struct StorageBench: ParsableCommand {
     @Option(help: "Python with pyarrow and opentelemetry-proto, for the Parquet baseline (empty skips it).")
     var python = ".venv/bin/python"
 
-    @Option(help: "Spans per segment block (a lookup decodes up to one block).")
+    @Option(help: "Spans per segment block (a lookup reads and decompresses one block).")
     var blockSpans = SegmentWriter.defaultBlockSpans
+
+    @Option(help: "Spans per run within a block (a lookup decodes up to one run).")
+    var runSpans = SegmentWriter.defaultRunSpans
 
     @Option(help: "zstd level of the column chunks.")
     var level: Int32 = Zstd.defaultLevel
@@ -94,7 +97,7 @@ struct StorageBench: ParsableCommand {
             var part = SpanBatch()
             part.append(contentsOf: corpus, rows: Array(offset..<min(offset + segmentSpans, corpus.count)))
             offset += part.count
-            let (bytes, measured) = try Measurement.run { try SegmentWriter.encode(part, walSequence: UInt64(index), level: level, blockSpans: blockSpans) }
+            let (bytes, measured) = try Measurement.run { try SegmentWriter.encode(part, walSequence: UInt64(index), level: level, blockSpans: blockSpans, runSpans: runSpans) }
             encodeSeconds += measured.seconds
             encodeCPU += measured.cpuSeconds
             segmentBytes += bytes.count
@@ -178,7 +181,7 @@ struct StorageBench: ParsableCommand {
             for request in simulator.exportRequests(pending) { batch.append(request) }
             try SegmentWriter.write(batch, walSequence: UInt64(segmentIndex + 1),
                                     to: storeDirectory + "/segments/" + String(format: "seg-%016llx.mts", segmentIndex + 1),
-                                    level: level, blockSpans: blockSpans)
+                                    level: level, blockSpans: blockSpans, runSpans: runSpans)
             written += batch.count
             segmentIndex += 1
         }

@@ -33,7 +33,9 @@ final class GoldenFileTests: XCTestCase {
         for (name, request) in try inputs() {
             var batch = SpanBatch()
             batch.append(request)
-            try SegmentWriter.write(batch, walSequence: 1, to: directory.appendingPathComponent("\(name).mts").path)
+            // Small blocks and runs, so the files hold several of each.
+            try SegmentWriter.write(
+                batch, walSequence: 1, to: directory.appendingPathComponent("\(name).mts").path, blockSpans: 48, runSpans: 12)
             let expected = TracesData.with { $0.resourceSpans = request.resourceSpans }
             let encoded: Data = try expected.serializedBytes()
             try encoded.write(to: directory.appendingPathComponent("\(name).expected.binpb"))
@@ -51,7 +53,15 @@ final class GoldenFileTests: XCTestCase {
                 XCTAssertEqual("v\(segment.footer.version)", version)
                 let expected = try TracesData(serializedBytes: try Data(contentsOf: directory.appendingPathComponent(
                     name.replacingOccurrences(of: ".mts", with: ".expected.binpb"))))
-                XCTAssertEqual(canonicalSpans(try segment.readBatch().tracesData()), canonicalSpans(expected), "\(version)/\(name)")
+                let all = try segment.readBatch()
+                XCTAssertEqual(canonicalSpans(try all.tracesData()), canonicalSpans(expected), "\(version)/\(name)")
+                for traceID in Set(all.traceIDs) {
+                    var one = SpanBatch()
+                    one.append(contentsOf: all, rows: all.rows(of: traceID))
+                    let found = try XCTUnwrap(try segment.trace(traceID), "\(version)/\(name): trace \(traceID)")
+                    XCTAssertEqual(canonicalSpans(try found.tracesData()), canonicalSpans(try one.tracesData()),
+                                   "\(version)/\(name): trace \(traceID)")
+                }
                 checked += 1
             }
         }

@@ -120,8 +120,16 @@ final class RoundTripPropertyTests: XCTestCase {
             let outcome = batch.append(request)
             XCTAssertEqual(outcome.rejected, 0)
             let path = directory + "/\(seed).mts"
-            try SegmentWriter.write(batch, walSequence: seed, to: path)
-            let restored = try SegmentReader(path: path).readBatch()
+            // Blocks and runs of a few spans, so values are coded afresh often and lookups enter runs.
+            try SegmentWriter.write(batch, walSequence: seed, to: path, blockSpans: Int(seed % 11) + 1, runSpans: Int(seed % 4) + 1)
+            let segment = try SegmentReader(path: path)
+            let restored = try segment.readBatch()
+            for traceID in Set(restored.traceIDs) {
+                var one = SpanBatch()
+                one.append(contentsOf: restored, rows: restored.rows(of: traceID))
+                let found = try XCTUnwrap(try segment.trace(traceID), "seed \(seed): trace \(traceID)")
+                XCTAssertEqual(canonicalSpans(try found.tracesData()), canonicalSpans(try one.tracesData()), "seed \(seed): trace \(traceID)")
+            }
             var expected = TracesData.with { $0.resourceSpans = request.resourceSpans }
             expected.resourceSpans = expected.resourceSpans.compactMap { resource in
                 var resource = resource

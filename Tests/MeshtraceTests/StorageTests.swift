@@ -48,27 +48,31 @@ final class StorageTests: XCTestCase {
         XCTAssertEqual(canonicalSpans(try restored.tracesData()), canonicalSpans(expected))
     }
 
-    func testLookupReturnsExactlyEachTraceWhereverItSitsInItsBlock() throws {
-        // About 12,000 spans: several 4,096-span blocks, so traces sit at the start,
-        // middle and end of blocks, after rows a lookup reads past.
+    func testLookupReturnsExactlyEachTraceWhereverItSitsInItsBlockAndRun() throws {
+        // About 12,000 spans in 1,024-span blocks, so traces sit at the start, middle
+        // and end of blocks and of runs, after rows a lookup reads past. Runs of one
+        // trace, of a sixteenth of a block (as by default), and longer than a block.
         let (requests, _) = simulatedRequests(count: 1_500, seed: 11)
         let original = batch(requests)
-        let path = temporaryDirectory(self) + "/lookup.mts"
-        try SegmentWriter.write(original, walSequence: 1, to: path)
-        let reader = try SegmentReader(path: path)
-        XCTAssertGreaterThan(reader.footer.blocks.count, 2)
-
         var traceIDs = Array(Set(original.traceIDs)).sorted()
         XCTAssertEqual(traceIDs.count, 1_500)
-        for block in reader.footer.blocks { traceIDs += [block.firstTraceID, block.lastTraceID] }
-        for traceID in traceIDs.enumerated().filter({ $0.offset % 25 == 0 || $0.offset >= 1_500 }).map(\.element) {
-            var expected = SpanBatch()
-            expected.append(contentsOf: original, rows: original.rows(of: traceID))
-            let found = try XCTUnwrap(try reader.trace(traceID), "trace \(traceID) not found")
-            XCTAssertEqual(canonicalSpans(try found.tracesData()), canonicalSpans(try expected.tracesData()), "trace \(traceID)")
+        for runSpans in [1, 64, 100_000] {
+            let path = temporaryDirectory(self) + "/lookup-\(runSpans).mts"
+            try SegmentWriter.write(original, walSequence: 1, to: path, blockSpans: 1_024, runSpans: runSpans)
+            let reader = try SegmentReader(path: path)
+            XCTAssertGreaterThan(reader.footer.blocks.count, 2)
+            for block in reader.footer.blocks { traceIDs += [block.firstTraceID, block.lastTraceID] }
+            for traceID in traceIDs.enumerated().filter({ $0.offset % 20 == runSpans % 20 || $0.offset >= 1_500 }).map(\.element) {
+                var expected = SpanBatch()
+                expected.append(contentsOf: original, rows: original.rows(of: traceID))
+                let found = try XCTUnwrap(try reader.trace(traceID), "trace \(traceID) not found, runs of \(runSpans)")
+                XCTAssertEqual(canonicalSpans(try found.tracesData()), canonicalSpans(try expected.tracesData()),
+                               "trace \(traceID), runs of \(runSpans)")
+            }
+            XCTAssertNil(try reader.trace(TraceID(high: 0, low: 1)))
         }
-        XCTAssertNil(try reader.trace(TraceID(high: 0, low: 1)))
     }
+
     func testFlippedBitIsReportedWithFileAndColumn() throws {
         let path = temporaryDirectory(self) + "/flip.mts"
         try SegmentWriter.write(batch(simulatedRequests(count: 20).0), walSequence: 1, to: path)

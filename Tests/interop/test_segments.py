@@ -42,7 +42,7 @@ def test_list_inspect_verify(collector, tmp_path):
     segments = listed(data)
     assert len(segments) >= 4
     assert sum(s["spans"] for s in segments) == len(sent) * SPANS_PER_TRACE
-    assert all(s["bytes_per_span"] > 0 and s["version"] == 2 for s in segments)
+    assert all(s["bytes_per_span"] > 0 and s["version"] == 3 for s in segments)
 
     inspect = meshtrace("segments", "inspect", "--data-dir", data)
     assert inspect.returncode == 0, inspect.stderr

@@ -16,7 +16,7 @@ public enum SegmentFile {
     /// File name suffix of sealed segments.
     public static let fileExtension = ".mts"
     /// Format versions this build reads.
-    static let readableVersions: ClosedRange<UInt16> = 1...2
+    static let readableVersions: ClosedRange<UInt16> = 1...3
 }
 
 /// Where one column chunk lives in a segment file, and how to check it.
@@ -158,16 +158,21 @@ public enum SegmentWriter {
     /// Spans per block unless told otherwise: a lookup decodes up to one block.
     public static let defaultBlockSpans = SegmentFormatV2.defaultBlockSpans
 
+    /// Spans per run unless told otherwise: a lookup decodes up to one run of a block.
+    public static let defaultRunSpans = SegmentFormatV2.defaultRunSpans
+
     /// Encodes `batch` as a segment file's bytes.
     /// - Parameters:
     ///   - replaces: file names of the segments a compaction merged into this one.
     ///   - blockSpans: a block closes at the first trace boundary after this many
-    ///     spans; smaller blocks make lookups cheaper and segments larger.
+    ///     spans; it is read from disk and decompressed as a whole.
+    ///   - runSpans: within a block, a run closes at the first trace boundary after
+    ///     this many spans; shorter runs make lookups cheaper and segments larger.
     public static func encode(
         _ batch: SpanBatch, walSequence: UInt64, replaces: [String] = [], level: Int32 = Zstd.defaultLevel,
-        blockSpans: Int = defaultBlockSpans
+        blockSpans: Int = defaultBlockSpans, runSpans: Int = defaultRunSpans
     ) throws -> [UInt8] {
-        let encoded = SegmentFormatV2.encode(batch, blockSpans: max(1, blockSpans))
+        let encoded = SegmentFormatV2.encode(batch, blockSpans: max(1, blockSpans), runSpans: max(1, runSpans))
         var file = ByteWriter(capacity: batch.count * 32)
         file.write(raw: SegmentFile.headerMagicPrefix + [UInt8(SegmentFormatV2.version)])
         var chunks: [ColumnChunkInfo] = []
@@ -204,9 +209,11 @@ public enum SegmentWriter {
     /// Writes `batch` as a segment at `path`, atomically and durably.
     public static func write(
         _ batch: SpanBatch, walSequence: UInt64, replaces: [String] = [], to path: String, level: Int32 = Zstd.defaultLevel,
-        blockSpans: Int = defaultBlockSpans
+        blockSpans: Int = defaultBlockSpans, runSpans: Int = defaultRunSpans
     ) throws {
         try FileIO.writeAtomically(
-            try encode(batch, walSequence: walSequence, replaces: replaces, level: level, blockSpans: blockSpans), to: path)
+            try encode(batch, walSequence: walSequence, replaces: replaces, level: level, blockSpans: blockSpans,
+                       runSpans: runSpans),
+            to: path)
     }
 }

@@ -11,6 +11,8 @@ public final class SegmentReader: Sendable {
     /// Size of the file, in bytes.
     public let fileSize: Int
     private let chunkIndex: [String: ColumnChunkInfo]
+    /// Per block (version 2 and later), its chunks in file order, named without the block prefix.
+    private let blockChunks: [[(column: String, chunk: ColumnChunkInfo)]]
     private let dictionaryCache = DictionaryCache()
     private let file: ReadHandle
 
@@ -64,6 +66,13 @@ public final class SegmentReader: Sendable {
         }
         self.footer = footer
         chunkIndex = Dictionary(footer.columns.map { ($0.column, $0) }, uniquingKeysWith: { first, _ in first })
+        var blockChunks = [[(column: String, chunk: ColumnChunkInfo)]](repeating: [], count: footer.blocks.count)
+        for chunk in footer.columns {
+            guard let slash = chunk.column.firstIndex(of: "/"), let block = Int(chunk.column[..<slash]),
+                  blockChunks.indices.contains(block) else { continue }
+            blockChunks[block].append((String(chunk.column[chunk.column.index(after: slash)...]), chunk))
+        }
+        self.blockChunks = blockChunks
     }
 
     /// The decompressed bytes of the column called `name`, after checking its checksum.
@@ -85,7 +94,7 @@ public final class SegmentReader: Sendable {
         }
         let raw: [UInt8]
         do {
-            raw = try Zstd.decompress(Array(compressed), maxSize: chunk.rawSize)
+            raw = try Zstd.decompress(compressed, maxSize: chunk.rawSize)
         } catch {
             throw .corruptColumn(file: path, column: name, reason: "\(error)")
         }
@@ -95,24 +104,33 @@ public final class SegmentReader: Sendable {
         return raw
     }
 
-    /// The decompressed columns of block `block` of a v2 segment, keyed by column
-    /// name; read from disk in one request.
-    func blockColumns(_ block: Int) throws(StoreError) -> [String: [UInt8]] {
-        let prefix = "\(block)/"
-        let chunks = footer.columns.filter { $0.column.hasPrefix(prefix) }
-        guard let start = chunks.map(\.offset).min(), let end = chunks.map({ $0.offset + $0.compressedSize }).max() else {
+    /// The compressed chunks of block `block` of a v2 or later segment, read from
+    /// disk in one request.
+    func readBlock(_ block: Int) throws(StoreError) -> BlockChunks {
+        let chunks = blockChunks[block]
+        guard let start = chunks.map(\.chunk.offset).min(), let end = chunks.map({ $0.chunk.offset + $0.chunk.compressedSize }).max() else {
             throw .corruptSegment(file: path, reason: "block \(block) has no columns")
         }
-        let bytes = try file.read(offset: start, count: end - start)
+        return BlockChunks(bytes: try file.read(offset: start, count: end - start), start: start, chunks: chunks)
+    }
+
+    /// The decompressed columns of `block` for which `include` holds, keyed by column name.
+    func columns(of block: BlockChunks, where include: (String) -> Bool = { _ in true }) throws(StoreError) -> [String: [UInt8]] {
         var result: [String: [UInt8]] = [:]
-        for chunk in chunks {
-            let from = chunk.offset - start
-            guard from + chunk.compressedSize <= bytes.count else {
+        result.reserveCapacity(block.chunks.count)
+        for (column, chunk) in block.chunks where include(column) {
+            let from = chunk.offset - block.start
+            guard from + chunk.compressedSize <= block.bytes.count else {
                 throw .corruptColumn(file: path, column: chunk.column, reason: "chunk is truncated")
             }
-            result[String(chunk.column.dropFirst(prefix.count))] = try decompress(chunk, bytes[from..<from + chunk.compressedSize])
+            result[column] = try decompress(chunk, block.bytes[from..<from + chunk.compressedSize])
         }
         return result
+    }
+
+    /// The decompressed columns of block `block`, keyed by column name.
+    func blockColumns(_ block: Int) throws(StoreError) -> [String: [UInt8]] {
+        try columns(of: try readBlock(block))
     }
 
     /// Every span of `traceID` in this segment, or nil when it holds none.
@@ -133,11 +151,14 @@ public final class SegmentReader: Sendable {
             let blocks = footer.blocks
             let block = Self.lowerBound(of: traceID, count: blocks.count) { blocks[$0].lastTraceID }
             guard block < blocks.count, blocks[block].firstTraceID <= traceID else { return nil }
-            // One read serves both finding the rows and decoding them.
-            let chunks = try blockColumns(block)
-            let decoder = SegmentDecoderV2(segment: self, dictionaries: try dictionaries())
-            guard let rows = try decoder.rows(of: traceID, block: block, chunks: chunks) else { return nil }
-            return try decoder.decode(block: block, keep: rows, preloaded: chunks)
+            // One read; the trace columns say whether the trace is there (the bloom filter
+            // can be wrong) before the rest is decompressed or the dictionaries are read.
+            let bytes = try readBlock(block)
+            let isTraceColumn = { (column: String) in column.hasPrefix("trace.") }
+            var chunks = try columns(of: bytes, where: isTraceColumn)
+            guard let rows = try SegmentDecoderV2.rows(of: traceID, block: block, in: self, chunks: chunks) else { return nil }
+            chunks.merge(try columns(of: bytes) { !isTraceColumn($0) }) { first, _ in first }
+            return try SegmentDecoderV2(segment: self, dictionaries: try dictionaries()).decode(block: block, keep: rows, preloaded: chunks)
         }
     }
 
@@ -172,6 +193,14 @@ public final class SegmentReader: Sendable {
         }
         return low
     }
+}
+
+/// The compressed chunks of one block, as read from the file.
+struct BlockChunks {
+    let bytes: [UInt8]
+    /// File offset of `bytes[0]`.
+    let start: Int
+    let chunks: [(column: String, chunk: ColumnChunkInfo)]
 }
 
 /// Holds a segment's decoded dictionaries across reads.

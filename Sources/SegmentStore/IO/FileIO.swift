@@ -57,20 +57,22 @@ enum FileIO {
     }
 
     static func read(fd: Int32, path: String, offset: Int, count: Int) throws(StoreError) -> [UInt8] {
-        var buffer = [UInt8](repeating: 0, count: count)
-        var done = 0
-        while done < count {
-            let got = buffer.withUnsafeMutableBytes { raw in
-                pread(fd, raw.baseAddress! + done, count - done, off_t(offset + done))
+        var failure: Int32 = 0
+        // Only the bytes read count as initialized, so the buffer needs no zeroing first.
+        let buffer = [UInt8](unsafeUninitializedCapacity: count) { raw, done in
+            done = 0
+            while done < count {
+                let got = pread(fd, raw.baseAddress! + done, count - done, off_t(offset + done))
+                if got < 0 {
+                    if errno == EINTR { continue }
+                    failure = errno
+                    return
+                }
+                if got == 0 { break }
+                done += got
             }
-            if got < 0 {
-                if errno == EINTR { continue }
-                throw .io(path: path, operation: "read", errno: errno)
-            }
-            if got == 0 { break }
-            done += got
         }
-        if done < count { buffer.removeSubrange(done...) }
+        if failure != 0 { throw .io(path: path, operation: "read", errno: failure) }
         return buffer
     }
 

@@ -92,26 +92,21 @@ struct SegmentDecoderV2 {
             var traceIDReader = traceIDBytes
             var spanCounts = try column(.traceSpans)
             var traceStarts = try column(.traceStart)
-            var spanIDReader = try column(.spanID)
-            guard spanIDReader.remaining == rows * 8 else { throw ByteReaderError.invalidLength(offset: 0, length: UInt64(spanIDReader.remaining)) }
-            var kindStatusReader = try column(.kindStatus)
-            guard kindStatusReader.remaining == rows else { throw ByteReaderError.invalidLength(offset: 0, length: UInt64(kindStatusReader.remaining)) }
-            var parents = try column(.parent)
-            var externalParents = try column(.parentExternal)
-            var starts = try column(.start)
-            var durations = try column(.duration)
-            var nameIndices = try column(.name)
-            var messages = try column(.statusMessage)
-            var traceStates = try column(.traceState)
-            var flagsColumn = try column(.flags)
-            var resourceIndices = try column(.resource)
-            var scopeIndices = try column(.scope)
-            var extrasColumn = try column(.extras)
+            var readers = try RowReaders { try column($0) }
+            guard readers.spanID.remaining == rows * 8 else { throw ByteReaderError.invalidLength(offset: 0, length: UInt64(readers.spanID.remaining)) }
+            guard readers.kindStatus.remaining == rows else { throw ByteReaderError.invalidLength(offset: 0, length: UInt64(readers.kindStatus.remaining)) }
             var attributes = try AttributeRowsDecoder(chunks: chunks, dictionaries: dictionaries, segment: segment, block: block)
+            current = Column.runs.rawValue
+            let runs = try RunTable(
+                chunk: segment.footer.version >= SegmentFormatV2.runsVersion ? try column(.runs) : nil,
+                traceCount: info.traceCount, columns: readers.offsets.count + attributes.offsets.count)
+            // A lookup starts at the last run that begins at or before its first row: the
+            // traces before that run are read in their trace columns only.
+            let entry = keep.lowerBound == 0 ? 0 : try runs.run(containing: keep.lowerBound, spanCounts: spanCounts)
+            var nextRun = entry == 0 ? 1 : entry
 
             var batch = dictionaries.emptyBatch
             batch.reserveCapacity(keep.count)
-            var traceStateValues = StringValueReader()
             let unit = info.timeUnit
             // Per trace: span ids, kinds, start and end times of its rows so far.
             var traceSpanIDs: [SpanID] = []
@@ -124,30 +119,45 @@ struct SegmentDecoderV2 {
 
             var row = 0
             // Rows after the last kept one are never read: a lookup decodes only up to its trace.
-            for _ in 0..<info.traceCount where row < keep.upperBound {
+            for traceIndex in 0..<info.traceCount where row < keep.upperBound {
                 current = Column.traceSpans.rawValue
                 let count = try spanCounts.readCount(limit: rows - row)
                 current = Column.traceStart.rawValue
                 let traceStart = info.minStartTime &+ (try traceStarts.readVarint()) &* unit
                 let traceID = TraceID(high: try traceIDReader.readUInt64().byteSwapped, low: try traceIDReader.readUInt64().byteSwapped)
+                if traceIndex < runs.firstTraces[entry] {
+                    row += count
+                    continue
+                }
+                if nextRun < runs.count && traceIndex == runs.firstTraces[nextRun] {
+                    // A run starts: its values are coded afresh, from the offsets it records.
+                    current = Column.runs.rawValue
+                    let offsets = runs.offsets[nextRun]
+                    guard nextRun == entry || readers.offsets + attributes.offsets == offsets else {
+                        throw ByteReaderError.invalidLength(offset: nextRun, length: 0)
+                    }
+                    try readers.restart(at: offsets.prefix(readers.offsets.count))
+                    try attributes.restart(at: offsets.dropFirst(readers.offsets.count))
+                    nextRun += 1
+                }
                 if row + count <= keep.lowerBound {
                     // A trace before the kept rows: only the values later rows may refer back to are decoded.
                     current = Column.spanID.rawValue
-                    _ = try spanIDReader.readRange(count: count * 8)
+                    _ = try readers.spanID.readRange(count: count * 8)
                     current = Column.parent.rawValue
-                    for _ in 0..<count where try parents.readVarint() == 1 {
+                    for _ in 0..<count where try readers.parent.readVarint() == 1 {
                         current = Column.parentExternal.rawValue
-                        _ = try externalParents.readRange(count: 8)
+                        _ = try readers.parentExternal.readRange(count: 8)
                     }
                     for _ in 0..<count {
                         current = Column.kindStatus.rawValue
-                        let code = try kindStatusReader.readUInt8()
+                        let code = try readers.kindStatus.readUInt8()
                         current = Column.statusMessage.rawValue
-                        if code & SegmentFormatV2.hasStatusMessage != 0 { _ = try messages.readLengthPrefixedRange() }
+                        if code & SegmentFormatV2.hasStatusMessage != 0 { _ = try readers.statusMessage.readLengthPrefixedRange() }
                         current = Column.extras.rawValue
-                        if code & SegmentFormatV2.hasExtras != 0 { _ = try extrasColumn.readLengthPrefixedRange() }
+                        if code & SegmentFormatV2.hasExtras != 0 { _ = try readers.extras.readLengthPrefixedRange() }
                         current = Column.traceState.rawValue
-                        if code & SegmentFormatV2.hasTraceState != 0 { _ = try traceStateValues.read(from: &traceStates) }
+                        if code & SegmentFormatV2.hasTraceState != 0 { _ = try readers.traceStates.read(from: &readers.traceState) }
                         current = Column.layout.rawValue
                         _ = try attributes.next(materialize: false)
                     }
@@ -155,12 +165,12 @@ struct SegmentDecoderV2 {
                         current = column.rawValue
                         try reader.skipVarints(count)
                     }
-                    try readPast(.start, &starts)
-                    try readPast(.duration, &durations)
-                    try readPast(.name, &nameIndices)
-                    try readPast(.resource, &resourceIndices)
-                    try readPast(.scope, &scopeIndices)
-                    try readPast(.flags, &flagsColumn)
+                    try readPast(.start, &readers.start)
+                    try readPast(.duration, &readers.duration)
+                    try readPast(.name, &readers.name)
+                    try readPast(.resource, &readers.resource)
+                    try readPast(.scope, &readers.scope)
+                    try readPast(.flags, &readers.flags)
                     row += count
                     continue
                 }
@@ -177,9 +187,9 @@ struct SegmentDecoderV2 {
                 let traceKept = keep.overlaps(row..<row + count)
 
                 for local in 0..<count {
-                    let spanID = SpanID(try spanIDReader.readUInt64().byteSwapped)
+                    let spanID = SpanID(try readers.spanID.readUInt64().byteSwapped)
                     current = Column.parent.rawValue
-                    let parentCode = try parents.readVarint()
+                    let parentCode = try readers.parent.readVarint()
                     var parentID = SpanID.zero
                     var timingParent: Int?
                     var parentLocal: Int?
@@ -188,23 +198,23 @@ struct SegmentDecoderV2 {
                         break
                     case 1:
                         current = Column.parentExternal.rawValue
-                        parentID = SpanID(try externalParents.readUInt64().byteSwapped)
+                        parentID = SpanID(try readers.parentExternal.readUInt64().byteSwapped)
                     default:
                         let target = Int64(local) - SegmentDecoderV2.unzigzag(parentCode - 2)
                         guard target >= 0, target < Int64(count), target != Int64(local) else {
-                            throw ByteReaderError.invalidLength(offset: parents.offset, length: parentCode)
+                            throw ByteReaderError.invalidLength(offset: readers.parent.offset, length: parentCode)
                         }
                         parentLocal = Int(target)
                         if target < Int64(local) { timingParent = Int(target) }
                     }
-                    let code = try kindStatusReader.readUInt8()
+                    let code = try readers.kindStatus.readUInt8()
                     let kind = SpanKind(rawValue: code & 7) ?? .unspecified
 
                     current = Column.start.rawValue
                     let base = timingParent.map { lastChildEnd[$0] ?? traceStartTimes[$0] } ?? traceStart
-                    let start = base &+ UInt64(bitPattern: SegmentDecoderV2.unzigzag(try starts.readVarint()) &* Int64(unit))
+                    let start = base &+ UInt64(bitPattern: SegmentDecoderV2.unzigzag(try readers.start.readVarint()) &* Int64(unit))
                     current = Column.duration.rawValue
-                    var duration = SegmentDecoderV2.unzigzag(try durations.readVarint()) &* Int64(unit)
+                    var duration = SegmentDecoderV2.unzigzag(try readers.duration.readVarint()) &* Int64(unit)
                     if let timingParent, kind == .server, traceKinds[timingParent] == .client {
                         duration = duration &+ Int64(bitPattern: traceEndTimes[timingParent] &- traceStartTimes[timingParent])
                     }
@@ -218,26 +228,26 @@ struct SegmentDecoderV2 {
 
                     // 0 repeats the parent's name or resource; otherwise the dictionary index + 1.
                     current = Column.name.rawValue
-                    let nameCode = try nameIndices.readCount(limit: dictionaries.names.count)
-                    guard nameCode > 0 || timingParent != nil else { throw ByteReaderError.invalidLength(offset: nameIndices.offset, length: 0) }
+                    let nameCode = try readers.name.readCount(limit: dictionaries.names.count)
+                    guard nameCode > 0 || timingParent != nil else { throw ByteReaderError.invalidLength(offset: readers.name.offset, length: 0) }
                     let name = nameCode == 0 ? traceNames[timingParent!] : nameCode - 1
                     traceNames.append(name)
                     current = Column.resource.rawValue
-                    let resourceCode = try resourceIndices.readCount(limit: dictionaries.resources.count)
-                    guard resourceCode > 0 || timingParent != nil else { throw ByteReaderError.invalidLength(offset: resourceIndices.offset, length: 0) }
+                    let resourceCode = try readers.resource.readCount(limit: dictionaries.resources.count)
+                    guard resourceCode > 0 || timingParent != nil else { throw ByteReaderError.invalidLength(offset: readers.resource.offset, length: 0) }
                     let resource = resourceCode == 0 ? traceResources[timingParent!] : resourceCode - 1
                     traceResources.append(resource)
                     current = Column.scope.rawValue
-                    let scope = try scopeIndices.readCount(limit: max(0, dictionaries.scopes.count - 1))
+                    let scope = try readers.scope.readCount(limit: max(0, dictionaries.scopes.count - 1))
                     current = Column.statusMessage.rawValue
-                    let message = code & SegmentFormatV2.hasStatusMessage != 0 ? try messages.readLengthPrefixed() : []
+                    let message = code & SegmentFormatV2.hasStatusMessage != 0 ? try readers.statusMessage.readLengthPrefixed() : []
                     current = Column.flags.rawValue
-                    let flags = UInt32(truncatingIfNeeded: try flagsColumn.readVarint())
+                    let flags = UInt32(truncatingIfNeeded: try readers.flags.readVarint())
                     current = Column.extras.rawValue
-                    let storedExtras = code & SegmentFormatV2.hasExtras != 0 ? try extrasColumn.readLengthPrefixed() : []
+                    let storedExtras = code & SegmentFormatV2.hasExtras != 0 ? try readers.extras.readLengthPrefixed() : []
                     current = Column.traceState.rawValue
                     let traceState = code & SegmentFormatV2.hasTraceState != 0
-                        ? try traceStateValues.read(from: &traceStates).bytes(in: traceStates.buffer) : nil
+                        ? try readers.traceStates.read(from: &readers.traceState).bytes(in: readers.traceState.buffer) : nil
                     current = Column.layout.rawValue
                     let materialize = keep.contains(row)
                     let (attributeBytes, httpCode) = try attributes.next(materialize: materialize)
@@ -280,9 +290,9 @@ struct SegmentDecoderV2 {
         }
     }
 
-    /// Block-local row range of `traceID` within `block`, if the block holds it.
+    /// Block-local row range of `traceID` within `block` of `segment`, if the block holds it.
     /// - Parameter chunks: the block's columns (`trace.id` and `trace.spans` at least).
-    func rows(of traceID: TraceID, block: Int, chunks: [String: [UInt8]]) throws(StoreError) -> Range<Int>? {
+    static func rows(of traceID: TraceID, block: Int, in segment: SegmentReader, chunks: [String: [UInt8]]) throws(StoreError) -> Range<Int>? {
         let info = segment.footer.blocks[block]
         guard let ids = chunks[Column.traceID.rawValue], ids.count == info.traceCount * 16,
               let countBytes = chunks[Column.traceSpans.rawValue] else {
@@ -307,6 +317,106 @@ struct SegmentDecoderV2 {
 
     static func unzigzag(_ value: UInt64) -> Int64 {
         Int64(bitPattern: value >> 1) ^ -Int64(bitPattern: value & 1)
+    }
+}
+
+/// Where each run of a block starts: its first trace and its offset in every row
+/// column (`Column.rowColumns`, then the dedicated attribute columns). Run 0 starts
+/// at the block's first trace and at offset 0 everywhere; a version 2 block is one run.
+private struct RunTable {
+    private(set) var firstTraces = [0]
+    private(set) var offsets: [[Int]]
+
+    var count: Int { firstTraces.count }
+
+    init(chunk: ByteReader?, traceCount: Int, columns: Int) throws(ByteReaderError) {
+        offsets = [[Int](repeating: 0, count: columns)]
+        guard var reader = chunk else { return }
+        let runs = try reader.readCount(limit: max(0, traceCount - 1))
+        for _ in 0..<runs {
+            let step = try reader.readCount(limit: traceCount - 1 - firstTraces.last!)
+            guard step > 0 else { throw .invalidLength(offset: reader.offset, length: 0) }
+            firstTraces.append(firstTraces.last! + step)
+            var run = offsets.last!
+            for column in 0..<columns {
+                let delta = try reader.readCount(limit: Int(Int32.max))
+                run[column] += delta
+            }
+            offsets.append(run)
+        }
+        guard reader.isAtEnd else { throw .invalidLength(offset: reader.offset, length: UInt64(reader.remaining)) }
+    }
+
+    /// The last run whose first row is at or before `row`; `spanCounts` is the
+    /// block's `trace.spans` column.
+    func run(containing row: Int, spanCounts: ByteReader) throws(ByteReaderError) -> Int {
+        guard count > 1 else { return 0 }
+        var counts = spanCounts
+        var first = 0
+        var run = 0
+        for trace in 0..<firstTraces.last! {
+            if run + 1 < count && firstTraces[run + 1] == trace {
+                guard first <= row else { return run }
+                run += 1
+            }
+            first += try counts.readCount(limit: Int(Int32.max))
+        }
+        return first <= row ? run + 1 : run
+    }
+}
+
+/// The readers of a block's row columns but the attribute ones, which
+/// `AttributeRowsDecoder` reads.
+private struct RowReaders {
+    var spanID, parent, parentExternal, start, duration, name, kindStatus: ByteReader
+    var statusMessage, traceState, flags, resource, scope, extras: ByteReader
+    /// The move-to-front lists of `span.trace_state`.
+    var traceStates = StringValueReader()
+
+    typealias Column = SegmentFormatV2.Column
+    private static let columns = Column.rowColumns.filter { !$0.rawValue.hasPrefix("attr.") }
+
+    init(_ column: (Column) throws -> ByteReader) rethrows {
+        spanID = try column(.spanID)
+        parent = try column(.parent)
+        parentExternal = try column(.parentExternal)
+        start = try column(.start)
+        duration = try column(.duration)
+        name = try column(.name)
+        kindStatus = try column(.kindStatus)
+        statusMessage = try column(.statusMessage)
+        traceState = try column(.traceState)
+        flags = try column(.flags)
+        resource = try column(.resource)
+        scope = try column(.scope)
+        extras = try column(.extras)
+    }
+
+    private static func path(_ column: Column) -> WritableKeyPath<RowReaders, ByteReader> {
+        switch column {
+        case .spanID: \.spanID
+        case .parent: \.parent
+        case .parentExternal: \.parentExternal
+        case .start: \.start
+        case .duration: \.duration
+        case .name: \.name
+        case .kindStatus: \.kindStatus
+        case .statusMessage: \.statusMessage
+        case .traceState: \.traceState
+        case .flags: \.flags
+        case .resource: \.resource
+        case .scope: \.scope
+        default: \.extras
+        }
+    }
+
+    /// Where each reader is, in file order.
+    var offsets: [Int] { Self.columns.map { self[keyPath: Self.path($0)].offset } }
+
+    /// Starts a run at `offsets` (in file order).
+    mutating func restart(at offsets: ArraySlice<Int>) throws(ByteReaderError) {
+        for (column, offset) in zip(Self.columns, offsets) { try self[keyPath: Self.path(column)].move(to: offset) }
+        traceStates.restart()
     }
 }
 
@@ -369,6 +479,22 @@ struct AttributeRowsDecoder {
             shapeStarts.append(shapeEntries.count)
         }
         statusKeys = dictionaries.keys.map { $0 == Array("http.response.status_code".utf8) || $0 == Array("http.status_code".utf8) }
+    }
+
+    /// Where the layout, fallback, generic and each dedicated column's reader is.
+    var offsets: [Int] { [layout.offset, fallback.offset, generic.offset] + columns.map(\.reader.offset) }
+
+    /// Starts a run at `offsets` (as `offsets` orders them): every value list is empty again.
+    mutating func restart(at offsets: ArraySlice<Int>) throws(ByteReaderError) {
+        var offsets = offsets.makeIterator()
+        try layout.move(to: offsets.next() ?? 0)
+        try fallback.move(to: offsets.next() ?? 0)
+        try generic.move(to: offsets.next() ?? 0)
+        for index in columns.indices {
+            try columns[index].reader.move(to: offsets.next() ?? 0)
+            columns[index].strings.restart()
+            columns[index].integers.restart()
+        }
     }
 
     /// The next row's attributes and HTTP status code (0 when absent); the bytes are

@@ -1,14 +1,22 @@
 import MeshCore
 
-/// Version 2 of the span segment: rows grouped by trace into blocks that are read
-/// and decoded independently, parents as offsets within the trace, times relative
-/// to the parent, and one column per frequent attribute key. Dictionaries (names,
-/// resources, scopes, attribute keys and layouts) are shared by all blocks.
-/// storage/FORMAT.md specifies it; `SegmentDecoderV2` reads it.
+/// Versions 2 and 3 of the span segment: rows grouped by trace into blocks that are
+/// read and decoded independently, parents as offsets within the trace, times
+/// relative to the parent, and one column per frequent attribute key. Dictionaries
+/// (names, resources, scopes, attribute keys and layouts) are shared by all blocks.
+/// Version 3 adds runs: within a block, every move-to-front list starts empty again
+/// every few hundred spans, and `trace.runs` says where each run starts in every
+/// column, so a lookup decodes one run instead of the block up to its trace.
+/// storage/FORMAT.md specifies it; `SegmentDecoderV2` reads both versions.
 enum SegmentFormatV2 {
-    static let version: UInt16 = 2
+    /// The version written.
+    static let version: UInt16 = 3
+    /// The first version with runs.
+    static let runsVersion: UInt16 = 3
     /// A block closes at the first trace boundary after this many spans.
     static let defaultBlockSpans = 4096
+    /// A run closes at the first trace boundary after this many spans.
+    static let defaultRunSpans = 256
     /// Attribute (key, type) pairs beyond this many share the generic column.
     static let maxDedicatedAttributes = 64
 
@@ -25,6 +33,8 @@ enum SegmentFormatV2 {
         case traceID = "trace.id"
         case traceSpans = "trace.spans"
         case traceStart = "trace.start"
+        /// Version 3: where each run after the first starts.
+        case runs = "trace.runs"
         case spanID = "span.id"
         case parent = "span.parent"
         case parentExternal = "span.parent_external"
@@ -41,6 +51,10 @@ enum SegmentFormatV2 {
         case layout = "attr.layout"
         case fallback = "attr.fallback"
         case generic = "attr.generic"
+
+        /// The columns with entries per row (not per trace), in file order: a run
+        /// records its offset in each of them, then in each dedicated attribute column.
+        static let rowColumns = allCases.filter { !$0.rawValue.hasPrefix("trace.") }
     }
 
     /// Bits of `span.kind_status` above the kind (bits 0–2) and status code (bits 3–4).
@@ -72,7 +86,7 @@ enum SegmentFormatV2 {
         var bloom: TraceBloomFilter
     }
 
-    static func encode(_ batch: SpanBatch, blockSpans: Int = defaultBlockSpans) -> Encoded {
+    static func encode(_ batch: SpanBatch, blockSpans: Int = defaultBlockSpans, runSpans: Int = defaultRunSpans) -> Encoded {
         let order = (0..<batch.count).sorted { a, b in
             if batch.traceIDs[a] != batch.traceIDs[b] { return batch.traceIDs[a] < batch.traceIDs[b] }
             if batch.startTimes[a] != batch.startTimes[b] { return batch.startTimes[a] < batch.startTimes[b] }
@@ -97,7 +111,7 @@ enum SegmentFormatV2 {
                 lastTrace += 1
             }
             blocks.append(encodeBlock(
-                batch: batch, order: order, traces: traceRanges[firstTrace...lastTrace],
+                batch: batch, order: order, traces: traceRanges[firstTrace...lastTrace], runSpans: runSpans,
                 names: &names, attributes: &attributes))
             firstTrace = lastTrace + 1
         }
@@ -126,7 +140,7 @@ enum SegmentFormatV2 {
     }
 
     private static func encodeBlock(
-        batch: SpanBatch, order: [Int], traces: ArraySlice<Range<Int>>,
+        batch: SpanBatch, order: [Int], traces: ArraySlice<Range<Int>>, runSpans: Int,
         names: inout StringDictionary, attributes: inout AttributeDictionary
     ) -> (info: BlockInfo, columns: [(name: String, bytes: [UInt8])]) {
         var columns = BlockColumns()
@@ -145,7 +159,25 @@ enum SegmentFormatV2 {
         var traceStates = StringValueWriter()
         var trace = TraceRows()
 
-        for range in traces {
+        // A run closes at the first trace boundary after `runSpans` rows; for each run
+        // after the first, its first trace and first row within the block.
+        var runTraces: [Int] = []
+        var runRows: [Int] = []
+        var blockRow = 0
+        for (index, range) in traces.enumerated() {
+            if index > 0 && blockRow - (runRows.last ?? 0) >= runSpans {
+                runTraces.append(index)
+                runRows.append(blockRow)
+            }
+            blockRow += range.count
+        }
+        var runOffsets: [[Int]] = []
+
+        for (traceIndex, range) in traces.enumerated() {
+            if runOffsets.count < runTraces.count && runTraces[runOffsets.count] == traceIndex {
+                runOffsets.append(columns.rowColumnSizes())
+                traceStates.restart()
+            }
             trace.reset(batch: batch, order: order, range: range)
             let first = order[range.lowerBound]
             let traceID = batch.traceIDs[first]
@@ -222,10 +254,23 @@ enum SegmentFormatV2 {
             }
         }
 
-        let attributeColumns = attributes.encode(rows: rows.map { order[$0] }, of: batch)
+        let attributeColumns = attributes.encode(rows: rows.map { order[$0] }, runStarts: runRows, of: batch)
         columns.layout = attributeColumns.layout
         columns.fallback = attributeColumns.fallback
         columns.generic = attributeColumns.generic
+        // Per run after the first: its first trace, then its offset in every row column, each as a delta.
+        columns.runs.writeVarint(UInt64(runTraces.count))
+        var previousTrace = 0
+        var previousOffsets = [Int](repeating: 0, count: Column.rowColumns.count + attributeColumns.dedicated.count)
+        for run in runTraces.indices {
+            columns.runs.writeVarint(UInt64(runTraces[run] - previousTrace))
+            previousTrace = runTraces[run]
+            let offsets = runOffsets[run] + attributeColumns.runOffsets[run]
+            for (column, offset) in offsets.enumerated() {
+                columns.runs.writeVarint(UInt64(offset - previousOffsets[column]))
+            }
+            previousOffsets = offsets
+        }
         let info = BlockInfo(
             firstTraceID: batch.traceIDs[order[rows.lowerBound]], lastTraceID: batch.traceIDs[order[rows.upperBound - 1]],
             spanCount: rows.count, traceCount: traces.count, minStartTime: blockStart,
@@ -235,7 +280,7 @@ enum SegmentFormatV2 {
 
     /// One block's column writers.
     private struct BlockColumns {
-        var traceID = ByteWriter(), traceSpans = ByteWriter(), traceStart = ByteWriter()
+        var traceID = ByteWriter(), traceSpans = ByteWriter(), traceStart = ByteWriter(), runs = ByteWriter()
         var spanID = ByteWriter(), parent = ByteWriter(), parentExternal = ByteWriter()
         var start = ByteWriter(), duration = ByteWriter(), name = ByteWriter(), kindStatus = ByteWriter()
         var statusMessage = ByteWriter(), traceState = ByteWriter(), flags = ByteWriter()
@@ -244,31 +289,40 @@ enum SegmentFormatV2 {
 
         /// The columns in file order (`Column.allCases`).
         func chunks() -> [(name: String, bytes: [UInt8])] {
-            Column.allCases.map { column in
-                let writer: ByteWriter
-                switch column {
-                case .traceID: writer = traceID
-                case .traceSpans: writer = traceSpans
-                case .traceStart: writer = traceStart
-                case .spanID: writer = spanID
-                case .parent: writer = parent
-                case .parentExternal: writer = parentExternal
-                case .start: writer = start
-                case .duration: writer = duration
-                case .name: writer = name
-                case .kindStatus: writer = kindStatus
-                case .statusMessage: writer = statusMessage
-                case .traceState: writer = traceState
-                case .flags: writer = flags
-                case .resource: writer = resource
-                case .scope: writer = scope
-                case .extras: writer = extras
-                case .layout: writer = layout
-                case .fallback: writer = fallback
-                case .generic: writer = generic
-                }
-                return (column.rawValue, writer.bytes)
+            Column.allCases.map { ($0.rawValue, self[$0].bytes) }
+        }
+
+        /// Bytes written so far to each of `Column.rowColumns` but the attribute ones,
+        /// which `AttributeDictionary.encode` writes.
+        func rowColumnSizes() -> [Int] {
+            Column.rowColumns.filter { !$0.rawValue.hasPrefix("attr.") }.map { self[$0].count }
+        }
+
+        subscript(column: Column) -> ByteWriter {
+            let writer: ByteWriter
+            switch column {
+            case .traceID: writer = traceID
+            case .traceSpans: writer = traceSpans
+            case .traceStart: writer = traceStart
+            case .runs: writer = runs
+            case .spanID: writer = spanID
+            case .parent: writer = parent
+            case .parentExternal: writer = parentExternal
+            case .start: writer = start
+            case .duration: writer = duration
+            case .name: writer = name
+            case .kindStatus: writer = kindStatus
+            case .statusMessage: writer = statusMessage
+            case .traceState: writer = traceState
+            case .flags: writer = flags
+            case .resource: writer = resource
+            case .scope: writer = scope
+            case .extras: writer = extras
+            case .layout: writer = layout
+            case .fallback: writer = fallback
+            case .generic: writer = generic
             }
+            return writer
         }
     }
 
@@ -432,17 +486,29 @@ struct AttributeDictionary {
         }
     }
 
-    /// Encodes the attributes of `rows` (batch row indices, in block order).
-    mutating func encode(rows: [Int], of batch: SpanBatch)
-        -> (layout: ByteWriter, fallback: ByteWriter, generic: ByteWriter, dedicated: [(name: String, bytes: [UInt8])])
-    {
+    /// Encodes the attributes of `rows` (batch row indices, in block order). At each
+    /// of `runStarts` (positions in `rows`, ascending) every value list starts empty;
+    /// `runOffsets` holds, per run start, the offset there in the layout, fallback,
+    /// generic and each dedicated column.
+    mutating func encode(rows: [Int], runStarts: [Int], of batch: SpanBatch) -> (
+        layout: ByteWriter, fallback: ByteWriter, generic: ByteWriter, dedicated: [(name: String, bytes: [UInt8])],
+        runOffsets: [[Int]]
+    ) {
         var layout = ByteWriter(capacity: rows.count)
         var fallback = ByteWriter()
         var generic = ByteWriter()
         var values = [ByteWriter](repeating: ByteWriter(), count: chosen.count)
         var strings = [StringValueWriter](repeating: StringValueWriter(), count: chosen.count)
         var integers = [IntegerValueWriter](repeating: IntegerValueWriter(), count: chosen.count)
-        for row in rows {
+        var runOffsets: [[Int]] = []
+        for (position, row) in rows.enumerated() {
+            if runOffsets.count < runStarts.count && runStarts[runOffsets.count] == position {
+                runOffsets.append([layout.count, fallback.count, generic.count] + values.map(\.count))
+                for column in chosen.indices {
+                    strings[column].restart()
+                    integers[column].restart()
+                }
+            }
             batch.attributes[row].withUnsafeBufferPointer { bytes in
                 if bytes.isEmpty {
                     layout.writeVarint(0)
@@ -475,7 +541,7 @@ struct AttributeDictionary {
         let dedicated = chosen.enumerated().map { index, pair in
             (SegmentFormatV2.attributeColumnName(key: Array(keys[pair.key]), type: pair.type), values[index].bytes)
         }
-        return (layout, fallback, generic, dedicated)
+        return (layout, fallback, generic, dedicated, runOffsets)
     }
 
     /// Keys, dedicated pairs and layouts, as the `dict.attributes` chunk.

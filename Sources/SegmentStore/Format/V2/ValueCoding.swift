@@ -27,6 +27,13 @@ struct MoveToFront<Value> {
 
     var count: Int { high - low }
 
+    /// Empties the list.
+    mutating func removeAll() {
+        pool.removeAll(keepingCapacity: true)
+        low = 0
+        high = 0
+    }
+
     /// The position of the first value, from the front, that `matches`.
     func position(where matches: (Value) -> Bool) -> Int? {
         var index = high - 1
@@ -88,6 +95,12 @@ struct SearchableMoveToFront<Value: Fingerprinted> {
 
     private static func slot(_ fingerprint: UInt64) -> Int { Int(truncatingIfNeeded: fingerprint >> 54) }
 
+    /// Empties the list.
+    mutating func removeAll() {
+        list.removeAll()
+        present.withUnsafeMutableBufferPointer { $0.update(repeating: 0) }
+    }
+
     /// The position of the value with `fingerprint` for which `matches` holds.
     func position(of fingerprint: UInt64, where matches: (Value) -> Bool) -> Int? {
         guard present[Self.slot(fingerprint)] > 0 else { return nil }
@@ -135,6 +148,8 @@ func byteHash(_ bytes: UnsafeRawBufferPointer) -> UInt64 {
 /// Copies of byte strings a writer has seen, found again by hash and comparison.
 struct ByteStore {
     private var bytes: [UInt8] = []
+
+    mutating func removeAll() { bytes.removeAll(keepingCapacity: true) }
 
     /// Copies `value` in.
     mutating func add(_ value: UnsafeBufferPointer<UInt8>, fingerprint: UInt64) -> PooledBytes {
@@ -222,6 +237,14 @@ struct StringValueWriter {
     private var heads = SearchableMoveToFront<PooledBytes>()
     private var tails = SearchableMoveToFront<PooledBytes>()
     private var store = ByteStore()
+
+    /// Starts a run: every list is empty again, so a reader can start here.
+    mutating func restart() {
+        recent.removeAll()
+        heads.removeAll()
+        tails.removeAll()
+        store.removeAll()
+    }
 
     mutating func write(_ value: UnsafeBufferPointer<UInt8>, to writer: inout ByteWriter) {
         let (position, fingerprint) = store.find(value, in: &recent)
@@ -337,6 +360,13 @@ struct StringValueReader {
     private var heads = MoveToFront<Range<Int>>()
     private var tails = MoveToFront<Range<Int>>()
 
+    /// Starts a run, as the writer did.
+    mutating func restart() {
+        recent.removeAll()
+        heads.removeAll()
+        tails.removeAll()
+    }
+
     mutating func read(from reader: inout ByteReader) throws(ByteReaderError) -> StoredString {
         let start = reader.offset
         let code = try reader.readVarint()
@@ -379,6 +409,9 @@ struct StringValueReader {
 struct IntegerValueWriter {
     private var recent = SearchableMoveToFront<UInt64>()
 
+    /// Starts a run: the list is empty again, so a reader can start here.
+    mutating func restart() { recent.removeAll() }
+
     mutating func write(_ value: UInt64, to writer: inout ByteWriter) {
         if let position = recent.position(of: value.fingerprint, where: { $0 == value }) {
             writer.writeVarint(UInt64(position + 1))
@@ -394,6 +427,9 @@ struct IntegerValueWriter {
 /// Reads what `IntegerValueWriter` wrote.
 struct IntegerValueReader {
     private var recent = MoveToFront<UInt64>()
+
+    /// Starts a run, as the writer did.
+    mutating func restart() { recent.removeAll() }
 
     mutating func read(from reader: inout ByteReader) throws(ByteReaderError) -> UInt64 {
         let start = reader.offset
