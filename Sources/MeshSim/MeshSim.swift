@@ -48,12 +48,13 @@ public struct MeshSim: Sendable {
     /// and returns its spans.
     public mutating func request(at startTime: UInt64) -> [EmittedSpan] {
         let traceID = TraceID(high: random.next(), low: random.next() | 1)
+        truth.randomBits += 127
         let requestID = uuid()
         var spans: [EmittedSpan] = []
         let entryPod = pick(mesh.services[mesh.entry].pods)
         _ = serve(
             service: mesh.entry, pod: entryPod, callerPod: nil, parent: .zero, traceID: traceID,
-            start: startTime, requestID: requestID, failed: random.chance(configuration.errorRate),
+            start: startTime, requestID: requestID, failed: chance(configuration.errorRate),
             spans: &spans)
         truth.requests += 1
         truth.spans += spans.count
@@ -68,24 +69,28 @@ public struct MeshSim: Sendable {
     ) -> (end: UInt64, route: Mesh.Route, path: String, status: Int, flags: String, requestBytes: Int64, responseBytes: Int64) {
         let definition = mesh.services[service]
         let spanID = nextSpanID()
-        var ownWork = random.logNormal(median: definition.medianMilliseconds * 1e6, sigma: 0.45)
-        if random.chance(configuration.tailProbability) { ownWork *= 5 + 15 * random.unit() }
+        var ownWork = logNormal(median: definition.medianMilliseconds * 1e6, sigma: 0.45, resolution: timeResolution)
+        // The tail's multiplier is not counted in `truth.randomBits`.
+        if chance(configuration.tailProbability) { ownWork *= 5 + 15 * random.unit() }
         var cursor = start + UInt64(ownWork * 0.3)
 
-        for call in definition.calls where random.chance(call.probability) {
+        for call in definition.calls where chance(call.probability) {
             let calleePod = pick(mesh.services[call.callee].pods)
             cursor = self.call(from: service, pod: pod, to: call.callee, calleePod: calleePod, parent: spanID,
                                traceID: traceID, start: cursor, requestID: requestID, spans: &spans)
-            cursor += UInt64(random.logNormal(median: 50_000, sigma: 0.3))
+            cursor += UInt64(logNormal(median: 50_000, sigma: 0.3, resolution: timeResolution))
         }
         let end = cursor + UInt64(ownWork * 0.7)
 
-        let route = definition.routes[random.int(in: 0...(definition.routes.count - 1))]
-        let path = route.template.replacingOccurrences(of: "{id}", with: String(random.int(in: 1...99_999)))
-        let status = failed ? (random.chance(0.6) ? 503 : 500) : (route.method == "POST" ? 201 : 200)
+        let route = definition.routes[uniform(0...(definition.routes.count - 1))]
+        // Drawn for every route, so the stream does not depend on the template; counted where it shows.
+        let id = random.int(in: 1...99_999)
+        if route.template.contains("{id}") { truth.randomBits += log2(99_999) }
+        let path = route.template.replacingOccurrences(of: "{id}", with: String(id))
+        let status = failed ? (chance(0.6) ? 503 : 500) : (route.method == "POST" ? 201 : 200)
         let flags = failed && status == 503 ? "UF" : "-"
-        let responseBytes = Int64(random.logNormal(median: 2_000, sigma: 1.0))
-        let requestBytes = Int64(route.method == "POST" ? Int(random.logNormal(median: 600, sigma: 0.8)) : 0)
+        let responseBytes = Int64(logNormal(median: 2_000, sigma: 1.0, resolution: 1))
+        let requestBytes = Int64(route.method == "POST" ? Int(logNormal(median: 600, sigma: 0.8, resolution: 1)) : 0)
 
         var span = OTLPSpan()
         span.traceID = Data(traceID.bytes)
@@ -101,7 +106,7 @@ public struct MeshSim: Sendable {
             KeyValue("url.path", path),
             KeyValue("http.response.status_code", Int64(status)),
             KeyValue("upstream_cluster", "inbound|\(definition.port)||"),
-            KeyValue("peer.address", callerPod.map { "\(mesh.pods[$0].address):\(40000 + random.int(in: 0...20000))" } ?? "203.0.113.\(random.int(in: 1...254)):443"),
+            KeyValue("peer.address", callerPod.map { "\(mesh.pods[$0].address):\(40000 + uniform(0...20000))" } ?? "203.0.113.\(uniform(1...254)):443"),
             KeyValue("user_agent.original", callerPod.map { mesh.services[mesh.pods[$0].service].userAgent } ?? definition.userAgent),
             KeyValue("http.request.body.size", requestBytes),
             KeyValue("http.response.body.size", responseBytes),
@@ -123,8 +128,8 @@ public struct MeshSim: Sendable {
         start: UInt64, requestID: String, spans: inout [EmittedSpan]
     ) -> UInt64 {
         let spanID = nextSpanID()
-        let network = UInt64(random.logNormal(median: 300_000, sigma: 0.35))
-        let failed = random.chance(configuration.errorRate)
+        let network = UInt64(logNormal(median: 300_000, sigma: 0.35, resolution: timeResolution))
+        let failed = chance(configuration.errorRate)
         let served = serve(
             service: callee, pod: calleePod, callerPod: pod, parent: spanID, traceID: traceID,
             start: start + network / 2, requestID: requestID, failed: failed, spans: &spans)
@@ -213,19 +218,43 @@ public struct MeshSim: Sendable {
         return resource
     }
 
+    // Random draws that count the bits they put into the traffic (`truth.randomBits`).
+
+    private var timeResolution: Double { Double(configuration.timestampResolution) }
+
+    private mutating func uniform(_ range: ClosedRange<Int>) -> Int {
+        truth.randomBits += log2(Double(range.count))
+        return random.int(in: range)
+    }
+
+    private mutating func chance(_ p: Double) -> Bool {
+        if p > 0 && p < 1 { truth.randomBits += -(p * log2(p) + (1 - p) * log2(1 - p)) }
+        return random.chance(p)
+    }
+
+    /// A log-normal draw; it counts the entropy of its value rounded to `resolution`:
+    /// the differential entropy ln(median) + ½ + ln(σ√(2π)) nats, less log2(resolution).
+    private mutating func logNormal(median: Double, sigma: Double, resolution: Double) -> Double {
+        let nats = Foundation.log(median / resolution) + 0.5 + Foundation.log(sigma * (2 * Double.pi).squareRoot())
+        truth.randomBits += max(0, nats / Foundation.log(2.0))
+        return random.logNormal(median: median, sigma: sigma)
+    }
+
     private func quantize(_ time: UInt64) -> UInt64 {
         time / configuration.timestampResolution * configuration.timestampResolution
     }
 
     private mutating func pick(_ options: [Int]) -> Int {
-        options[random.int(in: 0...(options.count - 1))]
+        options[uniform(0...(options.count - 1))]
     }
 
     private mutating func nextSpanID() -> SpanID {
-        SpanID(random.next() | 1)
+        truth.randomBits += 63
+        return SpanID(random.next() | 1)
     }
 
     private mutating func uuid() -> String {
+        truth.randomBits += 128
         let high = random.next()
         let low = random.next()
         let hex = TraceID(high: high, low: low).hex
@@ -270,6 +299,11 @@ public struct GroundTruth: Sendable, Equatable {
     public var requests = 0
     /// Spans emitted.
     public var spans = 0
+    /// Bits of randomness drawn into the spans: ids, choices, and log-normal
+    /// latencies and sizes at the resolution they are stored with. Each draw can be
+    /// read back from the spans, so no lossless encoding of them averages fewer bits
+    /// (the rare heavy-tail multiplier is left out, so this slightly undercounts).
+    public var randomBits = 0.0
     public var edges: [Edge: EdgeStats] = [:]
 
     /// Hops per request, on average.
