@@ -1,3 +1,4 @@
+import Compression
 import MeshCore
 import MeshSim
 import OTLPWire
@@ -13,6 +14,23 @@ final class MeshSimTests: XCTestCase {
         let (other, _) = simulatedRequests(count: 40, seed: 12)
         XCTAssertEqual(first, second)
         XCTAssertNotEqual(first, other)
+    }
+
+    func testRandomBitsAreALowerBoundThatCompressorsRespect() throws {
+        let (requests, simulator) = simulatedRequests(count: 400)
+        let spans = Double(simulator.truth.spans)
+        let floor = simulator.truth.randomBits / 8 / spans
+        // More than the ids alone (a 63-bit span id per span, a 127-bit trace id and a
+        // 128-bit request id per trace), less than what real lossless coders reach.
+        let traces = Double(simulator.truth.requests)
+        XCTAssertGreaterThan(floor, (63 * spans + 255 * traces) / 8 / spans + 2)
+        var batch = SpanBatch()
+        for request in requests { batch.append(request) }
+        let segment = try SegmentWriter.encode(batch, walSequence: 1)
+        XCTAssertLessThan(floor * spans, Double(segment.count))
+        var otlp: [UInt8] = []
+        for request in requests { otlp += try request.serializedBytes() as [UInt8] }
+        XCTAssertLessThan(floor * spans, Double(try Zstd.compress(otlp, level: 19).count))
     }
 
     func testTrafficHasMeshShape() throws {
