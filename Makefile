@@ -2,7 +2,7 @@
 SWIFT ?= swift
 VENV ?= .venv
 PYTHON := $(VENV)/bin/python
-APT_PACKAGES := libzstd-dev liblz4-dev pkg-config python3-venv
+APT_PACKAGES := libzstd-dev liblz4-dev zlib1g-dev pkg-config python3-venv
 
 .PHONY: all deps venv build test demo bench clean
 

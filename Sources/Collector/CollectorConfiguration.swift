@@ -24,14 +24,18 @@ public struct ListenAddress: Sendable, Equatable, CustomStringConvertible {
 
 /// Everything the collector needs to run.
 public struct CollectorConfiguration: Sendable {
-    /// Where OTLP/HTTP is served (`POST /v1/traces`).
-    public var otlpHTTP = ListenAddress(host: "127.0.0.1", port: 4318)
+    /// Where OTLP/HTTP is served (`POST /v1/traces`); nil switches it off.
+    public var otlpHTTP: ListenAddress? = ListenAddress(host: "127.0.0.1", port: 4318)
+    /// Where OTLP/gRPC is served (`TraceService/Export`); nil switches it off.
+    public var otlpGRPC: ListenAddress? = ListenAddress(host: "127.0.0.1", port: 4317)
     /// Where the query API is served.
     public var query = ListenAddress(host: "127.0.0.1", port: 16686)
     /// The span store's layout and sealing policy.
     public var store: SpanStore.Configuration
     /// Largest OTLP/HTTP request body accepted, in bytes (OTLP recommends 20 MiB).
     public var maxRequestBodyBytes = 20 << 20
+    /// Largest OTLP/gRPC request message accepted, in bytes (OTLP recommends 4 MiB).
+    public var maxGRPCMessageBytes = 4 << 20
     /// How often the head block is checked for sealing by age.
     public var sealCheckInterval: Duration = .seconds(1)
 

@@ -12,6 +12,7 @@ public struct CollectorServer: Sendable {
     /// Which listener a bound address belongs to.
     public enum Endpoint: String, Sendable {
         case otlpHTTP = "otlp-http"
+        case otlpGRPC = "otlp-grpc"
         case query = "query"
     }
 
@@ -37,19 +38,27 @@ public struct CollectorServer: Sendable {
             logger.warning("store problem", metadata: ["problem": "\(problem)"])
         }
 
-        let ingestRouter = Router()
-        OTLPHTTPReceiver(store: store, maxBodyBytes: configuration.maxRequestBodyBytes, logger: logger)
-            .register(on: ingestRouter)
+        let ingest = TraceIngest(store: store, logger: logger)
+        var receivers: [any Service] = []
+        if let address = configuration.otlpHTTP {
+            let router = Router()
+            OTLPHTTPReceiver(ingest: ingest, maxBodyBytes: configuration.maxRequestBodyBytes).register(on: router)
+            receivers.append(Application(
+                router: router,
+                configuration: .init(address: .hostname(address.host, port: address.port)),
+                onServerRunning: { channel in
+                    onListening(.otlpHTTP, ListenAddress(host: address.host, port: channel.localAddress?.port ?? 0))
+                },
+                logger: logger))
+        }
+        if let address = configuration.otlpGRPC {
+            receivers.append(OTLPGRPCReceiver(
+                address: address, ingest: ingest, maxMessageBytes: configuration.maxGRPCMessageBytes,
+                onListening: { onListening(.otlpGRPC, $0) }))
+        }
         let queryRouter = Router()
         QueryAPI(store: store, logger: logger).register(on: queryRouter)
 
-        let ingest = Application(
-            router: ingestRouter,
-            configuration: .init(address: .hostname(configuration.otlpHTTP.host, port: configuration.otlpHTTP.port)),
-            onServerRunning: { channel in
-                onListening(.otlpHTTP, ListenAddress(host: configuration.otlpHTTP.host, port: channel.localAddress?.port ?? 0))
-            },
-            logger: logger)
         let query = Application(
             router: queryRouter,
             configuration: .init(address: .hostname(configuration.query.host, port: configuration.query.port)),
@@ -60,7 +69,7 @@ public struct CollectorServer: Sendable {
         let sealer = SealService(store: store, interval: configuration.sealCheckInterval, logger: logger)
 
         let group = ServiceGroup(configuration: .init(
-            services: [sealer, ingest, query],
+            services: [sealer] + receivers + [query],
             gracefulShutdownSignals: handleSignals ? [.sigterm, .sigint] : [],
             logger: logger))
         if let shutdown { shutdown.attach(group) }

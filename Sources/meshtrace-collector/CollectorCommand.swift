@@ -12,15 +12,18 @@ struct CollectorCommand: AsyncParsableCommand {
         commandName: "meshtrace-collector",
         abstract: "Receive OTLP spans, store them durably, and answer queries.",
         discussion: """
-            Spans sent to the OTLP/HTTP receiver are acknowledged once they are in the \
-            write-ahead log on disk. The head block is sealed into a compressed columnar \
+            Spans sent to the OTLP/gRPC or OTLP/HTTP receiver are acknowledged once they \
+            are in the write-ahead log on disk. The head block is sealed into a compressed columnar \
             segment when it is large or old enough, and on SIGINT/SIGTERM.
             """)
 
     @Option(name: .long, help: "Data directory (write-ahead log and segments).")
     var dataDir = "./meshtrace-data"
 
-    @Option(name: .long, help: "OTLP/HTTP listen address, host:port (port 0 picks a free port).")
+    @Option(name: .long, help: "OTLP/gRPC listen address, host:port (port 0 picks a free port), or off.")
+    var otlpGrpc = "127.0.0.1:4317"
+
+    @Option(name: .long, help: "OTLP/HTTP listen address, host:port (port 0 picks a free port), or off.")
     var otlpHttp = "127.0.0.1:4318"
 
     @Option(name: .long, help: "Query API listen address, host:port.")
@@ -50,6 +53,9 @@ struct CollectorCommand: AsyncParsableCommand {
     @Option(name: .long, help: "Largest OTLP/HTTP request body, in bytes.")
     var maxRequestBytes = 20 << 20
 
+    @Option(name: .long, help: "Largest OTLP/gRPC request message, in bytes.")
+    var maxGrpcMessageBytes = 4 << 20
+
     @Option(name: .long, help: "Log level: trace, debug, info, notice, warning, error, critical.")
     var logLevel = "info"
 
@@ -57,10 +63,15 @@ struct CollectorCommand: AsyncParsableCommand {
     private static let storeDefaults = SpanStore.Configuration(dataDirectory: "")
 
     func validate() throws {
-        guard ListenAddress(otlpHttp) != nil else { throw ValidationError("--otlp-http must be host:port, got \(otlpHttp)") }
+        guard otlpHttp == "off" || ListenAddress(otlpHttp) != nil else {
+            throw ValidationError("--otlp-http must be host:port or off, got \(otlpHttp)")
+        }
+        guard otlpGrpc == "off" || ListenAddress(otlpGrpc) != nil else {
+            throw ValidationError("--otlp-grpc must be host:port or off, got \(otlpGrpc)")
+        }
         guard ListenAddress(query) != nil else { throw ValidationError("--query must be host:port, got \(query)") }
-        guard maxHeadSpans > 0, maxHeadAge > 0, maxRequestBytes > 0 else {
-            throw ValidationError("--max-head-spans, --max-head-age and --max-request-bytes must be positive")
+        guard maxHeadSpans > 0, maxHeadAge > 0, maxRequestBytes > 0, maxGrpcMessageBytes > 0 else {
+            throw ValidationError("--max-head-spans, --max-head-age, --max-request-bytes and --max-grpc-message-bytes must be positive")
         }
         guard Logger.Level(rawValue: logLevel) != nil else { throw ValidationError("unknown --log-level \(logLevel)") }
         if let retention, DurationText.nanoseconds(retention) == nil {
@@ -80,7 +91,9 @@ struct CollectorCommand: AsyncParsableCommand {
         }
         Self.raiseDescriptorLimit()
         var configuration = CollectorConfiguration(dataDirectory: dataDir)
-        configuration.otlpHTTP = ListenAddress(otlpHttp)!
+        configuration.otlpHTTP = ListenAddress(otlpHttp)
+        configuration.otlpGRPC = ListenAddress(otlpGrpc)
+        configuration.maxGRPCMessageBytes = maxGrpcMessageBytes
         configuration.query = ListenAddress(query)!
         configuration.store.maxHeadSpans = maxHeadSpans
         configuration.store.maxHeadAge = .seconds(maxHeadAge)

@@ -28,11 +28,14 @@ ATTRIBUTES = {
 OTLP_KIND = {SpanKind.INTERNAL: 1, SpanKind.SERVER: 2, SpanKind.CLIENT: 3, SpanKind.PRODUCER: 4, SpanKind.CONSUMER: 5}
 
 
-def send_trace(otlp_url):
+def send_trace(otlp_url=None, exporter=None):
+    """Sends a three-span trace through `exporter` (by default the SDK's OTLP/HTTP
+    exporter to `otlp_url`); returns the spans as the SDK finished them."""
     memory = InMemorySpanExporter()
     provider = TracerProvider(resource=Resource.create({
         "service.name": "checkout", "service.version": "1.2.3", "k8s.pod.name": "checkout-7d9f-x2k4q"}))
-    provider.add_span_processor(SimpleSpanProcessor(OTLPSpanExporter(endpoint=f"{otlp_url}/v1/traces", timeout=10)))
+    exporter = exporter or OTLPSpanExporter(endpoint=f"{otlp_url}/v1/traces", timeout=10)
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
     provider.add_span_processor(SimpleSpanProcessor(memory))
     tracer = provider.get_tracer("interop-test", "0.9")
 

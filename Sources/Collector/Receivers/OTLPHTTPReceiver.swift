@@ -13,9 +13,8 @@ import SwiftProtobuf
 /// Errors follow the OTLP specification: a 4xx whose body is a `google.rpc.Status`,
 /// encoded like the request (JSON for anything that is not protobuf).
 struct OTLPHTTPReceiver: Sendable {
-    let store: SpanStore
+    let ingest: TraceIngest
     let maxBodyBytes: Int
-    let logger: Logger
 
     enum Encoding {
         case protobuf
@@ -78,24 +77,12 @@ struct OTLPHTTPReceiver: Sendable {
             return failure(.badRequest, code: 3, encoding: encoding, "malformed ExportTraceServiceRequest: \(error)")
         }
 
-        let outcome: IngestOutcome
         do {
-            let store = self.store
-            outcome = try await NIOThreadPool.singleton.runIfActive {
-                try store.append(exportRequest, encoded: walBytes)
-            }
+            return message(try await ingest.export(exportRequest, encoded: walBytes), status: .ok, encoding: encoding)
         } catch {
-            logger.error("cannot store spans", metadata: ["error": "\(error)"])
-            return failure(.serviceUnavailable, code: 14, encoding: encoding,
-                           "the collector cannot write to its store: \(error)", retryAfterSeconds: 5)
+            return failure(.serviceUnavailable, code: 14, encoding: encoding, error.message,
+                           retryAfterSeconds: Int(error.retryAfter.components.seconds))
         }
-
-        var response = ExportTraceServiceResponse()
-        if outcome.rejected > 0 {
-            response.partialSuccess.rejectedSpans = Int64(outcome.rejected)
-            response.partialSuccess.errorMessage = outcome.firstRejection ?? "spans rejected"
-        }
-        return message(response, status: .ok, encoding: encoding)
     }
 
     private func failure(

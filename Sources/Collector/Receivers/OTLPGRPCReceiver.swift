@@ -1,0 +1,102 @@
+import GRPCCore
+import GRPCNIOTransportHTTP2
+import GRPCProtobuf
+import Logging
+import OTLPWire
+import ServiceLifecycle
+
+/// OTLP/gRPC: `opentelemetry.proto.collector.trace.v1.TraceService/Export`.
+///
+/// As the OTLP specification says: the response comes once the accepted spans are
+/// durable; spans refused for bad ids are counted in `partial_success`; a store
+/// that cannot write answers UNAVAILABLE with a `RetryInfo`; a message that does
+/// not decode is INVALID_ARGUMENT and one over the size limit RESOURCE_EXHAUSTED
+/// (both without retry information, so clients do not resend them).
+struct OTLPGRPCTraceService: RegistrableRPCService {
+    let ingest: TraceIngest
+    let maxMessageBytes: Int
+
+    func registerMethods<Transport: ServerTransport>(with router: inout RPCRouter<Transport>) {
+        router.registerHandler(
+            forMethod: Opentelemetry_Proto_Collector_Trace_V1_TraceService.Method.Export.descriptor,
+            deserializer: ReceivedExportDeserializer(maxBytes: maxMessageBytes),
+            serializer: ProtobufSerializer<ExportTraceServiceResponse>(),
+            handler: { request, _ in
+                let received = try await ServerRequest(stream: request).message
+                return StreamingServerResponse(single: ServerResponse(message: try await export(received)))
+            })
+    }
+
+    private func export(_ received: ReceivedExport) async throws -> ExportTraceServiceResponse {
+        do {
+            return try await ingest.export(received.request, encoded: received.bytes)
+        } catch {
+            throw GoogleRPCStatus(code: .unavailable, message: error.message, details: .retryInfo(delay: error.retryAfter))
+        }
+    }
+}
+
+/// An export request as received: decoded, and its protobuf bytes for the WAL.
+struct ReceivedExport: Sendable {
+    var request: ExportTraceServiceRequest
+    var bytes: [UInt8]
+}
+
+/// Decodes export requests, refusing messages over the collector's limit with
+/// RESOURCE_EXHAUSTED (the transport itself would only reset the stream, which
+/// clients take for a retryable cancellation) and malformed ones with INVALID_ARGUMENT.
+struct ReceivedExportDeserializer: MessageDeserializer {
+    let maxBytes: Int
+
+    func deserialize<Bytes: GRPCContiguousBytes>(_ serialized: Bytes) throws -> ReceivedExport {
+        guard serialized.count <= maxBytes else {
+            throw RPCError(
+                code: .resourceExhausted,
+                message: "request message is \(serialized.count) bytes, over the limit of \(maxBytes)")
+        }
+        let bytes = serialized.withUnsafeBytes { Array($0) }
+        do {
+            return ReceivedExport(request: try ExportTraceServiceRequest(serializedBytes: bytes), bytes: bytes)
+        } catch {
+            throw RPCError(code: .invalidArgument, message: "malformed ExportTraceServiceRequest: \(error)")
+        }
+    }
+}
+
+/// Serves OTLP/gRPC (plaintext HTTP/2, gzip or deflate message compression) until
+/// graceful shutdown, which lets RPCs in flight finish.
+struct OTLPGRPCReceiver: Service {
+    let address: ListenAddress
+    let ingest: TraceIngest
+    /// Largest request message, in bytes; larger ones are refused with RESOURCE_EXHAUSTED.
+    let maxMessageBytes: Int
+    let onListening: @Sendable (ListenAddress) -> Void
+
+    func run() async throws {
+        let transport = HTTP2ServerTransport.Posix(
+            address: address.host.contains(":")
+                ? .ipv6(host: address.host, port: address.port) : .ipv4(host: address.host, port: address.port),
+            transportSecurity: .plaintext,
+            config: .defaults { config in
+                // Messages up to 4× the limit reach the deserializer, which refuses those over
+                // it with RESOURCE_EXHAUSTED; the transport resets streams beyond that.
+                config.rpc.maxRequestPayloadSize = maxMessageBytes <= Int.max / 4 ? maxMessageBytes * 4 : Int.max
+                config.compression.enabledAlgorithms = [.gzip, .deflate]
+            })
+        let server = GRPCServer(
+            transport: transport, services: [OTLPGRPCTraceService(ingest: ingest, maxMessageBytes: maxMessageBytes)])
+        try await withGracefulShutdownHandler {
+            try await withThrowingDiscardingTaskGroup { group in
+                group.addTask { try await server.serve() }
+                let bound = try await transport.listeningAddress
+                if let ipv4 = bound.ipv4 {
+                    onListening(ListenAddress(host: ipv4.host, port: ipv4.port))
+                } else if let ipv6 = bound.ipv6 {
+                    onListening(ListenAddress(host: ipv6.host, port: ipv6.port))
+                }
+            }
+        } onGracefulShutdown: {
+            server.beginGracefulShutdown()
+        }
+    }
+}

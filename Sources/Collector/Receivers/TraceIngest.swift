@@ -1,0 +1,37 @@
+import Logging
+import NIOPosix
+import OTLPWire
+import SegmentStore
+
+/// The step every trace receiver shares: store a decoded export request durably and
+/// say what was refused. A request is answered only once its spans are in the WAL.
+struct TraceIngest: Sendable {
+    let store: SpanStore
+    let logger: Logger
+
+    /// The store could not take the spans (a full or failing disk); the client should retry.
+    struct Unavailable: Error {
+        var message: String
+        /// How long a client should wait before retrying.
+        var retryAfter: Duration
+    }
+
+    /// Appends `request` (whose protobuf bytes are `encoded`) to the store. Spans the
+    /// protocol forbids (bad ids) are left out and reported in `partial_success`.
+    func export(_ request: ExportTraceServiceRequest, encoded: [UInt8]) async throws(Unavailable) -> ExportTraceServiceResponse {
+        let outcome: IngestOutcome
+        do {
+            let store = self.store
+            outcome = try await NIOThreadPool.singleton.runIfActive { try store.append(request, encoded: encoded) }
+        } catch {
+            logger.error("cannot store spans", metadata: ["error": "\(error)"])
+            throw Unavailable(message: "the collector cannot write to its store: \(error)", retryAfter: .seconds(5))
+        }
+        var response = ExportTraceServiceResponse()
+        if outcome.rejected > 0 {
+            response.partialSuccess.rejectedSpans = Int64(outcome.rejected)
+            response.partialSuccess.errorMessage = outcome.firstRejection ?? "spans rejected"
+        }
+        return response
+    }
+}
