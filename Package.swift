@@ -27,11 +27,12 @@ let package = Package(
         // C shims over the system compression libraries (Debian: libzstd-dev, liblz4-dev).
         .systemLibrary(name: "CZstd", pkgConfig: "libzstd", providers: [.apt(["libzstd-dev"])]),
         .systemLibrary(name: "CLZ4", pkgConfig: "liblz4", providers: [.apt(["liblz4-dev"])]),
+        .systemLibrary(name: "CZlib", pkgConfig: "zlib", providers: [.apt(["zlib1g-dev"])]),
 
         // The CPU's CRC-32C instruction, where it has one.
         .target(name: "CCRC32C"),
 
-        .target(name: "Compression", dependencies: ["CZstd", "CLZ4"]),
+        .target(name: "Compression", dependencies: ["CZstd", "CLZ4", "CZlib"]),
         .target(name: "MeshCore", dependencies: ["CCRC32C"]),
         .target(
             name: "OTLPWire",
@@ -48,7 +49,7 @@ let package = Package(
         .target(
             name: "Collector",
             dependencies: [
-                "SegmentStore", "QueryEngine", "OTLPWire", "MeshCore",
+                "SegmentStore", "QueryEngine", "OTLPWire", "MeshCore", "Compression",
                 .product(name: "Hummingbird", package: "hummingbird"),
                 .product(name: "GRPCCore", package: "grpc-swift-2"),
                 .product(name: "GRPCProtobuf", package: "grpc-swift-protobuf"),

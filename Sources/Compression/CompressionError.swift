@@ -6,6 +6,8 @@ public enum CompressionError: Error, Equatable, CustomStringConvertible {
     case tooLarge(codec: String, declared: UInt64, limit: Int)
     /// The library refused to compress (out of memory, bad parameters).
     case compressionFailed(codec: String, reason: String)
+    /// Decompressing produced more than the caller's limit, in bytes, and was stopped there.
+    case exceedsLimit(codec: String, limit: Int)
 
     public var description: String {
         switch self {
@@ -15,6 +17,8 @@ public enum CompressionError: Error, Equatable, CustomStringConvertible {
             return "\(codec) frame declares \(declared) bytes, more than the limit of \(limit)"
         case .compressionFailed(let codec, let reason):
             return "\(codec) compression failed: \(reason)"
+        case .exceedsLimit(let codec, let limit):
+            return "\(codec) data decompresses to more than the limit of \(limit) bytes"
         }
     }
 }

@@ -34,6 +34,39 @@ public enum Zstd {
         try input.withUnsafeBytes { try decompress($0, maxSize: maxSize) }
     }
 
+    /// Decompresses one or more zstd frames whether or not they record their size (as
+    /// streaming compressors write them), stopping with `exceedsLimit` once the output
+    /// would pass `maxSize` bytes.
+    public static func decompressFrames(_ input: [UInt8], maxSize: Int) throws(CompressionError) -> [UInt8] {
+        guard let context = ZSTD_createDCtx() else { throw .corrupt(codec: "zstd", reason: "cannot allocate a context") }
+        defer { ZSTD_freeDCtx(context) }
+        var output: [UInt8] = []
+        var chunk = [UInt8](repeating: 0, count: ZSTD_DStreamOutSize())
+        var consumed = 0
+        var frameEnded = true
+        while consumed < input.count || !frameEnded {
+            let (result, read, produced) = input.withUnsafeBytes { source in
+                chunk.withUnsafeMutableBytes { destination in
+                    var inBuffer = ZSTD_inBuffer(src: source.baseAddress, size: source.count, pos: consumed)
+                    var outBuffer = ZSTD_outBuffer(dst: destination.baseAddress, size: destination.count, pos: 0)
+                    let result = ZSTD_decompressStream(context, &outBuffer, &inBuffer)
+                    return (result, inBuffer.pos - consumed, outBuffer.pos)
+                }
+            }
+            if ZSTD_isError(result) != 0 {
+                throw .corrupt(codec: "zstd", reason: String(cString: ZSTD_getErrorName(result)))
+            }
+            guard output.count + produced <= maxSize else { throw .exceedsLimit(codec: "zstd", limit: maxSize) }
+            output.append(contentsOf: chunk[0..<produced])
+            consumed += read
+            frameEnded = result == 0
+            if !frameEnded && read == 0 && produced == 0 {
+                throw .corrupt(codec: "zstd", reason: "frame is truncated")
+            }
+        }
+        return output
+    }
+
     private static func decompress(_ source: UnsafeRawBufferPointer, maxSize: Int) throws -> [UInt8] {
         let declared = ZSTD_getFrameContentSize(source.baseAddress, source.count)
         if declared == ZSTD_CONTENTSIZE_ERROR {

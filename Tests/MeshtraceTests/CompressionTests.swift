@@ -26,6 +26,17 @@ final class CompressionTests: XCTestCase {
         }
     }
 
+    func testZstdFramesOfABodyAreJoinedAndHeldToTheLimit() throws {
+        let body = try Zstd.compress(sample) + (try Zstd.compress(Array(sample.reversed())))
+        XCTAssertEqual(try Zstd.decompressFrames(body, maxSize: 100_000), sample + sample.reversed())
+        XCTAssertThrowsError(try Zstd.decompressFrames(body, maxSize: 99_999)) { error in
+            XCTAssertEqual(error as? CompressionError, .exceedsLimit(codec: "zstd", limit: 99_999))
+        }
+        XCTAssertThrowsError(try Zstd.decompressFrames(Array(body.dropLast(3)), maxSize: 100_000)) { error in
+            guard case CompressionError.corrupt(codec: "zstd", _) = error else { return XCTFail("\(error)") }
+        }
+    }
+
     func testLZ4FrameRoundTripsAndDetectsDamage() throws {
         let compressed = try LZ4Frame.compress(sample)
         XCTAssertEqual(try LZ4Frame.decompress(compressed), sample)

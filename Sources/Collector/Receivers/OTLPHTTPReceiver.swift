@@ -1,3 +1,4 @@
+import Compression
 import Foundation
 import Hummingbird
 import Logging
@@ -7,7 +8,8 @@ import OTLPWire
 import SegmentStore
 import SwiftProtobuf
 
-/// OTLP/HTTP: `POST /v1/traces` with a protobuf or JSON `ExportTraceServiceRequest`.
+/// OTLP/HTTP: `POST /v1/traces` with a protobuf or JSON `ExportTraceServiceRequest`,
+/// uncompressed or with `Content-Encoding: gzip`, `deflate` or `zstd`.
 ///
 /// The response is sent only once the accepted spans are durable in the WAL.
 /// Errors follow the OTLP specification: a 4xx whose body is a `google.rpc.Status`,
@@ -45,9 +47,10 @@ struct OTLPHTTPReceiver: Sendable {
             return failure(.unsupportedMediaType, code: 3, encoding: .json,
                            "unsupported content type \(contentType.isEmpty ? "(none)" : contentType.debugDescription); send application/x-protobuf or application/json")
         }
-        if let contentEncoding = request.headers[.contentEncoding]?.lowercased(), contentEncoding != "identity" {
+        let contentEncoding = request.headers[.contentEncoding]?.trimmingCharacters(in: .whitespaces).lowercased() ?? "identity"
+        guard ["identity", "gzip", "x-gzip", "deflate", "zstd"].contains(contentEncoding) else {
             return failure(.unsupportedMediaType, code: 3, encoding: encoding,
-                           "unsupported content encoding \(contentEncoding.debugDescription); send the body uncompressed")
+                           "unsupported content encoding \(contentEncoding.debugDescription); send gzip, deflate, zstd or identity")
         }
 
         let body: ByteBuffer
@@ -60,7 +63,20 @@ struct OTLPHTTPReceiver: Sendable {
         guard body.readableBytes > 0 else {
             return failure(.badRequest, code: 3, encoding: encoding, "empty request body; expected an ExportTraceServiceRequest")
         }
-        let bytes = Array(body.readableBytesView)
+        var bytes = Array(body.readableBytesView)
+        do {
+            // The decompressed body is held to the same limit as a plain one.
+            switch contentEncoding {
+            case "gzip", "x-gzip", "deflate": bytes = try Inflate.decompress(bytes, maxSize: maxBodyBytes)
+            case "zstd": bytes = try Zstd.decompressFrames(bytes, maxSize: maxBodyBytes)
+            default: break
+            }
+        } catch .exceedsLimit {
+            return failure(.contentTooLarge, code: 8, encoding: encoding,
+                           "request body decompresses to more than the limit of \(maxBodyBytes) bytes")
+        } catch {
+            return failure(.badRequest, code: 3, encoding: encoding, "cannot decompress the \(contentEncoding) body: \(error)")
+        }
 
         let exportRequest: ExportTraceServiceRequest
         let walBytes: [UInt8]
