@@ -28,6 +28,8 @@ public struct CollectorConfiguration: Sendable {
     public var otlpHTTP: ListenAddress? = ListenAddress(host: "127.0.0.1", port: 4318)
     /// Where OTLP/gRPC is served (`TraceService/Export`); nil switches it off.
     public var otlpGRPC: ListenAddress? = ListenAddress(host: "127.0.0.1", port: 4317)
+    /// Where Zipkin v2 is served (`POST /api/v2/spans`); nil switches it off.
+    public var zipkin: ListenAddress? = ListenAddress(host: "127.0.0.1", port: 9411)
     /// Where the query API is served.
     public var query = ListenAddress(host: "127.0.0.1", port: 16686)
     /// The span store's layout and sealing policy.

@@ -13,6 +13,7 @@ public struct CollectorServer: Sendable {
     public enum Endpoint: String, Sendable {
         case otlpHTTP = "otlp-http"
         case otlpGRPC = "otlp-grpc"
+        case zipkin = "zipkin"
         case query = "query"
     }
 
@@ -48,6 +49,17 @@ public struct CollectorServer: Sendable {
                 configuration: .init(address: .hostname(address.host, port: address.port)),
                 onServerRunning: { channel in
                     onListening(.otlpHTTP, ListenAddress(host: address.host, port: channel.localAddress?.port ?? 0))
+                },
+                logger: logger))
+        }
+        if let address = configuration.zipkin {
+            let router = Router()
+            ZipkinReceiver(ingest: ingest, maxBodyBytes: configuration.maxRequestBodyBytes).register(on: router)
+            receivers.append(Application(
+                router: router,
+                configuration: .init(address: .hostname(address.host, port: address.port)),
+                onServerRunning: { channel in
+                    onListening(.zipkin, ListenAddress(host: address.host, port: channel.localAddress?.port ?? 0))
                 },
                 logger: logger))
         }

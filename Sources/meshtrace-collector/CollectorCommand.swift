@@ -26,6 +26,9 @@ struct CollectorCommand: AsyncParsableCommand {
     @Option(name: .long, help: "OTLP/HTTP listen address, host:port (port 0 picks a free port), or off.")
     var otlpHttp = "127.0.0.1:4318"
 
+    @Option(name: .long, help: "Zipkin v2 listen address (POST /api/v2/spans), host:port, or off.")
+    var zipkin = "127.0.0.1:9411"
+
     @Option(name: .long, help: "Query API listen address, host:port.")
     var query = "127.0.0.1:16686"
 
@@ -50,7 +53,7 @@ struct CollectorCommand: AsyncParsableCommand {
     @Option(name: .long, help: "Spans per segment block; a trace lookup decodes up to one block, smaller blocks cost bytes.")
     var blockSpans = Self.storeDefaults.blockSpans
 
-    @Option(name: .long, help: "Largest OTLP/HTTP request body, in bytes.")
+    @Option(name: .long, help: "Largest OTLP/HTTP or Zipkin request body, in bytes.")
     var maxRequestBytes = 20 << 20
 
     @Option(name: .long, help: "Largest OTLP/gRPC request message, in bytes.")
@@ -68,6 +71,9 @@ struct CollectorCommand: AsyncParsableCommand {
         }
         guard otlpGrpc == "off" || ListenAddress(otlpGrpc) != nil else {
             throw ValidationError("--otlp-grpc must be host:port or off, got \(otlpGrpc)")
+        }
+        guard zipkin == "off" || ListenAddress(zipkin) != nil else {
+            throw ValidationError("--zipkin must be host:port or off, got \(zipkin)")
         }
         guard ListenAddress(query) != nil else { throw ValidationError("--query must be host:port, got \(query)") }
         guard maxHeadSpans > 0, maxHeadAge > 0, maxRequestBytes > 0, maxGrpcMessageBytes > 0 else {
@@ -93,6 +99,7 @@ struct CollectorCommand: AsyncParsableCommand {
         var configuration = CollectorConfiguration(dataDirectory: dataDir)
         configuration.otlpHTTP = ListenAddress(otlpHttp)
         configuration.otlpGRPC = ListenAddress(otlpGrpc)
+        configuration.zipkin = ListenAddress(zipkin)
         configuration.maxGRPCMessageBytes = maxGrpcMessageBytes
         configuration.query = ListenAddress(query)!
         configuration.store.maxHeadSpans = maxHeadSpans

@@ -23,20 +23,21 @@ class Collector:
         self.proc = None
         self.otlp_url = None
         self.otlp_grpc = None
+        self.zipkin_url = None
         self.query_url = None
         self.stderr_lines = []
 
     def start(self, timeout=60):
         self.proc = subprocess.Popen(
             [str(BIN / "meshtrace-collector"), "--data-dir", str(self.data_dir),
-             "--otlp-http", "127.0.0.1:0", "--otlp-grpc", "127.0.0.1:0", "--query", "127.0.0.1:0", *self.extra_args],
+             "--otlp-http", "127.0.0.1:0", "--otlp-grpc", "127.0.0.1:0", "--zipkin", "127.0.0.1:0", "--query", "127.0.0.1:0", *self.extra_args],
             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         threading.Thread(target=self._drain_stderr, daemon=True).start()
         addresses = {}
         deadline = time.monotonic() + timeout
         # A listener switched off (`--otlp-grpc off`) prints no address.
-        expected = 3 - sum(1 for i, arg in enumerate(self.extra_args[:-1])
-                           if arg in ("--otlp-grpc", "--otlp-http") and self.extra_args[i + 1] == "off")
+        expected = 4 - sum(1 for i, arg in enumerate(self.extra_args[:-1])
+                           if arg in ("--otlp-grpc", "--otlp-http", "--zipkin") and self.extra_args[i + 1] == "off")
         while len(addresses) < expected:
             if time.monotonic() > deadline:
                 self.proc.kill()
@@ -49,6 +50,7 @@ class Collector:
                 addresses[match.group(1)] = match.group(2)
         self.otlp_url = f"http://{addresses['otlp-http']}" if "otlp-http" in addresses else None
         self.otlp_grpc = addresses.get("otlp-grpc")
+        self.zipkin_url = f"http://{addresses['zipkin']}" if "zipkin" in addresses else None
         self.query_url = f"http://{addresses['query']}"
         return self
 

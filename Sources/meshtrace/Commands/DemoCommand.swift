@@ -52,6 +52,7 @@ struct DemoCommand: AsyncParsableCommand {
         var configuration = CollectorConfiguration(dataDirectory: directory)
         configuration.otlpHTTP = ListenAddress(host: "127.0.0.1", port: 0)
         configuration.otlpGRPC = nil
+        configuration.zipkin = nil
         configuration.query = ListenAddress(host: "127.0.0.1", port: 0)
         var logger = Logger(label: "meshtrace.demo")
         logger.logLevel = .warning
@@ -71,7 +72,7 @@ struct DemoCommand: AsyncParsableCommand {
             switch endpoint {
             case .otlpHTTP: otlpURL = "http://\(address)"
             case .query: queryURL = "http://\(address)"
-            case .otlpGRPC: break
+            case .otlpGRPC, .zipkin: break
             }
             if otlpURL != nil && queryURL != nil { break }
         }
