@@ -38,6 +38,9 @@ public struct CollectorConfiguration: Sendable {
     public var maxRequestBodyBytes = 20 << 20
     /// Largest OTLP/gRPC request message accepted, in bytes (OTLP recommends 4 MiB).
     public var maxGRPCMessageBytes = 4 << 20
+    /// Bytes of request data held in flight at most (each request is charged four
+    /// times its decompressed size); past it, clients are told to retry later.
+    public var memoryBudgetBytes = 512 << 20
     /// How often the head block is checked for sealing by age.
     public var sealCheckInterval: Duration = .seconds(1)
 

@@ -40,10 +40,11 @@ public struct CollectorServer: Sendable {
         }
 
         let ingest = TraceIngest(store: store, logger: logger)
+        let budget = IngestBudget(limit: configuration.memoryBudgetBytes)
         var receivers: [any Service] = []
         if let address = configuration.otlpHTTP {
             let router = Router()
-            OTLPHTTPReceiver(ingest: ingest, maxBodyBytes: configuration.maxRequestBodyBytes).register(on: router)
+            OTLPHTTPReceiver(ingest: ingest, maxBodyBytes: configuration.maxRequestBodyBytes, budget: budget).register(on: router)
             receivers.append(Application(
                 router: router,
                 configuration: .init(address: .hostname(address.host, port: address.port)),
@@ -54,7 +55,7 @@ public struct CollectorServer: Sendable {
         }
         if let address = configuration.zipkin {
             let router = Router()
-            ZipkinReceiver(ingest: ingest, maxBodyBytes: configuration.maxRequestBodyBytes).register(on: router)
+            ZipkinReceiver(ingest: ingest, maxBodyBytes: configuration.maxRequestBodyBytes, budget: budget).register(on: router)
             receivers.append(Application(
                 router: router,
                 configuration: .init(address: .hostname(address.host, port: address.port)),
@@ -65,7 +66,7 @@ public struct CollectorServer: Sendable {
         }
         if let address = configuration.otlpGRPC {
             receivers.append(OTLPGRPCReceiver(
-                address: address, ingest: ingest, maxMessageBytes: configuration.maxGRPCMessageBytes,
+                address: address, ingest: ingest, maxMessageBytes: configuration.maxGRPCMessageBytes, budget: budget,
                 onListening: { onListening(.otlpGRPC, $0) }))
         }
         let queryRouter = Router()

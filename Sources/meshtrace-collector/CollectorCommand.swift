@@ -59,6 +59,9 @@ struct CollectorCommand: AsyncParsableCommand {
     @Option(name: .long, help: "Largest OTLP/gRPC request message, in bytes.")
     var maxGrpcMessageBytes = 4 << 20
 
+    @Option(name: .long, help: "Bytes of request data held in flight at most (4× each request's size); past it clients are told to retry.")
+    var memoryBudget = 512 << 20
+
     @Option(name: .long, help: "Log level: trace, debug, info, notice, warning, error, critical.")
     var logLevel = "info"
 
@@ -76,8 +79,8 @@ struct CollectorCommand: AsyncParsableCommand {
             throw ValidationError("--zipkin must be host:port or off, got \(zipkin)")
         }
         guard ListenAddress(query) != nil else { throw ValidationError("--query must be host:port, got \(query)") }
-        guard maxHeadSpans > 0, maxHeadAge > 0, maxRequestBytes > 0, maxGrpcMessageBytes > 0 else {
-            throw ValidationError("--max-head-spans, --max-head-age, --max-request-bytes and --max-grpc-message-bytes must be positive")
+        guard maxHeadSpans > 0, maxHeadAge > 0, maxRequestBytes > 0, maxGrpcMessageBytes > 0, memoryBudget > 0 else {
+            throw ValidationError("--max-head-spans, --max-head-age, --max-request-bytes, --max-grpc-message-bytes and --memory-budget must be positive")
         }
         guard Logger.Level(rawValue: logLevel) != nil else { throw ValidationError("unknown --log-level \(logLevel)") }
         if let retention, DurationText.nanoseconds(retention) == nil {
@@ -101,6 +104,7 @@ struct CollectorCommand: AsyncParsableCommand {
         configuration.otlpGRPC = ListenAddress(otlpGrpc)
         configuration.zipkin = ListenAddress(zipkin)
         configuration.maxGRPCMessageBytes = maxGrpcMessageBytes
+        configuration.memoryBudgetBytes = memoryBudget
         configuration.query = ListenAddress(query)!
         configuration.store.maxHeadSpans = maxHeadSpans
         configuration.store.maxHeadAge = .seconds(maxHeadAge)

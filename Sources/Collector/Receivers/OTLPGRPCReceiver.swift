@@ -15,6 +15,7 @@ import ServiceLifecycle
 struct OTLPGRPCTraceService: RegistrableRPCService {
     let ingest: TraceIngest
     let maxMessageBytes: Int
+    let budget: IngestBudget
 
     func registerMethods<Transport: ServerTransport>(with router: inout RPCRouter<Transport>) {
         router.registerHandler(
@@ -28,6 +29,12 @@ struct OTLPGRPCTraceService: RegistrableRPCService {
     }
 
     private func export(_ received: ReceivedExport) async throws -> ExportTraceServiceResponse {
+        guard budget.charge(bodyBytes: received.bytes.count) else {
+            throw GoogleRPCStatus(
+                code: .resourceExhausted, message: "the collector's memory budget for requests in flight is spent; retry later",
+                details: .retryInfo(delay: budget.retryAfter))
+        }
+        defer { budget.release(bodyBytes: received.bytes.count) }
         do {
             return try await ingest.export(received.request, encoded: received.bytes)
         } catch {
@@ -70,6 +77,7 @@ struct OTLPGRPCReceiver: Service {
     let ingest: TraceIngest
     /// Largest request message, in bytes; larger ones are refused with RESOURCE_EXHAUSTED.
     let maxMessageBytes: Int
+    let budget: IngestBudget
     let onListening: @Sendable (ListenAddress) -> Void
 
     func run() async throws {
@@ -84,7 +92,7 @@ struct OTLPGRPCReceiver: Service {
                 config.compression.enabledAlgorithms = [.gzip, .deflate]
             })
         let server = GRPCServer(
-            transport: transport, services: [OTLPGRPCTraceService(ingest: ingest, maxMessageBytes: maxMessageBytes)])
+            transport: transport, services: [OTLPGRPCTraceService(ingest: ingest, maxMessageBytes: maxMessageBytes, budget: budget)])
         try await withGracefulShutdownHandler {
             try await withThrowingDiscardingTaskGroup { group in
                 group.addTask { try await server.serve() }

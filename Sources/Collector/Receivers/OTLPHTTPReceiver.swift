@@ -1,4 +1,3 @@
-import Compression
 import Foundation
 import Hummingbird
 import Logging
@@ -17,6 +16,7 @@ import SwiftProtobuf
 struct OTLPHTTPReceiver: Sendable {
     let ingest: TraceIngest
     let maxBodyBytes: Int
+    let budget: IngestBudget
 
     enum Encoding {
         case protobuf
@@ -53,30 +53,24 @@ struct OTLPHTTPReceiver: Sendable {
                            "unsupported content encoding \(contentEncoding.debugDescription); send gzip, deflate, zstd or identity")
         }
 
-        let body: ByteBuffer
+        let body: HTTPBody
         do {
-            body = try await request.body.collect(upTo: maxBodyBytes)
+            body = try await HTTPBody.read(request, encoding: contentEncoding, maxBytes: maxBodyBytes, budget: budget)
         } catch {
-            return failure(.contentTooLarge, code: 8, encoding: encoding,
-                           "request body exceeds the limit of \(maxBodyBytes) bytes")
+            switch error {
+            case .tooLarge(let message): return failure(.contentTooLarge, code: 8, encoding: encoding, message)
+            case .undecodable(let message): return failure(.badRequest, code: 3, encoding: encoding, message)
+            case .overBudget:
+                return failure(.tooManyRequests, code: 8, encoding: encoding,
+                               "the collector's memory budget for requests in flight is spent; retry later",
+                               retryAfterSeconds: Int(budget.retryAfter.components.seconds))
+            }
         }
-        guard body.readableBytes > 0 else {
+        defer { budget.release(bodyBytes: body.charged) }
+        guard !body.bytes.isEmpty else {
             return failure(.badRequest, code: 3, encoding: encoding, "empty request body; expected an ExportTraceServiceRequest")
         }
-        var bytes = Array(body.readableBytesView)
-        do {
-            // The decompressed body is held to the same limit as a plain one.
-            switch contentEncoding {
-            case "gzip", "x-gzip", "deflate": bytes = try Inflate.decompress(bytes, maxSize: maxBodyBytes)
-            case "zstd": bytes = try Zstd.decompressFrames(bytes, maxSize: maxBodyBytes)
-            default: break
-            }
-        } catch .exceedsLimit {
-            return failure(.contentTooLarge, code: 8, encoding: encoding,
-                           "request body decompresses to more than the limit of \(maxBodyBytes) bytes")
-        } catch {
-            return failure(.badRequest, code: 3, encoding: encoding, "cannot decompress the \(contentEncoding) body: \(error)")
-        }
+        let bytes = body.bytes
 
         let exportRequest: ExportTraceServiceRequest
         let walBytes: [UInt8]

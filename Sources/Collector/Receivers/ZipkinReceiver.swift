@@ -1,4 +1,3 @@
-import Compression
 import Foundation
 import Hummingbird
 import MeshCore
@@ -12,6 +11,7 @@ import OTLPWire
 struct ZipkinReceiver: Sendable {
     let ingest: TraceIngest
     let maxBodyBytes: Int
+    let budget: IngestBudget
 
     func register(on router: Router<BasicRequestContext>) {
         router.post("/api/v2/spans") { request, _ in
@@ -33,22 +33,21 @@ struct ZipkinReceiver: Sendable {
         guard ["identity", "gzip", "x-gzip"].contains(contentEncoding) else {
             return failure(.unsupportedMediaType, "unsupported content encoding \(contentEncoding.debugDescription); send gzip or identity")
         }
-        let body: ByteBuffer
+        let body: HTTPBody
         do {
-            body = try await request.body.collect(upTo: maxBodyBytes)
+            body = try await HTTPBody.read(request, encoding: contentEncoding, maxBytes: maxBodyBytes, budget: budget)
         } catch {
-            return failure(.contentTooLarge, "request body exceeds the limit of \(maxBodyBytes) bytes")
-        }
-        var bytes = Array(body.readableBytesView)
-        if contentEncoding != "identity" {
-            do {
-                bytes = try Inflate.decompress(bytes, maxSize: maxBodyBytes)
-            } catch .exceedsLimit {
-                return failure(.contentTooLarge, "request body decompresses to more than the limit of \(maxBodyBytes) bytes")
-            } catch {
-                return failure(.badRequest, "cannot decompress the gzip body: \(error)")
+            switch error {
+            case .tooLarge(let message): return failure(.contentTooLarge, message)
+            case .undecodable(let message): return failure(.badRequest, message)
+            case .overBudget:
+                var response = failure(.tooManyRequests, "the collector's memory budget for requests in flight is spent; retry later")
+                response.headers[.retryAfter] = String(budget.retryAfter.components.seconds)
+                return response
             }
         }
+        defer { budget.release(bodyBytes: body.charged) }
+        let bytes = body.bytes
         let spans: [ZipkinSpan]
         do {
             spans = isProtobuf ? try ZipkinSpan.decodeProto3(bytes) : try ZipkinSpan.decodeJSON(bytes)

@@ -1,0 +1,64 @@
+import Compression
+import Hummingbird
+import NIOCore
+
+/// A receiver's request body: read within the size limit and the memory budget,
+/// then decompressed as its `Content-Encoding` says. The caller returns the charge
+/// with `budget.release(bodyBytes: body.charged)` once the request is answered.
+struct HTTPBody {
+    enum Failure: Error {
+        /// Over the size limit, before or after decompression.
+        case tooLarge(String)
+        /// The memory budget is spent; the client should retry later.
+        case overBudget
+        /// The body does not decompress.
+        case undecodable(String)
+    }
+
+    var bytes: [UInt8]
+    /// Body bytes charged to the budget.
+    var charged: Int
+
+    /// Reads the body of `request`, whose encoding (`identity`, `gzip`, `x-gzip`,
+    /// `deflate` or `zstd`) the caller has checked.
+    static func read(_ request: Request, encoding: String, maxBytes: Int, budget: IngestBudget) async throws(Failure) -> HTTPBody {
+        // Charged before reading: the declared length, or the limit when none is declared.
+        let declared = request.headers[.contentLength].flatMap { Int($0) } ?? maxBytes
+        guard declared <= maxBytes else { throw .tooLarge("request body exceeds the limit of \(maxBytes) bytes") }
+        guard budget.charge(bodyBytes: declared) else { throw .overBudget }
+        var charged = declared
+        do {
+            var bytes: [UInt8]
+            do {
+                bytes = Array(try await request.body.collect(upTo: maxBytes).readableBytesView)
+            } catch {
+                throw Failure.tooLarge("request body exceeds the limit of \(maxBytes) bytes")
+            }
+            do {
+                switch encoding {
+                case "gzip", "x-gzip", "deflate": bytes = try Inflate.decompress(bytes, maxSize: maxBytes)
+                case "zstd": bytes = try Zstd.decompressFrames(bytes, maxSize: maxBytes)
+                default: break
+                }
+            } catch .exceedsLimit {
+                throw Failure.tooLarge("request body decompresses to more than the limit of \(maxBytes) bytes")
+            } catch {
+                throw Failure.undecodable("cannot decompress the \(encoding) body: \(error)")
+            }
+            if bytes.count > charged {
+                // Charged afresh, so a body that is alone in flight is never refused.
+                budget.release(bodyBytes: charged)
+                charged = 0
+                guard budget.charge(bodyBytes: bytes.count) else { throw Failure.overBudget }
+                charged = bytes.count
+            }
+            return HTTPBody(bytes: bytes, charged: charged)
+        } catch let failure as Failure {
+            budget.release(bodyBytes: charged)
+            throw failure
+        } catch {
+            budget.release(bodyBytes: charged)
+            throw .undecodable("\(error)")
+        }
+    }
+}
