@@ -71,6 +71,7 @@ public final class SpanStore: Sendable {
     private let state: Mutex<State>
     /// The log; its lock also orders WAL appends with head swaps.
     private let wal: Mutex<WriteAheadLog?>
+    private let commit = GroupCommit()
     /// Held while a seal runs, so seals never overlap.
     private let sealLock = Mutex(())
     /// Held while a compaction runs.
@@ -169,16 +170,31 @@ public final class SpanStore: Sendable {
         var batch = SpanBatch()
         let outcome = batch.append(request)
         guard outcome.accepted > 0 else { return outcome }
-        try wal.withLock { (log: inout WriteAheadLog?) throws(StoreError) in
+        // Written and queryable under the log's lock; acknowledged once synced, in a
+        // group with the requests written meanwhile.
+        let ticket = try wal.withLock { (log: inout WriteAheadLog?) throws(StoreError) -> UInt64 in
             guard let log else { throw .readOnly }
-            try log.append(type: .traceExport, body: encoded)
+            let ticket = try log.write(type: .traceExport, body: encoded)
             state.withLock { state in
                 if state.head.isEmpty { state.headSince = .now }
                 state.head.append(contentsOf: batch)
             }
+            return ticket
+        }
+        try commit.waitUntilDurable(ticket) { () throws(StoreError) -> UInt64 in
+            let target = try wal.withLock { (log: inout WriteAheadLog?) throws(StoreError) in
+                guard let log else { throw StoreError.readOnly }
+                return try log.syncTarget()
+            }
+            defer { close(target.fd) }
+            try FileIO.sync(fd: target.fd, path: target.path)
+            return target.upTo
         }
         return outcome
     }
+
+    /// WAL syncs run so far; concurrent requests share them.
+    public var walSyncCount: Int { commit.syncCount }
 
     /// Whether the head block has reached its size or age limit.
     public var headIsDue: Bool {
@@ -198,6 +214,7 @@ public final class SpanStore: Sendable {
                     guard !state.head.isEmpty else { return nil }
                     let sequence = log.sequence
                     try log.rotate()
+                    commit.markDurable(upTo: log.recordsWritten)
                     let batch = state.head
                     state.head = SpanBatch()
                     state.headSince = nil

@@ -5,6 +5,7 @@ import OTLPWire
 import QueryEngine
 import SegmentStore
 import SwiftProtobuf
+import Synchronization
 import XCTest
 
 final class StorageTests: XCTestCase {
@@ -122,6 +123,44 @@ final class StorageTests: XCTestCase {
         let afterSeal = try SpanStore(configuration: .init(dataDirectory: directory))
         XCTAssertEqual(afterSeal.unsealedSpanCount, 0, "sealed spans are not replayed again")
         XCTAssertEqual(afterSeal.snapshot().segments.reduce(0) { $0 + $1.footer.spanCount }, total)
+    }
+
+    func testConcurrentAppendsShareWALSyncsAndAllReplay() throws {
+        let directory = temporaryDirectory(self)
+        let (requests, _) = simulatedRequests(count: 160)
+        let encoded = try requests.map { try $0.serializedBytes() as [UInt8] }
+        let total = batch(requests).count
+        let syncs: Int
+        do {
+            let store = try SpanStore(configuration: .init(dataDirectory: directory))
+            let failures = Mutex(0)
+            // One thread per request, as the collector's blocking pool runs them; a
+            // seal midway rotates the log under writers waiting for their sync.
+            let done = DispatchGroup()
+            for index in 0...requests.count {
+                done.enter()
+                Thread.detachNewThread {
+                    defer { done.leave() }
+                    do {
+                        if index == requests.count { try store.seal() } else {
+                            _ = try store.append(requests[index], encoded: encoded[index])
+                        }
+                    } catch {
+                        failures.withLock { $0 += 1 }
+                    }
+                }
+            }
+            done.wait()
+            XCTAssertEqual(failures.withLock { $0 }, 0)
+            syncs = store.walSyncCount
+            let stored = store.unsealedSpanCount + store.snapshot().segments.reduce(0) { $0 + $1.footer.spanCount }
+            XCTAssertEqual(stored, total)
+        }
+        print("WAL syncs for \(requests.count) concurrent requests: \(syncs)")
+        XCTAssertLessThan(syncs, requests.count * 3 / 4, "concurrent requests share syncs")
+        let reopened = try SpanStore(configuration: .init(dataDirectory: directory))
+        let stored = reopened.unsealedSpanCount + reopened.snapshot().segments.reduce(0) { $0 + $1.footer.spanCount }
+        XCTAssertEqual(stored, total, "every acknowledged span is on disk once")
     }
 
     func testCrashBetweenSegmentRenameAndWALCleanupStoresSpansOnce() throws {

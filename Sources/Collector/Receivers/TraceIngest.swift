@@ -9,6 +9,14 @@ struct TraceIngest: Sendable {
     let store: SpanStore
     let logger: Logger
 
+    /// Threads that block on WAL syncs: more than the cores, so requests arriving
+    /// together wait for one shared sync (group commit) instead of queueing for threads.
+    static let blockingPool: NIOThreadPool = {
+        let pool = NIOThreadPool(numberOfThreads: 32)
+        pool.start()
+        return pool
+    }()
+
     /// The store could not take the spans (a full or failing disk); the client should retry.
     struct Unavailable: Error {
         var message: String
@@ -22,7 +30,7 @@ struct TraceIngest: Sendable {
         let outcome: IngestOutcome
         do {
             let store = self.store
-            outcome = try await NIOThreadPool.singleton.runIfActive { try store.append(request, encoded: encoded) }
+            outcome = try await Self.blockingPool.runIfActive { try store.append(request, encoded: encoded) }
         } catch {
             logger.error("cannot store spans", metadata: ["error": "\(error)"])
             throw Unavailable(message: "the collector cannot write to its store: \(error)", retryAfter: .seconds(5))

@@ -13,8 +13,9 @@ import MeshCore
 /// A file starts with the 8-byte magic `MTWAL\0\0\u{1}`. Each record is
 /// `magic u32 | payload length u32 | CRC32C(payload) u32 | payload`, all
 /// little-endian, where the payload is one LZ4 frame holding `type u8 | body`.
-/// A record is durable once `append` returns: the file is fsynced first.
-/// See storage/FORMAT.md.
+/// `write` appends a record without syncing and returns its number; a record is
+/// durable once a sync that covers its number has finished (`GroupCommit` shares
+/// one fsync among the records written meanwhile). See storage/FORMAT.md.
 final class WriteAheadLog {
     static let fileMagic: [UInt8] = Array("MTWAL".utf8) + [0, 0, 1]
     static let recordMagic: UInt32 = 0x4C52_544D  // "MTRL" little-endian
@@ -35,6 +36,8 @@ final class WriteAheadLog {
     private var path: String
     /// Bytes in the current file.
     private(set) var fileSize: Int
+    /// Records written since the log was opened, across files: the number of the last one.
+    private(set) var recordsWritten: UInt64 = 0
 
     /// Opens a new log file numbered `sequence` in `directory`.
     init(directory: String, sequence: UInt64) throws(StoreError) {
@@ -72,8 +75,9 @@ final class WriteAheadLog {
         return (fd, path)
     }
 
-    /// Appends one record and fsyncs the file; when this returns, the record survives a crash.
-    func append(type: RecordType, body: [UInt8]) throws(StoreError) {
+    /// Appends one record, not yet synced; returns its number (see `recordsWritten`).
+    /// A write that fails is cut off again, so no torn record sits before later ones.
+    func write(type: RecordType, body: [UInt8]) throws(StoreError) -> UInt64 {
         var plain = [UInt8]()
         plain.reserveCapacity(body.count + 1)
         plain.append(type.rawValue)
@@ -89,13 +93,30 @@ final class WriteAheadLog {
         record.write(UInt32(payload.count))
         record.write(CRC32C.checksum(payload))
         record.write(raw: payload)
-        try FileIO.writeAll(fd: fd, path: path, record.bytes)
-        try FileIO.sync(fd: fd, path: path)
+        do {
+            try FileIO.writeAll(fd: fd, path: path, record.bytes)
+        } catch {
+            _ = ftruncate(fd, off_t(fileSize))
+            throw error
+        }
         fileSize += record.count
+        recordsWritten += 1
+        return recordsWritten
     }
 
-    /// Closes the current file and starts the next one.
+    /// What a sync needs: a duplicate of the current file's descriptor (so the file
+    /// stays open for the sync even if the log rotates meanwhile; the caller closes
+    /// it), its path, and the number of the last record written to it.
+    func syncTarget() throws(StoreError) -> (fd: Int32, path: String, upTo: UInt64) {
+        let copy = dup(fd)
+        guard copy >= 0 else { throw .io(path: path, operation: "dup", errno: errno) }
+        return (copy, path, recordsWritten)
+    }
+
+    /// Syncs and closes the current file and starts the next one; every record
+    /// written so far is then durable.
     func rotate() throws(StoreError) {
+        try FileIO.sync(fd: fd, path: path)
         let next = sequence + 1
         let (newFD, newPath) = try Self.create(directory: directory, sequence: next)
         close(fd)
