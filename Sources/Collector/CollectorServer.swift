@@ -39,12 +39,13 @@ public struct CollectorServer: Sendable {
             logger.warning("store problem", metadata: ["problem": "\(problem)"])
         }
 
-        let ingest = TraceIngest(store: store, logger: logger)
+        let metrics = CollectorMetrics()
+        let ingest = TraceIngest(store: store, logger: logger, metrics: metrics)
         let budget = IngestBudget(limit: configuration.memoryBudgetBytes)
         var receivers: [any Service] = []
         if let address = configuration.otlpHTTP {
             let router = Router()
-            OTLPHTTPReceiver(ingest: ingest, maxBodyBytes: configuration.maxRequestBodyBytes, budget: budget).register(on: router)
+            OTLPHTTPReceiver(ingest: ingest, maxBodyBytes: configuration.maxRequestBodyBytes, budget: budget, metrics: metrics).register(on: router)
             receivers.append(Application(
                 router: router,
                 configuration: .init(address: .hostname(address.host, port: address.port)),
@@ -55,7 +56,7 @@ public struct CollectorServer: Sendable {
         }
         if let address = configuration.zipkin {
             let router = Router()
-            ZipkinReceiver(ingest: ingest, maxBodyBytes: configuration.maxRequestBodyBytes, budget: budget).register(on: router)
+            ZipkinReceiver(ingest: ingest, maxBodyBytes: configuration.maxRequestBodyBytes, budget: budget, metrics: metrics).register(on: router)
             receivers.append(Application(
                 router: router,
                 configuration: .init(address: .hostname(address.host, port: address.port)),
@@ -66,11 +67,16 @@ public struct CollectorServer: Sendable {
         }
         if let address = configuration.otlpGRPC {
             receivers.append(OTLPGRPCReceiver(
-                address: address, ingest: ingest, maxMessageBytes: configuration.maxGRPCMessageBytes, budget: budget,
+                address: address, ingest: ingest, maxMessageBytes: configuration.maxGRPCMessageBytes, budget: budget, metrics: metrics,
                 onListening: { onListening(.otlpGRPC, $0) }))
         }
         let queryRouter = Router()
         QueryAPI(store: store, logger: logger).register(on: queryRouter)
+        queryRouter.get("/metrics") { _, _ in
+            Response(
+                status: .ok, headers: [.contentType: "text/plain; version=0.0.4"],
+                body: ResponseBody(byteBuffer: ByteBuffer(string: metrics.render(store: store, budget: budget))))
+        }
 
         let query = Application(
             router: queryRouter,

@@ -194,7 +194,15 @@ public final class SpanStore: Sendable {
     }
 
     /// WAL syncs run so far; concurrent requests share them.
-    public var walSyncCount: Int { commit.syncCount }
+    public var walSyncCount: Int { commit.statistics.syncs }
+
+    /// What the WAL has done since the store opened: records and bytes appended,
+    /// syncs run and the seconds spent in them.
+    public var walStatistics: (records: UInt64, bytes: UInt64, syncs: Int, syncSeconds: Double) {
+        let (records, bytes) = wal.withLock { log in (log?.recordsWritten ?? 0, log?.bytesWritten ?? 0) }
+        let (syncs, time) = commit.statistics
+        return (records, bytes, syncs, Double(time.components.seconds) + Double(time.components.attoseconds) * 1e-18)
+    }
 
     /// Whether the head block has reached its size or age limit.
     public var headIsDue: Bool {

@@ -16,11 +16,12 @@ struct OTLPGRPCTraceService: RegistrableRPCService {
     let ingest: TraceIngest
     let maxMessageBytes: Int
     let budget: IngestBudget
+    let metrics: CollectorMetrics
 
     func registerMethods<Transport: ServerTransport>(with router: inout RPCRouter<Transport>) {
         router.registerHandler(
             forMethod: Opentelemetry_Proto_Collector_Trace_V1_TraceService.Method.Export.descriptor,
-            deserializer: ReceivedExportDeserializer(maxBytes: maxMessageBytes),
+            deserializer: ReceivedExportDeserializer(maxBytes: maxMessageBytes, metrics: metrics),
             serializer: ProtobufSerializer<ExportTraceServiceResponse>(),
             handler: { request, _ in
                 let received = try await ServerRequest(stream: request).message
@@ -30,14 +31,16 @@ struct OTLPGRPCTraceService: RegistrableRPCService {
 
     private func export(_ received: ReceivedExport) async throws -> ExportTraceServiceResponse {
         guard budget.charge(bodyBytes: received.bytes.count) else {
+            metrics.refused(.otlpGRPC, .overBudget)
             throw GoogleRPCStatus(
                 code: .resourceExhausted, message: "the collector's memory budget for requests in flight is spent; retry later",
                 details: .retryInfo(delay: budget.retryAfter))
         }
         defer { budget.release(bodyBytes: received.bytes.count) }
         do {
-            return try await ingest.export(received.request, encoded: received.bytes)
+            return try await ingest.export(received.request, encoded: received.bytes, from: .otlpGRPC)
         } catch {
+            metrics.refused(.otlpGRPC, .unavailable)
             throw GoogleRPCStatus(code: .unavailable, message: error.message, details: .retryInfo(delay: error.retryAfter))
         }
     }
@@ -54,9 +57,11 @@ struct ReceivedExport: Sendable {
 /// clients take for a retryable cancellation) and malformed ones with INVALID_ARGUMENT.
 struct ReceivedExportDeserializer: MessageDeserializer {
     let maxBytes: Int
+    let metrics: CollectorMetrics
 
     func deserialize<Bytes: GRPCContiguousBytes>(_ serialized: Bytes) throws -> ReceivedExport {
         guard serialized.count <= maxBytes else {
+            metrics.refused(.otlpGRPC, .tooLarge)
             throw RPCError(
                 code: .resourceExhausted,
                 message: "request message is \(serialized.count) bytes, over the limit of \(maxBytes)")
@@ -65,6 +70,7 @@ struct ReceivedExportDeserializer: MessageDeserializer {
         do {
             return ReceivedExport(request: try ExportTraceServiceRequest(serializedBytes: bytes), bytes: bytes)
         } catch {
+            metrics.refused(.otlpGRPC, .invalid)
             throw RPCError(code: .invalidArgument, message: "malformed ExportTraceServiceRequest: \(error)")
         }
     }
@@ -78,6 +84,7 @@ struct OTLPGRPCReceiver: Service {
     /// Largest request message, in bytes; larger ones are refused with RESOURCE_EXHAUSTED.
     let maxMessageBytes: Int
     let budget: IngestBudget
+    let metrics: CollectorMetrics
     let onListening: @Sendable (ListenAddress) -> Void
 
     func run() async throws {
@@ -92,7 +99,7 @@ struct OTLPGRPCReceiver: Service {
                 config.compression.enabledAlgorithms = [.gzip, .deflate]
             })
         let server = GRPCServer(
-            transport: transport, services: [OTLPGRPCTraceService(ingest: ingest, maxMessageBytes: maxMessageBytes, budget: budget)])
+            transport: transport, services: [OTLPGRPCTraceService(ingest: ingest, maxMessageBytes: maxMessageBytes, budget: budget, metrics: metrics)])
         try await withGracefulShutdownHandler {
             try await withThrowingDiscardingTaskGroup { group in
                 group.addTask { try await server.serve() }

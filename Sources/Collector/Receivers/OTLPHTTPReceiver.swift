@@ -17,6 +17,7 @@ struct OTLPHTTPReceiver: Sendable {
     let ingest: TraceIngest
     let maxBodyBytes: Int
     let budget: IngestBudget
+    let metrics: CollectorMetrics
 
     enum Encoding {
         case protobuf
@@ -88,7 +89,7 @@ struct OTLPHTTPReceiver: Sendable {
         }
 
         do {
-            return message(try await ingest.export(exportRequest, encoded: walBytes), status: .ok, encoding: encoding)
+            return message(try await ingest.export(exportRequest, encoded: walBytes, from: .otlpHTTP), status: .ok, encoding: encoding)
         } catch {
             return failure(.serviceUnavailable, code: 14, encoding: encoding, error.message,
                            retryAfterSeconds: Int(error.retryAfter.components.seconds))
@@ -98,6 +99,7 @@ struct OTLPHTTPReceiver: Sendable {
     private func failure(
         _ status: HTTPResponse.Status, code: Int32, encoding: Encoding, _ text: String, retryAfterSeconds: Int? = nil
     ) -> Response {
+        if let refusal = CollectorMetrics.refusal(for: status.code) { metrics.refused(.otlpHTTP, refusal) }
         var rpcStatus = RPCStatus()
         rpcStatus.code = code
         rpcStatus.message = text

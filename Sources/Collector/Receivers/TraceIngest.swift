@@ -8,6 +8,7 @@ import SegmentStore
 struct TraceIngest: Sendable {
     let store: SpanStore
     let logger: Logger
+    let metrics: CollectorMetrics
 
     /// Threads that block on WAL syncs: more than the cores, so requests arriving
     /// together wait for one shared sync (group commit) instead of queueing for threads.
@@ -26,8 +27,12 @@ struct TraceIngest: Sendable {
 
     /// Appends `request` (whose protobuf bytes are `encoded`) to the store. Spans the
     /// protocol forbids (bad ids) are left out and reported in `partial_success`.
-    func export(_ request: ExportTraceServiceRequest, encoded: [UInt8]) async throws(Unavailable) -> ExportTraceServiceResponse {
+    func export(
+        _ request: ExportTraceServiceRequest, encoded: [UInt8], from receiver: CollectorMetrics.Receiver
+    ) async throws(Unavailable) -> ExportTraceServiceResponse {
         let outcome: IngestOutcome
+        metrics.waiting(1)
+        defer { metrics.waiting(-1) }
         do {
             let store = self.store
             outcome = try await Self.blockingPool.runIfActive { try store.append(request, encoded: encoded) }
@@ -35,6 +40,7 @@ struct TraceIngest: Sendable {
             logger.error("cannot store spans", metadata: ["error": "\(error)"])
             throw Unavailable(message: "the collector cannot write to its store: \(error)", retryAfter: .seconds(5))
         }
+        metrics.accepted(receiver, spans: outcome.accepted, rejected: outcome.rejected)
         var response = ExportTraceServiceResponse()
         if outcome.rejected > 0 {
             response.partialSuccess.rejectedSpans = Int64(outcome.rejected)

@@ -12,6 +12,7 @@ struct ZipkinReceiver: Sendable {
     let ingest: TraceIngest
     let maxBodyBytes: Int
     let budget: IngestBudget
+    let metrics: CollectorMetrics
 
     func register(on router: Router<BasicRequestContext>) {
         router.post("/api/v2/spans") { request, _ in
@@ -56,7 +57,7 @@ struct ZipkinReceiver: Sendable {
         }
         let exportRequest = ZipkinSpan.exportRequest(spans)
         do {
-            let response = try await ingest.export(exportRequest, encoded: try exportRequest.serializedBytes())
+            let response = try await ingest.export(exportRequest, encoded: try exportRequest.serializedBytes(), from: .zipkin)
             if response.hasPartialSuccess {
                 return Response(status: .accepted, headers: [.contentType: "text/plain"], body: ResponseBody(byteBuffer: ByteBuffer(
                     string: "\(response.partialSuccess.rejectedSpans) spans refused: \(response.partialSuccess.errorMessage)\n")))
@@ -72,7 +73,8 @@ struct ZipkinReceiver: Sendable {
     }
 
     private func failure(_ status: HTTPResponse.Status, _ message: String) -> Response {
-        Response(status: status, headers: [.contentType: "text/plain"], body: ResponseBody(byteBuffer: ByteBuffer(string: message + "\n")))
+        if let refusal = CollectorMetrics.refusal(for: status.code) { metrics.refused(.zipkin, refusal) }
+        return Response(status: status, headers: [.contentType: "text/plain"], body: ResponseBody(byteBuffer: ByteBuffer(string: message + "\n")))
     }
 }
 

@@ -23,6 +23,7 @@ final class GroupCommit: @unchecked Sendable {
     private var syncing = false
     private var broken: StoreError?
     private var syncs = 0
+    private var syncTime: Duration = .zero
 
     init() {
         pthread_mutex_init(mutex, nil)
@@ -36,11 +37,11 @@ final class GroupCommit: @unchecked Sendable {
         condition.deallocate()
     }
 
-    /// Syncs run so far.
-    var syncCount: Int {
+    /// Syncs run so far, and the time spent in them.
+    var statistics: (syncs: Int, time: Duration) {
         pthread_mutex_lock(mutex)
         defer { pthread_mutex_unlock(mutex) }
-        return syncs
+        return (syncs, syncTime)
     }
 
     /// Returns once record `ticket` is durable. `sync` makes every record written so
@@ -57,14 +58,18 @@ final class GroupCommit: @unchecked Sendable {
             syncing = true
             pthread_mutex_unlock(mutex)
             let outcome: Result<UInt64, StoreError>
+            let clock = ContinuousClock()
+            let started = clock.now
             do {
                 outcome = .success(try sync())
             } catch {
                 outcome = .failure(error)
             }
+            let took = started.duration(to: clock.now)
             pthread_mutex_lock(mutex)
             syncing = false
             syncs += 1
+            syncTime += took
             switch outcome {
             case .success(let upTo): synced = max(synced, upTo)
             case .failure(let error): broken = error

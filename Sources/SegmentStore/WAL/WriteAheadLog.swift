@@ -38,6 +38,8 @@ final class WriteAheadLog {
     private(set) var fileSize: Int
     /// Records written since the log was opened, across files: the number of the last one.
     private(set) var recordsWritten: UInt64 = 0
+    /// Bytes appended since the log was opened, across files.
+    private(set) var bytesWritten: UInt64 = 0
 
     /// Opens a new log file numbered `sequence` in `directory`.
     init(directory: String, sequence: UInt64) throws(StoreError) {
@@ -100,6 +102,7 @@ final class WriteAheadLog {
             throw error
         }
         fileSize += record.count
+        bytesWritten += UInt64(record.count)
         recordsWritten += 1
         return recordsWritten
     }
