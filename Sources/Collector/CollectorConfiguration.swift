@@ -41,6 +41,8 @@ public struct CollectorConfiguration: Sendable {
     /// Bytes of request data held in flight at most (each request is charged four
     /// times its decompressed size); past it, clients are told to retry later.
     public var memoryBudgetBytes = 512 << 20
+    /// The collector process's log level (`trace` … `critical`).
+    public var logLevel = "info"
     /// How often the head block is checked for sealing by age.
     public var sealCheckInterval: Duration = .seconds(1)
 

@@ -17,26 +17,29 @@ struct CollectorCommand: AsyncParsableCommand {
             segment when it is large or old enough, and on SIGINT/SIGTERM.
             """)
 
-    @Option(name: .long, help: "Data directory (write-ahead log and segments).")
-    var dataDir = "./meshtrace-data"
+    @Option(name: .long, help: "YAML configuration file (see docs/configuration.md); flags override it.")
+    var config: String?
 
-    @Option(name: .long, help: "OTLP/gRPC listen address, host:port (port 0 picks a free port), or off.")
-    var otlpGrpc = "127.0.0.1:4317"
+    @Option(name: .long, help: "Data directory, write-ahead log and segments (default ./meshtrace-data).")
+    var dataDir: String?
 
-    @Option(name: .long, help: "OTLP/HTTP listen address, host:port (port 0 picks a free port), or off.")
-    var otlpHttp = "127.0.0.1:4318"
+    @Option(name: .long, help: "OTLP/gRPC listen address, host:port (port 0 picks a free port), or off (default 127.0.0.1:4317).")
+    var otlpGrpc: String?
 
-    @Option(name: .long, help: "Zipkin v2 listen address (POST /api/v2/spans), host:port, or off.")
-    var zipkin = "127.0.0.1:9411"
+    @Option(name: .long, help: "OTLP/HTTP listen address, host:port, or off (default 127.0.0.1:4318).")
+    var otlpHttp: String?
 
-    @Option(name: .long, help: "Query API listen address, host:port.")
-    var query = "127.0.0.1:16686"
+    @Option(name: .long, help: "Zipkin v2 listen address (POST /api/v2/spans), host:port, or off (default 127.0.0.1:9411).")
+    var zipkin: String?
 
-    @Option(name: .long, help: "Seal the head block once it holds this many spans.")
-    var maxHeadSpans = Self.storeDefaults.maxHeadSpans
+    @Option(name: .long, help: "Query API listen address, host:port (default 127.0.0.1:16686).")
+    var query: String?
 
-    @Option(name: .long, help: "Seal the head block once it is this old, in seconds.")
-    var maxHeadAge = 300
+    @Option(name: .long, help: "Seal the head block once it holds this many spans (default 200000).")
+    var maxHeadSpans: Int?
+
+    @Option(name: .long, help: "Seal the head block once it is this old, in seconds (default 300).")
+    var maxHeadAge: Int?
 
     @Option(name: .long, help: "Delete segments older than this (e.g. 72h, 14d); unset keeps them.")
     var retention: String?
@@ -44,78 +47,85 @@ struct CollectorCommand: AsyncParsableCommand {
     @Option(name: .long, help: "Delete the oldest segments while all of them exceed this many bytes.")
     var maxStoreBytes: Int?
 
-    @Option(name: .long, help: "Merge segments with fewer spans than this in the background; 0 turns compaction off.")
-    var compactBelow = Self.storeDefaults.compactionTargetSpans
+    @Option(name: .long, help: "Merge segments with fewer spans than this in the background; 0 turns compaction off (default 400000).")
+    var compactBelow: Int?
 
-    @Option(name: .long, help: "zstd level of segment column chunks (1–19; higher is smaller and slower to write).")
-    var compressionLevel = Self.storeDefaults.compressionLevel
+    @Option(name: .long, help: "zstd level of segment column chunks, 1–19; higher is smaller and slower to write (default 3).")
+    var compressionLevel: Int?
 
-    @Option(name: .long, help: "Spans per segment block; a trace lookup decodes up to one block, smaller blocks cost bytes.")
-    var blockSpans = Self.storeDefaults.blockSpans
+    @Option(name: .long, help: "Spans per segment block; a trace lookup reads one block, smaller blocks cost bytes (default 4096).")
+    var blockSpans: Int?
 
-    @Option(name: .long, help: "Largest OTLP/HTTP or Zipkin request body, in bytes.")
-    var maxRequestBytes = 20 << 20
+    @Option(name: .long, help: "Largest OTLP/HTTP or Zipkin request body, in bytes (default 20971520).")
+    var maxRequestBytes: Int?
 
-    @Option(name: .long, help: "Largest OTLP/gRPC request message, in bytes.")
-    var maxGrpcMessageBytes = 4 << 20
+    @Option(name: .long, help: "Largest OTLP/gRPC request message, in bytes (default 4194304).")
+    var maxGrpcMessageBytes: Int?
 
-    @Option(name: .long, help: "Bytes of request data held in flight at most (4× each request's size); past it clients are told to retry.")
-    var memoryBudget = 512 << 20
+    @Option(name: .long, help: "Bytes of request data held in flight at most, 4× each request's size; past it clients are told to retry (default 536870912).")
+    var memoryBudget: Int?
 
-    @Option(name: .long, help: "Log level: trace, debug, info, notice, warning, error, critical.")
-    var logLevel = "info"
+    @Option(name: .long, help: "Log level: trace, debug, info, notice, warning, error, critical (default info).")
+    var logLevel: String?
 
-    /// The store's own defaults, which the flags start from.
-    private static let storeDefaults = SpanStore.Configuration(dataDirectory: "")
+    /// The flags given, by the configuration key each one sets.
+    private var flagSettings: [(flag: String, key: String, value: String)] {
+        let given: [(String, String, String?)] = [
+            ("--data-dir", "data_dir", dataDir),
+            ("--otlp-grpc", "receivers.otlp_grpc.endpoint", otlpGrpc),
+            ("--otlp-http", "receivers.otlp_http.endpoint", otlpHttp),
+            ("--zipkin", "receivers.zipkin.endpoint", zipkin),
+            ("--query", "query.endpoint", query),
+            ("--max-head-spans", "store.max_head_spans", maxHeadSpans.map(String.init)),
+            ("--max-head-age", "store.max_head_age", maxHeadAge.map { "\($0)s" }),
+            ("--retention", "store.retention", retention),
+            ("--max-store-bytes", "store.max_store_bytes", maxStoreBytes.map(String.init)),
+            ("--compact-below", "store.compact_below", compactBelow.map(String.init)),
+            ("--compression-level", "store.compression_level", compressionLevel.map(String.init)),
+            ("--block-spans", "store.block_spans", blockSpans.map(String.init)),
+            ("--max-request-bytes", "receivers.max_request_bytes", maxRequestBytes.map(String.init)),
+            ("--max-grpc-message-bytes", "receivers.otlp_grpc.max_message_bytes", maxGrpcMessageBytes.map(String.init)),
+            ("--memory-budget", "memory_budget_bytes", memoryBudget.map(String.init)),
+            ("--log-level", "log_level", logLevel),
+        ]
+        return given.compactMap { flag, key, value in value.map { (flag, key, $0) } }
+    }
+
+    /// The configuration file, then the flags over it.
+    private func configuration() throws -> CollectorConfiguration {
+        var configuration = CollectorConfiguration()
+        do {
+            if let config {
+                let text: String
+                do {
+                    text = try String(contentsOfFile: config, encoding: .utf8)
+                } catch {
+                    throw CollectorSettings.Invalid(description: "\(config): cannot read the configuration file: \(error.localizedDescription)")
+                }
+                try CollectorSettings.apply(yaml: text, file: config, to: &configuration)
+            }
+            for (flag, key, value) in flagSettings {
+                try CollectorSettings.set(key, to: value, in: &configuration, source: flag)
+            }
+        } catch let error as CollectorSettings.Invalid {
+            throw ValidationError(error.description)
+        }
+        return configuration
+    }
 
     func validate() throws {
-        guard otlpHttp == "off" || ListenAddress(otlpHttp) != nil else {
-            throw ValidationError("--otlp-http must be host:port or off, got \(otlpHttp)")
-        }
-        guard otlpGrpc == "off" || ListenAddress(otlpGrpc) != nil else {
-            throw ValidationError("--otlp-grpc must be host:port or off, got \(otlpGrpc)")
-        }
-        guard zipkin == "off" || ListenAddress(zipkin) != nil else {
-            throw ValidationError("--zipkin must be host:port or off, got \(zipkin)")
-        }
-        guard ListenAddress(query) != nil else { throw ValidationError("--query must be host:port, got \(query)") }
-        guard maxHeadSpans > 0, maxHeadAge > 0, maxRequestBytes > 0, maxGrpcMessageBytes > 0, memoryBudget > 0 else {
-            throw ValidationError("--max-head-spans, --max-head-age, --max-request-bytes, --max-grpc-message-bytes and --memory-budget must be positive")
-        }
-        guard Logger.Level(rawValue: logLevel) != nil else { throw ValidationError("unknown --log-level \(logLevel)") }
-        if let retention, DurationText.nanoseconds(retention) == nil {
-            throw ValidationError("--retention must be a duration like 72h or 14d, got \(retention)")
-        }
-        if let maxStoreBytes, maxStoreBytes <= 0 { throw ValidationError("--max-store-bytes must be positive") }
-        guard (1...19).contains(compressionLevel) else { throw ValidationError("--compression-level must be 1 to 19, got \(compressionLevel)") }
-        guard blockSpans >= 64 else { throw ValidationError("--block-spans must be at least 64, got \(blockSpans)") }
+        _ = try configuration()
     }
 
     func run() async throws {
-        let level = Logger.Level(rawValue: logLevel)!
+        let configuration = try configuration()
+        let level = Logger.Level(rawValue: configuration.logLevel) ?? .info
         LoggingSystem.bootstrap { label in
             var handler = StreamLogHandler.standardError(label: label)
             handler.logLevel = level
             return handler
         }
         Self.raiseDescriptorLimit()
-        var configuration = CollectorConfiguration(dataDirectory: dataDir)
-        configuration.otlpHTTP = ListenAddress(otlpHttp)
-        configuration.otlpGRPC = ListenAddress(otlpGrpc)
-        configuration.zipkin = ListenAddress(zipkin)
-        configuration.maxGRPCMessageBytes = maxGrpcMessageBytes
-        configuration.memoryBudgetBytes = memoryBudget
-        configuration.query = ListenAddress(query)!
-        configuration.store.maxHeadSpans = maxHeadSpans
-        configuration.store.maxHeadAge = .seconds(maxHeadAge)
-        configuration.maxRequestBodyBytes = maxRequestBytes
-        if let retention, let nanoseconds = DurationText.nanoseconds(retention) {
-            configuration.store.retention = .nanoseconds(Int64(nanoseconds))
-        }
-        configuration.store.maxSegmentBytes = maxStoreBytes
-        configuration.store.compactionTargetSpans = compactBelow
-        configuration.store.compressionLevel = compressionLevel
-        configuration.store.blockSpans = blockSpans
 
         let server = CollectorServer(configuration: configuration)
         do {
