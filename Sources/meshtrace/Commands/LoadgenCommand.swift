@@ -132,13 +132,7 @@ struct LoadgenCommand: AsyncParsableCommand {
             await withTaskGroup(of: Void.self) { group in
                 for _ in 0..<connections {
                     group.addTask {
-                        while let (index, due) = schedule.take() {
-                            try? await Task.sleep(until: due, clock: clock)
-                            let (bytes, spans) = requests[index % requests.count]
-                            let sent = clock.now
-                            let outcome = await Self.postHTTP(url: url, body: bytes)
-                            schedule.record(outcome, spans: spans, latency: sent.duration(to: clock.now))
-                        }
+                        await schedule.drive(requests, clock: clock) { await Self.postHTTP(url: url, body: $0) }
                     }
                 }
             }
@@ -155,13 +149,7 @@ struct LoadgenCommand: AsyncParsableCommand {
                 await withTaskGroup(of: Void.self) { senders in
                     for client in clients {
                         senders.addTask {
-                            while let (index, due) = schedule.take() {
-                                try? await Task.sleep(until: due, clock: clock)
-                                let (bytes, spans) = requests[index % requests.count]
-                                let sent = clock.now
-                                let outcome = await Self.exportGRPC(client: client, body: bytes)
-                                schedule.record(outcome, spans: spans, latency: sent.duration(to: clock.now))
-                            }
+                            await schedule.drive(requests, clock: clock) { await Self.exportGRPC(client: client, body: $0) }
                         }
                     }
                 }
@@ -257,8 +245,21 @@ private final class Schedule: Sendable {
         self.interval = interval
     }
 
+    /// Sends requests (serialized bytes and span count) as they fall due, until the time is up.
+    func drive(
+        _ requests: [([UInt8], Int)], clock: ContinuousClock, send: @Sendable ([UInt8]) async -> LoadgenCommand.Outcome
+    ) async {
+        while let (index, due) = take() {
+            try? await Task.sleep(until: due, clock: clock)
+            let (bytes, spans) = requests[index % requests.count]
+            let sent = clock.now
+            let outcome = await send(bytes)
+            record(outcome, spans: spans, latency: sent.duration(to: clock.now))
+        }
+    }
+
     /// The next request to send and when, or nil once the time is up.
-    func take() -> (index: Int, due: ContinuousClock.Instant)? {
+    private func take() -> (index: Int, due: ContinuousClock.Instant)? {
         let index = next.withLock { value in
             defer { value += 1 }
             return value
@@ -267,7 +268,7 @@ private final class Schedule: Sendable {
         return due < end ? (index, due) : nil
     }
 
-    func record(_ outcome: LoadgenCommand.Outcome, spans: Int, latency: Duration) {
+    private func record(_ outcome: LoadgenCommand.Outcome, spans: Int, latency: Duration) {
         report.withLock { report in
             report.requests += 1
             report.spansSent += spans
