@@ -12,8 +12,9 @@ struct CollectorCommand: AsyncParsableCommand {
         commandName: "meshtrace-collector",
         abstract: "Receive OTLP spans, store them durably, and answer queries.",
         discussion: """
-            Spans sent to the OTLP/gRPC or OTLP/HTTP receiver are acknowledged once they \
-            are in the write-ahead log on disk. The head block is sealed into a compressed columnar \
+            Spans sent to any receiver (OTLP/gRPC, OTLP/HTTP, Zipkin) are acknowledged once \
+            they are in the write-ahead log on disk. The collector's own metrics are at \
+            /metrics on the query address. The head block is sealed into a compressed columnar \
             segment when it is large or old enough, and on SIGINT/SIGTERM.
             """)
 
