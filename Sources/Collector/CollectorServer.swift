@@ -42,49 +42,47 @@ public struct CollectorServer: Sendable {
         let metrics = CollectorMetrics()
         let ingest = TraceIngest(store: store, logger: logger, metrics: metrics)
         let budget = IngestBudget(limit: configuration.memoryBudgetBytes)
+        /// An HTTP listener at `address` that reports the port it bound as `endpoint`.
+        func httpListener(_ endpoint: Endpoint, at address: ListenAddress, _ register: (Router<BasicRequestContext>) -> Void)
+            -> some Service
+        {
+            let router = Router()
+            register(router)
+            return Application(
+                router: router,
+                configuration: .init(address: .hostname(address.host, port: address.port)),
+                onServerRunning: { channel in
+                    onListening(endpoint, ListenAddress(host: address.host, port: channel.localAddress?.port ?? 0))
+                },
+                logger: logger)
+        }
+
         var receivers: [any Service] = []
         if let address = configuration.otlpHTTP {
-            let router = Router()
-            OTLPHTTPReceiver(ingest: ingest, maxBodyBytes: configuration.maxRequestBodyBytes, budget: budget, metrics: metrics).register(on: router)
-            receivers.append(Application(
-                router: router,
-                configuration: .init(address: .hostname(address.host, port: address.port)),
-                onServerRunning: { channel in
-                    onListening(.otlpHTTP, ListenAddress(host: address.host, port: channel.localAddress?.port ?? 0))
-                },
-                logger: logger))
+            receivers.append(httpListener(.otlpHTTP, at: address) { router in
+                OTLPHTTPReceiver(ingest: ingest, maxBodyBytes: configuration.maxRequestBodyBytes, budget: budget, metrics: metrics)
+                    .register(on: router)
+            })
         }
         if let address = configuration.zipkin {
-            let router = Router()
-            ZipkinReceiver(ingest: ingest, maxBodyBytes: configuration.maxRequestBodyBytes, budget: budget, metrics: metrics).register(on: router)
-            receivers.append(Application(
-                router: router,
-                configuration: .init(address: .hostname(address.host, port: address.port)),
-                onServerRunning: { channel in
-                    onListening(.zipkin, ListenAddress(host: address.host, port: channel.localAddress?.port ?? 0))
-                },
-                logger: logger))
+            receivers.append(httpListener(.zipkin, at: address) { router in
+                ZipkinReceiver(ingest: ingest, maxBodyBytes: configuration.maxRequestBodyBytes, budget: budget, metrics: metrics)
+                    .register(on: router)
+            })
         }
         if let address = configuration.otlpGRPC {
             receivers.append(OTLPGRPCReceiver(
                 address: address, ingest: ingest, maxMessageBytes: configuration.maxGRPCMessageBytes, budget: budget, metrics: metrics,
                 onListening: { onListening(.otlpGRPC, $0) }))
         }
-        let queryRouter = Router()
-        QueryAPI(store: store, logger: logger).register(on: queryRouter)
-        queryRouter.get("/metrics") { _, _ in
-            Response(
-                status: .ok, headers: [.contentType: "text/plain; version=0.0.4"],
-                body: ResponseBody(byteBuffer: ByteBuffer(string: metrics.render(store: store, budget: budget))))
+        let query = httpListener(.query, at: configuration.query) { router in
+            QueryAPI(store: store, logger: logger).register(on: router)
+            router.get("/metrics") { _, _ in
+                Response(
+                    status: .ok, headers: [.contentType: "text/plain; version=0.0.4"],
+                    body: ResponseBody(byteBuffer: ByteBuffer(string: metrics.render(store: store, budget: budget))))
+            }
         }
-
-        let query = Application(
-            router: queryRouter,
-            configuration: .init(address: .hostname(configuration.query.host, port: configuration.query.port)),
-            onServerRunning: { channel in
-                onListening(.query, ListenAddress(host: configuration.query.host, port: channel.localAddress?.port ?? 0))
-            },
-            logger: logger)
         let sealer = SealService(store: store, interval: configuration.sealCheckInterval, logger: logger)
 
         let group = ServiceGroup(configuration: .init(

@@ -193,9 +193,6 @@ public final class SpanStore: Sendable {
         return outcome
     }
 
-    /// WAL syncs run so far; concurrent requests share them.
-    public var walSyncCount: Int { commit.statistics.syncs }
-
     /// What the WAL has done since the store opened: records and bytes appended,
     /// syncs run and the seconds spent in them.
     public var walStatistics: (records: UInt64, bytes: UInt64, syncs: Int, syncSeconds: Double) {

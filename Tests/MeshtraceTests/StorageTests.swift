@@ -152,7 +152,7 @@ final class StorageTests: XCTestCase {
             }
             done.wait()
             XCTAssertEqual(failures.withLock { $0 }, 0)
-            syncs = store.walSyncCount
+            syncs = store.walStatistics.syncs
             let stored = store.unsealedSpanCount + store.snapshot().segments.reduce(0) { $0 + $1.footer.spanCount }
             XCTAssertEqual(stored, total)
         }

@@ -27,12 +27,12 @@ struct HTTPBody {
         guard declared <= maxBytes else { throw .tooLarge("request body exceeds the limit of \(maxBytes) bytes") }
         guard budget.charge(bodyBytes: declared) else { throw .overBudget }
         var charged = declared
-        do {
+        do throws(Failure) {
             var bytes: [UInt8]
             do {
                 bytes = Array(try await request.body.collect(upTo: maxBytes).readableBytesView)
             } catch {
-                throw Failure.tooLarge("request body exceeds the limit of \(maxBytes) bytes")
+                throw .tooLarge("request body exceeds the limit of \(maxBytes) bytes")
             }
             do {
                 switch encoding {
@@ -41,24 +41,21 @@ struct HTTPBody {
                 default: break
                 }
             } catch .exceedsLimit {
-                throw Failure.tooLarge("request body decompresses to more than the limit of \(maxBytes) bytes")
+                throw .tooLarge("request body decompresses to more than the limit of \(maxBytes) bytes")
             } catch {
-                throw Failure.undecodable("cannot decompress the \(encoding) body: \(error)")
+                throw .undecodable("cannot decompress the \(encoding) body: \(error)")
             }
             if bytes.count > charged {
                 // Charged afresh, so a body that is alone in flight is never refused.
                 budget.release(bodyBytes: charged)
                 charged = 0
-                guard budget.charge(bodyBytes: bytes.count) else { throw Failure.overBudget }
+                guard budget.charge(bodyBytes: bytes.count) else { throw .overBudget }
                 charged = bytes.count
             }
             return HTTPBody(bytes: bytes, charged: charged)
-        } catch let failure as Failure {
-            budget.release(bodyBytes: charged)
-            throw failure
         } catch {
             budget.release(bodyBytes: charged)
-            throw .undecodable("\(error)")
+            throw error
         }
     }
 }

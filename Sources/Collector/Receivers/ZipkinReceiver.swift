@@ -79,8 +79,8 @@ struct ZipkinReceiver: Sendable {
 }
 
 /// One Zipkin v2 span, as JSON or proto3 carries it.
-struct ZipkinSpan: Sendable, Equatable {
-    struct Endpoint: Sendable, Equatable, Hashable {
+struct ZipkinSpan: Sendable {
+    struct Endpoint: Sendable {
         var serviceName: String?
         var address: String?
         var port: Int?
@@ -100,14 +100,6 @@ struct ZipkinSpan: Sendable, Equatable {
     var annotations: [(timestamp: UInt64, value: String)] = []
     var tags: [(key: String, value: String)] = []
     var shared = false
-
-    static func == (lhs: ZipkinSpan, rhs: ZipkinSpan) -> Bool {
-        lhs.traceID == rhs.traceID && lhs.id == rhs.id && lhs.parentID == rhs.parentID && lhs.name == rhs.name
-            && lhs.kind == rhs.kind && lhs.timestamp == rhs.timestamp && lhs.duration == rhs.duration
-            && lhs.localEndpoint == rhs.localEndpoint && lhs.remoteEndpoint == rhs.remoteEndpoint
-            && lhs.annotations.elementsEqual(rhs.annotations, by: ==) && lhs.tags.elementsEqual(rhs.tags, by: ==)
-            && lhs.shared == rhs.shared
-    }
 
     struct DecodingError: Error, CustomStringConvertible {
         var description: String
