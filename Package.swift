@@ -89,6 +89,11 @@ let package = Package(
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
             ]
         ),
+        // Differential fuzzing of the OTLP decoder against swift-protobuf (Fuzz/run.sh).
+        .executableTarget(
+            name: "meshtrace-fuzz-otlp",
+            dependencies: ["OTLPWire", "MeshCore", .product(name: "SwiftProtobuf", package: "swift-protobuf")]
+        ),
         .testTarget(
             name: "MeshtraceTests",
             dependencies: [

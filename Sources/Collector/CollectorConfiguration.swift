@@ -24,9 +24,9 @@ public struct ListenAddress: Sendable, Equatable, CustomStringConvertible {
 
 /// Everything the collector needs to run.
 public struct CollectorConfiguration: Sendable {
-    /// Where OTLP/HTTP is served (`POST /v1/traces`); nil switches it off.
+    /// Where OTLP/HTTP is served (`POST /v1/traces`, `POST /v1/metrics`); nil switches it off.
     public var otlpHTTP: ListenAddress? = ListenAddress(host: "127.0.0.1", port: 4318)
-    /// Where OTLP/gRPC is served (`TraceService/Export`); nil switches it off.
+    /// Where OTLP/gRPC is served (`TraceService/Export`, `MetricsService/Export`); nil switches it off.
     public var otlpGRPC: ListenAddress? = ListenAddress(host: "127.0.0.1", port: 4317)
     /// Where Zipkin v2 is served (`POST /api/v2/spans`); nil switches it off.
     public var zipkin: ListenAddress? = ListenAddress(host: "127.0.0.1", port: 9411)
@@ -41,6 +41,9 @@ public struct CollectorConfiguration: Sendable {
     /// Bytes of request data held in flight at most (each request is charged four
     /// times its decompressed size); past it, clients are told to retry later.
     public var memoryBudgetBytes = 512 << 20
+    /// How long an HTTP client may take to send a request body, and may leave a
+    /// connection silent mid-request; past it the request gets 408 or the connection closes.
+    public var readTimeout: Duration = .seconds(30)
     /// The collector process's log level (`trace` … `critical`).
     public var logLevel = "info"
     /// How often the head block is checked for sealing by age.

@@ -17,6 +17,8 @@ final class CollectorMetrics: Sendable {
         case invalid
         /// Over the size limit.
         case tooLarge = "too_large"
+        /// The body took longer than the read timeout.
+        case timedOut = "timed_out"
         /// An unsupported content type or encoding.
         case unsupported
         /// The memory budget was spent; the client was told to retry.
@@ -29,6 +31,7 @@ final class CollectorMetrics: Sendable {
     static func refusal(for status: Int) -> Refusal? {
         switch status {
         case 400: return .invalid
+        case 408: return .timedOut
         case 413: return .tooLarge
         case 415: return .unsupported
         case 429: return .overBudget
@@ -42,6 +45,7 @@ final class CollectorMetrics: Sendable {
         var refused: [Receiver: [Refusal: Int]] = [:]
         var acceptedSpans: [Receiver: Int] = [:]
         var rejectedSpans: [Receiver: Int] = [:]
+        var acceptedDataPoints: [Receiver: Int] = [:]
         var waiting = 0
     }
 
@@ -53,6 +57,14 @@ final class CollectorMetrics: Sendable {
             counts.accepted[receiver, default: 0] += 1
             counts.acceptedSpans[receiver, default: 0] += spans
             counts.rejectedSpans[receiver, default: 0] += rejected
+        }
+    }
+
+    /// A metrics export request was stored, with `dataPoints` data points.
+    func acceptedMetrics(_ receiver: Receiver, dataPoints: Int) {
+        counts.withLock { counts in
+            counts.accepted[receiver, default: 0] += 1
+            counts.acceptedDataPoints[receiver, default: 0] += dataPoints
         }
     }
 
@@ -89,6 +101,8 @@ final class CollectorMetrics: Sendable {
                    ("receiver=\"\(receiver.rawValue)\",outcome=\"stored\"", "\(counts.acceptedSpans[receiver] ?? 0)"),
                    ("receiver=\"\(receiver.rawValue)\",outcome=\"rejected\"", "\(counts.rejectedSpans[receiver] ?? 0)"),
                ] })
+        family("meshtrace_receiver_metric_points_total", "counter", "Metric data points in accepted metrics export requests.",
+               [Receiver.otlpGRPC, .otlpHTTP].map { ("receiver=\"\($0.rawValue)\"", "\(counts.acceptedDataPoints[$0] ?? 0)") })
         family("meshtrace_ingest_waiting_requests", "gauge", "Requests waiting for their WAL write and sync.",
                [("", "\(counts.waiting)")])
         family("meshtrace_wal_written_bytes_total", "counter", "Bytes appended to the write-ahead log.", [("", "\(wal.bytes)")])

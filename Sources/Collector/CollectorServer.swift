@@ -48,8 +48,11 @@ public struct CollectorServer: Sendable {
         {
             let router = Router()
             register(router)
+            let (seconds, attoseconds) = configuration.readTimeout.components
             return Application(
                 router: router,
+                // A connection silent mid-request (a client that never finishes its body) is closed.
+                server: .http1(configuration: .init(idleTimeout: .nanoseconds(seconds * 1_000_000_000 + attoseconds / 1_000_000_000))),
                 configuration: .init(address: .hostname(address.host, port: address.port)),
                 onServerRunning: { channel in
                     onListening(endpoint, ListenAddress(host: address.host, port: channel.localAddress?.port ?? 0))
@@ -60,13 +63,17 @@ public struct CollectorServer: Sendable {
         var receivers: [any Service] = []
         if let address = configuration.otlpHTTP {
             receivers.append(httpListener(.otlpHTTP, at: address) { router in
-                OTLPHTTPReceiver(ingest: ingest, maxBodyBytes: configuration.maxRequestBodyBytes, budget: budget, metrics: metrics)
+                OTLPHTTPReceiver(
+                    ingest: ingest, maxBodyBytes: configuration.maxRequestBodyBytes, readTimeout: configuration.readTimeout,
+                    budget: budget, metrics: metrics)
                     .register(on: router)
             })
         }
         if let address = configuration.zipkin {
             receivers.append(httpListener(.zipkin, at: address) { router in
-                ZipkinReceiver(ingest: ingest, maxBodyBytes: configuration.maxRequestBodyBytes, budget: budget, metrics: metrics)
+                ZipkinReceiver(
+                    ingest: ingest, maxBodyBytes: configuration.maxRequestBodyBytes, readTimeout: configuration.readTimeout,
+                    budget: budget, metrics: metrics)
                     .register(on: router)
             })
         }

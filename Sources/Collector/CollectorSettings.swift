@@ -42,9 +42,17 @@ public enum CollectorSettings {
         "receivers.zipkin.endpoint": endpoint { $0.zipkin = $1 },
         "receivers.otlp_grpc.max_message_bytes": positive { $0.maxGRPCMessageBytes = $1 },
         "receivers.max_request_bytes": positive { $0.maxRequestBodyBytes = $1 },
+        "receivers.read_timeout": duration { $0.readTimeout = $1 },
         "store.max_head_spans": positive { $0.store.maxHeadSpans = $1 },
         "store.max_head_age": duration { $0.store.maxHeadAge = $1 },
         "store.retention": duration { $0.store.retention = $1 },
+        "store.wal_sync_interval": { configuration, text in
+            guard let nanoseconds = text == "0" ? 0 : DurationText.nanoseconds(text), nanoseconds <= 1_000_000_000 else {
+                return "expected 0 (sync per group of requests) or a duration up to 1s like 10ms, got \(text.debugDescription)"
+            }
+            configuration.store.walSyncInterval = .nanoseconds(Int64(nanoseconds))
+            return nil
+        },
         "store.max_store_bytes": positive { $0.store.maxSegmentBytes = $1 },
         "store.compact_below": { configuration, text in
             guard let value = Int(text), value >= 0 else { return "expected a whole number, 0 or more, got \(text.debugDescription)" }

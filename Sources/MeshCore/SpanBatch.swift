@@ -200,7 +200,25 @@ public struct SpanBatch: Sendable {
     public mutating func append(contentsOf other: SpanBatch, rows indices: [Int]? = nil) {
         let resourceMap = other.resources.map { intern(resource: $0) }
         let scopeMap = other.scopes.map { intern(scope: $0) }
-        for index in indices ?? Array(0..<other.count) {
+        guard let indices else {
+            // Whole columns at once: what the head block does with every request.
+            traceIDs += other.traceIDs
+            spanIDs += other.spanIDs
+            parentSpanIDs += other.parentSpanIDs
+            names += other.names
+            kinds += other.kinds
+            startTimes += other.startTimes
+            endTimes += other.endTimes
+            statusCodes += other.statusCodes
+            statusMessages += other.statusMessages
+            httpStatusCodes += other.httpStatusCodes
+            resourceIndices += other.resourceIndices.lazy.map { resourceMap[Int($0)] }
+            scopeIndices += other.scopeIndices.lazy.map { scopeMap[Int($0)] }
+            attributes += other.attributes
+            extras += other.extras
+            return
+        }
+        for index in indices {
             var row = other.row(index)
             row.resourceIndex = resourceMap[Int(row.resourceIndex)]
             row.scopeIndex = scopeMap[Int(row.scopeIndex)]

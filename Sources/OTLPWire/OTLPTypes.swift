@@ -67,3 +67,25 @@ extension Array where Element == KeyValue {
         return nil
     }
 }
+
+extension ExportMetricsServiceRequest {
+    /// Data points across every metric of the request (each histogram or summary point counts once).
+    public var dataPointCount: Int {
+        var count = 0
+        for resourceMetrics in resourceMetrics {
+            for scopeMetrics in resourceMetrics.scopeMetrics {
+                for metric in scopeMetrics.metrics {
+                    switch metric.data {
+                    case .gauge(let gauge): count += gauge.dataPoints.count
+                    case .sum(let sum): count += sum.dataPoints.count
+                    case .histogram(let histogram): count += histogram.dataPoints.count
+                    case .exponentialHistogram(let histogram): count += histogram.dataPoints.count
+                    case .summary(let summary): count += summary.dataPoints.count
+                    case nil: break
+                    }
+                }
+            }
+        }
+        return count
+    }
+}

@@ -25,6 +25,10 @@ public final class SpanStore: Sendable {
         public var compressionLevel: Int32 = Zstd.defaultLevel
         /// Spans per segment block: a trace lookup decodes up to one block.
         public var blockSpans: Int = SegmentWriter.defaultBlockSpans
+        /// The least time between the starts of two WAL syncs. Zero syncs as soon as a
+        /// request waits (each sync covering every request written meanwhile); more
+        /// makes fewer syncs, and requests wait up to this long more for their answer.
+        public var walSyncInterval: Duration = .zero
         /// Open without writing anything (for `meshtrace … --data-dir` next to a running collector).
         public var readOnly: Bool = false
         /// Delete segments whose newest span ended longer ago than this; nil keeps them.
@@ -71,7 +75,7 @@ public final class SpanStore: Sendable {
     private let state: Mutex<State>
     /// The log; its lock also orders WAL appends with head swaps.
     private let wal: Mutex<WriteAheadLog?>
-    private let commit = GroupCommit()
+    private let commit: GroupCommit
     /// Held while a seal runs, so seals never overlap.
     private let sealLock = Mutex(())
     /// Held while a compaction runs.
@@ -83,6 +87,7 @@ public final class SpanStore: Sendable {
     /// Opens (or creates) the store, replaying the WAL into the head block.
     public init(configuration: Configuration) throws(StoreError) {
         self.configuration = configuration
+        commit = GroupCommit(minimumInterval: configuration.walSyncInterval)
         let walDirectory = configuration.dataDirectory + "/wal"
         let segmentDirectory = configuration.dataDirectory + "/segments"
         if !configuration.readOnly {
@@ -139,11 +144,11 @@ public final class SpanStore: Sendable {
                 }
                 let replay = try WriteAheadLog.replay(path: path)
                 for record in replay.records where record.type == .traceExport {
-                    guard let request = try? ExportTraceServiceRequest(serializedBytes: Array(record.body)) else {
+                    guard let export = try? DecodedTraceExport(protobuf: Array(record.body)) else {
                         problems.append(Problem(file: path, reason: "a record holds an undecodable request; skipped"))
                         continue
                     }
-                    state.head.append(request)
+                    state.head.append(contentsOf: export.spans)
                 }
                 if let damage = replay.damage {
                     problems.append(Problem(file: path, reason: "\(damage); \(replay.damagedTailBytes) trailing bytes ignored"))
@@ -161,15 +166,16 @@ public final class SpanStore: Sendable {
         }
     }
 
-    /// Makes the valid spans of `request` durable and queryable.
+    /// Makes the valid spans of a decoded export request durable and queryable; its
+    /// protobuf bytes are what the WAL logs.
     ///
-    /// - Parameter encoded: the request's protobuf bytes, as logged in the WAL.
     /// - Returns: how many spans were accepted and refused. Nothing is logged when
     ///   every span is refused.
-    public func append(_ request: ExportTraceServiceRequest, encoded: [UInt8]) throws(StoreError) -> IngestOutcome {
-        var batch = SpanBatch()
-        let outcome = batch.append(request)
+    public func append(_ export: DecodedTraceExport) throws(StoreError) -> IngestOutcome {
+        let outcome = export.outcome
         guard outcome.accepted > 0 else { return outcome }
+        let batch = export.spans
+        let encoded = export.encoded
         // Written and queryable under the log's lock; acknowledged once synced, in a
         // group with the requests written meanwhile.
         let ticket = try wal.withLock { (log: inout WriteAheadLog?) throws(StoreError) -> UInt64 in
@@ -181,6 +187,20 @@ public final class SpanStore: Sendable {
             }
             return ticket
         }
+        try waitUntilDurable(ticket)
+        return outcome
+    }
+
+    /// Makes a protobuf-encoded OTLP `ExportMetricsServiceRequest` durable in the WAL.
+    public func appendMetrics(encoded: [UInt8]) throws(StoreError) {
+        let ticket = try wal.withLock { (log: inout WriteAheadLog?) throws(StoreError) -> UInt64 in
+            guard let log else { throw .readOnly }
+            return try log.write(type: .metricsExport, body: encoded)
+        }
+        try waitUntilDurable(ticket)
+    }
+
+    private func waitUntilDurable(_ ticket: UInt64) throws(StoreError) {
         try commit.waitUntilDurable(ticket) { () throws(StoreError) -> UInt64 in
             let target = try wal.withLock { (log: inout WriteAheadLog?) throws(StoreError) in
                 guard let log else { throw StoreError.readOnly }
@@ -190,7 +210,6 @@ public final class SpanStore: Sendable {
             try FileIO.sync(fd: target.fd, path: target.path)
             return target.upTo
         }
-        return outcome
     }
 
     /// What the WAL has done since the store opened: records and bytes appended,

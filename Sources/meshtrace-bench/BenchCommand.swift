@@ -6,8 +6,8 @@ import Foundation
 struct BenchCommand: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "meshtrace-bench",
-        abstract: "Benchmarks of meshtrace's storage; prints figures with their units.",
-        subcommands: [StorageBench.self])
+        abstract: "Benchmarks of meshtrace; prints figures with their units.",
+        subcommands: [StorageBench.self, DecodeBench.self])
 }
 
 /// Wall-clock and CPU time of a piece of work.
@@ -31,4 +31,11 @@ struct Measurement {
         return Double(usage.ru_utime.tv_sec) + Double(usage.ru_utime.tv_usec) / 1e6
             + Double(usage.ru_stime.tv_sec) + Double(usage.ru_stime.tv_usec) / 1e6
     }
+}
+
+/// The CPU model as /proc/cpuinfo names it.
+func cpuModel() -> String {
+    let info = (try? String(contentsOfFile: "/proc/cpuinfo", encoding: .utf8)) ?? ""
+    return info.split(separator: "\n").first { $0.hasPrefix("model name") }?
+        .split(separator: ":").last?.trimmingCharacters(in: .whitespaces) ?? "unknown CPU"
 }

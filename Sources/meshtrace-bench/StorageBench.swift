@@ -228,10 +228,4 @@ struct StorageBench: ParsableCommand {
         try? handle.close()
         return true
     }
-
-    private func cpuModel() -> String {
-        let info = (try? String(contentsOfFile: "/proc/cpuinfo", encoding: .utf8)) ?? ""
-        return info.split(separator: "\n").first { $0.hasPrefix("model name") }?
-            .split(separator: ":").last?.trimmingCharacters(in: .whitespaces) ?? "unknown CPU"
-    }
 }

@@ -42,6 +42,9 @@ struct CollectorCommand: AsyncParsableCommand {
     @Option(name: .long, help: "Seal the head block once it is this old, in seconds (default 300).")
     var maxHeadAge: Int?
 
+    @Option(name: .long, help: "Least time between WAL syncs, e.g. 10ms; 0 syncs per group of waiting requests (default 0). Requests are answered only once synced either way.")
+    var walSyncInterval: String?
+
     @Option(name: .long, help: "Delete segments older than this (e.g. 72h, 14d); unset keeps them.")
     var retention: String?
 
@@ -59,6 +62,9 @@ struct CollectorCommand: AsyncParsableCommand {
 
     @Option(name: .long, help: "Largest OTLP/HTTP or Zipkin request body, in bytes (default 20971520).")
     var maxRequestBytes: Int?
+
+    @Option(name: .long, help: "Time an HTTP client has to send a request body, and may stay silent mid-request, e.g. 30s (default 30s).")
+    var readTimeout: String?
 
     @Option(name: .long, help: "Largest OTLP/gRPC request message, in bytes (default 4194304).")
     var maxGrpcMessageBytes: Int?
@@ -80,11 +86,13 @@ struct CollectorCommand: AsyncParsableCommand {
             ("--max-head-spans", "store.max_head_spans", maxHeadSpans.map(String.init)),
             ("--max-head-age", "store.max_head_age", maxHeadAge.map { "\($0)s" }),
             ("--retention", "store.retention", retention),
+            ("--wal-sync-interval", "store.wal_sync_interval", walSyncInterval),
             ("--max-store-bytes", "store.max_store_bytes", maxStoreBytes.map(String.init)),
             ("--compact-below", "store.compact_below", compactBelow.map(String.init)),
             ("--compression-level", "store.compression_level", compressionLevel.map(String.init)),
             ("--block-spans", "store.block_spans", blockSpans.map(String.init)),
             ("--max-request-bytes", "receivers.max_request_bytes", maxRequestBytes.map(String.init)),
+            ("--read-timeout", "receivers.read_timeout", readTimeout),
             ("--max-grpc-message-bytes", "receivers.otlp_grpc.max_message_bytes", maxGrpcMessageBytes.map(String.init)),
             ("--memory-budget", "memory_budget_bytes", memoryBudget.map(String.init)),
             ("--log-level", "log_level", logLevel),

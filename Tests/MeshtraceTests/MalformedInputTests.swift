@@ -14,38 +14,15 @@ import XCTest
 /// also survive being stored and read back. The seeds are fixed, so a failure
 /// reproduces.
 final class MalformedInputTests: XCTestCase {
-    private func mutations(of original: [UInt8], count: Int, seed: UInt64) -> [[UInt8]] {
-        var random = SeededGenerator(seed: seed)
-        return (0..<count).map { _ in
-            var bytes = original
-            for _ in 0...Int(random.next() % 4) {
-                guard !bytes.isEmpty else { break }
-                let at = Int(random.next() % UInt64(bytes.count))
-                switch random.next() % 6 {
-                case 0: bytes[at] ^= UInt8(1 << (random.next() % 8))
-                case 1: bytes[at] = UInt8(truncatingIfNeeded: random.next())
-                case 2: bytes.removeSubrange(at...)
-                case 3: bytes.insert(contentsOf: [0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0x01], at: at)
-                case 4: bytes.removeSubrange(at..<min(bytes.count, at + Int(random.next() % 16) + 1))
-                default:
-                    let from = Int(random.next() % UInt64(bytes.count))
-                    bytes.insert(contentsOf: bytes[from..<min(bytes.count, from + 24)], at: at)
-                }
-            }
-            return bytes
-        }
-    }
-
     func testMutatedOTLPNeverCrashesDecodingStoringOrReading() throws {
         let (requests, _) = simulatedRequests(count: 6)
         let original: [UInt8] = try requests[0].serializedBytes()
         var decoded = 0
         for (index, bytes) in mutations(of: original, count: 5_000, seed: 41).enumerated() {
-            guard let request = try? ExportTraceServiceRequest(serializedBytes: bytes) else { continue }
+            guard let export = try? DecodedTraceExport(protobuf: bytes) else { continue }
             decoded += 1
-            var batch = SpanBatch()
-            let outcome = batch.append(request)
-            XCTAssertEqual(outcome.accepted, batch.count)
+            let batch = export.spans
+            XCTAssertEqual(export.outcome.accepted, batch.count)
             guard index % 25 == 0, batch.count > 0 else { continue }
             let segment = try SegmentWriter.encode(batch, walSequence: 1, blockSpans: 8, runSpans: 2)
             let path = temporaryDirectory(self) + "/\(index).mts"

@@ -64,7 +64,7 @@ final class MeshSimTests: XCTestCase {
         let (requests, simulator) = simulatedRequests(count: 500)
         let store = try SpanStore(configuration: .init(dataDirectory: temporaryDirectory(self)))
         for (index, request) in requests.enumerated() {
-            _ = try store.append(request, encoded: try request.serializedBytes())
+            _ = try store.append(try received(request))
             if index == requests.count / 2 { try store.seal() }
         }
         let topology = try QueryEngine(snapshot: store.snapshot()).topology(window: 0...UInt64.max)

@@ -110,7 +110,7 @@ final class StorageTests: XCTestCase {
         let total = batch(requests).count
         do {
             let store = try SpanStore(configuration: .init(dataDirectory: directory))
-            for request in requests { _ = try store.append(request, encoded: try request.serializedBytes()) }
+            for request in requests { _ = try store.append(try received(request)) }
             XCTAssertEqual(store.unsealedSpanCount, total)
             // The process "dies" here: nothing is sealed, only the WAL is on disk.
         }
@@ -128,7 +128,7 @@ final class StorageTests: XCTestCase {
     func testConcurrentAppendsShareWALSyncsAndAllReplay() throws {
         let directory = temporaryDirectory(self)
         let (requests, _) = simulatedRequests(count: 160)
-        let encoded = try requests.map { try $0.serializedBytes() as [UInt8] }
+        let exports = try requests.map(received)
         let total = batch(requests).count
         let syncs: Int
         do {
@@ -143,7 +143,7 @@ final class StorageTests: XCTestCase {
                     defer { done.leave() }
                     do {
                         if index == requests.count { try store.seal() } else {
-                            _ = try store.append(requests[index], encoded: encoded[index])
+                            _ = try store.append(exports[index])
                         }
                     } catch {
                         failures.withLock { $0 += 1 }
@@ -163,6 +163,40 @@ final class StorageTests: XCTestCase {
         XCTAssertEqual(stored, total, "every acknowledged span is on disk once")
     }
 
+    func testWALSyncIntervalSpacesSyncsAndStillAcknowledgesOnlyDurableRecords() throws {
+        let directory = temporaryDirectory(self)
+        let (requests, _) = simulatedRequests(count: 60)
+        let exports = try requests.map(received)
+        var configuration = SpanStore.Configuration(dataDirectory: directory)
+        configuration.walSyncInterval = .milliseconds(40)
+        let store = try SpanStore(configuration: configuration)
+        let started = ContinuousClock.now
+        // Sequential appends: with no interval each would sync on its own.
+        for export in exports { _ = try store.append(export) }
+        let elapsed = started.duration(to: .now)
+        let syncs = store.walStatistics.syncs
+        XCTAssertEqual(syncs, exports.count, "one waiting request at a time: one sync each")
+        XCTAssertGreaterThanOrEqual(elapsed, .milliseconds(40) * (syncs - 1), "syncs start at least 40 ms apart")
+
+        // Concurrent appends join the sync that is waiting out the interval.
+        let done = DispatchGroup()
+        let failures = Mutex(0)
+        for export in exports {
+            done.enter()
+            Thread.detachNewThread {
+                defer { done.leave() }
+                do { _ = try store.append(export) } catch { failures.withLock { $0 += 1 } }
+            }
+        }
+        done.wait()
+        XCTAssertEqual(failures.withLock { $0 }, 0)
+        XCTAssertLessThan(store.walStatistics.syncs - syncs, exports.count / 4, "concurrent requests share spaced syncs")
+        var readOnly = SpanStore.Configuration(dataDirectory: directory)
+        readOnly.readOnly = true
+        let reopened = try SpanStore(configuration: readOnly)
+        XCTAssertEqual(reopened.unsealedSpanCount, 2 * exports.reduce(0) { $0 + $1.spans.count })
+    }
+
     func testCrashBetweenSegmentRenameAndWALCleanupStoresSpansOnce() throws {
         let directory = temporaryDirectory(self)
         let (requests, _) = simulatedRequests(count: 30)
@@ -171,7 +205,7 @@ final class StorageTests: XCTestCase {
         addTeardownBlock { try? FileManager.default.removeItem(atPath: saved) }
         do {
             let store = try SpanStore(configuration: .init(dataDirectory: directory))
-            for request in requests { _ = try store.append(request, encoded: try request.serializedBytes()) }
+            for request in requests { _ = try store.append(try received(request)) }
             try FileManager.default.copyItem(atPath: directory + "/wal", toPath: saved)
             try store.seal()
         }
@@ -192,7 +226,7 @@ final class StorageTests: XCTestCase {
         let (requests, _) = simulatedRequests(count: 10)
         do {
             let store = try SpanStore(configuration: .init(dataDirectory: directory))
-            for request in requests { _ = try store.append(request, encoded: try request.serializedBytes()) }
+            for request in requests { _ = try store.append(try received(request)) }
         }
         let walFile = try XCTUnwrap(FileManager.default.contentsOfDirectory(atPath: directory + "/wal").sorted().first)
         let handle = try FileHandle(forWritingTo: URL(fileURLWithPath: directory + "/wal/" + walFile))
@@ -210,7 +244,7 @@ final class StorageTests: XCTestCase {
         let directory = temporaryDirectory(self)
         let (requests, _) = simulatedRequests(count: 10)
         let store = try SpanStore(configuration: .init(dataDirectory: directory))
-        for request in requests { _ = try store.append(request, encoded: try request.serializedBytes()) }
+        for request in requests { _ = try store.append(try received(request)) }
         try store.seal()
         try Data(repeating: 0xAB, count: 100).write(to: URL(fileURLWithPath: directory + "/segments/seg-00000000000000ff.mts"))
         try Data("notes".utf8).write(to: URL(fileURLWithPath: directory + "/segments/README"))
@@ -232,7 +266,7 @@ final class StorageTests: XCTestCase {
         XCTAssertTrue(outcome.firstRejection?.contains("trace id") ?? false)
 
         let store = try SpanStore(configuration: .init(dataDirectory: temporaryDirectory(self)))
-        let stored = try store.append(request, encoded: try request.serializedBytes())
+        let stored = try store.append(try received(request))
         XCTAssertEqual(stored.rejected, 2)
         XCTAssertEqual(store.unsealedSpanCount, 0)
     }
@@ -244,9 +278,9 @@ final class StorageTests: XCTestCase {
         first.resourceSpans[0].scopeSpans[0].spans.removeLast()
         var second = request
         second.resourceSpans[0].scopeSpans[0].spans.removeFirst()
-        _ = try store.append(first, encoded: try first.serializedBytes())
+        _ = try store.append(try received(first))
         try store.seal()
-        _ = try store.append(second, encoded: try second.serializedBytes())
+        _ = try store.append(try received(second))
         let traceID = try XCTUnwrap(TraceID(hex: "5b8efff798038103d269b633813fc60c"))
         let found = try XCTUnwrap(try QueryEngine(snapshot: store.snapshot()).trace(traceID))
         XCTAssertEqual(found.count, 2)
@@ -259,7 +293,7 @@ final class StorageTests: XCTestCase {
         let store = try SpanStore(configuration: configuration)
         for (index, start) in startTimes.enumerated() {
             let (requests, _) = simulatedRequests(count: 5, seed: UInt64(index + 1), start: start)
-            for request in requests { _ = try store.append(request, encoded: try request.serializedBytes()) }
+            for request in requests { _ = try store.append(try received(request)) }
             try store.seal()
         }
         return store

@@ -1,10 +1,15 @@
 """Bad input gets a clear 4xx with a google.rpc.Status body, and the collector keeps serving."""
 import json
 import random
+import socket
+import time
 
+import grpc
+import pytest
 import requests
 from google.rpc import status_pb2
 from opentelemetry.proto.collector.trace.v1 import trace_service_pb2
+from opentelemetry.proto.common.v1 import common_pb2
 from opentelemetry.proto.trace.v1 import trace_pb2
 
 from conftest import meshtrace
@@ -129,3 +134,63 @@ def test_oversized_body_gets_413(collector):
     assert response.status_code == 413
     assert "exceeds the limit of 1000 bytes" in protobuf_status(response).message
     assert_still_serving(c, 10)
+
+
+def test_a_client_that_never_finishes_its_body_is_cut_off_and_others_are_served(collector):
+    c = collector(extra_args=["--read-timeout", "2s"])
+    host, port = c.otlp_url.removeprefix("http://").split(":")
+    stalled = socket.create_connection((host, int(port)), timeout=30)
+    stalled.sendall(b"POST /v1/traces HTTP/1.1\r\nHost: x\r\nContent-Type: application/x-protobuf\r\n"
+                    b"Content-Length: 100000\r\n\r\n" + b"\x0a" * 10)
+    trickling = socket.create_connection((host, int(port)), timeout=30)
+    trickling.sendall(b"POST /v1/traces HTTP/1.1\r\nHost: x\r\nContent-Type: application/x-protobuf\r\n"
+                      b"Content-Length: 100000\r\n\r\n")
+    started = time.monotonic()
+    # Meanwhile other clients are served.
+    assert_still_serving(c, 11)
+    # The trickling client keeps the connection busy, one byte a second, past the read timeout.
+    answer = b""
+    while time.monotonic() - started < 10 and not answer:
+        try:
+            trickling.sendall(b"\x0a")
+        except OSError:
+            break
+        trickling.settimeout(1.0)
+        try:
+            answer = trickling.recv(4096)
+        except socket.timeout:
+            pass
+    assert answer.startswith(b"HTTP/1.1 408"), answer
+    # The silent one is closed by the idle timeout: recv returns end of stream.
+    stalled.settimeout(10)
+    assert stalled.recv(4096) == b""
+    assert time.monotonic() - started < 10
+    assert c.alive()
+    assert_still_serving(c, 12)
+
+
+def test_a_span_with_a_million_attributes_gets_an_answer_and_others_are_served(collector):
+    c = collector()
+    request = valid_request(13)
+    span = request.resource_spans[0].scope_spans[0].spans[0]
+    for i in range(1_000_000):
+        span.attributes.add(key="k", value=common_pb2.AnyValue(int_value=i))
+    body = request.SerializeToString()
+    assert len(body) > 4 << 20
+    response = requests.post(f"{c.otlp_url}/v1/traces", data=body, headers=PROTOBUF, timeout=120)
+    assert response.status_code == 200, response.content[:200]
+    assert not trace_service_pb2.ExportTraceServiceResponse.FromString(response.content).HasField("partial_success")
+    assert_still_serving(c, 14)
+    # Over gRPC the same message is past the 4 MiB limit: RESOURCE_EXHAUSTED, and the channel keeps working.
+    with grpc.insecure_channel(c.otlp_grpc, options=[("grpc.max_send_message_length", 64 << 20)]) as channel:
+        call = channel.unary_unary("/opentelemetry.proto.collector.trace.v1.TraceService/Export",
+                                   request_serializer=lambda b: b, response_deserializer=lambda b: b)
+        with pytest.raises(grpc.RpcError) as refused:
+            call(body, timeout=60)
+        assert refused.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+        call(valid_request(15).SerializeToString(), timeout=10)
+    # The huge span is sealed into a segment with the rest.
+    assert c.stop() == 0
+    found = meshtrace("trace", (bytes([13]) * 16).hex(), "-o", "json", "--data-dir", c.data_dir)
+    assert found.returncode == 0, found.stderr
+    assert found.stdout.count('"key"') >= 1_000_000

@@ -13,6 +13,8 @@ struct HTTPBody {
         case overBudget
         /// The body does not decompress.
         case undecodable(String)
+        /// The client took longer than the read timeout to send the body.
+        case timedOut(String)
     }
 
     var bytes: [UInt8]
@@ -21,18 +23,33 @@ struct HTTPBody {
 
     /// Reads the body of `request`, whose encoding (`identity`, `gzip`, `x-gzip`,
     /// `deflate` or `zstd`) the caller has checked.
-    static func read(_ request: Request, encoding: String, maxBytes: Int, budget: IngestBudget) async throws(Failure) -> HTTPBody {
+    /// A client that trickles its body past `timeout` is refused when its next bytes
+    /// arrive; one that stops sending is cut off by the server's idle timeout.
+    static func read(
+        _ request: Request, encoding: String, maxBytes: Int, timeout: Duration, budget: IngestBudget
+    ) async throws(Failure) -> HTTPBody {
         // Charged before reading: the declared length, or the limit when none is declared.
         let declared = request.headers[.contentLength].flatMap { Int($0) } ?? maxBytes
         guard declared <= maxBytes else { throw .tooLarge("request body exceeds the limit of \(maxBytes) bytes") }
         guard budget.charge(bodyBytes: declared) else { throw .overBudget }
         var charged = declared
         do throws(Failure) {
-            var bytes: [UInt8]
+            var bytes: [UInt8] = []
+            let deadline = ContinuousClock.now + timeout
             do {
-                bytes = Array(try await request.body.collect(upTo: maxBytes).readableBytesView)
+                for try await chunk in request.body {
+                    guard bytes.count + chunk.readableBytes <= maxBytes else {
+                        throw Failure.tooLarge("request body exceeds the limit of \(maxBytes) bytes")
+                    }
+                    guard ContinuousClock.now <= deadline else {
+                        throw Failure.timedOut("the request body took longer than \(timeout) to arrive")
+                    }
+                    bytes.append(contentsOf: chunk.readableBytesView)
+                }
+            } catch let failure as Failure {
+                throw failure
             } catch {
-                throw .tooLarge("request body exceeds the limit of \(maxBytes) bytes")
+                throw .undecodable("cannot read the request body: \(error)")
             }
             do {
                 switch encoding {

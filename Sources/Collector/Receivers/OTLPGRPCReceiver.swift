@@ -5,14 +5,15 @@ import Logging
 import OTLPWire
 import ServiceLifecycle
 
-/// OTLP/gRPC: `opentelemetry.proto.collector.trace.v1.TraceService/Export`.
+/// OTLP/gRPC: `opentelemetry.proto.collector.trace.v1.TraceService/Export` and
+/// `opentelemetry.proto.collector.metrics.v1.MetricsService/Export`.
 ///
-/// As the OTLP specification says: the response comes once the accepted spans are
-/// durable; spans refused for bad ids are counted in `partial_success`; a store
-/// that cannot write answers UNAVAILABLE with a `RetryInfo`; a message that does
-/// not decode is INVALID_ARGUMENT and one over the size limit RESOURCE_EXHAUSTED
-/// (both without retry information, so clients do not resend them).
-struct OTLPGRPCTraceService: RegistrableRPCService {
+/// As the OTLP specification says: the response comes once the request is durable;
+/// spans refused for bad ids are counted in `partial_success`; a store that cannot
+/// write answers UNAVAILABLE with a `RetryInfo`; a message that does not decode is
+/// INVALID_ARGUMENT and one over the size limit RESOURCE_EXHAUSTED (both without
+/// retry information, so clients do not resend them).
+struct OTLPGRPCService: RegistrableRPCService {
     let ingest: TraceIngest
     let maxMessageBytes: Int
     let budget: IngestBudget
@@ -21,24 +22,45 @@ struct OTLPGRPCTraceService: RegistrableRPCService {
     func registerMethods<Transport: ServerTransport>(with router: inout RPCRouter<Transport>) {
         router.registerHandler(
             forMethod: Opentelemetry_Proto_Collector_Trace_V1_TraceService.Method.Export.descriptor,
-            deserializer: ReceivedExportDeserializer(maxBytes: maxMessageBytes, metrics: metrics),
+            deserializer: LimitedDeserializer(maxBytes: maxMessageBytes, metrics: metrics, messageName: "ExportTraceServiceRequest") {
+                try DecodedTraceExport(protobuf: $0)
+            },
             serializer: ProtobufSerializer<ExportTraceServiceResponse>(),
             handler: { request, _ in
                 let received = try await ServerRequest(stream: request).message
-                return StreamingServerResponse(single: ServerResponse(message: try await export(received)))
+                let response = try await charged(bytes: received.encoded.count) { () throws(TraceIngest.Unavailable) in
+                    try await ingest.export(received, from: .otlpGRPC)
+                }
+                return StreamingServerResponse(single: ServerResponse(message: response))
+            })
+        router.registerHandler(
+            forMethod: Opentelemetry_Proto_Collector_Metrics_V1_MetricsService.Method.Export.descriptor,
+            deserializer: LimitedDeserializer(maxBytes: maxMessageBytes, metrics: metrics, messageName: "ExportMetricsServiceRequest") {
+                (request: try ExportMetricsServiceRequest(serializedBytes: $0), bytes: $0)
+            },
+            serializer: ProtobufSerializer<ExportMetricsServiceResponse>(),
+            handler: { request, _ in
+                let received = try await ServerRequest(stream: request).message
+                let response = try await charged(bytes: received.bytes.count) { () throws(TraceIngest.Unavailable) in
+                    try await ingest.exportMetrics(received.request, encoded: received.bytes, from: .otlpGRPC)
+                }
+                return StreamingServerResponse(single: ServerResponse(message: response))
             })
     }
 
-    private func export(_ received: ReceivedExport) async throws -> ExportTraceServiceResponse {
-        guard budget.charge(bodyBytes: received.bytes.count) else {
+    /// Runs `store` within the memory budget, turning refusals into gRPC statuses.
+    private func charged<Response>(
+        bytes: Int, _ store: () async throws(TraceIngest.Unavailable) -> Response
+    ) async throws -> Response {
+        guard budget.charge(bodyBytes: bytes) else {
             metrics.refused(.otlpGRPC, .overBudget)
             throw GoogleRPCStatus(
                 code: .resourceExhausted, message: "the collector's memory budget for requests in flight is spent; retry later",
                 details: .retryInfo(delay: budget.retryAfter))
         }
-        defer { budget.release(bodyBytes: received.bytes.count) }
+        defer { budget.release(bodyBytes: bytes) }
         do {
-            return try await ingest.export(received.request, encoded: received.bytes, from: .otlpGRPC)
+            return try await store()
         } catch {
             metrics.refused(.otlpGRPC, .unavailable)
             throw GoogleRPCStatus(code: .unavailable, message: error.message, details: .retryInfo(delay: error.retryAfter))
@@ -46,32 +68,28 @@ struct OTLPGRPCTraceService: RegistrableRPCService {
     }
 }
 
-/// An export request as received: decoded, and its protobuf bytes for the WAL.
-struct ReceivedExport: Sendable {
-    var request: ExportTraceServiceRequest
-    var bytes: [UInt8]
-}
-
-/// Decodes export requests, refusing messages over the collector's limit with
+/// Decodes request messages, refusing those over the collector's limit with
 /// RESOURCE_EXHAUSTED (the transport itself would only reset the stream, which
 /// clients take for a retryable cancellation) and malformed ones with INVALID_ARGUMENT.
-struct ReceivedExportDeserializer: MessageDeserializer {
+struct LimitedDeserializer<Message: Sendable>: MessageDeserializer {
     let maxBytes: Int
     let metrics: CollectorMetrics
+    /// The protobuf message's name, for errors.
+    let messageName: String
+    let decode: @Sendable ([UInt8]) throws -> Message
 
-    func deserialize<Bytes: GRPCContiguousBytes>(_ serialized: Bytes) throws -> ReceivedExport {
+    func deserialize<Bytes: GRPCContiguousBytes>(_ serialized: Bytes) throws -> Message {
         guard serialized.count <= maxBytes else {
             metrics.refused(.otlpGRPC, .tooLarge)
             throw RPCError(
                 code: .resourceExhausted,
                 message: "request message is \(serialized.count) bytes, over the limit of \(maxBytes)")
         }
-        let bytes = serialized.withUnsafeBytes { Array($0) }
         do {
-            return ReceivedExport(request: try ExportTraceServiceRequest(serializedBytes: bytes), bytes: bytes)
+            return try decode(serialized.withUnsafeBytes { Array($0) })
         } catch {
             metrics.refused(.otlpGRPC, .invalid)
-            throw RPCError(code: .invalidArgument, message: "malformed ExportTraceServiceRequest: \(error)")
+            throw RPCError(code: .invalidArgument, message: "malformed \(messageName): \(error)")
         }
     }
 }
@@ -99,7 +117,7 @@ struct OTLPGRPCReceiver: Service {
                 config.compression.enabledAlgorithms = [.gzip, .deflate]
             })
         let server = GRPCServer(
-            transport: transport, services: [OTLPGRPCTraceService(ingest: ingest, maxMessageBytes: maxMessageBytes, budget: budget, metrics: metrics)])
+            transport: transport, services: [OTLPGRPCService(ingest: ingest, maxMessageBytes: maxMessageBytes, budget: budget, metrics: metrics)])
         try await withGracefulShutdownHandler {
             try await withThrowingDiscardingTaskGroup { group in
                 group.addTask { try await server.serve() }

@@ -7,15 +7,17 @@ import OTLPWire
 import SegmentStore
 import SwiftProtobuf
 
-/// OTLP/HTTP: `POST /v1/traces` with a protobuf or JSON `ExportTraceServiceRequest`,
-/// uncompressed or with `Content-Encoding: gzip`, `deflate` or `zstd`.
+/// OTLP/HTTP: `POST /v1/traces` and `POST /v1/metrics` with a protobuf or JSON
+/// export request, uncompressed or with `Content-Encoding: gzip`, `deflate` or `zstd`.
 ///
-/// The response is sent only once the accepted spans are durable in the WAL.
+/// The response is sent only once the request is durable in the WAL.
 /// Errors follow the OTLP specification: a 4xx whose body is a `google.rpc.Status`,
 /// encoded like the request (JSON for anything that is not protobuf).
 struct OTLPHTTPReceiver: Sendable {
     let ingest: TraceIngest
     let maxBodyBytes: Int
+    /// Time a client has to send its body.
+    let readTimeout: Duration
     let budget: IngestBudget
     let metrics: CollectorMetrics
 
@@ -33,11 +35,35 @@ struct OTLPHTTPReceiver: Sendable {
 
     func register(on router: Router<BasicRequestContext>) {
         router.post("/v1/traces") { request, context in
-            await exportTraces(request)
+            await receive(request, messageName: "ExportTraceServiceRequest") { bytes, encoding in
+                switch encoding {
+                case .protobuf: return try DecodedTraceExport(protobuf: bytes)
+                case .json: return DecodedTraceExport(try OTLPJSON.decode(ExportTraceServiceRequest.self, from: bytes))
+                }
+            } store: { (export: DecodedTraceExport) throws(TraceIngest.Unavailable) in
+                try await ingest.export(export, from: .otlpHTTP)
+            }
+        }
+        router.post("/v1/metrics") { request, context in
+            await receive(request, messageName: "ExportMetricsServiceRequest") { bytes, encoding in
+                switch encoding {
+                case .protobuf: return (try ExportMetricsServiceRequest(serializedBytes: bytes), bytes)
+                case .json:
+                    let request = try OTLPJSON.decode(ExportMetricsServiceRequest.self, from: bytes)
+                    return (request, try request.serializedBytes())
+                }
+            } store: { (received: (request: ExportMetricsServiceRequest, encoded: [UInt8])) throws(TraceIngest.Unavailable) in
+                try await ingest.exportMetrics(received.request, encoded: received.encoded, from: .otlpHTTP)
+            }
         }
     }
 
-    func exportTraces(_ request: Request) async -> Response {
+    /// Reads, checks and decodes a request body, stores it, and answers as OTLP/HTTP says.
+    private func receive<Decoded, Answer: SwiftProtobuf.Message>(
+        _ request: Request, messageName: String,
+        decode: ([UInt8], Encoding) throws -> Decoded,
+        store: (Decoded) async throws(TraceIngest.Unavailable) -> Answer
+    ) async -> Response {
         let contentType = request.headers[.contentType]?
             .split(separator: ";").first?.trimmingCharacters(in: .whitespaces).lowercased() ?? ""
         let encoding: Encoding
@@ -56,11 +82,12 @@ struct OTLPHTTPReceiver: Sendable {
 
         let body: HTTPBody
         do {
-            body = try await HTTPBody.read(request, encoding: contentEncoding, maxBytes: maxBodyBytes, budget: budget)
+            body = try await HTTPBody.read(request, encoding: contentEncoding, maxBytes: maxBodyBytes, timeout: readTimeout, budget: budget)
         } catch {
             switch error {
             case .tooLarge(let message): return failure(.contentTooLarge, code: 8, encoding: encoding, message)
             case .undecodable(let message): return failure(.badRequest, code: 3, encoding: encoding, message)
+            case .timedOut(let message): return failure(.requestTimeout, code: 4, encoding: encoding, message)
             case .overBudget:
                 return failure(.tooManyRequests, code: 8, encoding: encoding,
                                "the collector's memory budget for requests in flight is spent; retry later",
@@ -69,27 +96,18 @@ struct OTLPHTTPReceiver: Sendable {
         }
         defer { budget.release(bodyBytes: body.charged) }
         guard !body.bytes.isEmpty else {
-            return failure(.badRequest, code: 3, encoding: encoding, "empty request body; expected an ExportTraceServiceRequest")
+            return failure(.badRequest, code: 3, encoding: encoding, "empty request body; expected an \(messageName)")
         }
-        let bytes = body.bytes
 
-        let exportRequest: ExportTraceServiceRequest
-        let walBytes: [UInt8]
+        let decoded: Decoded
         do {
-            switch encoding {
-            case .protobuf:
-                exportRequest = try ExportTraceServiceRequest(serializedBytes: bytes)
-                walBytes = bytes
-            case .json:
-                exportRequest = try OTLPJSON.decode(ExportTraceServiceRequest.self, from: bytes)
-                walBytes = try exportRequest.serializedBytes()
-            }
+            decoded = try decode(body.bytes, encoding)
         } catch {
-            return failure(.badRequest, code: 3, encoding: encoding, "malformed ExportTraceServiceRequest: \(error)")
+            return failure(.badRequest, code: 3, encoding: encoding, "malformed \(messageName): \(error)")
         }
 
         do {
-            return message(try await ingest.export(exportRequest, encoded: walBytes, from: .otlpHTTP), status: .ok, encoding: encoding)
+            return message(try await store(decoded), status: .ok, encoding: encoding)
         } catch {
             return failure(.serviceUnavailable, code: 14, encoding: encoding, error.message,
                            retryAfterSeconds: Int(error.retryAfter.components.seconds))

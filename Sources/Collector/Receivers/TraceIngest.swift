@@ -25,17 +25,17 @@ struct TraceIngest: Sendable {
         var retryAfter: Duration
     }
 
-    /// Appends `request` (whose protobuf bytes are `encoded`) to the store. Spans the
-    /// protocol forbids (bad ids) are left out and reported in `partial_success`.
+    /// Appends a decoded export request to the store. Spans the protocol forbids
+    /// (bad ids) are left out and reported in `partial_success`.
     func export(
-        _ request: ExportTraceServiceRequest, encoded: [UInt8], from receiver: CollectorMetrics.Receiver
+        _ export: DecodedTraceExport, from receiver: CollectorMetrics.Receiver
     ) async throws(Unavailable) -> ExportTraceServiceResponse {
         let outcome: IngestOutcome
         metrics.waiting(1)
         defer { metrics.waiting(-1) }
         do {
             let store = self.store
-            outcome = try await Self.blockingPool.runIfActive { try store.append(request, encoded: encoded) }
+            outcome = try await Self.blockingPool.runIfActive { try store.append(export) }
         } catch {
             logger.error("cannot store spans", metadata: ["error": "\(error)"])
             throw Unavailable(message: "the collector cannot write to its store: \(error)", retryAfter: .seconds(5))
@@ -47,5 +47,23 @@ struct TraceIngest: Sendable {
             response.partialSuccess.errorMessage = outcome.firstRejection ?? "spans rejected"
         }
         return response
+    }
+
+    /// Makes an OTLP metrics export request (whose protobuf bytes are `encoded`)
+    /// durable in the WAL, where metric rollups read it.
+    func exportMetrics(
+        _ request: ExportMetricsServiceRequest, encoded: [UInt8], from receiver: CollectorMetrics.Receiver
+    ) async throws(Unavailable) -> ExportMetricsServiceResponse {
+        metrics.waiting(1)
+        defer { metrics.waiting(-1) }
+        do {
+            let store = self.store
+            try await Self.blockingPool.runIfActive { try store.appendMetrics(encoded: encoded) }
+        } catch {
+            logger.error("cannot store metrics", metadata: ["error": "\(error)"])
+            throw Unavailable(message: "the collector cannot write to its store: \(error)", retryAfter: .seconds(5))
+        }
+        metrics.acceptedMetrics(receiver, dataPoints: request.dataPointCount)
+        return ExportMetricsServiceResponse()
     }
 }

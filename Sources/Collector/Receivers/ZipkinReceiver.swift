@@ -11,6 +11,8 @@ import OTLPWire
 struct ZipkinReceiver: Sendable {
     let ingest: TraceIngest
     let maxBodyBytes: Int
+    /// Time a client has to send its body.
+    let readTimeout: Duration
     let budget: IngestBudget
     let metrics: CollectorMetrics
 
@@ -36,11 +38,12 @@ struct ZipkinReceiver: Sendable {
         }
         let body: HTTPBody
         do {
-            body = try await HTTPBody.read(request, encoding: contentEncoding, maxBytes: maxBodyBytes, budget: budget)
+            body = try await HTTPBody.read(request, encoding: contentEncoding, maxBytes: maxBodyBytes, timeout: readTimeout, budget: budget)
         } catch {
             switch error {
             case .tooLarge(let message): return failure(.contentTooLarge, message)
             case .undecodable(let message): return failure(.badRequest, message)
+            case .timedOut(let message): return failure(.requestTimeout, message)
             case .overBudget:
                 var response = failure(.tooManyRequests, "the collector's memory budget for requests in flight is spent; retry later")
                 response.headers[.retryAfter] = String(budget.retryAfter.components.seconds)
@@ -57,18 +60,16 @@ struct ZipkinReceiver: Sendable {
         }
         let exportRequest = ZipkinSpan.exportRequest(spans)
         do {
-            let response = try await ingest.export(exportRequest, encoded: try exportRequest.serializedBytes(), from: .zipkin)
+            let response = try await ingest.export(DecodedTraceExport(exportRequest), from: .zipkin)
             if response.hasPartialSuccess {
                 return Response(status: .accepted, headers: [.contentType: "text/plain"], body: ResponseBody(byteBuffer: ByteBuffer(
                     string: "\(response.partialSuccess.rejectedSpans) spans refused: \(response.partialSuccess.errorMessage)\n")))
             }
             return Response(status: .accepted)
-        } catch let error as TraceIngest.Unavailable {
+        } catch {
             var response = failure(.serviceUnavailable, error.message)
             response.headers[.retryAfter] = String(error.retryAfter.components.seconds)
             return response
-        } catch {
-            return failure(.internalServerError, "cannot encode the spans: \(error)")
         }
     }
 

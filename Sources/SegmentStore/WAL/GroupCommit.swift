@@ -12,6 +12,9 @@ import Darwin
 /// the records written meanwhile. N concurrent requests thus cost about two fsyncs
 /// rather than N, and no request is answered before its record is on disk.
 ///
+/// With a minimum interval, a sync starts no sooner than that after the one before
+/// it: fewer syncs, each covering more records, for at most that much more latency.
+///
 /// Writers block (they run on a thread pool, not on event loops). After a failed
 /// sync the log counts as broken: the outcome of the records it covered is unknown,
 /// so every later wait fails with the same error until the store is reopened.
@@ -24,8 +27,12 @@ final class GroupCommit: @unchecked Sendable {
     private var broken: StoreError?
     private var syncs = 0
     private var syncTime: Duration = .zero
+    private var lastSyncStarted: ContinuousClock.Instant?
+    /// The least time from one sync's start to the next one's.
+    let minimumInterval: Duration
 
-    init() {
+    init(minimumInterval: Duration = .zero) {
+        self.minimumInterval = minimumInterval
         pthread_mutex_init(mutex, nil)
         pthread_cond_init(condition, nil)
     }
@@ -56,9 +63,20 @@ final class GroupCommit: @unchecked Sendable {
                 continue
             }
             syncing = true
+            let previous = lastSyncStarted
             pthread_mutex_unlock(mutex)
-            let outcome: Result<UInt64, StoreError>
             let clock = ContinuousClock()
+            if let previous, minimumInterval > .zero {
+                // Records written while this waits join the sync.
+                let wait = minimumInterval - previous.duration(to: clock.now)
+                if wait > .zero {
+                    let (seconds, attoseconds) = wait.components
+                    var remaining = timespec(tv_sec: Int(seconds), tv_nsec: Int(attoseconds / 1_000_000_000))
+                    var request = remaining
+                    while nanosleep(&request, &remaining) != 0 && errno == EINTR { request = remaining }
+                }
+            }
+            let outcome: Result<UInt64, StoreError>
             let started = clock.now
             do {
                 outcome = .success(try sync())
@@ -68,6 +86,7 @@ final class GroupCommit: @unchecked Sendable {
             let took = started.duration(to: clock.now)
             pthread_mutex_lock(mutex)
             syncing = false
+            lastSyncStarted = started
             syncs += 1
             syncTime += took
             switch outcome {

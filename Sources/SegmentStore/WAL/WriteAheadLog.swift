@@ -27,6 +27,8 @@ final class WriteAheadLog {
     enum RecordType: UInt8 {
         /// A protobuf-encoded OTLP `ExportTraceServiceRequest`.
         case traceExport = 1
+        /// A protobuf-encoded OTLP `ExportMetricsServiceRequest`.
+        case metricsExport = 2
     }
 
     let directory: String

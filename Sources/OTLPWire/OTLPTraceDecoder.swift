@@ -1,0 +1,388 @@
+import MeshCore
+
+/// An OTLP trace export request decoded into columns, with the protobuf bytes the
+/// WAL logs.
+public struct DecodedTraceExport: Sendable {
+    /// The request's valid spans.
+    public var spans: SpanBatch
+    /// How many spans were accepted and refused, and why.
+    public var outcome: IngestOutcome
+    /// The request as protobuf `ExportTraceServiceRequest` bytes.
+    public var encoded: [UInt8]
+
+    /// Decodes protobuf `ExportTraceServiceRequest` bytes straight into columns,
+    /// without building message objects.
+    ///
+    /// It accepts and refuses exactly the inputs swift-protobuf's generated message
+    /// does, and yields the same spans as `SpanBatch.append(_:)` on that message
+    /// (attributes, resources, scopes and extras may be encoded differently, but they
+    /// decode to equal messages).
+    public init(protobuf bytes: [UInt8]) throws(OTLPDecodingError) {
+        encoded = bytes
+        let result = bytes.withUnsafeBufferPointer { buffer -> Result<(SpanBatch, IngestOutcome), OTLPDecodingError> in
+            guard let base = buffer.baseAddress, !buffer.isEmpty else { return .success((SpanBatch(), IngestOutcome())) }
+            var decoder = OTLPTraceDecoder(input: OTLPInput(base: base))
+            return Result { () throws(OTLPDecodingError) in
+                try decoder.decodeRequest(0..<buffer.count)
+                return (decoder.batch, decoder.outcome)
+            }
+        }
+        (spans, outcome) = try result.get()
+    }
+
+    /// A request built in memory (from JSON or Zipkin, say), converted through its message.
+    public init(_ request: ExportTraceServiceRequest) {
+        var spans = SpanBatch()
+        outcome = spans.append(request)
+        self.spans = spans
+        encoded = SpanBatch.encode(request)
+    }
+}
+
+/// Walks an `ExportTraceServiceRequest` once per nesting level: a message's
+/// resource or scope is read (and interned) before its children, wherever it lies in
+/// the bytes, and each span is read once for its columns and once more to copy its
+/// attributes (and any extras) into their stored form.
+struct OTLPTraceDecoder {
+    var batch = SpanBatch()
+    var outcome = IngestOutcome()
+    let input: OTLPInput
+
+    init(input: OTLPInput) {
+        self.input = input
+    }
+
+    /// `ExportTraceServiceRequest` (the same bytes as `TracesData`).
+    mutating func decodeRequest(_ range: Range<Int>) throws(OTLPDecodingError) {
+        let depth = 1
+        var cursor = try input.cursor(range, depth: depth)
+        while !cursor.isAtEnd {
+            let (field, wireType) = try cursor.tag()
+            if field == 1 && wireType == 2 {
+                try decodeResourceSpans(try cursor.lengthDelimited(), depth: depth + 1)
+            } else {
+                try cursor.skip(field: field, wireType: wireType, depth: depth)
+            }
+        }
+    }
+
+    private mutating func decodeResourceSpans(_ range: Range<Int>, depth: Int) throws(OTLPDecodingError) {
+        // First the resource and schema URL, kept as the bytes of those two fields.
+        var cursor = try input.cursor(range, depth: depth)
+        var encoded: [UInt8] = []
+        var serviceName = FirstAttribute<Range<Int>>()
+        while !cursor.isAtEnd {
+            let fieldStart = cursor.position
+            let (field, wireType) = try cursor.tag()
+            switch (field, wireType) {
+            case (1, 2):
+                try cursor.resource(try cursor.lengthDelimited(), depth: depth + 1, serviceName: &serviceName)
+                input.copy(fieldStart..<cursor.position, to: &encoded)
+            case (3, 2):
+                try cursor.validateUTF8(try cursor.lengthDelimited())
+                input.copy(fieldStart..<cursor.position, to: &encoded)
+            default:
+                try cursor.skip(field: field, wireType: wireType, depth: depth)
+            }
+        }
+        let resourceIndex = batch.intern(resource: ResourceEntry(
+            serviceName: serviceName.value.map(input.string) ?? "unknown_service", encoded: encoded))
+
+        cursor = try input.cursor(range, depth: depth)
+        while !cursor.isAtEnd {
+            let (field, wireType) = try cursor.tag()
+            if field == 2 && wireType == 2 {
+                try decodeScopeSpans(try cursor.lengthDelimited(), resourceIndex: resourceIndex, depth: depth + 1)
+            } else {
+                try cursor.skip(field: field, wireType: wireType, depth: depth)
+            }
+        }
+    }
+
+    private mutating func decodeScopeSpans(_ range: Range<Int>, resourceIndex: UInt32, depth: Int) throws(OTLPDecodingError) {
+        var cursor = try input.cursor(range, depth: depth)
+        var encoded: [UInt8] = []
+        while !cursor.isAtEnd {
+            let fieldStart = cursor.position
+            let (field, wireType) = try cursor.tag()
+            switch (field, wireType) {
+            case (1, 2):
+                try cursor.instrumentationScope(try cursor.lengthDelimited(), depth: depth + 1)
+                input.copy(fieldStart..<cursor.position, to: &encoded)
+            case (3, 2):
+                try cursor.validateUTF8(try cursor.lengthDelimited())
+                input.copy(fieldStart..<cursor.position, to: &encoded)
+            default:
+                try cursor.skip(field: field, wireType: wireType, depth: depth)
+            }
+        }
+        let scopeIndex = batch.intern(scope: encoded)
+
+        cursor = try input.cursor(range, depth: depth)
+        while !cursor.isAtEnd {
+            let (field, wireType) = try cursor.tag()
+            if field == 2 && wireType == 2 {
+                try decodeSpan(try cursor.lengthDelimited(), resourceIndex: resourceIndex, scopeIndex: scopeIndex, depth: depth + 1)
+            } else {
+                try cursor.skip(field: field, wireType: wireType, depth: depth)
+            }
+        }
+    }
+
+    /// One `Span`. Fields the columns hold are read; attributes are copied into a
+    /// `KeyValueList`; everything else (trace state, flags, events, links, dropped
+    /// counts, unknown fields, and a status the columns cannot say) is copied as the
+    /// fields of an extras `Span`. Repeated singular fields keep their last value, as
+    /// protobuf decoding does.
+    private mutating func decodeSpan(
+        _ range: Range<Int>, resourceIndex: UInt32, scopeIndex: UInt32, depth: Int
+    ) throws(OTLPDecodingError) {
+        var cursor = try input.cursor(range, depth: depth)
+        let empty = range.lowerBound..<range.lowerBound
+        var traceID = empty, spanID = empty, parentSpanID = empty, name = empty
+        var kind: UInt64 = 0, startTime: UInt64 = 0, endTime: UInt64 = 0
+        var attributeBytes = 0
+        var extras = ExtraFields()
+        var status = StatusFields(message: empty)
+        var responseStatus = FirstAttribute<Int64>(), legacyStatus = FirstAttribute<Int64>()
+        while !cursor.isAtEnd {
+            let fieldStart = cursor.position
+            let (field, wireType) = try cursor.tag()
+            switch (field, wireType) {
+            case (1, 2): traceID = try cursor.lengthDelimited()
+            case (2, 2): spanID = try cursor.lengthDelimited()
+            case (4, 2): parentSpanID = try cursor.lengthDelimited()
+            case (5, 2):
+                name = try cursor.lengthDelimited()
+                try cursor.validateUTF8(name)
+            case (6, 0): kind = try cursor.varint()
+            case (7, 1): startTime = try cursor.fixed64()
+            case (8, 1): endTime = try cursor.fixed64()
+            case (9, 2):
+                let payload = try cursor.lengthDelimited()
+                let attribute = try cursor.keyValue(payload, depth: depth + 1)
+                attributeBytes += 1 + varintSize(UInt64(payload.count)) + payload.count
+                if !responseStatus.isDecided, cursor.equals(attribute.key, "http.response.status_code") {
+                    responseStatus.decide(attribute.value.intValue)
+                } else if !legacyStatus.isDecided, cursor.equals(attribute.key, "http.status_code") {
+                    legacyStatus.decide(attribute.value.intValue)
+                }
+            case (15, 2):
+                try status.merge(try cursor.lengthDelimited(), cursor: cursor, depth: depth + 1)
+                status.bytes += cursor.position - fieldStart
+            case (3, 2):
+                try cursor.validateUTF8(try cursor.lengthDelimited())
+                extras.add(fieldStart..<cursor.position)
+            case (11, 2):
+                try cursor.spanEvent(try cursor.lengthDelimited(), depth: depth + 1)
+                extras.add(fieldStart..<cursor.position)
+            case (13, 2):
+                try cursor.spanLink(try cursor.lengthDelimited(), depth: depth + 1)
+                extras.add(fieldStart..<cursor.position)
+            default:
+                // Dropped counts, flags, and fields this version does not know.
+                try cursor.skip(field: field, wireType: wireType, depth: depth)
+                extras.add(fieldStart..<cursor.position)
+            }
+        }
+
+        let spanName = input.string(name)
+        let trace = traceID.count == 16 ? TraceID(high: input.bigEndian64(at: traceID.lowerBound), low: input.bigEndian64(at: traceID.lowerBound + 8)) : .zero
+        guard trace != .zero else {
+            outcome.reject("span \(spanName.debugDescription) has an invalid trace id (\(traceID.count) bytes; 16 non-zero bytes required)")
+            return
+        }
+        let span = spanID.count == 8 ? SpanID(input.bigEndian64(at: spanID.lowerBound)) : .zero
+        guard span != .zero else {
+            outcome.reject("span \(spanName.debugDescription) has an invalid span id (\(spanID.count) bytes; 8 non-zero bytes required)")
+            return
+        }
+        guard parentSpanID.isEmpty || parentSpanID.count == 8 else {
+            outcome.reject("span \(spanName.debugDescription) has an invalid parent span id (\(parentSpanID.count) bytes; empty or 8 required)")
+            return
+        }
+        let parent = parentSpanID.isEmpty ? SpanID.zero : SpanID(input.bigEndian64(at: parentSpanID.lowerBound))
+        let columnStatus = status.columnStatus
+        let kind32 = Int32(truncatingIfNeeded: kind)
+        let httpStatusCode = responseStatus.value ?? legacyStatus.value ?? 0
+
+        // Built before `batch` is touched: reading `self` during the append would copy the whole decoder.
+        let attributes = attributeBytes == 0 ? [] : input.attributeList(of: range, bytes: attributeBytes)
+        let extraBytes = extras.bytes + (columnStatus == nil ? status.bytes : 0)
+        let extraFields: [UInt8]
+        if extraBytes == 0 {
+            extraFields = []
+        } else if let only = extras.only, columnStatus != nil || status.bytes == 0 {
+            extraFields = Array(input.buffer(only))
+        } else {
+            extraFields = input.extras(of: range, bytes: extraBytes, withStatus: columnStatus == nil)
+        }
+        let statusMessage = columnStatus == nil ? "" : input.string(status.message)
+        batch.append(SpanBatch.Row(
+            traceID: trace, spanID: span, parentSpanID: parent, name: spanName,
+            kind: (0...5).contains(kind32) ? SpanKind(rawValue: UInt8(kind32))! : .unspecified,
+            startTime: startTime, endTime: endTime,
+            statusCode: columnStatus ?? .unset, statusMessage: statusMessage,
+            httpStatusCode: (0...999).contains(httpStatusCode) ? UInt16(httpStatusCode) : 0,
+            resourceIndex: resourceIndex, scopeIndex: scopeIndex,
+            attributes: attributes, extras: extraFields))
+        outcome.accepted += 1
+    }
+}
+
+/// The bytes being decoded. Kept apart from the decoder's growing batch so that
+/// reading them never copies the batch.
+struct OTLPInput {
+    let base: UnsafePointer<UInt8>
+
+    func cursor(_ range: Range<Int>, depth: Int) throws(OTLPDecodingError) -> ProtobufCursor {
+        guard depth <= ProtobufCursor.depthLimit else { throw OTLPDecodingError(reason: .tooDeep, offset: range.lowerBound) }
+        return ProtobufCursor(base, range)
+    }
+
+    /// The span's attributes (field 9) re-tagged as the `values` of a `KeyValueList`.
+    func attributeList(of span: Range<Int>, bytes: Int) -> [UInt8] {
+        [UInt8](unsafeUninitializedCapacity: bytes) { output, count in
+            var cursor = ProtobufCursor(base, span)
+            // The span was validated by the caller's pass, so nothing here can throw.
+            while !cursor.isAtEnd, let tag = try? cursor.tag() {
+                guard tag.field == 9 && tag.wireType == 2, let payload = try? cursor.lengthDelimited() else {
+                    _ = try? cursor.skip(field: tag.field, wireType: tag.wireType, depth: 0)
+                    continue
+                }
+                output[count] = 0x0A
+                count += 1
+                count += writeVarint(UInt64(payload.count), to: output.baseAddress! + count)
+                (output.baseAddress! + count).update(from: base + payload.lowerBound, count: payload.count)
+                count += payload.count
+            }
+        }
+    }
+
+    /// The span's fields that no column holds, copied as they came.
+    func extras(of span: Range<Int>, bytes: Int, withStatus: Bool) -> [UInt8] {
+        [UInt8](unsafeUninitializedCapacity: bytes) { output, count in
+            var cursor = ProtobufCursor(base, span)
+            while !cursor.isAtEnd {
+                let fieldStart = cursor.position
+                guard let tag = try? cursor.tag(),
+                      (try? cursor.skip(field: tag.field, wireType: tag.wireType, depth: 0)) != nil else { break }
+                let isColumn: Bool
+                switch (tag.field, tag.wireType) {
+                case (1, 2), (2, 2), (4, 2), (5, 2), (6, 0), (7, 1), (8, 1), (9, 2): isColumn = true
+                case (15, 2): isColumn = !withStatus
+                default: isColumn = false
+                }
+                if isColumn { continue }
+                let length = cursor.position - fieldStart
+                (output.baseAddress! + count).update(from: base + fieldStart, count: length)
+                count += length
+            }
+        }
+    }
+
+    func bigEndian64(at offset: Int) -> UInt64 {
+        UInt64(bigEndian: UnsafeRawPointer(base + offset).loadUnaligned(as: UInt64.self))
+    }
+
+    func copy(_ range: Range<Int>, to bytes: inout [UInt8]) {
+        bytes.append(contentsOf: buffer(range))
+    }
+
+    func buffer(_ range: Range<Int>) -> UnsafeBufferPointer<UInt8> {
+        UnsafeBufferPointer(start: base + range.lowerBound, count: range.count)
+    }
+
+    /// A string from validated UTF-8.
+    func string(_ range: Range<Int>) -> String {
+        range.isEmpty ? "" : String(decoding: buffer(range), as: UTF8.self)
+    }
+}
+
+/// Where a span's extra fields lie: their total size, and the field itself when
+/// there is just one (commonly `flags`), which is then copied without another walk.
+private struct ExtraFields {
+    var bytes = 0
+    var count = 0
+    var first: Range<Int> = 0..<0
+
+    var only: Range<Int>? { count == 1 ? first : nil }
+
+    mutating func add(_ field: Range<Int>) {
+        if count == 0 { first = field }
+        count += 1
+        bytes += field.count
+    }
+}
+
+/// A span's `Status`, merged over every occurrence of the field as protobuf does.
+private struct StatusFields {
+    var isPresent = false
+    var hasUnknownFields = false
+    var code: UInt64 = 0
+    var message: Range<Int>
+    /// Bytes of every occurrence of the field, tags included.
+    var bytes = 0
+
+    mutating func merge(_ range: Range<Int>, cursor outer: ProtobufCursor, depth: Int) throws(OTLPDecodingError) {
+        guard depth <= ProtobufCursor.depthLimit else { throw OTLPDecodingError(reason: .tooDeep, offset: range.lowerBound) }
+        isPresent = true
+        var cursor = ProtobufCursor(outer.base, range)
+        while !cursor.isAtEnd {
+            let (field, wireType) = try cursor.tag()
+            switch (field, wireType) {
+            case (2, 2):
+                message = try cursor.lengthDelimited()
+                try cursor.validateUTF8(message)
+            case (3, 0):
+                code = try cursor.varint()
+            default:
+                try cursor.skip(field: field, wireType: wireType, depth: depth)
+                hasUnknownFields = true
+            }
+        }
+    }
+
+    /// The code the status columns hold, or nil when the status is absent or says
+    /// something they cannot: present but empty, a code this version does not know,
+    /// unknown fields. The extras then keep the status whole.
+    var columnStatus: MeshCore.StatusCode? {
+        let code32 = Int32(truncatingIfNeeded: code)
+        guard isPresent, !hasUnknownFields, (0...2).contains(code32),
+              let statusCode = MeshCore.StatusCode(rawValue: UInt8(code32)),
+              statusCode != .unset || !message.isEmpty
+        else { return nil }
+        return statusCode
+    }
+}
+
+extension AnyValueShape {
+    var intValue: Int64? {
+        if case .int(let value) = self { return value }
+        return nil
+    }
+}
+
+@inline(__always)
+private func varintSize(_ value: UInt64) -> Int {
+    var size = 1
+    var rest = value >> 7
+    while rest != 0 {
+        size += 1
+        rest >>= 7
+    }
+    return size
+}
+
+@inline(__always)
+private func writeVarint(_ value: UInt64, to output: UnsafeMutablePointer<UInt8>) -> Int {
+    var rest = value
+    var count = 0
+    while rest >= 0x80 {
+        output[count] = UInt8(truncatingIfNeeded: rest) | 0x80
+        rest >>= 7
+        count += 1
+    }
+    output[count] = UInt8(rest)
+    return count + 1
+}

@@ -1,0 +1,220 @@
+import Foundation
+import MeshCore
+import MeshSim
+import OTLPWire
+import SwiftProtobuf
+import XCTest
+
+/// The direct OTLP decoder against swift-protobuf's generated messages: on every
+/// input both accept or both refuse, and what they accept yields the same spans.
+final class OTLPDecoderTests: XCTestCase {
+    /// What swift-protobuf makes of `bytes`: the request converted through its message, or nil when it refuses them.
+    private func reference(_ bytes: [UInt8]) -> (spans: SpanBatch, outcome: IngestOutcome)? {
+        guard let request = try? ExportTraceServiceRequest(serializedBytes: bytes) else { return nil }
+        var spans = SpanBatch()
+        let outcome = spans.append(request)
+        return (spans, outcome)
+    }
+
+    /// Asserts that both decoders agree on `bytes`; returns whether they accepted it.
+    @discardableResult
+    private func assertAgree(_ bytes: [UInt8], _ label: @autoclosure () -> String, file: StaticString = #filePath, line: UInt = #line) throws -> Bool {
+        let expected = reference(bytes)
+        let direct: DecodedTraceExport
+        do {
+            direct = try DecodedTraceExport(protobuf: bytes)
+        } catch {
+            XCTAssertNil(expected, "\(label()): swift-protobuf accepts what the direct decoder refuses (\(error))", file: file, line: line)
+            return false
+        }
+        guard let expected else {
+            XCTFail("\(label()): the direct decoder accepts what swift-protobuf refuses", file: file, line: line)
+            return false
+        }
+        XCTAssertEqual(direct.outcome, expected.outcome, label(), file: file, line: line)
+        XCTAssertEqual(direct.encoded, bytes, file: file, line: line)
+        let (got, want) = (direct.spans, expected.spans)
+        XCTAssertEqual(got.count, want.count, label(), file: file, line: line)
+        guard got.count == want.count else { return true }
+        XCTAssertEqual(got.traceIDs, want.traceIDs, label(), file: file, line: line)
+        XCTAssertEqual(got.spanIDs, want.spanIDs, label(), file: file, line: line)
+        XCTAssertEqual(got.parentSpanIDs, want.parentSpanIDs, label(), file: file, line: line)
+        XCTAssertEqual(got.names, want.names, label(), file: file, line: line)
+        XCTAssertEqual(got.kinds, want.kinds, label(), file: file, line: line)
+        XCTAssertEqual(got.startTimes, want.startTimes, label(), file: file, line: line)
+        XCTAssertEqual(got.endTimes, want.endTimes, label(), file: file, line: line)
+        XCTAssertEqual(got.statusCodes, want.statusCodes, label(), file: file, line: line)
+        XCTAssertEqual(got.statusMessages, want.statusMessages, label(), file: file, line: line)
+        XCTAssertEqual(got.httpStatusCodes, want.httpStatusCodes, label(), file: file, line: line)
+        for row in 0..<got.count {
+            XCTAssertEqual(got.serviceName(at: row), want.serviceName(at: row), "\(label()) row \(row)", file: file, line: line)
+            // Serialized, so NaN doubles compare by their bits.
+            XCTAssertEqual(try got.span(at: row).serializedBytes() as [UInt8], try want.span(at: row).serializedBytes() as [UInt8],
+                           "\(label()) row \(row): span", file: file, line: line)
+            XCTAssertEqual(try ResourceSpans(serializedBytes: got.resources[Int(got.resourceIndices[row])].encoded).serializedBytes() as [UInt8],
+                           try ResourceSpans(serializedBytes: want.resources[Int(want.resourceIndices[row])].encoded).serializedBytes() as [UInt8],
+                           "\(label()) row \(row): resource", file: file, line: line)
+            XCTAssertEqual(try ScopeSpans(serializedBytes: got.scopes[Int(got.scopeIndices[row])]).serializedBytes() as [UInt8],
+                           try ScopeSpans(serializedBytes: want.scopes[Int(want.scopeIndices[row])]).serializedBytes() as [UInt8],
+                           "\(label()) row \(row): scope", file: file, line: line)
+        }
+        return true
+    }
+
+    func testDecodesMeshSimTrafficAsSwiftProtobufDoes() throws {
+        let (requests, _) = simulatedRequests(count: 300)
+        for (index, request) in requests.enumerated() {
+            XCTAssertTrue(try assertAgree(try request.serializedBytes(), "request \(index)"))
+        }
+    }
+
+    func testDecodesRandomRequestsAsSwiftProtobufDoes() throws {
+        for seed in UInt64(1)...300 {
+            XCTAssertTrue(try assertAgree(try randomExportRequest(seed: seed).serializedBytes(), "seed \(seed)"))
+        }
+    }
+
+    func testDecodesPythonSDKOutputAsSwiftProtobufDoes() throws {
+        // Written by opentelemetry-proto's Python classes (see WireCompatibilityTests).
+        for name in ["trace_export_request", "traces_data"] {
+            let url = try XCTUnwrap(Bundle.module.url(forResource: "Fixtures/wire/\(name)", withExtension: "binpb"))
+            let bytes = [UInt8](try Data(contentsOf: url))
+            XCTAssertTrue(try assertAgree(bytes, name))
+            XCTAssertGreaterThan(try DecodedTraceExport(protobuf: bytes).spans.count, 0, name)
+        }
+    }
+
+    /// Hand-built bytes no encoder writes but protobuf allows: a field repeated (the
+    /// last wins; messages merge), fields out of order, known fields with another
+    /// wire type, unknown fields and groups at every level, statuses in pieces, ids
+    /// of the wrong length.
+    func testDecodesMergedReorderedAndUnknownFieldsAsSwiftProtobufDoes() throws {
+        var random = SeededGenerator(seed: 99)
+        let traceID = [UInt8](repeating: 0xAB, count: 16)
+        let pieces: [[UInt8]] = [
+            field(1, traceID), field(2, [1, 2, 3, 4, 5, 6, 7, 8]), field(2, [9, 9, 9, 9, 9, 9, 9, 9]),
+            field(1, [UInt8](repeating: 0, count: 15)), field(1, traceID),
+            field(4, []), field(4, [7, 7, 7, 7, 7, 7, 7, 7]), field(4, [1, 2, 3]),
+            field(5, Array("first".utf8)), field(5, Array("second ✓".utf8)),
+            varintField(6, 2), varintField(6, 9), varintField(6, UInt64.max), varintField(6, 0xFFFF_FFFF_0000_0003),
+            fixed64Field(7, 1_700_000_000_000_000_000), fixed64Field(8, 1_700_000_000_000_500_000),
+            varintField(7, 5),
+            field(9, field(1, Array("http.response.status_code".utf8)) + field(2, varintField(3, 503))),
+            field(9, field(1, Array("http.response.status_code".utf8)) + field(2, field(1, Array("x".utf8)))),
+            field(9, field(1, Array("http.status_code".utf8)) + field(2, varintField(3, 404))),
+            field(9, field(1, Array("k".utf8)) + field(2, varintField(3, 1)) + field(2, field(1, Array("merged".utf8)))),
+            field(9, field(1, Array("k2".utf8)) + field(2, varintField(3, 1)) + field(2, [])),
+            field(9, field(1, Array("a".utf8)) + field(1, Array("http.status_code".utf8)) + field(2, varintField(3, 200))),
+            field(9, field(2, field(5, field(1, field(1, Array("nested".utf8))))) + varintField(3, 4)),
+            varintField(9, 1),
+            field(15, varintField(3, 2)), field(15, field(2, Array("broken".utf8))), field(15, varintField(3, 0)),
+            field(15, []), field(15, varintField(1, 1)), field(15, varintField(3, 1) + field(2, [])),
+            field(3, Array("ot=th:8".utf8)), varintField(10, 3), varintField(12, 1), varintField(14, 2), fixed32Field(16, 0x301),
+            field(11, fixed64Field(1, 5) + field(2, Array("event".utf8)) + field(3, field(1, Array("e".utf8)))),
+            field(13, field(1, traceID) + field(2, [1, 1, 1, 1, 1, 1, 1, 1]) + field(3, Array("s".utf8)) + fixed32Field(6, 1)),
+            varintField(99, 12345), field(100, [0xDE, 0xAD]), [0xA3, 0x06, 0x08, 0x01, 0xA4, 0x06],  // field 100 as a group
+            fixed32Field(15, 7), varintField(1, 3),
+        ]
+        var accepted = 0
+        for trial in 0..<2_000 {
+            var span: [UInt8] = []
+            for _ in 0..<Int(random.next() % 12) + 1 { span += pieces[Int(random.next() % UInt64(pieces.count))] }
+            if random.next() % 2 == 0 { span = field(1, traceID) + field(2, [1, 2, 3, 4, 5, 6, 7, 8]) + span }
+            let resource = field(1, field(1, Array("service.name".utf8)) + field(2, field(1, Array("svc-\(trial % 3)".utf8))))
+                + (trial % 5 == 0 ? field(1, field(1, Array("service.name".utf8)) + field(2, varintField(3, 1))) : [])
+                + (trial % 7 == 0 ? field(3, field(2, Array("k8s.pod".utf8)) + field(3, Array("k8s.pod.uid".utf8))) : [])
+            let scope = field(1, Array("envoy".utf8)) + field(2, Array("1.31".utf8)) + (trial % 4 == 0 ? varintField(9, 1) : [])
+            let scopeSpans = (trial % 3 == 0 ? field(2, span) + field(1, scope) : field(1, scope) + field(2, span))
+                + field(3, Array("https://opentelemetry.io/schemas/1.27.0".utf8))
+            let resourceSpans = (trial % 2 == 0 ? field(2, scopeSpans) + field(1, resource) : field(1, resource) + field(2, scopeSpans))
+                + (trial % 6 == 0 ? field(1, field(2, [0x7F]) + varintField(2, 1)) : [])
+            let request = field(1, resourceSpans) + (trial % 8 == 0 ? varintField(5, 1) + field(1, resourceSpans) : [])
+            if try assertAgree(request, "trial \(trial)") { accepted += 1 }
+        }
+        XCTAssertGreaterThan(accepted, 1_000, "most hand-built requests are valid protobuf")
+    }
+
+    /// Seeded mutations of real traffic: both decoders refuse the same inputs and
+    /// agree on the rest. Bounded, so it runs in every CI build.
+    func testMutatedRequestsAreRefusedExactlyWhenSwiftProtobufRefusesThem() throws {
+        let (requests, _) = simulatedRequests(count: 4)
+        let originals: [[UInt8]] = [try requests[0].serializedBytes(), try randomExportRequest(seed: 5).serializedBytes()]
+        var accepted = 0, refused = 0
+        for (which, original) in originals.enumerated() {
+            for (index, bytes) in mutations(of: original, count: 6_000, seed: 1_000 + UInt64(which)).enumerated() {
+                if try assertAgree(bytes, "input \(which) mutation \(index)") { accepted += 1 } else { refused += 1 }
+            }
+        }
+        XCTAssertGreaterThan(accepted, 500)
+        XCTAssertGreaterThan(refused, 500)
+    }
+
+    func testNestingLimitIsSwiftProtobufs() throws {
+        // Request > ResourceSpans > ScopeSpans > Span > KeyValue > AnyValue, then ArrayValue/AnyValue pairs.
+        for extra in 88...100 {
+            var value = field(1, Array("leaf".utf8))
+            for _ in 0..<extra { value = field(5, field(1, value)) }
+            let span = field(1, [UInt8](repeating: 1, count: 16)) + field(2, [UInt8](repeating: 2, count: 8))
+                + field(9, field(1, Array("deep".utf8)) + field(2, value))
+            let request = field(1, field(2, field(2, span)))
+            try assertAgree(request, "nesting \(extra)")
+        }
+        var deep = field(1, [UInt8](repeating: 1, count: 16))
+        for _ in 0..<60 { deep = field(5, field(1, deep)) }
+        XCTAssertThrowsError(try DecodedTraceExport(protobuf: field(1, field(2, field(2, field(9, field(2, deep))))))) { error in
+            XCTAssertEqual((error as? OTLPDecodingError)?.reason, .tooDeep)
+        }
+    }
+
+    func testUTF8ValidationMatchesTheStandardLibrary() throws {
+        var random = SeededGenerator(seed: 3)
+        let interesting: [[UInt8]] = [[0xC0, 0x80], [0xE0, 0x80, 0x80], [0xED, 0xA0, 0x80], [0xF4, 0x90, 0x80, 0x80], [0xF0, 0x9F, 0x98],
+                                      [0xF0, 0x9F, 0x98, 0x80], [0xC3, 0xA9], [0xFF], [0x80], [0xE2, 0x9C, 0x93], [0xEF, 0xBF, 0xBF]]
+        for trial in 0..<20_000 {
+            var text = Array("ascii-prefix-".utf8.prefix(Int(random.next() % 14)))
+            for _ in 0..<Int(random.next() % 4) {
+                text += random.next() % 2 == 0 ? interesting[Int(random.next() % UInt64(interesting.count))]
+                    : [UInt8(truncatingIfNeeded: random.next())]
+            }
+            let valid = String(validating: text, as: UTF8.self) != nil
+            let span = field(1, [UInt8](repeating: 1, count: 16)) + field(2, [UInt8](repeating: 2, count: 8))
+                + field(9, field(1, Array("k".utf8)) + field(2, field(1, text)))
+            let request = field(1, field(2, field(2, span)))
+            XCTAssertEqual((try? DecodedTraceExport(protobuf: request)) != nil, valid, "trial \(trial): \(text)")
+            try assertAgree(request, "trial \(trial)")
+        }
+    }
+
+    func testEmptyInputIsAnEmptyRequest() throws {
+        let decoded = try DecodedTraceExport(protobuf: [])
+        XCTAssertEqual(decoded.spans.count, 0)
+        XCTAssertEqual(decoded.outcome, IngestOutcome())
+    }
+}
+
+private func varint(_ value: UInt64) -> [UInt8] {
+    var bytes: [UInt8] = []
+    var rest = value
+    while rest >= 0x80 {
+        bytes.append(UInt8(truncatingIfNeeded: rest) | 0x80)
+        rest >>= 7
+    }
+    return bytes + [UInt8(rest)]
+}
+
+/// A length-delimited field.
+private func field(_ number: UInt64, _ payload: [UInt8]) -> [UInt8] {
+    varint(number << 3 | 2) + varint(UInt64(payload.count)) + payload
+}
+
+private func varintField(_ number: UInt64, _ value: UInt64) -> [UInt8] {
+    varint(number << 3) + varint(value)
+}
+
+private func fixed64Field(_ number: UInt64, _ value: UInt64) -> [UInt8] {
+    varint(number << 3 | 1) + withUnsafeBytes(of: value.littleEndian, Array.init)
+}
+
+private func fixed32Field(_ number: UInt64, _ value: UInt32) -> [UInt8] {
+    varint(number << 3 | 5) + withUnsafeBytes(of: value.littleEndian, Array.init)
+}
