@@ -78,10 +78,10 @@ public struct SpanBatch: Sendable {
     /// Index into `scopes`.
     public var scopeIndices: [UInt32] = []
     /// The span's attributes as an OTLP `KeyValueList`, protobuf-encoded.
-    public var attributes: [[UInt8]] = []
+    public var attributes = ByteColumn()
     /// The rest of the OTLP span — trace state, flags, events, links, dropped counts —
     /// as a protobuf-encoded OTLP `Span` holding only those fields; empty when all are unset.
-    public var extras: [[UInt8]] = []
+    public var extras = ByteColumn()
 
     /// Distinct resources, referenced by `resourceIndices`.
     public private(set) var resources: [ResourceEntry] = []
@@ -192,7 +192,7 @@ public struct SpanBatch: Sendable {
             name: names[index], kind: kinds[index], startTime: startTimes[index], endTime: endTimes[index],
             statusCode: statusCodes[index], statusMessage: statusMessages[index],
             httpStatusCode: httpStatusCodes[index], resourceIndex: resourceIndices[index],
-            scopeIndex: scopeIndices[index], attributes: attributes[index], extras: extras[index])
+            scopeIndex: scopeIndices[index], attributes: Array(attributes[index]), extras: Array(extras[index]))
     }
 
     /// Appends the rows of `other` at `indices` (all of them when nil), re-interning
@@ -214,8 +214,8 @@ public struct SpanBatch: Sendable {
             httpStatusCodes += other.httpStatusCodes
             resourceIndices += other.resourceIndices.lazy.map { resourceMap[Int($0)] }
             scopeIndices += other.scopeIndices.lazy.map { scopeMap[Int($0)] }
-            attributes += other.attributes
-            extras += other.extras
+            attributes.append(contentsOf: other.attributes)
+            extras.append(contentsOf: other.extras)
             return
         }
         for index in indices {
@@ -256,8 +256,8 @@ public struct SpanBatch: Sendable {
         httpStatusCodes.reserveCapacity(capacity)
         resourceIndices.reserveCapacity(capacity)
         scopeIndices.reserveCapacity(capacity)
-        attributes.reserveCapacity(capacity)
-        extras.reserveCapacity(capacity)
+        attributes.reserveCapacity(rows: capacity, bytes: 0)
+        extras.reserveCapacity(rows: capacity, bytes: 0)
     }
 
     /// Rows whose trace id is `traceID`.
@@ -271,7 +271,7 @@ public struct SpanBatch: Sendable {
         traceIDs: [TraceID], spanIDs: [SpanID], parentSpanIDs: [SpanID], names: [String],
         kinds: [SpanKind], startTimes: [UInt64], endTimes: [UInt64], statusCodes: [StatusCode],
         statusMessages: [String], httpStatusCodes: [UInt16], resourceIndices: [UInt32],
-        scopeIndices: [UInt32], attributes: [[UInt8]], extras: [[UInt8]],
+        scopeIndices: [UInt32], attributes: ByteColumn, extras: ByteColumn,
         resources: [ResourceEntry], scopes: [[UInt8]]
     ) -> SpanBatch? {
         let count = traceIDs.count

@@ -24,6 +24,7 @@ extension ProtobufCursor {
     }
 
     /// `opentelemetry.proto.common.v1.KeyValue`.
+    @inline(__always)
     func keyValue(_ range: Range<Int>, depth: Int) throws(OTLPDecodingError) -> KeyValueShape {
         var cursor = try enter(range, depth: depth)
         var shape = KeyValueShape(key: range.lowerBound..<range.lowerBound, value: .none)

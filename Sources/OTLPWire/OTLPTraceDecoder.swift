@@ -47,6 +47,9 @@ struct OTLPTraceDecoder {
     var batch = SpanBatch()
     var outcome = IngestOutcome()
     let input: OTLPInput
+    /// A span's attributes and extras on their way into the batch.
+    private var attributeBuffer: [UInt8] = []
+    private var extraBuffer: [UInt8] = []
 
     init(input: OTLPInput) {
         self.input = input
@@ -206,16 +209,16 @@ struct OTLPTraceDecoder {
         let kind32 = Int32(truncatingIfNeeded: kind)
         let httpStatusCode = responseStatus.value ?? legacyStatus.value ?? 0
 
-        // Built before `batch` is touched: reading `self` during the append would copy the whole decoder.
-        let attributes = attributeBytes == 0 ? [] : input.attributeList(of: range, bytes: attributeBytes)
-        let extraBytes = extras.bytes + (columnStatus == nil ? status.bytes : 0)
-        let extraFields: [UInt8]
-        if extraBytes == 0 {
-            extraFields = []
-        } else if let only = extras.only, columnStatus != nil || status.bytes == 0 {
-            extraFields = Array(input.buffer(only))
-        } else {
-            extraFields = input.extras(of: range, bytes: extraBytes, withStatus: columnStatus == nil)
+        // Written into buffers the decoder reuses, which the batch copies into its columns.
+        attributeBuffer.removeAll(keepingCapacity: true)
+        if attributeBytes > 0 { input.writeAttributeList(of: range, bytes: attributeBytes, into: &attributeBuffer) }
+        extraBuffer.removeAll(keepingCapacity: true)
+        if extras.bytes + (columnStatus == nil ? status.bytes : 0) > 0 {
+            if let only = extras.only, columnStatus != nil || status.bytes == 0 {
+                extraBuffer.append(contentsOf: input.buffer(only))
+            } else {
+                input.writeExtras(of: range, withStatus: columnStatus == nil, into: &extraBuffer)
+            }
         }
         let statusMessage = columnStatus == nil ? "" : input.string(status.message)
         batch.append(SpanBatch.Row(
@@ -225,7 +228,7 @@ struct OTLPTraceDecoder {
             statusCode: columnStatus ?? .unset, statusMessage: statusMessage,
             httpStatusCode: (0...999).contains(httpStatusCode) ? UInt16(httpStatusCode) : 0,
             resourceIndex: resourceIndex, scopeIndex: scopeIndex,
-            attributes: attributes, extras: extraFields))
+            attributes: attributeBuffer, extras: extraBuffer))
         outcome.accepted += 1
     }
 }
@@ -240,43 +243,39 @@ struct OTLPInput {
         return ProtobufCursor(base, range)
     }
 
-    /// The span's attributes (field 9) re-tagged as the `values` of a `KeyValueList`.
-    func attributeList(of span: Range<Int>, bytes: Int) -> [UInt8] {
-        [UInt8](unsafeUninitializedCapacity: bytes) { output, count in
-            var cursor = ProtobufCursor(base, span)
-            // The span was validated by the caller's pass, so nothing here can throw.
-            while !cursor.isAtEnd, let tag = try? cursor.tag() {
-                guard tag.field == 9 && tag.wireType == 2, let payload = try? cursor.lengthDelimited() else {
-                    _ = try? cursor.skip(field: tag.field, wireType: tag.wireType, depth: 0)
-                    continue
-                }
-                output[count] = 0x0A
-                count += 1
-                count += writeVarint(UInt64(payload.count), to: output.baseAddress! + count)
-                (output.baseAddress! + count).update(from: base + payload.lowerBound, count: payload.count)
-                count += payload.count
+    /// Appends the span's attributes (field 9), `bytes` in all, re-tagged as the
+    /// `values` of a `KeyValueList`.
+    func writeAttributeList(of span: Range<Int>, bytes: Int, into output: inout [UInt8]) {
+        output.reserveCapacity(output.count + bytes)
+        var cursor = ProtobufCursor(base, span)
+        // The span was validated by the caller's pass, so nothing here can throw.
+        while !cursor.isAtEnd, let tag = try? cursor.tag() {
+            guard tag.field == 9 && tag.wireType == 2, let payload = try? cursor.lengthDelimited() else {
+                _ = try? cursor.skip(field: tag.field, wireType: tag.wireType, depth: 0)
+                continue
             }
+            output.append(0x0A)
+            var length = UInt64(payload.count)
+            while length >= 0x80 {
+                output.append(UInt8(truncatingIfNeeded: length) | 0x80)
+                length >>= 7
+            }
+            output.append(UInt8(length))
+            output.append(contentsOf: buffer(payload))
         }
     }
 
-    /// The span's fields that no column holds, copied as they came.
-    func extras(of span: Range<Int>, bytes: Int, withStatus: Bool) -> [UInt8] {
-        [UInt8](unsafeUninitializedCapacity: bytes) { output, count in
-            var cursor = ProtobufCursor(base, span)
-            while !cursor.isAtEnd {
-                let fieldStart = cursor.position
-                guard let tag = try? cursor.tag(),
-                      (try? cursor.skip(field: tag.field, wireType: tag.wireType, depth: 0)) != nil else { break }
-                let isColumn: Bool
-                switch (tag.field, tag.wireType) {
-                case (1, 2), (2, 2), (4, 2), (5, 2), (6, 0), (7, 1), (8, 1), (9, 2): isColumn = true
-                case (15, 2): isColumn = !withStatus
-                default: isColumn = false
-                }
-                if isColumn { continue }
-                let length = cursor.position - fieldStart
-                (output.baseAddress! + count).update(from: base + fieldStart, count: length)
-                count += length
+    /// Appends the span's fields that no column holds, as they came.
+    func writeExtras(of span: Range<Int>, withStatus: Bool, into output: inout [UInt8]) {
+        var cursor = ProtobufCursor(base, span)
+        while !cursor.isAtEnd {
+            let fieldStart = cursor.position
+            guard let tag = try? cursor.tag(),
+                  (try? cursor.skip(field: tag.field, wireType: tag.wireType, depth: 0)) != nil else { break }
+            switch (tag.field, tag.wireType) {
+            case (1, 2), (2, 2), (4, 2), (5, 2), (6, 0), (7, 1), (8, 1), (9, 2): continue
+            case (15, 2) where !withStatus: continue
+            default: output.append(contentsOf: buffer(fieldStart..<cursor.position))
             }
         }
     }
@@ -372,17 +371,4 @@ private func varintSize(_ value: UInt64) -> Int {
         rest >>= 7
     }
     return size
-}
-
-@inline(__always)
-private func writeVarint(_ value: UInt64, to output: UnsafeMutablePointer<UInt8>) -> Int {
-    var rest = value
-    var count = 0
-    while rest >= 0x80 {
-        output[count] = UInt8(truncatingIfNeeded: rest) | 0x80
-        rest >>= 7
-        count += 1
-    }
-    output[count] = UInt8(rest)
-    return count + 1
 }

@@ -136,9 +136,9 @@ extension SpanBatch {
     public func span(at row: Int) throws(OTLPConversionError) -> OTLPSpan {
         var span: OTLPSpan
         do {
-            span = try OTLPSpan(serializedBytes: extras[row])
+            span = try OTLPSpan(serializedBytes: Array(extras[row]))
             if !attributes[row].isEmpty {
-                span.attributes = try KeyValueList(serializedBytes: attributes[row]).values
+                span.attributes = try KeyValueList(serializedBytes: Array(attributes[row])).values
             }
         } catch {
             throw .corruptBlob(column: "attributes or extras", row: row, reason: "\(error)")
@@ -161,7 +161,7 @@ extension SpanBatch {
     public func attributeList(at row: Int) throws(OTLPConversionError) -> [KeyValue] {
         guard !attributes[row].isEmpty else { return [] }
         do {
-            return try KeyValueList(serializedBytes: attributes[row]).values
+            return try KeyValueList(serializedBytes: Array(attributes[row])).values
         } catch {
             throw .corruptBlob(column: "attributes", row: row, reason: "\(error)")
         }

@@ -8,7 +8,8 @@ import SwiftProtobuf
 /// disagreement traps, so libFuzzer keeps the input.
 ///
 /// Built with `-sanitize=fuzzer,address -D FUZZING` (see `Fuzz/run.sh`), libFuzzer
-/// drives it; built plainly, it replays the files named on its command line.
+/// drives it (through `LLVMFuzzerRunDriver`, as SwiftPM supplies `main`); built
+/// plainly, it replays the files named on its command line.
 func checkDecoders(_ bytes: [UInt8]) {
     let reference: (SpanBatch, IngestOutcome)? = (try? ExportTraceServiceRequest(serializedBytes: bytes)).map { request in
         var spans = SpanBatch()
@@ -37,15 +38,30 @@ func checkDecoders(_ bytes: [UInt8]) {
 }
 
 #if FUZZING
+/// What libFuzzer calls with each input (its own `main`, when linked, calls this too).
 @_cdecl("LLVMFuzzerTestOneInput")
-public func fuzzOneInput(_ data: UnsafePointer<UInt8>, _ size: Int) -> CInt {
-    checkDecoders(Array(UnsafeBufferPointer(start: data, count: size)))
+public func fuzzOneInput(_ data: UnsafePointer<UInt8>?, _ size: Int) -> CInt {
+    checkDecoders(size == 0 ? [] : Array(UnsafeBufferPointer(start: data, count: size)))
     return 0
 }
-#else
+
+/// libFuzzer's entry point for programs that have their own `main`.
+@_silgen_name("LLVMFuzzerRunDriver")
+func runFuzzerDriver(
+    _ argc: UnsafeMutablePointer<CInt>,
+    _ argv: UnsafeMutablePointer<UnsafeMutablePointer<UnsafeMutablePointer<CChar>?>>,
+    _ testOneInput: @convention(c) (UnsafePointer<UInt8>?, Int) -> CInt
+) -> CInt
+#endif
+
 @main
-struct ReplayInputs {
+struct FuzzOTLP {
     static func main() throws {
+        #if FUZZING
+        var argc = CommandLine.argc
+        var argv = CommandLine.unsafeArgv
+        exit(runFuzzerDriver(&argc, &argv, fuzzOneInput))
+        #else
         let paths = CommandLine.arguments.dropFirst()
         guard !paths.isEmpty else {
             print("usage: meshtrace-fuzz-otlp FILE...   (replays inputs; Fuzz/run.sh builds the libFuzzer target)")
@@ -55,6 +71,6 @@ struct ReplayInputs {
             checkDecoders([UInt8](try Data(contentsOf: URL(fileURLWithPath: path))))
             print("\(path): both decoders agree")
         }
+        #endif
     }
 }
-#endif

@@ -42,8 +42,8 @@ struct SegmentDecoderV1 {
         var resourceIndices: [UInt32] = []
         var scopes: [[UInt8]] = []
         var scopeIndices: [UInt32] = []
-        var attributes: [[UInt8]] = []
-        var extras: [[UInt8]] = []
+        var attributes = ByteColumn()
+        var extras = ByteColumn()
         var current = SegmentFormatV1.Column.name
         do {
             var reader = ByteReader(try columnBytes(.name))
@@ -100,10 +100,10 @@ struct SegmentDecoderV1 {
 
             current = .attributes
             reader = ByteReader(try columnBytes(.attributes))
-            for _ in 0..<rows { attributes.append(Array(try reader.readLengthPrefixed())) }
+            for _ in 0..<rows { attributes.append(try reader.readLengthPrefixed()) }
             current = .extras
             reader = ByteReader(try columnBytes(.extras))
-            for _ in 0..<rows { extras.append(Array(try reader.readLengthPrefixed())) }
+            for _ in 0..<rows { extras.append(try reader.readLengthPrefixed()) }
         } catch let error as StoreError {
             throw error
         } catch {

@@ -1,0 +1,51 @@
+/// Variable-length byte strings, one per row, kept end to end in one buffer: a
+/// column of a `SpanBatch` costs no allocation per row.
+public struct ByteColumn: Sendable, Equatable, RandomAccessCollection {
+    /// Every row's bytes, end to end.
+    public private(set) var bytes: [UInt8] = []
+    /// Where each row ends in `bytes`.
+    private var ends: [Int] = []
+
+    public init() {}
+
+    /// A column holding `values`, in order.
+    public init(_ values: some Sequence<[UInt8]>) {
+        for value in values { append(value) }
+    }
+
+    public var startIndex: Int { 0 }
+    public var endIndex: Int { ends.count }
+
+    /// The bytes of row `index`.
+    @inlinable
+    public subscript(index: Int) -> ArraySlice<UInt8> {
+        bytes[start(of: index)..<end(of: index)]
+    }
+
+    @usableFromInline
+    func start(of index: Int) -> Int { index == 0 ? 0 : ends[index - 1] }
+
+    @usableFromInline
+    func end(of index: Int) -> Int { ends[index] }
+
+    /// Size of row `index`, in bytes.
+    public func count(at index: Int) -> Int { end(of: index) - start(of: index) }
+
+    public mutating func append(_ value: some Collection<UInt8>) {
+        bytes.append(contentsOf: value)
+        ends.append(bytes.count)
+    }
+
+    /// Appends every row of `other`.
+    public mutating func append(contentsOf other: ByteColumn) {
+        let base = bytes.count
+        bytes += other.bytes
+        ends += other.ends.lazy.map { $0 + base }
+    }
+
+    /// Reserves room for `rows` more rows of `bytes` more bytes in all.
+    public mutating func reserveCapacity(rows: Int, bytes byteCount: Int) {
+        ends.reserveCapacity(ends.count + rows)
+        bytes.reserveCapacity(bytes.count + byteCount)
+    }
+}
