@@ -2,18 +2,20 @@
 # End to end: meshtrace loadgen → meshtrace-collector (release) → WAL → sealed segments.
 # Prints loadgen's report, then the collector's whole-life CPU seconds and peak RSS
 # (GNU time, Debian package `time`). Usage: Benchmarks/ingest_end_to_end.sh grpc|http RATE DURATION
-# after `swift build -c release`.
+# after `swift build -c release`. WAL_SYNC_INTERVAL=10ms spaces the WAL's fsyncs (default 0: one per group);
+# SPANS_PER_REQUEST sets loadgen's batch size (default 200).
 set -euo pipefail
 BIN=${BIN:-$(cd "$(dirname "$0")/.." && pwd)/.build/release}
-PROTO=${1:-grpc}; RATE=${2:-50000}; DURATION=${3:-20s}
+PROTO=${1:-grpc}; RATE=${2:-50000}; DURATION=${3:-20s}; WAL_SYNC_INTERVAL=${WAL_SYNC_INTERVAL:-0}
+SPANS_PER_REQUEST=${SPANS_PER_REQUEST:-200}
 DIR=$(mktemp -d /tmp/e2e.XXXX)
 /usr/bin/time -f "collector cpu_user=%U cpu_sys=%S max_rss_kib=%M" -o $DIR/time \
   $BIN/meshtrace-collector --data-dir $DIR/data --otlp-grpc 127.0.0.1:34317 --otlp-http 127.0.0.1:34318 \
-  --zipkin off --query 127.0.0.1:36686 > $DIR/out 2>&1 &
+  --zipkin off --query 127.0.0.1:36686 --wal-sync-interval $WAL_SYNC_INTERVAL > $DIR/out 2>&1 &
 PID=$!
 sleep 2
 if [ "$PROTO" = grpc ]; then TARGET=http://127.0.0.1:34317; else TARGET=http://127.0.0.1:34318; fi
-$BIN/meshtrace loadgen --target $TARGET --protocol $PROTO --rate $RATE --duration $DURATION --connections 8 -o json | tee $DIR/report.json
+$BIN/meshtrace loadgen --target $TARGET --protocol $PROTO --rate $RATE --duration $DURATION --connections 8 --spans-per-request $SPANS_PER_REQUEST -o json | tee $DIR/report.json
 curl -s 127.0.0.1:36686/metrics | grep -E '^meshtrace_(wal_syncs|wal_records|segments|receiver_spans_total\{receiver="otlp_(grpc|http)",outcome="stored")'
 pkill -TERM -f "^$BIN/meshtrace-collector --data-dir $DIR/data"   # SIGTERM seals the head block: that encode is counted too
 wait $PID || true

@@ -80,7 +80,7 @@ final class CollectorMetrics: Sendable {
     func render(store: SpanStore, budget: IngestBudget) -> String {
         let counts = counts.withLock { $0 }
         let wal = store.walStatistics
-        let segments = store.snapshot().segments
+        let segments = store.sealedSegments
         var text = ""
         func family(_ name: String, _ type: String, _ help: String, _ samples: [(labels: String, value: String)]) {
             text += "# HELP \(name) \(help)\n# TYPE \(name) \(type)\n"

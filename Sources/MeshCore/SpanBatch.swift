@@ -242,8 +242,9 @@ public struct SpanBatch: Sendable {
         return sorted
     }
 
-    /// Reserves room for `capacity` spans in every column.
-    public mutating func reserveCapacity(_ capacity: Int) {
+    /// Reserves room for `capacity` spans in every column, with `bytesPerSpan` bytes
+    /// of attributes per span.
+    public mutating func reserveCapacity(_ capacity: Int, bytesPerSpan: Int = 0) {
         traceIDs.reserveCapacity(capacity)
         spanIDs.reserveCapacity(capacity)
         parentSpanIDs.reserveCapacity(capacity)
@@ -256,7 +257,7 @@ public struct SpanBatch: Sendable {
         httpStatusCodes.reserveCapacity(capacity)
         resourceIndices.reserveCapacity(capacity)
         scopeIndices.reserveCapacity(capacity)
-        attributes.reserveCapacity(rows: capacity, bytes: 0)
+        attributes.reserveCapacity(rows: capacity, bytes: capacity * bytesPerSpan)
         extras.reserveCapacity(rows: capacity, bytes: 0)
     }
 

@@ -81,6 +81,13 @@ public final class SpanStore: Sendable {
     /// Held while a compaction runs.
     private let compactionLock = Mutex(())
 
+    /// Attribute and extras bytes reserved per span of a new head block (MeshSim's
+    /// Envoy-like spans carry about 400 bytes of attributes).
+    static let reservedBytesPerSpan = 512
+    /// The most spans a new head block reserves room for (128 MiB of attributes),
+    /// whatever `maxHeadSpans` says.
+    static let maxReservedSpans = 1 << 18
+
     private var walDirectory: String { configuration.dataDirectory + "/wal" }
     private var segmentDirectory: String { configuration.dataDirectory + "/segments" }
 
@@ -182,7 +189,14 @@ public final class SpanStore: Sendable {
             guard let log else { throw .readOnly }
             let ticket = try log.write(type: .traceExport, body: encoded)
             state.withLock { state in
-                if state.head.isEmpty { state.headSince = .now }
+                if state.head.isEmpty {
+                    state.headSince = .now
+                    // Room for a full head block up front: growing its columns by doubling
+                    // would copy them, and fault their pages in, again and again. Pages
+                    // reserved but not written cost no memory.
+                    state.head.reserveCapacity(
+                        min(configuration.maxHeadSpans, Self.maxReservedSpans), bytesPerSpan: Self.reservedBytesPerSpan)
+                }
                 state.head.append(contentsOf: batch)
             }
             return ticket
@@ -401,6 +415,11 @@ public final class SpanStore: Sendable {
         state.withLock { state in
             Snapshot(unsealed: state.sealing + (state.head.isEmpty ? [] : [state.head]), segments: state.segments)
         }
+    }
+
+    /// The sealed segments, without sharing the head block (which a later append would then copy).
+    public var sealedSegments: [SegmentReader] {
+        state.withLock { $0.segments }
     }
 
     /// Number of spans in the head block and blocks being sealed.
