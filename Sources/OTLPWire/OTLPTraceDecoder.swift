@@ -41,15 +41,16 @@ public struct DecodedTraceExport: Sendable {
 
 /// Walks an `ExportTraceServiceRequest` once per nesting level: a message's
 /// resource or scope is read (and interned) before its children, wherever it lies in
-/// the bytes, and each span is read once for its columns and once more to copy its
-/// attributes (and any extras) into their stored form.
+/// the bytes, and each span is read once, its attributes and other fields copied
+/// into their stored form as they are validated.
 struct OTLPTraceDecoder {
     var batch = SpanBatch()
     var outcome = IngestOutcome()
     let input: OTLPInput
-    /// A span's attributes and extras on their way into the batch.
+    /// A span's attributes, extras and status fields on their way into the batch.
     private var attributeBuffer: [UInt8] = []
     private var extraBuffer: [UInt8] = []
+    private var statusBuffer: [UInt8] = []
 
     init(input: OTLPInput) {
         self.input = input
@@ -144,8 +145,11 @@ struct OTLPTraceDecoder {
         let empty = range.lowerBound..<range.lowerBound
         var traceID = empty, spanID = empty, parentSpanID = empty, name = empty
         var kind: UInt64 = 0, startTime: UInt64 = 0, endTime: UInt64 = 0
-        var attributeBytes = 0
-        var extras = ExtraFields()
+        // Attributes, extras and status occurrences are copied as they are read; a
+        // refused span simply leaves them behind.
+        attributeBuffer.removeAll(keepingCapacity: true)
+        extraBuffer.removeAll(keepingCapacity: true)
+        statusBuffer.removeAll(keepingCapacity: true)
         var status = StatusFields(message: empty)
         var responseStatus = FirstAttribute<Int64>(), legacyStatus = FirstAttribute<Int64>()
         while !cursor.isAtEnd {
@@ -164,7 +168,7 @@ struct OTLPTraceDecoder {
             case (9, 2):
                 let payload = try cursor.lengthDelimited()
                 let attribute = try cursor.keyValue(payload, depth: depth + 1)
-                attributeBytes += 1 + varintSize(UInt64(payload.count)) + payload.count
+                appendListEntry(payload)
                 if !responseStatus.isDecided, cursor.equals(attribute.key, "http.response.status_code") {
                     responseStatus.decide(attribute.value.intValue)
                 } else if !legacyStatus.isDecided, cursor.equals(attribute.key, "http.status_code") {
@@ -172,20 +176,20 @@ struct OTLPTraceDecoder {
                 }
             case (15, 2):
                 try status.merge(try cursor.lengthDelimited(), cursor: cursor, depth: depth + 1)
-                status.bytes += cursor.position - fieldStart
+                statusBuffer.append(contentsOf: input.buffer(fieldStart..<cursor.position))
             case (3, 2):
                 try cursor.validateUTF8(try cursor.lengthDelimited())
-                extras.add(fieldStart..<cursor.position)
+                extraBuffer.append(contentsOf: input.buffer(fieldStart..<cursor.position))
             case (11, 2):
                 try cursor.spanEvent(try cursor.lengthDelimited(), depth: depth + 1)
-                extras.add(fieldStart..<cursor.position)
+                extraBuffer.append(contentsOf: input.buffer(fieldStart..<cursor.position))
             case (13, 2):
                 try cursor.spanLink(try cursor.lengthDelimited(), depth: depth + 1)
-                extras.add(fieldStart..<cursor.position)
+                extraBuffer.append(contentsOf: input.buffer(fieldStart..<cursor.position))
             default:
                 // Dropped counts, flags, and fields this version does not know.
                 try cursor.skip(field: field, wireType: wireType, depth: depth)
-                extras.add(fieldStart..<cursor.position)
+                extraBuffer.append(contentsOf: input.buffer(fieldStart..<cursor.position))
             }
         }
 
@@ -209,17 +213,10 @@ struct OTLPTraceDecoder {
         let kind32 = Int32(truncatingIfNeeded: kind)
         let httpStatusCode = responseStatus.value ?? legacyStatus.value ?? 0
 
-        // Written into buffers the decoder reuses, which the batch copies into its columns.
-        attributeBuffer.removeAll(keepingCapacity: true)
-        if attributeBytes > 0 { input.writeAttributeList(of: range, bytes: attributeBytes, into: &attributeBuffer) }
-        extraBuffer.removeAll(keepingCapacity: true)
-        if extras.bytes + (columnStatus == nil ? status.bytes : 0) > 0 {
-            if let only = extras.only, columnStatus != nil || status.bytes == 0 {
-                extraBuffer.append(contentsOf: input.buffer(only))
-            } else {
-                input.writeExtras(of: range, withStatus: columnStatus == nil, into: &extraBuffer)
-            }
-        }
+        // A status the columns cannot say is kept whole with the extras (after the
+        // other fields: field order carries no meaning, and the status's own
+        // occurrences keep theirs).
+        if columnStatus == nil { extraBuffer.append(contentsOf: statusBuffer) }
         let statusMessage = columnStatus == nil ? "" : input.string(status.message)
         batch.append(SpanBatch.Row(
             traceID: trace, spanID: span, parentSpanID: parent, name: spanName,
@@ -231,6 +228,19 @@ struct OTLPTraceDecoder {
             attributes: attributeBuffer, extras: extraBuffer))
         outcome.accepted += 1
     }
+
+    /// Appends an attribute's `KeyValue` bytes as an entry of a `KeyValueList`
+    /// (field 1), the form the store keeps.
+    private mutating func appendListEntry(_ payload: Range<Int>) {
+        attributeBuffer.append(0x0A)
+        var length = UInt64(payload.count)
+        while length >= 0x80 {
+            attributeBuffer.append(UInt8(truncatingIfNeeded: length) | 0x80)
+            length >>= 7
+        }
+        attributeBuffer.append(UInt8(length))
+        attributeBuffer.append(contentsOf: input.buffer(payload))
+    }
 }
 
 /// The bytes being decoded. Kept apart from the decoder's growing batch so that
@@ -241,43 +251,6 @@ struct OTLPInput {
     func cursor(_ range: Range<Int>, depth: Int) throws(OTLPDecodingError) -> ProtobufCursor {
         guard depth <= ProtobufCursor.depthLimit else { throw OTLPDecodingError(reason: .tooDeep, offset: range.lowerBound) }
         return ProtobufCursor(base, range)
-    }
-
-    /// Appends the span's attributes (field 9), `bytes` in all, re-tagged as the
-    /// `values` of a `KeyValueList`.
-    func writeAttributeList(of span: Range<Int>, bytes: Int, into output: inout [UInt8]) {
-        output.reserveCapacity(output.count + bytes)
-        var cursor = ProtobufCursor(base, span)
-        // The span was validated by the caller's pass, so nothing here can throw.
-        while !cursor.isAtEnd, let tag = try? cursor.tag() {
-            guard tag.field == 9 && tag.wireType == 2, let payload = try? cursor.lengthDelimited() else {
-                _ = try? cursor.skip(field: tag.field, wireType: tag.wireType, depth: 0)
-                continue
-            }
-            output.append(0x0A)
-            var length = UInt64(payload.count)
-            while length >= 0x80 {
-                output.append(UInt8(truncatingIfNeeded: length) | 0x80)
-                length >>= 7
-            }
-            output.append(UInt8(length))
-            output.append(contentsOf: buffer(payload))
-        }
-    }
-
-    /// Appends the span's fields that no column holds, as they came.
-    func writeExtras(of span: Range<Int>, withStatus: Bool, into output: inout [UInt8]) {
-        var cursor = ProtobufCursor(base, span)
-        while !cursor.isAtEnd {
-            let fieldStart = cursor.position
-            guard let tag = try? cursor.tag(),
-                  (try? cursor.skip(field: tag.field, wireType: tag.wireType, depth: 0)) != nil else { break }
-            switch (tag.field, tag.wireType) {
-            case (1, 2), (2, 2), (4, 2), (5, 2), (6, 0), (7, 1), (8, 1), (9, 2): continue
-            case (15, 2) where !withStatus: continue
-            default: output.append(contentsOf: buffer(fieldStart..<cursor.position))
-            }
-        }
     }
 
     func bigEndian64(at offset: Int) -> UInt64 {
@@ -298,30 +271,12 @@ struct OTLPInput {
     }
 }
 
-/// Where a span's extra fields lie: their total size, and the field itself when
-/// there is just one (commonly `flags`), which is then copied without another walk.
-private struct ExtraFields {
-    var bytes = 0
-    var count = 0
-    var first: Range<Int> = 0..<0
-
-    var only: Range<Int>? { count == 1 ? first : nil }
-
-    mutating func add(_ field: Range<Int>) {
-        if count == 0 { first = field }
-        count += 1
-        bytes += field.count
-    }
-}
-
 /// A span's `Status`, merged over every occurrence of the field as protobuf does.
 private struct StatusFields {
     var isPresent = false
     var hasUnknownFields = false
     var code: UInt64 = 0
     var message: Range<Int>
-    /// Bytes of every occurrence of the field, tags included.
-    var bytes = 0
 
     mutating func merge(_ range: Range<Int>, cursor outer: ProtobufCursor, depth: Int) throws(OTLPDecodingError) {
         guard depth <= ProtobufCursor.depthLimit else { throw OTLPDecodingError(reason: .tooDeep, offset: range.lowerBound) }
@@ -360,15 +315,4 @@ extension AnyValueShape {
         if case .int(let value) = self { return value }
         return nil
     }
-}
-
-@inline(__always)
-private func varintSize(_ value: UInt64) -> Int {
-    var size = 1
-    var rest = value >> 7
-    while rest != 0 {
-        size += 1
-        rest >>= 7
-    }
-    return size
 }
