@@ -3,8 +3,9 @@ import NIOPosix
 import OTLPWire
 import SegmentStore
 
-/// The step every trace receiver shares: store a decoded export request durably and
-/// say what was refused. A request is answered only once its spans are in the WAL.
+/// The step every receiver shares: store a decoded export request (spans, or OTLP
+/// metrics) durably and say what was refused. A request is answered only once it
+/// is in the WAL.
 struct TraceIngest: Sendable {
     let store: SpanStore
     let logger: Logger
