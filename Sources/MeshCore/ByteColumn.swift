@@ -28,9 +28,6 @@ public struct ByteColumn: Sendable, Equatable, RandomAccessCollection {
     @usableFromInline
     func end(of index: Int) -> Int { ends[index] }
 
-    /// Size of row `index`, in bytes.
-    public func count(at index: Int) -> Int { end(of: index) - start(of: index) }
-
     public mutating func append(_ value: some Collection<UInt8>) {
         bytes.append(contentsOf: value)
         ends.append(bytes.count)

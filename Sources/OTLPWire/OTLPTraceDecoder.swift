@@ -71,28 +71,14 @@ struct OTLPTraceDecoder {
     }
 
     private mutating func decodeResourceSpans(_ range: Range<Int>, depth: Int) throws(OTLPDecodingError) {
-        // First the resource and schema URL, kept as the bytes of those two fields.
-        var cursor = try input.cursor(range, depth: depth)
-        var encoded: [UInt8] = []
         var serviceName = FirstAttribute<Range<Int>>()
-        while !cursor.isAtEnd {
-            let fieldStart = cursor.position
-            let (field, wireType) = try cursor.tag()
-            switch (field, wireType) {
-            case (1, 2):
-                try cursor.resource(try cursor.lengthDelimited(), depth: depth + 1, serviceName: &serviceName)
-                input.copy(fieldStart..<cursor.position, to: &encoded)
-            case (3, 2):
-                try cursor.validateUTF8(try cursor.lengthDelimited())
-                input.copy(fieldStart..<cursor.position, to: &encoded)
-            default:
-                try cursor.skip(field: field, wireType: wireType, depth: depth)
-            }
+        let encoded = try input.header(of: range, depth: depth) { cursor, resource throws(OTLPDecodingError) in
+            try cursor.resource(resource, depth: depth + 1, serviceName: &serviceName)
         }
         let resourceIndex = batch.intern(resource: ResourceEntry(
             serviceName: serviceName.value.map(input.string) ?? "unknown_service", encoded: encoded))
 
-        cursor = try input.cursor(range, depth: depth)
+        var cursor = try input.cursor(range, depth: depth)
         while !cursor.isAtEnd {
             let (field, wireType) = try cursor.tag()
             if field == 2 && wireType == 2 {
@@ -104,25 +90,11 @@ struct OTLPTraceDecoder {
     }
 
     private mutating func decodeScopeSpans(_ range: Range<Int>, resourceIndex: UInt32, depth: Int) throws(OTLPDecodingError) {
-        var cursor = try input.cursor(range, depth: depth)
-        var encoded: [UInt8] = []
-        while !cursor.isAtEnd {
-            let fieldStart = cursor.position
-            let (field, wireType) = try cursor.tag()
-            switch (field, wireType) {
-            case (1, 2):
-                try cursor.instrumentationScope(try cursor.lengthDelimited(), depth: depth + 1)
-                input.copy(fieldStart..<cursor.position, to: &encoded)
-            case (3, 2):
-                try cursor.validateUTF8(try cursor.lengthDelimited())
-                input.copy(fieldStart..<cursor.position, to: &encoded)
-            default:
-                try cursor.skip(field: field, wireType: wireType, depth: depth)
-            }
-        }
-        let scopeIndex = batch.intern(scope: encoded)
+        let scopeIndex = batch.intern(scope: try input.header(of: range, depth: depth) { cursor, scope throws(OTLPDecodingError) in
+            try cursor.instrumentationScope(scope, depth: depth + 1)
+        })
 
-        cursor = try input.cursor(range, depth: depth)
+        var cursor = try input.cursor(range, depth: depth)
         while !cursor.isAtEnd {
             let (field, wireType) = try cursor.tag()
             if field == 2 && wireType == 2 {
@@ -257,8 +229,29 @@ struct OTLPInput {
         UInt64(bigEndian: UnsafeRawPointer(base + offset).loadUnaligned(as: UInt64.self))
     }
 
-    func copy(_ range: Range<Int>, to bytes: inout [UInt8]) {
-        bytes.append(contentsOf: buffer(range))
+    /// The bytes of fields 1 (a message, checked by `validate`) and 3 (a schema URL)
+    /// of a `ResourceSpans` or `ScopeSpans`: the resource or scope its spans share.
+    func header(
+        of range: Range<Int>, depth: Int,
+        validate: (ProtobufCursor, Range<Int>) throws(OTLPDecodingError) -> Void
+    ) throws(OTLPDecodingError) -> [UInt8] {
+        var cursor = try self.cursor(range, depth: depth)
+        var bytes: [UInt8] = []
+        while !cursor.isAtEnd {
+            let fieldStart = cursor.position
+            let (field, wireType) = try cursor.tag()
+            switch (field, wireType) {
+            case (1, 2):
+                let message = try cursor.lengthDelimited()
+                try validate(cursor, message)
+            case (3, 2): try cursor.validateUTF8(try cursor.lengthDelimited())
+            default:
+                try cursor.skip(field: field, wireType: wireType, depth: depth)
+                continue
+            }
+            bytes.append(contentsOf: buffer(fieldStart..<cursor.position))
+        }
+        return bytes
     }
 
     func buffer(_ range: Range<Int>) -> UnsafeBufferPointer<UInt8> {

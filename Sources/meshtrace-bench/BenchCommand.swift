@@ -1,5 +1,7 @@
 import ArgumentParser
 import Foundation
+import MeshSim
+import OTLPWire
 
 /// `meshtrace-bench`: measurements recorded in BENCHMARKS.md. Run in release mode.
 @main
@@ -38,4 +40,26 @@ func cpuModel() -> String {
     let info = (try? String(contentsOfFile: "/proc/cpuinfo", encoding: .utf8)) ?? ""
     return info.split(separator: "\n").first { $0.hasPrefix("model name") }?
         .split(separator: ":").last?.trimmingCharacters(in: .whitespaces) ?? "unknown CPU"
+}
+
+/// At least `spans` spans of MeshSim traffic (1% errors), a millisecond apart, as
+/// OTLP export requests of up to `spansPerRequest` spans (one per pod and batch of
+/// 20,000 spans), with the simulator that made them and the time its next request
+/// would start (nanoseconds since the Unix epoch).
+func simulatedCorpus(spans: Int, seed: UInt64, spansPerRequest: Int = 512)
+    -> (requests: [ExportTraceServiceRequest], simulator: MeshSim, next: UInt64)
+{
+    var simulator = MeshSim(configuration: MeshSim.Configuration(seed: seed, errorRate: 0.01))
+    var requests: [ExportTraceServiceRequest] = []
+    var pending: [MeshSim.EmittedSpan] = []
+    var time: UInt64 = 1_767_225_600_000_000_000
+    while simulator.truth.spans < spans {
+        pending += simulator.request(at: time)
+        time += 1_000_000
+        if pending.count >= 20_000 {
+            requests += simulator.exportRequests(pending, maxSpansPerRequest: spansPerRequest)
+            pending = []
+        }
+    }
+    return (requests + simulator.exportRequests(pending, maxSpansPerRequest: spansPerRequest), simulator, time)
 }

@@ -28,23 +28,9 @@ struct DecodeBench: ParsableCommand {
 
     func run() throws {
         print("machine: \(ProcessInfo.processInfo.activeProcessorCount) cores, \(cpuModel())")
-        var simulator = MeshSim(configuration: MeshSim.Configuration(seed: seed, errorRate: 0.01))
-        var requests: [[UInt8]] = []
-        var pending: [MeshSim.EmittedSpan] = []
-        var emitted = 0
-        var time: UInt64 = 1_767_225_600_000_000_000
-        while emitted < spans {
-            let next = simulator.request(at: time)
-            time += 1_000_000
-            emitted += next.count
-            pending += next
-            if pending.count >= 20_000 || emitted >= spans {
-                for request in simulator.exportRequests(pending, maxSpansPerRequest: spansPerRequest) {
-                    requests.append(try request.serializedBytes())
-                }
-                pending = []
-            }
-        }
+        let (corpus, simulator, _) = simulatedCorpus(spans: spans, seed: seed, spansPerRequest: spansPerRequest)
+        let requests: [[UInt8]] = try corpus.map { try $0.serializedBytes() }
+        let emitted = simulator.truth.spans
         let bytes = requests.reduce(0) { $0 + $1.count }
         print("corpus: \(emitted) spans in \(requests.count) requests, \(bytes) bytes (\(String(format: "%.1f", Double(bytes) / Double(emitted))) B/span)")
 

@@ -56,22 +56,9 @@ struct StorageBench: ParsableCommand {
         print("machine: \(ProcessInfo.processInfo.activeProcessorCount) cores, \(cpuModel())")
 
         // 1. The corpus, as OTLP export requests (one per pod and batch) and as a columnar batch.
-        var simulator = MeshSim(configuration: MeshSim.Configuration(seed: seed, errorRate: 0.01))
-        var requests: [ExportTraceServiceRequest] = []
-        var emitted = 0
-        var pending: [MeshSim.EmittedSpan] = []
-        var time: UInt64 = 1_767_225_600_000_000_000
-        while emitted < spans {
-            let next = simulator.request(at: time)
-            time += 1_000_000
-            emitted += next.count
-            pending += next
-            if pending.count >= 20_000 {
-                requests += simulator.exportRequests(pending, maxSpansPerRequest: 512)
-                pending = []
-            }
-        }
-        requests += simulator.exportRequests(pending, maxSpansPerRequest: 512)
+        let (requests, generator, time) = simulatedCorpus(spans: spans, seed: seed)
+        var simulator = generator
+        let emitted = simulator.truth.spans
         var corpus = SpanBatch()
         corpus.reserveCapacity(emitted)
         var otlpBytes = 0
