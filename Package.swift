@@ -45,12 +45,13 @@ let package = Package(
             ]
         ),
         .target(name: "SegmentStore", dependencies: ["MeshCore", "Compression", "OTLPWire"]),
-        .target(name: "QueryEngine", dependencies: ["SegmentStore", "MeshCore", "OTLPWire"]),
+        .target(name: "GoldenSignals", dependencies: ["SegmentStore", "MeshCore", "Compression", "OTLPWire"]),
+        .target(name: "QueryEngine", dependencies: ["SegmentStore", "GoldenSignals", "MeshCore", "OTLPWire"]),
         .target(name: "MeshSim", dependencies: ["MeshCore", "OTLPWire"]),
         .target(
             name: "Collector",
             dependencies: [
-                "SegmentStore", "QueryEngine", "OTLPWire", "MeshCore", "Compression",
+                "SegmentStore", "QueryEngine", "GoldenSignals", "OTLPWire", "MeshCore", "Compression",
                 .product(name: "Hummingbird", package: "hummingbird"),
                 .product(name: "GRPCCore", package: "grpc-swift-2"),
                 .product(name: "GRPCProtobuf", package: "grpc-swift-protobuf"),
@@ -85,7 +86,7 @@ let package = Package(
         .executableTarget(
             name: "meshtrace-bench",
             dependencies: [
-                "SegmentStore", "QueryEngine", "MeshSim", "OTLPWire", "MeshCore", "Compression",
+                "SegmentStore", "QueryEngine", "GoldenSignals", "MeshSim", "OTLPWire", "MeshCore", "Compression",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
             ]
         ),
@@ -97,7 +98,7 @@ let package = Package(
         .testTarget(
             name: "MeshtraceTests",
             dependencies: [
-                "Compression", "MeshCore", "OTLPWire", "SegmentStore", "QueryEngine", "MeshSim", "Collector",
+                "Compression", "MeshCore", "OTLPWire", "SegmentStore", "QueryEngine", "GoldenSignals", "MeshSim", "Collector",
                 .product(name: "SwiftProtobuf", package: "swift-protobuf"),
             ],
             resources: [.copy("Fixtures")]

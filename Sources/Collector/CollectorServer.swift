@@ -1,4 +1,5 @@
 import Foundation
+import GoldenSignals
 import Hummingbird
 import Logging
 import NIOCore
@@ -34,7 +35,13 @@ public struct CollectorServer: Sendable {
         shutdown: ShutdownTrigger? = nil,
         onListening: @escaping @Sendable (Endpoint, ListenAddress) -> Void = { _, _ in }
     ) async throws {
-        let store = try SpanStore(configuration: configuration.store)
+        var series = GoldenSignals.Configuration(directory: configuration.store.dataDirectory + "/series")
+        series.compressionLevel = configuration.store.compressionLevel
+        let golden = try GoldenSignals(configuration: series)
+        for problem in golden.problems {
+            logger.warning("series problem", metadata: ["problem": "\(problem)"])
+        }
+        let store = try SpanStore(configuration: configuration.store, follower: golden)
         for problem in store.problems {
             logger.warning("store problem", metadata: ["problem": "\(problem)"])
         }
@@ -83,14 +90,14 @@ public struct CollectorServer: Sendable {
                 onListening: { onListening(.otlpGRPC, $0) }))
         }
         let query = httpListener(.query, at: configuration.query) { router in
-            QueryAPI(store: store, logger: logger).register(on: router)
+            QueryAPI(store: store, golden: golden, logger: logger).register(on: router)
             router.get("/metrics") { _, _ in
                 Response(
                     status: .ok, headers: [.contentType: "text/plain; version=0.0.4"],
-                    body: ResponseBody(byteBuffer: ByteBuffer(string: metrics.render(store: store, budget: budget))))
+                    body: ResponseBody(byteBuffer: ByteBuffer(string: metrics.render(store: store, budget: budget) + golden.prometheusText())))
             }
         }
-        let sealer = SealService(store: store, interval: configuration.sealCheckInterval, logger: logger)
+        let sealer = SealService(store: store, golden: golden, interval: configuration.sealCheckInterval, logger: logger)
 
         let group = ServiceGroup(configuration: .init(
             services: [sealer] + receivers + [query],
@@ -128,12 +135,23 @@ public final class ShutdownTrigger: Sendable {
 /// group stop in reverse order, so this one (first) stops after the listeners.
 struct SealService: Service {
     let store: SpanStore
+    let golden: GoldenSignals
     let interval: Duration
     let logger: Logger
 
     func run() async throws {
         while !Task.isShuttingDownGracefully && !Task.isCancelled {
             try? await Task.sleep(for: interval)
+            golden.expirePairs()
+            do {
+                let golden = self.golden
+                let (rolledUp, expired) = try await NIOThreadPool.singleton.runIfActive { try golden.rollUp() }
+                if rolledUp + expired > 0 {
+                    logger.info("rolled up golden-signal series", metadata: ["rolled_up": "\(rolledUp)", "expired": "\(expired)"])
+                }
+            } catch {
+                logger.error("rolling up golden-signal series failed", metadata: ["error": "\(error)"])
+            }
             do {
                 let store = self.store
                 if store.headIsDue {

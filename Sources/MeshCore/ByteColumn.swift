@@ -22,6 +22,10 @@ public struct ByteColumn: Sendable, Equatable, RandomAccessCollection {
         bytes[start(of: index)..<end(of: index)]
     }
 
+    /// Where row `index` lies in `bytes`.
+    @inlinable
+    public func range(of index: Int) -> Range<Int> { start(of: index)..<end(of: index) }
+
     @usableFromInline
     func start(of index: Int) -> Int { index == 0 ? 0 : ends[index - 1] }
 

@@ -62,10 +62,12 @@ public final class SpanStore: Sendable {
     public let configuration: Configuration
     /// Problems found when the store was opened.
     public let problems: [Problem]
+    /// Fed every logged record and checkpointed at each seal.
+    private let follower: (any WALFollower)?
 
     private struct State: Sendable {
         var head = SpanBatch()
-        /// When the first span of the head block arrived.
+        /// When the first record of the current WAL file (spans for the head block, or metrics) arrived.
         var headSince: ContinuousClock.Instant?
         /// Blocks taken from the head whose segment is being written.
         var sealing: [SpanBatch] = []
@@ -91,9 +93,11 @@ public final class SpanStore: Sendable {
     private var walDirectory: String { configuration.dataDirectory + "/wal" }
     private var segmentDirectory: String { configuration.dataDirectory + "/segments" }
 
-    /// Opens (or creates) the store, replaying the WAL into the head block.
-    public init(configuration: Configuration) throws(StoreError) {
+    /// Opens (or creates) the store, replaying the WAL into the head block and into
+    /// `follower` (the files after those it covers).
+    public init(configuration: Configuration, follower: (any WALFollower)? = nil) throws(StoreError) {
         self.configuration = configuration
+        self.follower = follower
         commit = GroupCommit(minimumInterval: configuration.walSyncInterval)
         let walDirectory = configuration.dataDirectory + "/wal"
         let segmentDirectory = configuration.dataDirectory + "/segments"
@@ -139,23 +143,33 @@ public final class SpanStore: Sendable {
         }
         state.segments.removeAll { replaced.contains(Self.fileName($0.path)) }
 
-        var lastSequence = coveredSequence
+        let followerCovered = follower?.coveredSequence ?? UInt64.max
+        // A new WAL file must come after every file a segment or the follower covers.
+        var lastSequence = max(coveredSequence, followerCovered == .max ? 0 : followerCovered)
         if FileIO.exists(walDirectory) {
-            for name in try FileIO.list(walDirectory) {
+            for name in try FileIO.list(walDirectory).sorted() {
                 guard let sequence = WriteAheadLog.sequence(fromFileName: name) else { continue }
                 let path = walDirectory + "/" + name
                 lastSequence = max(lastSequence, sequence)
-                if sequence <= coveredSequence {
+                let toHead = sequence > coveredSequence
+                let toFollower = sequence > followerCovered
+                if !toHead && !toFollower {
                     if !configuration.readOnly { try FileIO.remove(path) }
                     continue
                 }
                 let replay = try WriteAheadLog.replay(path: path)
-                for record in replay.records where record.type == .traceExport {
-                    guard let export = try? DecodedTraceExport(protobuf: Array(record.body)) else {
-                        problems.append(Problem(file: path, reason: "a record holds an undecodable request; skipped"))
-                        continue
+                for record in replay.records {
+                    switch record.type {
+                    case .traceExport:
+                        guard let export = try? DecodedTraceExport(protobuf: Array(record.body)) else {
+                            problems.append(Problem(file: path, reason: "a record holds an undecodable request; skipped"))
+                            continue
+                        }
+                        if toHead { state.head.append(contentsOf: export.spans) }
+                        if toFollower { follower?.follow(spans: export.spans) }
+                    case .metricsExport:
+                        if toFollower { follower?.follow(metrics: record.body) }
                     }
-                    state.head.append(contentsOf: export.spans)
                 }
                 if let damage = replay.damage {
                     problems.append(Problem(file: path, reason: "\(damage); \(replay.damagedTailBytes) trailing bytes ignored"))
@@ -188,6 +202,7 @@ public final class SpanStore: Sendable {
         let ticket = try wal.withLock { (log: inout WriteAheadLog?) throws(StoreError) -> UInt64 in
             guard let log else { throw .readOnly }
             let ticket = try log.write(type: .traceExport, body: encoded)
+            follower?.follow(spans: batch)
             state.withLock { state in
                 if state.head.isEmpty {
                     state.headSince = .now
@@ -209,7 +224,10 @@ public final class SpanStore: Sendable {
     public func appendMetrics(encoded: [UInt8]) throws(StoreError) {
         let ticket = try wal.withLock { (log: inout WriteAheadLog?) throws(StoreError) -> UInt64 in
             guard let log else { throw .readOnly }
-            return try log.write(type: .metricsExport, body: encoded)
+            let ticket = try log.write(type: .metricsExport, body: encoded)
+            follower?.follow(metrics: encoded[...])
+            state.withLock { state in state.headSince = state.headSince ?? .now }
+            return ticket
         }
         try waitUntilDurable(ticket)
     }
@@ -234,59 +252,73 @@ public final class SpanStore: Sendable {
         return (records, bytes, syncs, Double(time.components.seconds) + Double(time.components.attoseconds) * 1e-18)
     }
 
-    /// Whether the head block has reached its size or age limit.
+    /// Whether the head block has reached its size or age limit (or, with no spans,
+    /// the WAL has held metrics that long).
     public var headIsDue: Bool {
         state.withLock { state in
-            guard let since = state.headSince, !state.head.isEmpty else { return false }
+            guard let since = state.headSince else { return false }
             return state.head.count >= configuration.maxHeadSpans || since.duration(to: .now) >= configuration.maxHeadAge
         }
     }
 
-    /// Seals whatever the head block holds into a new segment, then drops the WAL
-    /// files it covers. Does nothing when the head block is empty.
+    /// Seals whatever the head block holds into a new segment, checkpoints the WAL
+    /// follower, then drops the WAL files both cover. Does nothing when the current
+    /// WAL file holds no records.
     public func seal() throws {
         try sealLock.withLock { _ in
-            let taken: (SpanBatch, UInt64)? = try wal.withLock { (log: inout WriteAheadLog?) throws -> (SpanBatch, UInt64)? in
+            typealias Taken = (batch: SpanBatch, sequence: UInt64, checkpoint: (@Sendable () throws -> Void)?)
+            let taken: Taken? = try wal.withLock { (log: inout WriteAheadLog?) throws -> Taken? in
                 guard let log else { throw StoreError.readOnly }
-                return try state.withLock { (state: inout State) throws -> (SpanBatch, UInt64)? in
-                    guard !state.head.isEmpty else { return nil }
+                return try state.withLock { (state: inout State) throws -> Taken? in
+                    guard !state.head.isEmpty || log.fileSize > WriteAheadLog.fileMagic.count else { return nil }
                     let sequence = log.sequence
                     try log.rotate()
                     commit.markDurable(upTo: log.recordsWritten)
                     let batch = state.head
                     state.head = SpanBatch()
                     state.headSince = nil
-                    state.sealing.append(batch)
-                    return (batch, sequence)
+                    if !batch.isEmpty { state.sealing.append(batch) }
+                    return (batch, sequence, follower?.checkpoint(upTo: sequence))
                 }
             }
-            guard let (batch, sequence) = taken else { return }
-            let path = segmentDirectory + "/" + Self.segmentFileName(prefix: "seg", sequence: sequence)
-            do {
-                try SegmentWriter.write(
-                    batch, walSequence: sequence, to: path, level: configuration.compressionLevel, blockSpans: configuration.blockSpans)
-                let reader = try SegmentReader(path: path)
-                state.withLock { state in
-                    state.sealing.removeFirst()
-                    state.segments.append(reader)
-                }
-            } catch {
-                // The WAL still holds these spans; put them back so they stay
-                // queryable and are sealed with the next block.
-                state.withLock { state in
-                    state.sealing.removeFirst()
-                    var restored = batch
-                    restored.append(contentsOf: state.head)
-                    state.head = restored
-                    state.headSince = state.headSince ?? .now
-                }
-                throw error
+            guard let (batch, sequence, checkpoint) = taken else { return }
+            // The follower's checkpoint stands on its own: when the segment fails, the
+            // WAL file stays and a restart replays it into the head block alone.
+            var segmentError: (any Error)?
+            if !batch.isEmpty {
+                do { try writeSegment(batch, sequence: sequence) } catch { segmentError = error }
             }
+            try checkpoint?()
+            if let segmentError { throw segmentError }
             for file in try FileIO.list(walDirectory) {
                 if let walSequence = WriteAheadLog.sequence(fromFileName: file), walSequence <= sequence {
                     try FileIO.remove(walDirectory + "/" + file)
                 }
             }
+        }
+    }
+
+    private func writeSegment(_ batch: SpanBatch, sequence: UInt64) throws {
+        let path = segmentDirectory + "/" + Self.segmentFileName(prefix: "seg", sequence: sequence)
+        do {
+            try SegmentWriter.write(
+                batch, walSequence: sequence, to: path, level: configuration.compressionLevel, blockSpans: configuration.blockSpans)
+            let reader = try SegmentReader(path: path)
+            state.withLock { state in
+                state.sealing.removeFirst()
+                state.segments.append(reader)
+            }
+        } catch {
+            // The WAL still holds these spans; put them back so they stay
+            // queryable and are sealed with the next block.
+            state.withLock { state in
+                state.sealing.removeFirst()
+                var restored = batch
+                restored.append(contentsOf: state.head)
+                state.head = restored
+                state.headSince = state.headSince ?? .now
+            }
+            throw error
         }
     }
 

@@ -12,7 +12,8 @@ from test_grpc_interop import export, request_with
 from test_sdk_interop import send_trace
 from test_zipkin_interop import ENVOY_SPANS
 
-SAMPLE = re.compile(r"^([a-z_]+)(\{[^}]*\})? (\S+)$")
+# A sample line: name, optional labels (values are quoted and may hold braces), value.
+SAMPLE = re.compile(r'^([a-z_]+)(\{(?:[^"}]|"(?:[^"\\]|\\.)*")*\})? (\S+)$')
 
 
 def scrape(c):

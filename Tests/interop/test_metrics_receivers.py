@@ -47,6 +47,15 @@ def test_sdk_metric_exporters_are_acknowledged_logged_and_counted(collector, pro
     assert after['meshtrace_wal_records_total'] == before['meshtrace_wal_records_total'] + 2
     assert after['meshtrace_wal_syncs_total'] > before['meshtrace_wal_syncs_total']
     assert after[f'meshtrace_receiver_requests_total{{receiver="{receiver}",outcome="accepted"}}'] == 2
+    # Folded into the golden signals: three requests, not six (the second export is
+    # cumulative and repeats the first), one of them a 503.
+    topology = requests.get(f"{c.query_url}/api/v1/topology?since=1h", timeout=10).json()
+    edges = [e for e in topology["edges"] if (e["source"], e["target"]) == ("frontend", "checkout")]
+    assert len(edges) == 1, topology
+    assert (edges[0]["requests"], edges[0]["errors"]) == (3, 1)
+    # Latencies from the proxy's explicit buckets: the median, 30.5 ms, in (25, 50]; 250 ms in (100, 250].
+    assert 25 <= edges[0]["latency_ms_p50"] <= 50
+    assert 100 <= edges[0]["latency_ms_p99"] <= 250
 
 
 def test_metrics_over_http_json_and_bad_metrics_requests(collector):

@@ -1,4 +1,5 @@
 import Foundation
+import GoldenSignals
 import Hummingbird
 import Logging
 import MeshCore
@@ -11,6 +12,7 @@ import SegmentStore
 /// The HTTP query API: Jaeger's trace-by-id, the native topology, and readiness.
 struct QueryAPI: Sendable {
     let store: SpanStore
+    let golden: GoldenSignals
     let logger: Logger
 
     /// A query engine over the store's current state that quarantines damaged segments.
@@ -72,12 +74,12 @@ struct QueryAPI: Sendable {
         case .success(let parsed): window = parsed
         case .failure(let error): return jaegerError(.badRequest, error.message)
         }
-        let engine = engine()
+        let golden = self.golden
         do {
-            let topology = try await NIOThreadPool.singleton.runIfActive { try engine.topology(window: window) }
-            return json(TopologyJSON(topology), status: .ok)
+            let graph = try await NIOThreadPool.singleton.runIfActive { golden.serviceGraph(in: window) }
+            return json(TopologyJSON(graph), status: .ok)
         } catch {
-            return jaegerError(.internalServerError, "cannot read the store: \(error)")
+            return jaegerError(.internalServerError, "cannot read the service graph: \(error)")
         }
     }
 

@@ -8,8 +8,8 @@ import Darwin
 
 /// Thin POSIX file helpers with typed errors; the store needs fsync and rename
 /// semantics that Foundation does not promise.
-enum FileIO {
-    static func makeDirectory(_ path: String) throws(StoreError) {
+public enum FileIO {
+    public static func makeDirectory(_ path: String) throws(StoreError) {
         var components: [String] = []
         for part in path.split(separator: "/", omittingEmptySubsequences: false) {
             components.append(String(part))
@@ -21,12 +21,12 @@ enum FileIO {
         }
     }
 
-    static func exists(_ path: String) -> Bool {
+    public static func exists(_ path: String) -> Bool {
         access(path, F_OK) == 0
     }
 
     /// Names of the entries in `directory`, sorted.
-    static func list(_ directory: String) throws(StoreError) -> [String] {
+    public static func list(_ directory: String) throws(StoreError) -> [String] {
         guard let handle = opendir(directory) else {
             throw .io(path: directory, operation: "opendir", errno: errno)
         }
@@ -41,7 +41,7 @@ enum FileIO {
         return names.sorted()
     }
 
-    static func readAll(_ path: String) throws(StoreError) -> [UInt8] {
+    public static func readAll(_ path: String) throws(StoreError) -> [UInt8] {
         let fd = open(path, O_RDONLY | O_CLOEXEC)
         guard fd >= 0 else { throw .io(path: path, operation: "open", errno: errno) }
         defer { close(fd) }
@@ -50,13 +50,13 @@ enum FileIO {
         return try read(fd: fd, path: path, offset: 0, count: Int(info.st_size))
     }
 
-    static func size(_ path: String) throws(StoreError) -> Int {
+    public static func size(_ path: String) throws(StoreError) -> Int {
         var info = stat()
         guard stat(path, &info) == 0 else { throw .io(path: path, operation: "stat", errno: errno) }
         return Int(info.st_size)
     }
 
-    static func read(fd: Int32, path: String, offset: Int, count: Int) throws(StoreError) -> [UInt8] {
+    public static func read(fd: Int32, path: String, offset: Int, count: Int) throws(StoreError) -> [UInt8] {
         var failure: Int32 = 0
         // Only the bytes read count as initialized, so the buffer needs no zeroing first.
         let buffer = [UInt8](unsafeUninitializedCapacity: count) { raw, done in
@@ -76,14 +76,14 @@ enum FileIO {
         return buffer
     }
 
-    static func readRange(_ path: String, offset: Int, count: Int) throws(StoreError) -> [UInt8] {
+    public static func readRange(_ path: String, offset: Int, count: Int) throws(StoreError) -> [UInt8] {
         let fd = open(path, O_RDONLY | O_CLOEXEC)
         guard fd >= 0 else { throw .io(path: path, operation: "open", errno: errno) }
         defer { close(fd) }
         return try read(fd: fd, path: path, offset: offset, count: count)
     }
 
-    static func writeAll(fd: Int32, path: String, _ bytes: [UInt8]) throws(StoreError) {
+    public static func writeAll(fd: Int32, path: String, _ bytes: [UInt8]) throws(StoreError) {
         var done = 0
         while done < bytes.count {
             let wrote = bytes.withUnsafeBytes { raw in
@@ -97,11 +97,11 @@ enum FileIO {
         }
     }
 
-    static func sync(fd: Int32, path: String) throws(StoreError) {
+    public static func sync(fd: Int32, path: String) throws(StoreError) {
         guard fsync(fd) == 0 else { throw .io(path: path, operation: "fsync", errno: errno) }
     }
 
-    static func syncDirectory(_ path: String) throws(StoreError) {
+    public static func syncDirectory(_ path: String) throws(StoreError) {
         let fd = open(path, O_RDONLY | O_DIRECTORY | O_CLOEXEC)
         guard fd >= 0 else { throw .io(path: path, operation: "open", errno: errno) }
         defer { close(fd) }
@@ -109,7 +109,7 @@ enum FileIO {
     }
 
     /// Writes `bytes` to `path` atomically: a temporary file, fsync, rename, fsync of the folder.
-    static func writeAtomically(_ bytes: [UInt8], to path: String) throws(StoreError) {
+    public static func writeAtomically(_ bytes: [UInt8], to path: String) throws(StoreError) {
         let temporary = path + ".tmp"
         let fd = open(temporary, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0o644)
         guard fd >= 0 else { throw .io(path: temporary, operation: "create", errno: errno) }
@@ -130,15 +130,15 @@ enum FileIO {
         try syncDirectory(directory(of: path))
     }
 
-    static func remove(_ path: String) throws(StoreError) {
+    public static func remove(_ path: String) throws(StoreError) {
         if unlink(path) != 0 && errno != ENOENT { throw .io(path: path, operation: "unlink", errno: errno) }
     }
 
-    static func move(_ from: String, to: String) throws(StoreError) {
+    public static func move(_ from: String, to: String) throws(StoreError) {
         guard rename(from, to) == 0 else { throw .io(path: from, operation: "rename", errno: errno) }
     }
 
-    static func truncate(_ path: String, to length: Int) throws(StoreError) {
+    public static func truncate(_ path: String, to length: Int) throws(StoreError) {
         let fd = open(path, O_WRONLY | O_CLOEXEC)
         guard fd >= 0 else { throw .io(path: path, operation: "open", errno: errno) }
         defer { close(fd) }
@@ -146,7 +146,7 @@ enum FileIO {
         try sync(fd: fd, path: path)
     }
 
-    static func directory(of path: String) -> String {
+    public static func directory(of path: String) -> String {
         guard let slash = path.lastIndex(of: "/") else { return "." }
         return slash == path.startIndex ? "/" : String(path[..<slash])
     }

@@ -1,3 +1,4 @@
+import GoldenSignals
 import ArgumentParser
 import Collector
 import Foundation
@@ -44,9 +45,13 @@ struct TopologyCommand: AsyncParsableCommand {
             }
             var configuration = SpanStore.Configuration(dataDirectory: dataDir)
             configuration.readOnly = true
+            var series = GoldenSignals.Configuration(directory: dataDir + "/series")
+            series.readOnly = true
             do {
-                let store = try SpanStore(configuration: configuration)
-                return TopologyJSON(try QueryEngine(snapshot: store.snapshot()).topology(window: window))
+                // The series files, and what the WAL holds beyond them.
+                let golden = try GoldenSignals(configuration: series)
+                _ = try SpanStore(configuration: configuration, follower: golden)
+                return TopologyJSON(golden.serviceGraph(in: window))
             } catch {
                 throw CLIFailure.server("cannot read \(dataDir): \(error)")
             }

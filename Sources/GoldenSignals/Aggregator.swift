@@ -1,0 +1,312 @@
+import MeshCore
+import OTLPWire
+
+/// Golden signals from spans, before any sampling: RED per operation and per edge in
+/// time buckets, and the pairing of CLIENT and SERVER spans into edges. Not
+/// thread-safe; `GoldenSignals` guards it.
+struct Aggregator {
+    struct Settings {
+        /// Bucket width, nanoseconds.
+        var bucketNanos: UInt64 = 10_000_000_000
+        var pairing = EdgePairer.Settings()
+    }
+
+    let settings: Settings
+    /// Workloads by id, and ids by workload.
+    private(set) var workloads: [Workload] = []
+    private var workloadIDs: [Workload: Int32] = [:]
+    /// Series by id, and ids by series.
+    private(set) var series: [SeriesKey] = []
+    private var seriesIDs: [SeriesKey: Int32] = [:]
+    private var operationIDs: [OperationCacheKey: Int32] = [:]
+    private var edgeIDs: [EdgeCacheKey: Int32] = [:]
+    /// Signals counted since the last checkpoint, by bucket start and series id.
+    private(set) var delta: [UInt64: [Int32: Signals]] = [:]
+    /// Everything counted since the process started, for Prometheus.
+    private(set) var totals: [Int32: PrometheusTotals] = [:]
+    private(set) var pairer: EdgePairer
+    /// Proxies' OTLP metrics, folded into `.reported` series.
+    var metrics: ProxyMetricsFolder
+
+    init(settings: Settings = Settings(), collectingSince: UInt64 = 0) {
+        self.settings = settings
+        pairer = EdgePairer(settings: settings.pairing)
+        metrics = ProxyMetricsFolder(collectingSince: collectingSince)
+        // Virtual workloads have fixed ids.
+        _ = workloadID(.user)
+        _ = workloadID(.unknown)
+    }
+
+    private struct OperationCacheKey: Hashable {
+        var workload: Int32
+        var kind: SpanKind
+        var name: String
+    }
+
+    private struct EdgeCacheKey: Hashable {
+        var client: Int32
+        var server: Int32
+        var connection: ConnectionType
+    }
+
+    mutating func workloadID(_ workload: Workload) -> Int32 {
+        if let id = workloadIDs[workload] { return id }
+        let id = Int32(workloads.count)
+        workloads.append(workload)
+        workloadIDs[workload] = id
+        return id
+    }
+
+    private mutating func seriesID(_ key: SeriesKey) -> Int32 {
+        if let id = seriesIDs[key] { return id }
+        let id = Int32(series.count)
+        series.append(key)
+        seriesIDs[key] = id
+        return id
+    }
+
+    private mutating func operationID(workload: Int32, kind: SpanKind, name: String) -> Int32 {
+        let cacheKey = OperationCacheKey(workload: workload, kind: kind, name: name)
+        if let id = operationIDs[cacheKey] { return id }
+        let id = seriesID(.operation(workloads[Int(workload)], kind: kind, name: name))
+        operationIDs[cacheKey] = id
+        return id
+    }
+
+    private mutating func edgeID(client: Int32, server: Int32, connection: ConnectionType) -> Int32 {
+        let cacheKey = EdgeCacheKey(client: client, server: server, connection: connection)
+        if let id = edgeIDs[cacheKey] { return id }
+        let id = seriesID(.edge(client: workloads[Int(client)], server: workloads[Int(server)], connection: connection))
+        edgeIDs[cacheKey] = id
+        return id
+    }
+
+    /// Counts every span of `batch`; `now` is a monotonic clock in nanoseconds that
+    /// times the pairing window.
+    mutating func ingest(_ batch: SpanBatch, now: UInt64) {
+        let resourceWorkloads = batch.resources.map { workloadID(ResourceFacts.workload(of: $0)) }
+        let bucketNanos = settings.bucketNanos
+        batch.attributes.bytes.withUnsafeBufferPointer { attributeBytes in
+            for row in 0..<batch.count {
+                let workload = resourceWorkloads[Int(batch.resourceIndices[row])]
+                let kind = batch.kinds[row]
+                let facts = SpanFacts(attributes: attributeBytes, batch.attributes.range(of: row))
+                let http = batch.httpStatusCodes[row]
+                let failed = batch.statusCodes[row] == .error || http >= 500
+                let duration = batch.duration(at: row)
+                let end = batch.endTimes[row]
+                let request = Signals.Request(
+                    failed: failed, clientError: !failed && http >= 400 && http < 500,
+                    requestBytes: facts.requestBytes, responseBytes: facts.responseBytes, security: facts.security,
+                    duration: duration, serverDuration: nil)
+                let operation = operationID(workload: workload, kind: kind, name: batch.names[row])
+                count(request, series: operation, bucket: end / bucketNanos * bucketNanos)
+
+                switch kind {
+                case .client, .producer:
+                    let peer = facts.peer.map { String(attributeBytes, $0) } ?? ""
+                    let connection: ConnectionType =
+                        kind == .producer || facts.messaging ? .messagingSystem : facts.database ? .database : .virtualNode
+                    let half = EdgePairer.Half(
+                        isClient: true, workload: workload, peer: peer, connection: connection, request: request, end: end)
+                    offer(half, key: EdgePairer.Key(trace: batch.traceIDs[row], span: batch.spanIDs[row]), now: now)
+                case .server, .consumer:
+                    let parent = batch.parentSpanIDs[row]
+                    let half = EdgePairer.Half(
+                        isClient: false, isRoot: parent == .zero, workload: workload, peer: "",
+                        connection: kind == .consumer ? .messagingSystem : .virtualNode, request: request, end: end)
+                    if parent == .zero {
+                        // The entry of the mesh: its caller is the user, and no CLIENT span will come.
+                        pairer.statistics.roots += 1
+                        observe(client: nil, server: half)
+                    } else {
+                        offer(half, key: EdgePairer.Key(trace: batch.traceIDs[row], span: parent), now: now)
+                    }
+                case .internal, .unspecified:
+                    break
+                }
+            }
+        }
+        expire(now: now)
+    }
+
+    private mutating func offer(_ half: EdgePairer.Half, key: EdgePairer.Key, now: UInt64) {
+        switch pairer.offer(half, key: key, now: now) {
+        case .pending, .late:
+            break
+        case .paired(let client, let server):
+            observe(client: client, server: server)
+        case .evicted(let oldest):
+            observe(expired: oldest)
+        }
+    }
+
+    /// Counts what a proxy's OTLP metrics report.
+    mutating func ingest(metrics request: ExportMetricsServiceRequest) {
+        for reported in metrics.fold(request) {
+            let id = seriesID(reported.key)
+            let bucket = reported.bucketTime / settings.bucketNanos * settings.bucketNanos
+            delta[bucket, default: [:]][id, default: Signals()].merge(reported.signals)
+        }
+    }
+
+    /// Counts the halves whose pairing window has passed as edges to or from a virtual workload.
+    mutating func expire(now: UInt64) {
+        while let half = pairer.popExpired(now: now) { observe(expired: half) }
+    }
+
+    private mutating func observe(expired half: EdgePairer.Half) {
+        if half.isClient {
+            observe(client: half, server: nil)
+        } else {
+            observe(client: nil, server: half)
+        }
+    }
+
+    /// One request over an edge; a missing side is a virtual workload.
+    private mutating func observe(client: EdgePairer.Half?, server: EdgePairer.Half?) {
+        let clientID: Int32
+        let serverID: Int32
+        var connection: ConnectionType
+        var request: Signals.Request
+        let end: UInt64
+        switch (client, server) {
+        case let (client?, server?):
+            clientID = client.workload
+            serverID = server.workload
+            connection = client.connection == .messagingSystem || server.connection == .messagingSystem ? .messagingSystem : .unset
+            request = client.request
+            request.failed = client.request.failed || server.request.failed
+            request.clientError = !request.failed && (client.request.clientError || server.request.clientError)
+            if request.requestBytes == 0 { request.requestBytes = server.request.requestBytes }
+            if request.responseBytes == 0 { request.responseBytes = server.request.responseBytes }
+            if server.request.security != .unknown { request.security = server.request.security }
+            request.serverDuration = server.request.duration
+            end = client.end
+        case let (client?, nil):
+            clientID = client.workload
+            serverID = workloadID(Workload(service: client.peer.isEmpty ? Workload.unknown.service : client.peer))
+            connection = client.connection
+            request = client.request
+            end = client.end
+        case let (nil, server?):
+            clientID = workloadID(pairerRootCaller(server))
+            serverID = server.workload
+            connection = server.connection
+            request = server.request
+            request.serverDuration = server.request.duration
+            request.duration = nil
+            end = server.end
+        case (nil, nil):
+            return
+        }
+        if connection == .unset, client == nil || server == nil { connection = .virtualNode }
+        let edge = edgeID(client: clientID, server: serverID, connection: connection)
+        count(request, series: edge, bucket: end / settings.bucketNanos * settings.bucketNanos)
+    }
+
+    /// The caller of an unpaired SERVER span: `user` at the entry (it has no parent), `unknown` otherwise.
+    private func pairerRootCaller(_ server: EdgePairer.Half) -> Workload {
+        server.isRoot ? .user : .unknown
+    }
+
+    private mutating func count(_ request: Signals.Request, series: Int32, bucket: UInt64) {
+        delta[bucket, default: [:]][series, default: Signals()].count(request)
+        totals[series, default: PrometheusTotals()].count(request)
+    }
+
+    /// Takes the signals counted since the last call, leaving none.
+    mutating func takeDelta() -> [BucketedSeries: Signals] {
+        var taken: [BucketedSeries: Signals] = [:]
+        for (bucket, bySeries) in delta {
+            for (id, signals) in bySeries { taken[BucketedSeries(bucket: bucket, series: series[Int(id)])] = signals }
+        }
+        delta = [:]
+        return taken
+    }
+
+    /// Puts back signals taken by `takeDelta` (a checkpoint that failed).
+    mutating func restore(_ taken: [BucketedSeries: Signals]) {
+        for (key, signals) in taken {
+            delta[key.bucket, default: [:]][seriesID(key.series), default: Signals()].merge(signals)
+        }
+    }
+
+    /// The signals counted since the last checkpoint, by bucket and series.
+    func currentDelta() -> [BucketedSeries: Signals] {
+        var result: [BucketedSeries: Signals] = [:]
+        for (bucket, bySeries) in delta {
+            for (id, signals) in bySeries { result[BucketedSeries(bucket: bucket, series: series[Int(id)])] = signals }
+        }
+        return result
+    }
+
+    /// The halves waiting for their partner, with workloads spelled out, for a checkpoint.
+    func pendingHalves(now: UInt64) -> [PendingHalf] {
+        pairer.pending.map { key, half in
+            PendingHalf(
+                key: key, workload: workloads[Int(half.workload)], half: half,
+                age: now >= half.arrival ? now - half.arrival : 0,
+                remaining: half.deadline > now ? half.deadline - now : 0)
+        }
+    }
+
+    /// Takes back halves a checkpoint saved.
+    mutating func restorePending(_ halves: [PendingHalf], now: UInt64) {
+        for saved in halves {
+            var half = saved.half
+            half.workload = workloadID(saved.workload)
+            half.arrival = now >= saved.age ? now - saved.age : 0
+            half.deadline = now + saved.remaining
+            pairer.restore(half, key: saved.key)
+        }
+    }
+}
+
+/// A half waiting for its partner, as a checkpoint stores it.
+struct PendingHalf {
+    var key: EdgePairer.Key
+    var workload: Workload
+    var half: EdgePairer.Half
+    /// Nanoseconds since it arrived, and left until its window closes.
+    var age: UInt64
+    var remaining: UInt64
+}
+
+/// Per series since the process started, in the shape Prometheus histograms take.
+struct PrometheusTotals {
+    /// Upper bounds in seconds: those of Tempo's service graph and span metrics.
+    static let bounds: [Double] = [0.002, 0.004, 0.006, 0.008, 0.01, 0.05, 0.1, 0.2, 0.4, 0.8, 1, 1.4, 2, 5, 10, 15]
+
+    var requests: UInt64 = 0
+    var failed: UInt64 = 0
+    var latency = Buckets()
+    var serverLatency = Buckets()
+
+    struct Buckets {
+        /// Non-cumulative counts per bound, and one more for +Inf.
+        var counts = [UInt64](repeating: 0, count: PrometheusTotals.bounds.count + 1)
+        var sum: Double = 0
+        var count: UInt64 = 0
+
+        mutating func record(nanoseconds: UInt64) {
+            let seconds = Double(nanoseconds) / 1e9
+            var low = 0
+            var high = PrometheusTotals.bounds.count
+            while low < high {
+                let middle = (low + high) / 2
+                if PrometheusTotals.bounds[middle] < seconds { low = middle + 1 } else { high = middle }
+            }
+            counts[low] += 1
+            sum += seconds
+            count += 1
+        }
+    }
+
+    mutating func count(_ request: Signals.Request) {
+        requests += 1
+        if request.failed { failed += 1 }
+        if let duration = request.duration { latency.record(nanoseconds: duration) }
+        if let duration = request.serverDuration { serverLatency.record(nanoseconds: duration) }
+    }
+}

@@ -1,0 +1,245 @@
+import MeshCore
+
+/// Pairs each CLIENT span with the SERVER span that is its child: two halves of one
+/// request over an edge, exported by two proxies at different times.
+///
+/// A half waits for its partner for a window that adapts to its edge: four times
+/// the longest gap seen lately between the two halves of that edge's requests,
+/// within `minimumWindow…maximumWindow`. What is still alone when its window closes
+/// is an edge to (or from) a workload without a sidecar, and still counts. The
+/// waiting room is bounded; when full, the half whose window closes first leaves
+/// early. A partner arriving after its half left is recognised (for a while) and
+/// not counted twice.
+struct EdgePairer {
+    struct Settings {
+        var minimumWindow: UInt64 = 10_000_000_000
+        var maximumWindow: UInt64 = 600_000_000_000
+        /// Halves that may wait at once (each costs about 200 bytes).
+        var maxPending = 200_000
+        /// Keys of halves that left unpaired, remembered so a late partner is not counted again.
+        var rememberedExpired = 100_000
+    }
+
+    /// The span a pair shares: the CLIENT span's id, which is the SERVER span's parent.
+    struct Key: Hashable {
+        var trace: TraceID
+        var span: SpanID
+    }
+
+    /// One side of a request.
+    struct Half {
+        var isClient: Bool
+        /// A SERVER span without a parent: the entry of the mesh.
+        var isRoot = false
+        var workload: Int32
+        /// For a CLIENT span: the best name of its peer from its attributes, or empty.
+        var peer: String
+        /// What the edge is if this half stays alone.
+        var connection: ConnectionType
+        var request: Signals.Request
+        /// The span's end, nanoseconds since the epoch (it picks the bucket).
+        var end: UInt64
+        /// Monotonic nanoseconds: when it arrived and when its window closes.
+        var arrival: UInt64 = 0
+        var deadline: UInt64 = 0
+
+        init(isClient: Bool, isRoot: Bool = false, workload: Int32, peer: String, connection: ConnectionType,
+             request: Signals.Request, end: UInt64) {
+            self.isClient = isClient
+            self.isRoot = isRoot
+            self.workload = workload
+            self.peer = peer
+            self.connection = connection
+            self.request = request
+            self.end = end
+        }
+    }
+
+    /// What happened to a half offered.
+    enum Outcome {
+        /// It waits for its partner.
+        case pending
+        /// Its partner was waiting: one request over the edge.
+        case paired(client: Half, server: Half)
+        /// It waits, and the room was full: this half left early, unpaired.
+        case evicted(Half)
+        /// Its partner already left unpaired and was counted; this half is not.
+        case late
+    }
+
+    struct Statistics: Sendable, Equatable {
+        var paired: UInt64 = 0
+        /// Root SERVER spans: edges from `user`.
+        var roots: UInt64 = 0
+        var expiredClients: UInt64 = 0
+        var expiredServers: UInt64 = 0
+        /// Halves that left before their window closed because the room was full.
+        var evicted: UInt64 = 0
+        /// Partners that arrived after their half left.
+        var late: UInt64 = 0
+    }
+
+    let settings: Settings
+    private(set) var pending: [Key: Half] = [:]
+    var statistics = Statistics()
+    /// Deadlines of pending halves, earliest first (entries of halves that paired are skipped when reached).
+    private var deadlines = DeadlineHeap()
+    /// Longest recent gap between the halves of an edge, and when it was seen.
+    private var gaps: [WindowGroup: (gap: UInt64, seen: UInt64)] = [:]
+    /// Halves that left unpaired: when they arrived, in the order they left.
+    private var expired: [Key: UInt64] = [:]
+    private var expiredOrder: [Key] = []
+    private var expiredNext = 0
+
+    init(settings: Settings) {
+        self.settings = settings
+    }
+
+    /// The edge a half belongs to, as far as its own side tells.
+    private struct WindowGroup: Hashable {
+        var workload: Int32
+        var peer: String
+        var isClient: Bool
+    }
+
+    /// Halves the longest recent gap after 10 minutes.
+    private static let gapHalfLife: UInt64 = 600_000_000_000
+
+    private func window(for group: WindowGroup, now: UInt64) -> UInt64 {
+        guard let (gap, seen) = gaps[group] else { return settings.minimumWindow }
+        let halvings = min(63, (now >= seen ? now - seen : 0) / Self.gapHalfLife)
+        let recent = gap >> halvings
+        let (scaled, overflow) = recent.multipliedReportingOverflow(by: 4)
+        return min(settings.maximumWindow, max(settings.minimumWindow, overflow ? .max : scaled))
+    }
+
+    private mutating func learn(gap: UInt64, group: WindowGroup, now: UInt64) {
+        let current = gaps[group]
+        let halvings = current.map { min(63, (now >= $0.seen ? now - $0.seen : 0) / Self.gapHalfLife) } ?? 0
+        let recent = (current?.gap ?? 0) >> halvings
+        if gap >= recent { gaps[group] = (gap, now) }
+    }
+
+    private static func group(of half: Half) -> WindowGroup {
+        WindowGroup(workload: half.workload, peer: half.peer, isClient: half.isClient)
+    }
+
+    mutating func offer(_ half: Half, key: Key, now: UInt64) -> Outcome {
+        if let waiting = pending[key], waiting.isClient != half.isClient {
+            pending[key] = nil
+            statistics.paired += 1
+            learn(gap: now >= waiting.arrival ? now - waiting.arrival : 0, group: Self.group(of: waiting), now: now)
+            return waiting.isClient ? .paired(client: waiting, server: half) : .paired(client: half, server: waiting)
+        }
+        if let arrival = expired[key] {
+            // Its partner waited in vain; widen this edge's window for the next ones.
+            expired[key] = nil
+            statistics.late += 1
+            learn(gap: now >= arrival ? now - arrival : 0, group: Self.group(of: half), now: now)
+            return .late
+        }
+        var half = half
+        half.arrival = now
+        half.deadline = now + window(for: Self.group(of: half), now: now)
+        if let replaced = pending[key] {
+            // A second half of the same side under one key (a retried export): keep one.
+            half.deadline = replaced.deadline
+            pending[key] = half
+            return .pending
+        }
+        pending[key] = half
+        deadlines.push(half.deadline, key)
+        compactDeadlinesIfStale()
+        if pending.count > settings.maxPending, let oldest = popEarliest() {
+            statistics.evicted += 1
+            countExpired(oldest)
+            return .evicted(oldest.half)
+        }
+        return .pending
+    }
+
+    /// Puts back a half saved by a checkpoint.
+    mutating func restore(_ half: Half, key: Key) {
+        pending[key] = half
+        deadlines.push(half.deadline, key)
+    }
+
+    /// The next half whose window has closed by `now`, removed; nil when none has.
+    mutating func popExpired(now: UInt64) -> Half? {
+        while let (deadline, key) = deadlines.peek, deadline <= now {
+            deadlines.pop()
+            guard let half = pending[key], half.deadline == deadline else { continue }
+            pending[key] = nil
+            countExpired((key, half))
+            return half
+        }
+        return nil
+    }
+
+    private mutating func popEarliest() -> (key: Key, half: Half)? {
+        while let (deadline, key) = deadlines.peek {
+            deadlines.pop()
+            guard let half = pending[key], half.deadline == deadline else { continue }
+            pending[key] = nil
+            return (key, half)
+        }
+        return nil
+    }
+
+    private mutating func countExpired(_ entry: (key: Key, half: Half)) {
+        if entry.half.isClient { statistics.expiredClients += 1 } else { statistics.expiredServers += 1 }
+        guard settings.rememberedExpired > 0 else { return }
+        if expiredOrder.count < settings.rememberedExpired {
+            expiredOrder.append(entry.key)
+        } else {
+            expired[expiredOrder[expiredNext]] = nil
+            expiredOrder[expiredNext] = entry.key
+            expiredNext = (expiredNext + 1) % settings.rememberedExpired
+        }
+        expired[entry.key] = entry.half.arrival
+    }
+
+    /// Rebuilds the deadline heap when most of its entries belong to halves that paired.
+    private mutating func compactDeadlinesIfStale() {
+        guard deadlines.count > 1024, deadlines.count > 4 * pending.count else { return }
+        deadlines = DeadlineHeap()
+        for (key, half) in pending { deadlines.push(half.deadline, key) }
+    }
+}
+
+/// A binary min-heap of (deadline, key).
+struct DeadlineHeap {
+    private var items: [(deadline: UInt64, key: EdgePairer.Key)] = []
+
+    var count: Int { items.count }
+
+    var peek: (UInt64, EdgePairer.Key)? { items.first.map { ($0.deadline, $0.key) } }
+
+    mutating func push(_ deadline: UInt64, _ key: EdgePairer.Key) {
+        items.append((deadline, key))
+        var child = items.count - 1
+        while child > 0 {
+            let parent = (child - 1) / 2
+            guard items[child].deadline < items[parent].deadline else { break }
+            items.swapAt(child, parent)
+            child = parent
+        }
+    }
+
+    mutating func pop() {
+        guard !items.isEmpty else { return }
+        items.swapAt(0, items.count - 1)
+        items.removeLast()
+        var parent = 0
+        while true {
+            let left = 2 * parent + 1
+            let right = left + 1
+            var smallest = parent
+            if left < items.count && items[left].deadline < items[smallest].deadline { smallest = left }
+            if right < items.count && items[right].deadline < items[smallest].deadline { smallest = right }
+            if smallest == parent { return }
+            items.swapAt(parent, smallest)
+            parent = smallest
+        }
+    }
+}

@@ -1,0 +1,413 @@
+import Compression
+import Foundation
+import MeshCore
+import OTLPWire
+import SegmentStore
+import Synchronization
+
+/// Exact golden signals and the service graph from every span the collector
+/// logs, before any sampling: rate, errors (4xx apart) and latency histograms per
+/// operation and per edge, in 10-second buckets.
+///
+/// It follows the WAL (`WALFollower`): spans are counted as they are logged, and
+/// each seal writes the buckets counted since the last one to a series file in
+/// `series/` before the WAL files they came from are deleted. After a crash the
+/// WAL replays what no series file holds, so every span is counted exactly once.
+public final class GoldenSignals: WALFollower {
+    public struct Configuration: Sendable {
+        /// Where series files live (`<data-dir>/series`).
+        public var directory: String
+        /// Bucket widths, finest first (each a multiple of the one before), and how long
+        /// each is kept. Series files hold the finest; older ones are rolled up.
+        public var resolutions: [Resolution] = [
+            Resolution(width: .seconds(10), retention: .seconds(6 * 3600)),
+            Resolution(width: .seconds(60), retention: .seconds(7 * 86400)),
+            Resolution(width: .seconds(3600), retention: .seconds(90 * 86400)),
+        ]
+        /// The least and most a half waits for its partner (the window adapts in between).
+        public var minimumPairingWindow: Duration = .seconds(10)
+        public var maximumPairingWindow: Duration = .seconds(600)
+        /// Halves that may wait for their partner at once.
+        public var maxPendingHalves: Int = 200_000
+        /// zstd level of series files.
+        public var compressionLevel: Int32 = Zstd.defaultLevel
+        /// Open without writing (for the CLI next to a running collector).
+        public var readOnly = false
+
+        public init(directory: String) {
+            self.directory = directory
+        }
+
+        /// Width of the finest bucket.
+        public var bucket: Duration { resolutions[0].width }
+    }
+
+    /// One bucket width and how long buckets of it are kept.
+    public struct Resolution: Sendable {
+        public var width: Duration
+        public var retention: Duration
+
+        public init(width: Duration, retention: Duration) {
+            self.width = width
+            self.retention = retention
+        }
+    }
+
+    public let configuration: Configuration
+    public let coveredSequence: UInt64
+    /// Series files found damaged when opening, and what was done with them.
+    public let problems: [String]
+
+    struct State {
+        var aggregator: Aggregator
+        /// Signals in series files, at every resolution.
+        var tiers: Tiers
+        /// Signals taken by a checkpoint whose file is being written.
+        var writing: [BucketedSeries: Signals] = [:]
+        /// The series files: resolution, newest bucket and WAL sequence of each, by name.
+        var files: [String: FileSummary] = [:]
+    }
+
+    struct FileSummary {
+        var resolution: UInt64
+        var newestBucket: UInt64?
+        var walSequence: UInt64
+    }
+
+    let state: Mutex<State>
+    private let origin = ContinuousClock.now
+    /// Held while series files are rolled up, so roll-ups never overlap.
+    private let rollUpLock = Mutex(())
+
+    /// Opens the series files in `configuration.directory`, creating it if needed.
+    public init(configuration: Configuration) throws {
+        self.configuration = configuration
+        guard !configuration.resolutions.isEmpty,
+              zip(configuration.resolutions, configuration.resolutions.dropFirst()).allSatisfy({ finer, coarser in
+                  let (f, c) = (Self.nanoseconds(finer.width), Self.nanoseconds(coarser.width))
+                  return f > 0 && c >= f && c % f == 0
+              }), Self.nanoseconds(configuration.resolutions[0].width) > 0
+        else { throw ConfigurationError(message: "golden-signal resolutions must be finest first, each a multiple of the one before") }
+        if !configuration.readOnly { try FileIO.makeDirectory(configuration.directory) }
+        var settings = Aggregator.Settings()
+        settings.bucketNanos = Self.nanoseconds(configuration.bucket)
+        settings.pairing.minimumWindow = Self.nanoseconds(configuration.minimumPairingWindow)
+        settings.pairing.maximumWindow = max(settings.pairing.minimumWindow, Self.nanoseconds(configuration.maximumPairingWindow))
+        settings.pairing.maxPending = max(1, configuration.maxPendingHalves)
+        let collectingSince = try Self.collectingSince(directory: configuration.directory, readOnly: configuration.readOnly)
+        let tiers = Tiers(resolutions: configuration.resolutions.map { (Self.nanoseconds($0.width), Self.nanoseconds($0.retention)) })
+        var state = State(aggregator: Aggregator(settings: settings, collectingSince: collectingSince), tiers: tiers)
+        var covered: UInt64 = 0
+        var latestPending: (sequence: UInt64, resolution: UInt64, halves: [PendingHalf], streams: [String: ProxyMetricsFolder.StreamPoint])?
+        var problems: [String] = []
+        var files: [(name: String, file: RollupFile)] = []
+        if FileIO.exists(configuration.directory) {
+            for name in try FileIO.list(configuration.directory).sorted() {
+                let path = configuration.directory + "/" + name
+                if name.hasSuffix(".tmp") {
+                    if !configuration.readOnly { try FileIO.remove(path) }
+                    continue
+                }
+                guard name.hasSuffix(RollupFile.fileExtension) else { continue }
+                do {
+                    files.append((name, try RollupFile(bytes: try FileIO.readAll(path))))
+                } catch {
+                    problems.append("\(path): \(error); ignored")
+                }
+            }
+        }
+        // A roll-up that crashed before deleting its inputs left them behind: its file names them.
+        let replaced = Set(files.flatMap(\.file.replaces))
+        for (name, _) in files where replaced.contains(name) && !configuration.readOnly {
+            try FileIO.remove(configuration.directory + "/" + name)
+        }
+        let now = Self.wallClock()
+        for (name, file) in files where !replaced.contains(name) {
+            covered = max(covered, file.walSequence)
+            for (key, signals) in file.rows {
+                state.tiers.add(signals, series: key.series, bucket: key.bucket, resolution: file.resolution, now: now)
+            }
+            state.files[name] = FileSummary(resolution: file.resolution, newestBucket: file.newestBucket, walSequence: file.walSequence)
+            // The newest file holds the halves still waiting and the metric streams' last points.
+            if latestPending.map({ file.walSequence > $0.sequence || file.walSequence == $0.sequence && file.resolution < $0.resolution }) ?? true {
+                latestPending = (file.walSequence, file.resolution, file.pending, file.streams)
+            }
+        }
+        if let latestPending {
+            state.aggregator.restorePending(latestPending.halves, now: 0)
+            state.aggregator.metrics.streams = latestPending.streams
+        }
+        coveredSequence = covered
+        self.problems = problems
+        self.state = Mutex(state)
+    }
+
+    /// When this directory began collecting (wall-clock nanoseconds), from its
+    /// `created` file, written the first time.
+    private static func collectingSince(directory: String, readOnly: Bool) throws -> UInt64 {
+        let path = directory + "/created"
+        if FileIO.exists(path), let text = String(bytes: try FileIO.readAll(path), encoding: .utf8),
+           let since = UInt64(text.trimmingCharacters(in: .whitespacesAndNewlines)) {
+            return since
+        }
+        let now = UInt64(max(0, Date().timeIntervalSince1970 * 1e9))
+        if !readOnly { try FileIO.writeAtomically(Array("\(now)\n".utf8), to: path) }
+        return now
+    }
+
+    /// A configuration the store cannot run with.
+    public struct ConfigurationError: Error, CustomStringConvertible {
+        public var message: String
+        public var description: String { message }
+    }
+
+    /// Wall-clock nanoseconds since the epoch.
+    public static func wallClock() -> UInt64 { UInt64(max(0, Date().timeIntervalSince1970 * 1e9)) }
+
+    static func nanoseconds(_ duration: Duration) -> UInt64 {
+        let (seconds, attoseconds) = duration.components
+        return UInt64(max(0, seconds)) * 1_000_000_000 + UInt64(max(0, attoseconds) / 1_000_000_000)
+    }
+
+    /// Monotonic nanoseconds since this object was made: the pairing windows' clock.
+    private var now: UInt64 { Self.nanoseconds(origin.duration(to: .now)) }
+
+    // MARK: WALFollower
+
+    public func follow(spans: SpanBatch) {
+        let now = self.now
+        state.withLock { $0.aggregator.ingest(spans, now: now) }
+    }
+
+    public func follow(metrics: ArraySlice<UInt8>) {
+        // The receiver decoded these bytes before logging them; a record that no longer
+        // decodes (it cannot, short of a bug) is skipped rather than stopping ingest.
+        guard let request = try? ExportMetricsServiceRequest(serializedBytes: Array(metrics)) else { return }
+        state.withLock { $0.aggregator.ingest(metrics: request) }
+    }
+
+    public func checkpoint(upTo sequence: UInt64) -> @Sendable () throws -> Void {
+        let now = self.now
+        let (rows, pending, streams) = state.withLock { state in
+            let rows = state.aggregator.takeDelta()
+            for (key, signals) in rows { state.writing[key, default: Signals()].merge(signals) }
+            return (rows, state.aggregator.pendingHalves(now: now), state.aggregator.metrics.streams)
+        }
+        let configuration = self.configuration
+        let resolution = Self.nanoseconds(configuration.bucket)
+        let file = RollupFile(walSequence: sequence, resolution: resolution, rows: rows, pending: pending, streams: streams)
+        return { [self] in
+            do {
+                let name = RollupFile.fileName(sequence: sequence)
+                try FileIO.writeAtomically(try file.encoded(level: configuration.compressionLevel), to: configuration.directory + "/" + name)
+                let now = Self.wallClock()
+                state.withLock { state in
+                    for (key, signals) in rows {
+                        state.tiers.add(signals, series: key.series, bucket: key.bucket, resolution: resolution, now: now)
+                    }
+                    state.files[name] = FileSummary(resolution: resolution, newestBucket: file.newestBucket, walSequence: sequence)
+                    state.writing = [:]
+                }
+            } catch {
+                // The WAL file stays; the next checkpoint writes these signals again.
+                state.withLock { state in
+                    state.aggregator.restore(rows)
+                    state.writing = [:]
+                }
+                throw error
+            }
+        }
+    }
+
+    /// Counts the halves whose pairing window has closed (the collector calls this
+    /// every second, so unpaired edges show up while traffic is idle).
+    public func expirePairs() {
+        let now = self.now
+        state.withLock { $0.aggregator.expire(now: now) }
+    }
+
+    // MARK: Resolutions and retention
+
+    /// Rolls series files whose newest bucket is past their resolution's retention
+    /// into one file of the next coarser resolution, deletes what the coarsest one no
+    /// longer keeps, and drops expired buckets from memory.
+    ///
+    /// Crash-safe like segment compaction: the coarser file is written (temporary
+    /// file, fsync, rename) and names its inputs, which are deleted after; opening
+    /// deletes any input still there.
+    ///
+    /// - Parameter now: wall-clock nanoseconds since the epoch.
+    /// - Returns: how many files were rolled up, and how many deleted as expired.
+    @discardableResult
+    public func rollUp(now: UInt64 = GoldenSignals.wallClock()) throws -> (rolledUp: Int, expired: Int) {
+        guard !configuration.readOnly else { return (0, 0) }
+        return try rollUpLock.withLock { _ in
+            let resolutions = configuration.resolutions.map { (width: Self.nanoseconds($0.width), retention: Self.nanoseconds($0.retention)) }
+            var rolledUp = 0
+            var expired = 0
+            for (index, resolution) in resolutions.enumerated() {
+                let files = state.withLock { $0.files }
+                let due = files.filter { _, summary in
+                    summary.resolution == resolution.width
+                        && (summary.newestBucket.map { $0 + resolution.width + resolution.retention <= now } ?? false)
+                }.keys.sorted()
+                guard !due.isEmpty else { continue }
+                if index == resolutions.count - 1 {
+                    for name in due { try FileIO.remove(configuration.directory + "/" + name) }
+                    state.withLock { state in for name in due { state.files[name] = nil } }
+                    expired += due.count
+                    continue
+                }
+                let coarser = resolutions[index + 1].width
+                var rows: [BucketedSeries: Signals] = [:]
+                var newest: RollupFile?
+                for name in due {
+                    let file = try RollupFile(bytes: try FileIO.readAll(configuration.directory + "/" + name))
+                    for (key, signals) in file.rows {
+                        rows[BucketedSeries(bucket: key.bucket / coarser * coarser, series: key.series), default: Signals()].merge(signals)
+                    }
+                    if file.walSequence >= (newest?.walSequence ?? 0) { newest = file }
+                }
+                guard let newest else { continue }
+                // The newest input's waiting halves and metric streams travel with it.
+                let output = RollupFile(
+                    walSequence: newest.walSequence, resolution: coarser, rows: rows, pending: newest.pending,
+                    streams: newest.streams, replaces: due)
+                let tag = String(UInt32.random(in: 0...UInt32.max), radix: 16)
+                let name = RollupFile.fileName(sequence: newest.walSequence, rollup: (coarser / 1_000_000_000, tag))
+                try FileIO.writeAtomically(try output.encoded(level: configuration.compressionLevel), to: configuration.directory + "/" + name)
+                for input in due { try FileIO.remove(configuration.directory + "/" + input) }
+                try FileIO.syncDirectory(configuration.directory)
+                state.withLock { state in
+                    for input in due { state.files[input] = nil }
+                    state.files[name] = FileSummary(resolution: coarser, newestBucket: output.newestBucket, walSequence: output.walSequence)
+                }
+                rolledUp += due.count
+            }
+            state.withLock { $0.tiers.prune(now: now) }
+            return (rolledUp, expired)
+        }
+    }
+
+    /// Series-buckets held in memory per resolution (bucket width in nanoseconds).
+    public var bucketsHeld: [(width: UInt64, count: Int)] {
+        state.withLock { state in
+            state.tiers.tiers.map { tier in (tier.width, tier.buckets.values.reduce(0) { $0 + $1.count }) }
+        }
+    }
+
+    /// The series files on disk, by resolution (nanoseconds): how many, for `/metrics` and tests.
+    public var seriesFiles: [UInt64: Int] {
+        state.withLock { state in state.files.values.reduce(into: [:]) { $0[$1.resolution, default: 0] += 1 } }
+    }
+
+    // MARK: Queries
+
+    /// The signals of every series in the buckets that overlap `window`
+    /// (nanoseconds since the epoch), merged over the window.
+    public func signals(in window: ClosedRange<UInt64>) -> [SeriesKey: Signals] {
+        let bucketNanos = Self.nanoseconds(configuration.bucket)
+        let firstBucket = window.lowerBound / bucketNanos * bucketNanos
+        return state.withLock { state in
+            var merged = state.tiers.signals(in: window)
+            func add(_ rows: [BucketedSeries: Signals]) {
+                for (key, signals) in rows where key.bucket >= firstBucket && key.bucket <= window.upperBound {
+                    merged[key.series, default: Signals()].merge(signals)
+                }
+            }
+            add(state.writing)
+            add(state.aggregator.currentDelta())
+            return merged
+        }
+    }
+
+    /// The service graph of `window`: every workload that sent spans, the virtual
+    /// ones at the far end of edges, and every edge with its signals.
+    public func serviceGraph(in window: ClosedRange<UInt64>) -> ServiceGraph {
+        var nodes: Set<Workload> = []
+        var edges: [ServiceGraph.Edge] = []
+        var reported: [ServiceGraph.ReportedEdge] = []
+        for (key, signals) in signals(in: window) {
+            switch key {
+            case let .reported(client, server, reporter):
+                reported.append(ServiceGraph.ReportedEdge(client: client, server: server, reporter: reporter, signals: signals))
+            case let .operation(workload, _, _):
+                nodes.insert(workload)
+            case let .edge(client, server, connection):
+                edges.append(ServiceGraph.Edge(client: client, server: server, connection: connection, signals: signals))
+            }
+        }
+        let named = Set(nodes.map(\.service))
+        let virtual = Set(edges.flatMap { [$0.client.service, $0.server.service] }).subtracting(named)
+        return ServiceGraph(
+            window: window, nodes: nodes.sorted(), virtualNodes: virtual.sorted(), edges: edges.sorted(),
+            reported: reported.sorted { ($0.client, $0.server, $0.reporter) < ($1.client, $1.server, $1.reporter) })
+    }
+
+    /// How pairing has gone since the process started.
+    public var pairingStatistics: PairingStatistics {
+        state.withLock { state in
+            let statistics = state.aggregator.pairer.statistics
+            return PairingStatistics(
+                paired: statistics.paired, roots: statistics.roots, unpairedClients: statistics.expiredClients,
+                unpairedServers: statistics.expiredServers, evicted: statistics.evicted, late: statistics.late,
+                pending: state.aggregator.pairer.pending.count, series: state.aggregator.series.count)
+        }
+    }
+}
+
+/// Counters of CLIENT/SERVER pairing.
+public struct PairingStatistics: Sendable, Equatable {
+    public var paired: UInt64
+    /// Root SERVER spans, counted as edges from `user`.
+    public var roots: UInt64
+    /// CLIENT spans whose SERVER span never came: edges to an uninstrumented callee.
+    public var unpairedClients: UInt64
+    /// SERVER spans whose CLIENT span never came: edges from an unknown caller.
+    public var unpairedServers: UInt64
+    /// Halves that left early because the pairing room was full (counted unpaired as well).
+    public var evicted: UInt64
+    /// Partners that arrived after their half had left unpaired (not counted again).
+    public var late: UInt64
+    /// Halves waiting now.
+    public var pending: Int
+    /// Distinct series counted since the process started.
+    public var series: Int
+}
+
+/// Workloads and the edges between them over a window.
+public struct ServiceGraph: Sendable {
+    public struct Edge: Sendable, Comparable {
+        public var client: Workload
+        public var server: Workload
+        public var connection: ConnectionType
+        public var signals: Signals
+
+        public static func < (lhs: Edge, rhs: Edge) -> Bool {
+            (lhs.client, lhs.server, lhs.connection) < (rhs.client, rhs.server, rhs.connection)
+        }
+
+        public static func == (lhs: Edge, rhs: Edge) -> Bool {
+            lhs.client == rhs.client && lhs.server == rhs.server && lhs.connection == rhs.connection && lhs.signals == rhs.signals
+        }
+    }
+
+    public var window: ClosedRange<UInt64>
+    /// Workloads that sent spans.
+    public var nodes: [Workload]
+    /// Services that only appear at the far end of an edge: `user`, `unknown`, and
+    /// callees without a sidecar named from their peer attributes.
+    public var virtualNodes: [String]
+    public var edges: [Edge]
+
+    /// Requests over an edge as proxies' OTLP metrics report them.
+    public struct ReportedEdge: Sendable {
+        public var client: Workload
+        public var server: Workload
+        /// Which proxy reported: `source` or `destination` (Istio's `reporter`).
+        public var reporter: String
+        public var signals: Signals
+    }
+
+    public var reported: [ReportedEdge] = []
+}

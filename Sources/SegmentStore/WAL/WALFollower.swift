@@ -1,0 +1,23 @@
+import MeshCore
+
+/// State derived from everything the WAL logs (golden signals, say), kept in step
+/// with the head block so that it is exact across crashes.
+///
+/// The store feeds it each record under the log's lock, in log order, and replays
+/// it the WAL files its own files do not cover. When a WAL file closes (at a seal)
+/// the store asks it for a checkpoint of the state up to that file, and runs that
+/// checkpoint before it deletes the file. So every logged record is in the
+/// follower's files or in a WAL file it will be replayed from: never in neither,
+/// never in both.
+public protocol WALFollower: AnyObject, Sendable {
+    /// The last WAL file sequence the follower's own files cover.
+    var coveredSequence: UInt64 { get }
+    /// Spans just logged, or replayed from the WAL.
+    func follow(spans: SpanBatch)
+    /// A protobuf-encoded OTLP `ExportMetricsServiceRequest` just logged, or replayed.
+    func follow(metrics: ArraySlice<UInt8>)
+    /// Called under the log's lock as WAL file `sequence` closes: captures the state
+    /// up to it and returns the work that makes that durable. The store runs it
+    /// before deleting the file; when it throws, the file stays.
+    func checkpoint(upTo sequence: UInt64) -> @Sendable () throws -> Void
+}

@@ -1,0 +1,149 @@
+import ArgumentParser
+import Foundation
+import GoldenSignals
+import MeshCore
+import MeshSim
+import OTLPWire
+
+/// What golden signals cost: aggregation per span, memory per series and bucket,
+/// and a p99-per-edge query over a day of 10-second buckets.
+struct GoldenBench: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "golden",
+        abstract: "Golden signals: aggregation cost per span, memory per series, and a day's p99-per-edge query.")
+
+    @Option(help: "MeshSim spans aggregated for the cost per span.")
+    var spans = 1_000_000
+
+    @Option(help: "Edges in the query benchmark.")
+    var edges = 1_000
+
+    @Option(help: "Hours of 10-second buckets in the query benchmark.")
+    var hours = 24
+
+    @Option(help: "Timed passes; the fastest is reported.")
+    var passes = 3
+
+    func run() throws {
+        print("machine: \(ProcessInfo.processInfo.activeProcessorCount) cores, \(cpuModel())")
+        try aggregationCost()
+        try dayOfEdges()
+    }
+
+    private func scratch() -> String {
+        let path = FileManager.default.temporaryDirectory.appendingPathComponent("meshtrace-golden-\(UUID().uuidString)").path
+        try? FileManager.default.createDirectory(atPath: path, withIntermediateDirectories: true)
+        return path
+    }
+
+    /// Every span of a MeshSim corpus through the aggregator (decoded beforehand).
+    private func aggregationCost() throws {
+        let (corpus, simulator, _) = simulatedCorpus(spans: spans, seed: 42)
+        let batches = try corpus.map { try DecodedTraceExport(protobuf: try $0.serializedBytes()).spans }
+        let emitted = simulator.truth.spans
+        var best = Double.infinity
+        var statistics: PairingStatistics?
+        for _ in 0..<passes {
+            let directory = scratch()
+            defer { try? FileManager.default.removeItem(atPath: directory) }
+            var configuration = GoldenSignals.Configuration(directory: directory)
+            configuration.resolutions = [.init(width: .seconds(10), retention: .seconds(100 * 365 * 86400))]
+            let golden = try GoldenSignals(configuration: configuration)
+            let (_, measured) = Measurement.run {
+                for batch in batches { golden.follow(spans: batch) }
+            }
+            best = min(best, measured.cpuSeconds)
+            statistics = golden.pairingStatistics
+        }
+        print(String(format: "aggregation: %.0f ns/span over %d MeshSim spans (best of %d; RED per operation and edge, pairing, Prometheus totals)",
+                     best / Double(emitted) * 1e9, emitted, passes))
+        if let statistics {
+            print("  pairs \(statistics.paired), roots \(statistics.roots), unpaired \(statistics.unpairedClients + statistics.unpairedServers), series \(statistics.series)")
+        }
+    }
+
+    /// `edges` edges with one request each per 10-second bucket for `hours` hours, then
+    /// the p99 of every edge over the whole day.
+    private func dayOfEdges() throws {
+        let directory = scratch()
+        defer { try? FileManager.default.removeItem(atPath: directory) }
+        let golden = try GoldenSignals(configuration: GoldenSignals.Configuration(directory: directory))
+        let services = Int((Double(edges).squareRoot() * 1.5).rounded(.up)) + 1
+        var pairs: [(Int, Int)] = []
+        outer: for client in 0..<services {
+            for server in 0..<services where server != client {
+                pairs.append((client, server))
+                if pairs.count == edges { break outer }
+            }
+        }
+        let second: UInt64 = 1_000_000_000
+        let hour = 3600 * second
+        let now = GoldenSignals.wallClock() / hour * hour
+        let start = now - UInt64(hours) * hour
+        var random = SeededGenerator(seed: 5)
+        let residentBefore = residentBytes()
+        var sequence: UInt64 = 0
+        var spanCount = 0
+        let (_, load) = try Measurement.run {
+            for bucket in stride(from: start, to: now, by: Int(10 * second)) {
+                var batch = SpanBatch()
+                let resources = (0..<services).map { batch.intern(resource: ResourceEntry(serviceName: "service-\($0)", encoded: [])) }
+                let scope = batch.intern(scope: [])
+                for (client, server) in pairs {
+                    let trace = TraceID(high: random.next(), low: random.next() | 1)
+                    let clientSpan = SpanID(random.next() | 1)
+                    let latency = UInt64(random.logNormal(median: 20e6, sigma: 0.6))
+                    let begin = bucket + UInt64(random.int(in: 0...8_000_000_000))
+                    for (kind, resource, id, parent, duration) in [
+                        (SpanKind.client, resources[client], clientSpan, SpanID(random.next() | 1), latency + 300_000),
+                        (SpanKind.server, resources[server], SpanID(random.next() | 1), clientSpan, latency),
+                    ] {
+                        batch.append(SpanBatch.Row(
+                            traceID: trace, spanID: id, parentSpanID: parent, name: "GET /", kind: kind,
+                            startTime: begin, endTime: begin + duration, statusCode: .unset, statusMessage: "",
+                            httpStatusCode: random.chance(0.01) ? 503 : 200, resourceIndex: resource, scopeIndex: scope,
+                            attributes: [], extras: []))
+                    }
+                }
+                spanCount += batch.count
+                golden.follow(spans: batch)
+                if (bucket - start) % hour == hour - 10 * second {
+                    sequence += 1
+                    try golden.checkpoint(upTo: sequence)()
+                }
+            }
+            try golden.rollUp()
+        }
+        let resident = residentBytes() - residentBefore
+        let bucketsHeld = golden.bucketsHeld
+        print(String(format: "day of edges: %d edges, %d h of 10 s buckets, %d spans aggregated and written in %.1f s",
+                     pairs.count, hours, spanCount, load.seconds))
+        print("  series files: \(golden.seriesFiles.sorted { $0.key < $1.key }.map { "\($0.value) at \($0.key / second) s" }.joined(separator: ", "))")
+        print("  series-buckets held in memory: \(bucketsHeld.map { "\($0.count) at \($0.width / second) s" }.joined(separator: ", "))")
+        let total = bucketsHeld.reduce(0) { $0 + $1.count }
+        print(String(format: "  resident memory for them: %.0f MiB, %.0f bytes per series-bucket", Double(resident) / 1048576,
+                     Double(resident) / Double(max(1, total))))
+
+        func timeQuery(_ name: String, _ window: ClosedRange<UInt64>) {
+            var fastest = Double.infinity
+            var answered = 0
+            for _ in 0..<max(passes, 5) {
+                let (p99s, measured) = Measurement.run {
+                    golden.serviceGraph(in: window).edges.compactMap { $0.signals.latency.quantile(0.99) }
+                }
+                fastest = min(fastest, measured.seconds)
+                answered = p99s.count
+            }
+            print(String(format: "  p99 per edge, %@: %.2f ms for %d edges (fastest of %d)", name, fastest * 1e3, answered, max(passes, 5)))
+        }
+        timeQuery("last \(hours) h on hour boundaries", start...(now - 1))
+        timeQuery("last \(hours) h from an instant mid-bucket", (start + 1_234 * second + 5 * second)...(now - 1))
+    }
+
+    /// Resident set size of this process, in bytes.
+    private func residentBytes() -> Int {
+        let statm = (try? String(contentsOfFile: "/proc/self/statm", encoding: .utf8)) ?? ""
+        let pages = statm.split(separator: " ").dropFirst().first.flatMap { Int($0) } ?? 0
+        return pages * Int(sysconf(Int32(_SC_PAGESIZE)))
+    }
+}

@@ -1,0 +1,468 @@
+import Foundation
+@testable import GoldenSignals
+import MeshCore
+import MeshSim
+import OTLPWire
+import SegmentStore
+import XCTest
+
+final class GoldenSignalsTests: XCTestCase {
+    // MARK: Exponential histogram
+
+    func testHistogramQuantilesAreWithinTheStatedErrorOfTheExactOnes() {
+        var generator = SeededGenerator(seed: 11)
+        for round in 0..<20 {
+            var histogram = ExponentialHistogram()
+            var values: [Double] = []
+            let median = 1e5 * Double(round + 1)
+            for _ in 0..<5_000 {
+                let value = (generator.logNormal(median: median, sigma: 0.3 + Double(round) * 0.1)).rounded()
+                values.append(value)
+                histogram.record(value)
+            }
+            values.sort()
+            XCTAssertLessThanOrEqual(histogram.counts.count, ExponentialHistogram.defaultMaxBuckets)
+            XCTAssertEqual(histogram.count, UInt64(values.count))
+            for q in [0.01, 0.25, 0.5, 0.9, 0.95, 0.99, 0.999] {
+                let rank = Int((q * Double(values.count)).rounded(.up))
+                let exact = values[rank - 1]
+                let estimate = histogram.quantile(q)!
+                XCTAssertLessThanOrEqual(abs(estimate - exact) / exact, histogram.relativeError * 1.000_001, "round \(round) q \(q)")
+            }
+            XCTAssertEqual(histogram.quantile(1), values.last)
+            XCTAssertEqual(histogram.quantile(0), values.first)
+        }
+    }
+
+    func testHistogramScalesDownToFitAndMergesLikeOneHistogram() {
+        var wide = ExponentialHistogram()
+        var parts = [ExponentialHistogram(), ExponentialHistogram(), ExponentialHistogram()]
+        var generator = SeededGenerator(seed: 3)
+        for index in 0..<30_000 {
+            // Nine decades: from a microsecond to 20 minutes, in nanoseconds.
+            let value = Foundation.pow(10, 3 + 9 * generator.unit())
+            wide.record(value)
+            parts[index % 3].record(value)
+        }
+        XCTAssertLessThanOrEqual(wide.counts.count, 160)
+        XCTAssertLessThan(wide.scale, ExponentialHistogram.maxScale)
+        var merged = parts[0]
+        merged.merge(parts[1])
+        merged.merge(parts[2])
+        XCTAssertEqual(merged.count, wide.count)
+        XCTAssertEqual(merged.scale, wide.scale)
+        XCTAssertEqual(merged.offset, wide.offset)
+        XCTAssertEqual(merged.counts, wide.counts)
+        XCTAssertEqual(merged.zeroCount, wide.zeroCount)
+        XCTAssertEqual(merged.sum, wide.sum, accuracy: wide.sum * 1e-12)
+    }
+
+    func testHistogramBucketsFollowOTLPBoundaries() {
+        // At scale 0 bucket i holds (2^i, 2^(i+1)]: a power of two is its bucket's upper end.
+        XCTAssertEqual(ExponentialHistogram.index(of: 4, scale: 0), 1)
+        XCTAssertEqual(ExponentialHistogram.index(of: 4.000_001, scale: 0), 2)
+        XCTAssertEqual(ExponentialHistogram.index(of: 1, scale: 3), -1)
+        XCTAssertEqual(ExponentialHistogram.index(of: 8, scale: -1), 1)
+        XCTAssertEqual(ExponentialHistogram.index(of: 1.5, scale: 1), 1)
+        XCTAssertEqual(ExponentialHistogram.index(of: 1.4, scale: 1), 0)
+    }
+
+    // MARK: Golden signals from MeshSim traffic
+
+    private func signals(_ test: XCTestCase, minimumWindow: Duration = .seconds(10)) throws -> GoldenSignals {
+        var configuration = keepingEverything(directory: temporaryDirectory(test) + "/series")
+        configuration.minimumPairingWindow = minimumWindow
+        return try GoldenSignals(configuration: configuration)
+    }
+
+    /// MeshSim's traffic is from 2023: resolutions that keep it.
+    private func keepingEverything(directory: String) -> GoldenSignals.Configuration {
+        var configuration = GoldenSignals.Configuration(directory: directory)
+        let decade = Duration.seconds(10 * 365 * 86400)
+        configuration.resolutions = [
+            .init(width: .seconds(10), retention: decade), .init(width: .seconds(60), retention: decade),
+            .init(width: .seconds(3600), retention: decade),
+        ]
+        return configuration
+    }
+
+    private let everything: ClosedRange<UInt64> = 0...UInt64.max / 2
+
+    /// Every edge of the ground truth, with exact counts and percentiles within the histogram's bound.
+    private func assertMatchesTruth(_ graph: ServiceGraph, _ truth: GroundTruth, file: StaticString = #filePath, line: UInt = #line) {
+        var edges: [GroundTruth.Edge: Signals] = [:]
+        for edge in graph.edges where edge.connection == .unset {
+            edges[GroundTruth.Edge(source: edge.client.service, target: edge.server.service), default: Signals()].merge(edge.signals)
+        }
+        XCTAssertEqual(Set(edges.keys), Set(truth.edges.keys), file: file, line: line)
+        for (key, expected) in truth.edges {
+            guard let got = edges[key] else { continue }
+            XCTAssertEqual(got.requests, UInt64(expected.requests), "\(key)", file: file, line: line)
+            XCTAssertEqual(got.errors, UInt64(expected.errors), "\(key)", file: file, line: line)
+            XCTAssertEqual(got.serverLatency.count, UInt64(expected.requests), "\(key)", file: file, line: line)
+            for q in [0.5, 0.95, 0.99] {
+                let exact = Double(expected.percentile(q))
+                let estimate = got.latency.quantile(q)!
+                XCTAssertLessThanOrEqual(abs(estimate - exact) / exact, got.latency.relativeError * 1.000_001, "\(key) q\(q)", file: file, line: line)
+            }
+        }
+        let user = graph.edges.filter { $0.client == .user }
+        XCTAssertEqual(user.reduce(0) { $0 + $1.signals.requests }, UInt64(truth.requests), "every request entered through the user edge", file: file, line: line)
+    }
+
+    func testEdgesAreExactAgainstMeshSimGroundTruth() throws {
+        let (requests, simulator) = simulatedRequests(count: 2_000, errorRate: 0.03)
+        let golden = try signals(self)
+        for request in requests { golden.follow(spans: try received(request).spans) }
+        let graph = golden.serviceGraph(in: everything)
+        assertMatchesTruth(graph, simulator.truth)
+        let statistics = golden.pairingStatistics
+        XCTAssertEqual(statistics.pending, 0)
+        XCTAssertEqual(statistics.unpairedClients + statistics.unpairedServers, 0)
+        XCTAssertEqual(statistics.roots, UInt64(simulator.truth.requests))
+        // Every span counted once per operation series.
+        let operations = golden.signals(in: everything).filter { if case .operation = $0.key { return true } else { return false } }
+        XCTAssertEqual(operations.values.reduce(0) { $0 + $1.requests }, UInt64(simulator.truth.spans))
+        // The stated bound is the target's: MeshSim's edges fit a scale of at least 4 (2.17 %).
+        XCTAssertTrue(graph.edges.allSatisfy { $0.signals.latency.relativeError <= 0.022 })
+    }
+
+    func testSignalsSurviveARestartWithoutCountingTwice() throws {
+        let (requests, simulator) = simulatedRequests(count: 1_500, seed: 21)
+        let directory = temporaryDirectory(self)
+        func open() throws -> (SpanStore, GoldenSignals) {
+            let golden = try GoldenSignals(configuration: keepingEverything(directory: directory + "/series"))
+            return (try SpanStore(configuration: SpanStore.Configuration(dataDirectory: directory), follower: golden), golden)
+        }
+        do {
+            let (store, _) = try open()
+            for (index, request) in requests.enumerated() {
+                _ = try store.append(try received(request))
+                // Seal now and then: some signals land in series files, the rest stay in the WAL.
+                if index == requests.count / 3 || index == requests.count * 2 / 3 { try store.seal() }
+            }
+            // No seal at the end: a crash.
+        }
+        let files = try FileManager.default.contentsOfDirectory(atPath: directory + "/series").filter { $0.hasSuffix(".mtr") }
+        XCTAssertEqual(files.count, 2)
+        let (store, golden) = try open()
+        assertMatchesTruth(golden.serviceGraph(in: everything), simulator.truth)
+        // Sealing again and reopening once more changes nothing.
+        try store.seal()
+        let (_, reopened) = try open()
+        assertMatchesTruth(reopened.serviceGraph(in: everything), simulator.truth)
+        XCTAssertEqual(reopened.signals(in: everything), golden.signals(in: everything))
+    }
+
+    func testHalvesWaitingAtACheckpointPairAfterARestart() throws {
+        let (requests, simulator) = simulatedRequests(count: 400, seed: 5)
+        let directory = temporaryDirectory(self)
+        func open() throws -> (SpanStore, GoldenSignals) {
+            let golden = try GoldenSignals(configuration: keepingEverything(directory: directory + "/series"))
+            return (try SpanStore(configuration: SpanStore.Configuration(dataDirectory: directory), follower: golden), golden)
+        }
+        // Requests are per pod: sealing halfway leaves CLIENT spans whose SERVER span comes later.
+        do {
+            let (store, golden) = try open()
+            for request in requests.prefix(requests.count / 2) { _ = try store.append(try received(request)) }
+            XCTAssertGreaterThan(golden.pairingStatistics.pending, 0)
+            try store.seal()
+        }
+        let (store, golden) = try open()
+        XCTAssertGreaterThan(golden.pairingStatistics.pending, 0, "the waiting halves came back from the series file")
+        for request in requests.suffix(from: requests.count / 2) { _ = try store.append(try received(request)) }
+        assertMatchesTruth(golden.serviceGraph(in: everything), simulator.truth)
+        XCTAssertEqual(golden.pairingStatistics.pending, 0)
+    }
+
+    // MARK: Unpaired halves
+
+    private func span(
+        trace: TraceID, id: UInt64, parent: UInt64, kind: OTLPSpan.SpanKind, end: UInt64, attributes: [KeyValue] = [],
+        status: Int64 = 200
+    ) -> OTLPSpan {
+        var span = OTLPSpan()
+        span.traceID = Data(trace.bytes)
+        span.spanID = Data(SpanID(id).bytes)
+        if parent != 0 { span.parentSpanID = Data(SpanID(parent).bytes) }
+        span.name = "GET /"
+        span.kind = kind
+        span.startTimeUnixNano = end - 5_000_000
+        span.endTimeUnixNano = end
+        span.attributes = attributes + [KeyValue("http.response.status_code", status)]
+        return span
+    }
+
+    private func request(service: String, spans: [OTLPSpan]) -> ExportTraceServiceRequest {
+        var resourceSpans = ResourceSpans()
+        resourceSpans.resource.attributes = [KeyValue("service.name", service), KeyValue("k8s.namespace.name", "shop")]
+        var scope = ScopeSpans()
+        scope.spans = spans
+        resourceSpans.scopeSpans = [scope]
+        var request = ExportTraceServiceRequest()
+        request.resourceSpans = [resourceSpans]
+        return request
+    }
+
+    func testUnpairedHalvesBecomeNamedVirtualEdgesAfterTheirWindow() throws {
+        let golden = try signals(self, minimumWindow: .milliseconds(1))
+        let trace = TraceID(high: 1, low: 2)
+        let end: UInt64 = 1_700_000_000_000_000_000
+        // A CLIENT span to a database, one to a service without a sidecar, and a SERVER
+        // span whose caller sent no CLIENT span.
+        golden.follow(spans: try received(request(service: "orders", spans: [
+            span(trace: trace, id: 10, parent: 1, kind: .client, end: end,
+                 attributes: [KeyValue("db.system", "postgresql"), KeyValue("db.namespace", "orders-db")]),
+            span(trace: trace, id: 11, parent: 1, kind: .client, end: end,
+                 attributes: [KeyValue("upstream_cluster", "outbound|80||legacy.shop.svc.cluster.local")], status: 502),
+        ])).spans)
+        golden.follow(spans: try received(request(service: "payments", spans: [
+            span(trace: trace, id: 20, parent: 99, kind: .server, end: end, attributes: [KeyValue("connection_security_policy", "mutual_tls")]),
+        ])).spans)
+        XCTAssertEqual(golden.pairingStatistics.pending, 3)
+        Thread.sleep(forTimeInterval: 0.01)
+        golden.expirePairs()
+        let statistics = golden.pairingStatistics
+        XCTAssertEqual(statistics.pending, 0)
+        XCTAssertEqual(statistics.unpairedClients, 2)
+        XCTAssertEqual(statistics.unpairedServers, 1)
+
+        let graph = golden.serviceGraph(in: everything)
+        let edges = Dictionary(uniqueKeysWithValues: graph.edges.map { ("\($0.client.service)->\($0.server.service)", $0) })
+        XCTAssertEqual(edges["orders->orders-db"]?.connection, .database)
+        XCTAssertEqual(edges["orders->legacy.shop.svc.cluster.local"]?.connection, .virtualNode)
+        XCTAssertEqual(edges["orders->legacy.shop.svc.cluster.local"]?.signals.errors, 1)
+        XCTAssertEqual(edges["unknown->payments"]?.connection, .virtualNode)
+        XCTAssertEqual(edges["unknown->payments"]?.signals.mutualTLS, 1)
+        XCTAssertEqual(Set(graph.virtualNodes), ["orders-db", "legacy.shop.svc.cluster.local", "unknown"])
+
+        // The partner arriving after its half left is not counted again.
+        golden.follow(spans: try received(request(service: "legacy", spans: [
+            span(trace: trace, id: 30, parent: 11, kind: .server, end: end),
+        ])).spans)
+        XCTAssertEqual(golden.pairingStatistics.late, 1)
+        XCTAssertEqual(golden.pairingStatistics.pending, 0)
+        XCTAssertEqual(golden.serviceGraph(in: everything).edges.count, graph.edges.count)
+    }
+
+    func testPrometheusExpositionCarriesGrafanasServiceGraphNames() throws {
+        let (requests, simulator) = simulatedRequests(count: 300, errorRate: 0.05)
+        let golden = try signals(self)
+        for request in requests { golden.follow(spans: try received(request).spans) }
+        let text = golden.prometheusText()
+        for (edge, stats) in simulator.truth.edges {
+            let labels = "client=\"\(edge.source)\",server=\"\(edge.target)\""
+            let line = text.split(separator: "\n").first { $0.hasPrefix("traces_service_graph_request_total{\(labels)") }
+            XCTAssertNotNil(line, "\(edge)")
+            XCTAssertEqual(line.flatMap { $0.split(separator: " ").last.map(String.init) }, String(stats.requests))
+            let failed = text.split(separator: "\n").first { $0.hasPrefix("traces_service_graph_request_failed_total{\(labels)") }
+            XCTAssertEqual(failed.flatMap { $0.split(separator: " ").last.map(String.init) }, String(stats.errors))
+        }
+        for name in ["traces_service_graph_request_server_seconds_bucket", "traces_service_graph_request_client_seconds_sum",
+                     "traces_spanmetrics_calls_total", "traces_spanmetrics_latency_bucket", "span_kind=\"SPAN_KIND_SERVER\"",
+                     "client=\"user\"", "le=\"+Inf\""] {
+            XCTAssertTrue(text.contains(name), name)
+        }
+    }
+
+    // MARK: Proxies' OTLP metrics
+
+    /// Istio's request counter from one proxy: `count` requests with `code`, cumulative since `start`.
+    private func istioRequests(_ count: Int64, code: String, start: UInt64, at time: UInt64, reporter: String = "destination",
+                               temporality: Opentelemetry_Proto_Metrics_V1_AggregationTemporality = .cumulative) -> ExportMetricsServiceRequest {
+        var point = Opentelemetry_Proto_Metrics_V1_NumberDataPoint()
+        point.asInt = count
+        point.startTimeUnixNano = start
+        point.timeUnixNano = time
+        point.attributes = [
+            KeyValue("reporter", reporter), KeyValue("source_workload", "frontend"), KeyValue("source_workload_namespace", "shop"),
+            KeyValue("destination_canonical_service", "cart"), KeyValue("destination_canonical_revision", "v2"),
+            KeyValue("destination_workload_namespace", "shop"), KeyValue("response_code", code),
+            KeyValue("connection_security_policy", "mutual_tls"),
+        ]
+        var metric = Opentelemetry_Proto_Metrics_V1_Metric()
+        metric.name = "istio_requests_total"
+        metric.sum.aggregationTemporality = temporality
+        metric.sum.isMonotonic = true
+        metric.sum.dataPoints = [point]
+        var request = ExportMetricsServiceRequest()
+        request.resourceMetrics = [.init()]
+        request.resourceMetrics[0].scopeMetrics = [.init()]
+        request.resourceMetrics[0].scopeMetrics[0].metrics = [metric]
+        return request
+    }
+
+    private func reported(_ golden: GoldenSignals) -> Signals {
+        golden.signals(in: everything).filter { if case .reported = $0.key { return true } else { return false } }
+            .values.reduce(into: Signals()) { $0.merge($1) }
+    }
+
+    func testCumulativeProxyCountersCountTheirIncreaseAndSurviveRestartsAndResets() throws {
+        let directory = temporaryDirectory(self)
+        let start = UInt64(Date().timeIntervalSince1970 * 1e9) + 1_000_000_000  // began after the store: counts whole
+        func open() throws -> (SpanStore, GoldenSignals) {
+            let golden = try GoldenSignals(configuration: keepingEverything(directory: directory + "/series"))
+            return (try SpanStore(configuration: SpanStore.Configuration(dataDirectory: directory), follower: golden), golden)
+        }
+        func send(_ store: SpanStore, _ request: ExportMetricsServiceRequest) throws {
+            try store.appendMetrics(encoded: try request.serializedBytes())
+        }
+        do {
+            let (store, golden) = try open()
+            try send(store, istioRequests(10, code: "200", start: start, at: start + 10_000_000_000))
+            try send(store, istioRequests(4, code: "503", start: start, at: start + 10_000_000_000))
+            try send(store, istioRequests(25, code: "200", start: start, at: start + 20_000_000_000))
+            try send(store, istioRequests(25, code: "200", start: start, at: start + 30_000_000_000))  // nothing new
+            var signals = reported(golden)
+            XCTAssertEqual(signals.requests, 29)
+            XCTAssertEqual(signals.errors, 4)
+            XCTAssertEqual(signals.mutualTLS, 29)
+            try store.seal()  // the streams' last points go into the series file
+            try send(store, istioRequests(30, code: "200", start: start, at: start + 40_000_000_000))
+            signals = reported(golden)
+            XCTAssertEqual(signals.requests, 34)
+        }
+        // After a crash: the series file, then the WAL, and the next point counts only its increase.
+        let (store, golden) = try open()
+        XCTAssertEqual(reported(golden).requests, 34)
+        try send(store, istioRequests(31, code: "200", start: start, at: start + 50_000_000_000))
+        XCTAssertEqual(reported(golden).requests, 35)
+        // The proxy restarted: its counter went back down, and counts whole.
+        try send(store, istioRequests(2, code: "200", start: start + 60_000_000_000, at: start + 70_000_000_000))
+        XCTAssertEqual(reported(golden).requests, 37)
+        // A delta counter counts as it is.
+        try send(store, istioRequests(5, code: "404", start: 0, at: start + 70_000_000_000, temporality: .delta))
+        XCTAssertEqual(reported(golden).requests, 42)
+        XCTAssertEqual(reported(golden).clientErrors, 5)
+        // A stream that began before the store did is a baseline first.
+        try send(store, istioRequests(1_000, code: "200", start: 1, at: start + 80_000_000_000, reporter: "source"))
+        XCTAssertEqual(reported(golden).requests, 42)
+        try send(store, istioRequests(1_003, code: "200", start: 1, at: start + 90_000_000_000, reporter: "source"))
+        XCTAssertEqual(reported(golden).requests, 45)
+
+        let graph = golden.serviceGraph(in: everything)
+        XCTAssertEqual(Set(graph.reported.map(\.reporter)), ["destination", "source"])
+        XCTAssertTrue(graph.reported.allSatisfy { $0.client.service == "frontend" && $0.server == Workload(service: "cart", namespace: "shop", version: "v2") })
+        XCTAssertTrue(graph.edges.isEmpty, "metrics alone make no span edges")
+    }
+
+    func testProxyLatencyHistogramsFoldIntoTheEdgesLatency() throws {
+        let golden = try signals(self)
+        let start = UInt64(Date().timeIntervalSince1970 * 1e9) + 1_000_000_000
+        let labels = [KeyValue("source_workload", "frontend"), KeyValue("destination_workload", "cart"), KeyValue("reporter", "destination")]
+        // Explicit buckets in milliseconds, cumulative: 3 requests in (10, 25], then 1 more in (100, 250].
+        func explicit(_ counts: [UInt64], sum: Double) -> ExportMetricsServiceRequest {
+            var point = Opentelemetry_Proto_Metrics_V1_HistogramDataPoint()
+            point.startTimeUnixNano = start
+            point.timeUnixNano = start + 10_000_000_000
+            point.explicitBounds = [0, 5, 10, 25, 50, 100, 250]
+            point.bucketCounts = counts
+            point.count = counts.reduce(0, +)
+            point.sum = sum
+            point.attributes = labels
+            var metric = Opentelemetry_Proto_Metrics_V1_Metric()
+            metric.name = "istio_request_duration_milliseconds"
+            metric.unit = "ms"
+            metric.histogram.aggregationTemporality = .cumulative
+            metric.histogram.dataPoints = [point]
+            var request = ExportMetricsServiceRequest()
+            request.resourceMetrics = [.init()]
+            request.resourceMetrics[0].scopeMetrics = [.init()]
+            request.resourceMetrics[0].scopeMetrics[0].metrics = [metric]
+            return request
+        }
+        golden.follow(metrics: (try explicit([0, 0, 0, 3, 0, 0, 0, 0], sum: 45).serializedBytes() as [UInt8])[...])
+        golden.follow(metrics: (try explicit([0, 0, 0, 3, 0, 0, 1, 0], sum: 245).serializedBytes() as [UInt8])[...])
+        var latency = reported(golden).latency
+        XCTAssertEqual(latency.count, 4)
+        XCTAssertEqual(latency.quantile(0.5)! / 1e6, (10.0 * 25).squareRoot(), accuracy: 0.5)
+        XCTAssertEqual(latency.quantile(1)! / 1e6, (100.0 * 250).squareRoot(), accuracy: 3)
+
+        // An exponential histogram in seconds, delta: two requests near 0.1 s.
+        var point = Opentelemetry_Proto_Metrics_V1_ExponentialHistogramDataPoint()
+        point.timeUnixNano = start + 20_000_000_000
+        point.scale = 3
+        point.positive.offset = -27  // (2^(-27/8), 2^(-26/8)] ≈ (0.0962, 0.105] seconds
+        point.positive.bucketCounts = [2]
+        point.count = 2
+        point.sum = 0.2
+        point.attributes = labels
+        var metric = Opentelemetry_Proto_Metrics_V1_Metric()
+        metric.name = "istio.request.duration"
+        metric.unit = "s"
+        metric.exponentialHistogram.aggregationTemporality = .delta
+        metric.exponentialHistogram.dataPoints = [point]
+        var request = ExportMetricsServiceRequest()
+        request.resourceMetrics = [.init()]
+        request.resourceMetrics[0].scopeMetrics = [.init()]
+        request.resourceMetrics[0].scopeMetrics[0].metrics = [metric]
+        golden.follow(metrics: (try request.serializedBytes() as [UInt8])[...])
+        latency = reported(golden).latency
+        XCTAssertEqual(latency.count, 6)
+        XCTAssertEqual(latency.quantile(0.8)! / 1e9, 0.1, accuracy: 0.006)
+    }
+
+    // MARK: Resolutions
+
+    func testSeriesRollUpToCoarserResolutionsAndExpireWithoutChangingTotals() throws {
+        let now = GoldenSignals.wallClock()
+        let (requests, simulator) = simulatedRequests(count: 600, seed: 9, start: now - 3 * 3_600_000_000_000)
+        let directory = temporaryDirectory(self)
+        func open() throws -> (SpanStore, GoldenSignals) {
+            var configuration = GoldenSignals.Configuration(directory: directory + "/series")
+            configuration.resolutions = [
+                .init(width: .seconds(10), retention: .seconds(60)), .init(width: .seconds(60), retention: .seconds(3600)),
+                .init(width: .seconds(3600), retention: .seconds(86400)),
+            ]
+            let golden = try GoldenSignals(configuration: configuration)
+            return (try SpanStore(configuration: SpanStore.Configuration(dataDirectory: directory), follower: golden), golden)
+        }
+        let (store, golden) = try open()
+        for (index, request) in requests.enumerated() {
+            _ = try store.append(try received(request))
+            if index % 10 == 9 { try store.seal() }
+        }
+        try store.seal()
+        let before = golden.signals(in: everything)
+        assertMatchesTruth(golden.serviceGraph(in: everything), simulator.truth)
+        XCTAssertGreaterThan(golden.seriesFiles[10_000_000_000] ?? 0, 1)
+
+        // Three hours old: past the 10-second and the 1-minute retention, within the hour's.
+        let (rolledUp, expired) = try golden.rollUp(now: now)
+        XCTAssertGreaterThan(rolledUp, 2)
+        XCTAssertEqual(expired, 0)
+        XCTAssertEqual(golden.seriesFiles, [3_600_000_000_000: 1])
+        XCTAssertEqual(golden.signals(in: everything), before)
+        let names = try FileManager.default.contentsOfDirectory(atPath: directory + "/series").filter { $0.hasSuffix(".mtr") }
+        XCTAssertEqual(names.count, 1)
+        XCTAssertTrue(names[0].hasSuffix("-3600s-" + names[0].split(separator: "-").last!), names[0])
+
+        // Reopened, the hourly file alone answers the same.
+        let (_, reopened) = try open()
+        XCTAssertEqual(reopened.signals(in: everything), before)
+        assertMatchesTruth(reopened.serviceGraph(in: everything), simulator.truth)
+
+        // A day later the hourly buckets expire too.
+        XCTAssertEqual(try reopened.rollUp(now: now + 2 * 86_400_000_000_000).expired, 1)
+        XCTAssertTrue(reopened.signals(in: everything).isEmpty)
+    }
+
+    func testAQueryMergesCoarseBucketsInsideTheWindowAndFineOnesAtItsEnds() throws {
+        let second: UInt64 = 1_000_000_000
+        var tiers = Tiers(resolutions: [(10 * second, 1_000_000 * second), (60 * second, 1_000_000 * second), (3600 * second, 1_000_000 * second)])
+        let series = SeriesKey.operation(Workload(service: "a"), kind: .server, name: "GET /")
+        var one = Signals()
+        one.requests = 1
+        // One request in every 10-second bucket for three hours.
+        let start: UInt64 = 1_000 * 3600 * second
+        for bucket in stride(from: start, to: start + 3 * 3600 * second, by: Int(10 * second)) {
+            tiers.add(one, series: series, bucket: bucket, resolution: 10 * second, now: start + 4 * 3600 * second)
+        }
+        func count(_ lower: UInt64, _ upper: UInt64) -> UInt64 { tiers.signals(in: lower...upper - 1)[series]?.requests ?? 0 }
+        XCTAssertEqual(count(start, start + 3 * 3600 * second), 3 * 360)
+        // 20 s into the first hour to 30 s into the third: every 10-second bucket overlapping.
+        XCTAssertEqual(count(start + 20 * second, start + 2 * 3600 * second + 30 * second), 360 * 2 - 2 + 3)
+        // A window inside one 10-second bucket still sees it.
+        XCTAssertEqual(count(start + 3 * second, start + 4 * second), 1)
+    }
+}
