@@ -15,15 +15,21 @@ struct Aggregator {
     /// Workloads by id, and ids by workload.
     private(set) var workloads: [Workload] = []
     private var workloadIDs: [Workload: Int32] = [:]
+    private var peerIDs: [String: Int32] = [:]
     /// Series by id, and ids by series.
     private(set) var series: [SeriesKey] = []
     private var seriesIDs: [SeriesKey: Int32] = [:]
     private var operationIDs: [OperationCacheKey: Int32] = [:]
     private var edgeIDs: [EdgeCacheKey: Int32] = [:]
     /// Signals counted since the last checkpoint, by bucket start and series id.
-    private(set) var delta: [UInt64: [Int32: Signals]] = [:]
-    /// Everything counted since the process started, for Prometheus.
-    private(set) var totals: [Int32: PrometheusTotals] = [:]
+    private(set) var delta: [BucketSeriesID: Signals] = [:]
+    /// Everything counted since the process started, for Prometheus, by series id.
+    private(set) var totals: [PrometheusTotals] = []
+
+    struct BucketSeriesID: Hashable {
+        var bucket: UInt64
+        var series: Int32
+    }
     private(set) var pairer: EdgePairer
     /// Proxies' OTLP metrics, folded into `.reported` series.
     var metrics: ProxyMetricsFolder
@@ -49,6 +55,14 @@ struct Aggregator {
         var connection: ConnectionType
     }
 
+    /// The virtual workload a peer name stands for.
+    private mutating func peerID(_ name: String) -> Int32 {
+        if let id = peerIDs[name] { return id }
+        let id = workloadID(Workload(service: name))
+        peerIDs[name] = id
+        return id
+    }
+
     mutating func workloadID(_ workload: Workload) -> Int32 {
         if let id = workloadIDs[workload] { return id }
         let id = Int32(workloads.count)
@@ -57,7 +71,7 @@ struct Aggregator {
         return id
     }
 
-    private mutating func seriesID(_ key: SeriesKey) -> Int32 {
+    mutating func seriesID(_ key: SeriesKey) -> Int32 {
         if let id = seriesIDs[key] { return id }
         let id = Int32(series.count)
         series.append(key)
@@ -104,7 +118,7 @@ struct Aggregator {
 
                 switch kind {
                 case .client, .producer:
-                    let peer = facts.peer.map { String(attributeBytes, $0) } ?? ""
+                    let peer = facts.peer.map { peerID(String(attributeBytes, $0)) } ?? -1
                     let connection: ConnectionType =
                         kind == .producer || facts.messaging ? .messagingSystem : facts.database ? .database : .virtualNode
                     let half = EdgePairer.Half(
@@ -113,7 +127,7 @@ struct Aggregator {
                 case .server, .consumer:
                     let parent = batch.parentSpanIDs[row]
                     let half = EdgePairer.Half(
-                        isClient: false, isRoot: parent == .zero, workload: workload, peer: "",
+                        isClient: false, isRoot: parent == .zero, workload: workload, peer: -1,
                         connection: kind == .consumer ? .messagingSystem : .virtualNode, request: request, end: end)
                     if parent == .zero {
                         // The entry of the mesh: its caller is the user, and no CLIENT span will come.
@@ -146,7 +160,7 @@ struct Aggregator {
         for reported in metrics.fold(request) {
             let id = seriesID(reported.key)
             let bucket = reported.bucketTime / settings.bucketNanos * settings.bucketNanos
-            delta[bucket, default: [:]][id, default: Signals()].merge(reported.signals)
+            delta[BucketSeriesID(bucket: bucket, series: id), default: Signals()].merge(reported.signals)
         }
     }
 
@@ -185,7 +199,7 @@ struct Aggregator {
             end = client.end
         case let (client?, nil):
             clientID = client.workload
-            serverID = workloadID(Workload(service: client.peer.isEmpty ? Workload.unknown.service : client.peer))
+            serverID = client.peer >= 0 ? client.peer : workloadID(.unknown)
             connection = client.connection
             request = client.request
             end = client.end
@@ -211,16 +225,15 @@ struct Aggregator {
     }
 
     private mutating func count(_ request: Signals.Request, series: Int32, bucket: UInt64) {
-        delta[bucket, default: [:]][series, default: Signals()].count(request)
-        totals[series, default: PrometheusTotals()].count(request)
+        delta[BucketSeriesID(bucket: bucket, series: series), default: Signals()].count(request)
+        let index = Int(series)
+        if index >= totals.count { totals.append(contentsOf: repeatElement(PrometheusTotals(), count: index + 1 - totals.count)) }
+        totals[index].count(request)
     }
 
     /// Takes the signals counted since the last call, leaving none.
     mutating func takeDelta() -> [BucketedSeries: Signals] {
-        var taken: [BucketedSeries: Signals] = [:]
-        for (bucket, bySeries) in delta {
-            for (id, signals) in bySeries { taken[BucketedSeries(bucket: bucket, series: series[Int(id)])] = signals }
-        }
+        let taken = currentDelta()
         delta = [:]
         return taken
     }
@@ -228,16 +241,15 @@ struct Aggregator {
     /// Puts back signals taken by `takeDelta` (a checkpoint that failed).
     mutating func restore(_ taken: [BucketedSeries: Signals]) {
         for (key, signals) in taken {
-            delta[key.bucket, default: [:]][seriesID(key.series), default: Signals()].merge(signals)
+            delta[BucketSeriesID(bucket: key.bucket, series: seriesID(key.series)), default: Signals()].merge(signals)
         }
     }
 
     /// The signals counted since the last checkpoint, by bucket and series.
     func currentDelta() -> [BucketedSeries: Signals] {
         var result: [BucketedSeries: Signals] = [:]
-        for (bucket, bySeries) in delta {
-            for (id, signals) in bySeries { result[BucketedSeries(bucket: bucket, series: series[Int(id)])] = signals }
-        }
+        result.reserveCapacity(delta.count)
+        for (key, signals) in delta { result[BucketedSeries(bucket: key.bucket, series: series[Int(key.series)])] = signals }
         return result
     }
 
@@ -245,7 +257,8 @@ struct Aggregator {
     func pendingHalves(now: UInt64) -> [PendingHalf] {
         pairer.pending.map { key, half in
             PendingHalf(
-                key: key, workload: workloads[Int(half.workload)], half: half,
+                key: key, workload: workloads[Int(half.workload)],
+                peer: half.peer >= 0 ? workloads[Int(half.peer)].service : "", half: half,
                 age: now >= half.arrival ? now - half.arrival : 0,
                 remaining: half.deadline > now ? half.deadline - now : 0)
         }
@@ -256,6 +269,7 @@ struct Aggregator {
         for saved in halves {
             var half = saved.half
             half.workload = workloadID(saved.workload)
+            half.peer = saved.peer.isEmpty ? -1 : peerID(saved.peer)
             half.arrival = now >= saved.age ? now - saved.age : 0
             half.deadline = now + saved.remaining
             pairer.restore(half, key: saved.key)
@@ -267,6 +281,8 @@ struct Aggregator {
 struct PendingHalf {
     var key: EdgePairer.Key
     var workload: Workload
+    /// The peer's name (empty for none).
+    var peer: String
     var half: EdgePairer.Half
     /// Nanoseconds since it arrived, and left until its window closes.
     var age: UInt64

@@ -32,8 +32,9 @@ struct EdgePairer {
         /// A SERVER span without a parent: the entry of the mesh.
         var isRoot = false
         var workload: Int32
-        /// For a CLIENT span: the best name of its peer from its attributes, or empty.
-        var peer: String
+        /// For a CLIENT span: the workload its attributes name as the peer (a virtual
+        /// one, by service name), or -1 when they name none.
+        var peer: Int32
         /// What the edge is if this half stays alone.
         var connection: ConnectionType
         var request: Signals.Request
@@ -43,7 +44,7 @@ struct EdgePairer {
         var arrival: UInt64 = 0
         var deadline: UInt64 = 0
 
-        init(isClient: Bool, isRoot: Bool = false, workload: Int32, peer: String, connection: ConnectionType,
+        init(isClient: Bool, isRoot: Bool = false, workload: Int32, peer: Int32, connection: ConnectionType,
              request: Signals.Request, end: UInt64) {
             self.isClient = isClient
             self.isRoot = isRoot
@@ -98,7 +99,7 @@ struct EdgePairer {
     /// The edge a half belongs to, as far as its own side tells.
     private struct WindowGroup: Hashable {
         var workload: Int32
-        var peer: String
+        var peer: Int32
         var isClient: Bool
     }
 

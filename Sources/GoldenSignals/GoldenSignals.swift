@@ -63,7 +63,7 @@ public final class GoldenSignals: WALFollower {
         /// Signals in series files, at every resolution.
         var tiers: Tiers
         /// Signals taken by a checkpoint whose file is being written.
-        var writing: [BucketedSeries: Signals] = [:]
+        var writing: [Aggregator.BucketSeriesID: Signals] = [:]
         /// The series files: resolution, newest bucket and WAL sequence of each, by name.
         var files: [String: FileSummary] = [:]
     }
@@ -125,7 +125,8 @@ public final class GoldenSignals: WALFollower {
         for (name, file) in files where !replaced.contains(name) {
             covered = max(covered, file.walSequence)
             for (key, signals) in file.rows {
-                state.tiers.add(signals, series: key.series, bucket: key.bucket, resolution: file.resolution, now: now)
+                let id = state.aggregator.seriesID(key.series)
+                state.tiers.add(signals, series: id, bucket: key.bucket, resolution: file.resolution, now: now)
             }
             state.files[name] = FileSummary(resolution: file.resolution, newestBucket: file.newestBucket, walSequence: file.walSequence)
             // The newest file holds the halves still waiting and the metric streams' last points.
@@ -189,8 +190,8 @@ public final class GoldenSignals: WALFollower {
     public func checkpoint(upTo sequence: UInt64) -> @Sendable () throws -> Void {
         let now = self.now
         let (rows, pending, streams) = state.withLock { state in
+            for (key, signals) in state.aggregator.delta { state.writing[key, default: Signals()].merge(signals) }
             let rows = state.aggregator.takeDelta()
-            for (key, signals) in rows { state.writing[key, default: Signals()].merge(signals) }
             return (rows, state.aggregator.pendingHalves(now: now), state.aggregator.metrics.streams)
         }
         let configuration = self.configuration
@@ -203,7 +204,8 @@ public final class GoldenSignals: WALFollower {
                 let now = Self.wallClock()
                 state.withLock { state in
                     for (key, signals) in rows {
-                        state.tiers.add(signals, series: key.series, bucket: key.bucket, resolution: resolution, now: now)
+                        let id = state.aggregator.seriesID(key.series)
+                        state.tiers.add(signals, series: id, bucket: key.bucket, resolution: resolution, now: now)
                     }
                     state.files[name] = FileSummary(resolution: resolution, newestBucket: file.newestBucket, walSequence: sequence)
                     state.writing = [:]
@@ -306,35 +308,29 @@ public final class GoldenSignals: WALFollower {
     /// The signals of every series in the buckets that overlap `window`
     /// (nanoseconds since the epoch), merged over the window.
     public func signals(in window: ClosedRange<UInt64>) -> [SeriesKey: Signals] {
-        let bucketNanos = Self.nanoseconds(configuration.bucket)
-        let firstBucket = window.lowerBound / bucketNanos * bucketNanos
-        return state.withLock { state in
-            var merged = state.tiers.signals(in: window)
-            func add(_ rows: [BucketedSeries: Signals]) {
-                for (key, signals) in rows where key.bucket >= firstBucket && key.bucket <= window.upperBound {
-                    merged[key.series, default: Signals()].merge(signals)
-                }
-            }
-            add(state.writing)
-            add(state.aggregator.currentDelta())
-            return merged
-        }
+        let snapshot = self.snapshot()
+        return snapshot.keyed(snapshot.merged(in: window, operations: true))
     }
 
     /// The service graph of `window`: every workload that sent spans, the virtual
-    /// ones at the far end of edges, and every edge with its signals.
+    /// ones at the far end of edges, and every edge with its signals. Operations are
+    /// only looked up, not merged.
     public func serviceGraph(in window: ClosedRange<UInt64>) -> ServiceGraph {
+        let snapshot = self.snapshot()
         var nodes: Set<Workload> = []
+        for id in snapshot.present(in: window) {
+            if case let .operation(workload, _, _) = snapshot.series[Int(id)] { nodes.insert(workload) }
+        }
         var edges: [ServiceGraph.Edge] = []
         var reported: [ServiceGraph.ReportedEdge] = []
-        for (key, signals) in signals(in: window) {
+        for (key, signals) in snapshot.keyed(snapshot.merged(in: window, operations: false)) {
             switch key {
             case let .reported(client, server, reporter):
                 reported.append(ServiceGraph.ReportedEdge(client: client, server: server, reporter: reporter, signals: signals))
-            case let .operation(workload, _, _):
-                nodes.insert(workload)
             case let .edge(client, server, connection):
                 edges.append(ServiceGraph.Edge(client: client, server: server, connection: connection, signals: signals))
+            case .operation:
+                break
             }
         }
         let named = Set(nodes.map(\.service))
@@ -342,6 +338,55 @@ public final class GoldenSignals: WALFollower {
         return ServiceGraph(
             window: window, nodes: nodes.sorted(), virtualNodes: virtual.sorted(), edges: edges.sorted(),
             reported: reported.sorted { ($0.client, $0.server, $0.reporter) < ($1.client, $1.server, $1.reporter) })
+    }
+
+    /// What a query reads, taken under the lock and read outside it (the tiers and
+    /// the buckets being counted are shared, not copied, unless written meanwhile).
+    private struct Snapshot {
+        var tiers: Tiers
+        var writing: [Aggregator.BucketSeriesID: Signals]
+        var delta: [Aggregator.BucketSeriesID: Signals]
+        var series: [SeriesKey]
+        var bucketNanos: UInt64
+
+        func merged(in window: ClosedRange<UInt64>, operations: Bool) -> [Int32: Signals] {
+            let isOperation: [Bool] = operations ? [] : series.map { key -> Bool in
+                if case .operation = key { return true } else { return false }
+            }
+            let include: (Int32) -> Bool = operations ? { _ in true } : { !isOperation[Int($0)] }
+            var merged = tiers.signals(in: window, including: include)
+            let firstBucket = window.lowerBound / bucketNanos * bucketNanos
+            for rows in [writing, delta] {
+                for (key, signals) in rows where key.bucket >= firstBucket && key.bucket <= window.upperBound && include(key.series) {
+                    merged[key.series, default: Signals()].merge(signals)
+                }
+            }
+            return merged
+        }
+
+        func present(in window: ClosedRange<UInt64>) -> Set<Int32> {
+            var present = tiers.present(in: window)
+            let firstBucket = window.lowerBound / bucketNanos * bucketNanos
+            for rows in [writing, delta] {
+                for key in rows.keys where key.bucket >= firstBucket && key.bucket <= window.upperBound { present.insert(key.series) }
+            }
+            return present
+        }
+
+        func keyed(_ merged: [Int32: Signals]) -> [SeriesKey: Signals] {
+            var keyed: [SeriesKey: Signals] = [:]
+            keyed.reserveCapacity(merged.count)
+            for (id, signals) in merged { keyed[series[Int(id)]] = signals }
+            return keyed
+        }
+    }
+
+    private func snapshot() -> Snapshot {
+        let bucketNanos = Self.nanoseconds(configuration.bucket)
+        return state.withLock { state in
+            Snapshot(tiers: state.tiers, writing: state.writing, delta: state.aggregator.delta, series: state.aggregator.series,
+                     bucketNanos: bucketNanos)
+        }
     }
 
     /// How pairing has gone since the process started.

@@ -11,8 +11,8 @@ extension GoldenSignals {
         }
         var edges: [(labels: String, totals: PrometheusTotals)] = []
         var operations: [(labels: String, totals: PrometheusTotals)] = []
-        for (id, total) in totals {
-            switch series[Int(id)] {
+        for (id, total) in totals.enumerated() where total.requests > 0 {
+            switch series[id] {
             case let .edge(client, server, connection):
                 var labels = "client=\"\(Self.escape(client.service))\",server=\"\(Self.escape(server.service))\""
                 if connection != .unset { labels += ",connection_type=\"\(connection.label)\"" }

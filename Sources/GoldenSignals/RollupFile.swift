@@ -53,7 +53,9 @@ struct RollupFile {
         }
         var seriesList: [SeriesKey] = []
         var seriesIndex: [SeriesKey: Int] = [:]
-        let sortedRows = rows.sorted { ($0.key.bucket, $0.key.series) < ($1.key.bucket, $1.key.series) }
+        // By bucket only: the bucket column is delta-coded, and comparing series keys
+        // (strings) would cost more than the rest of the file.
+        let sortedRows = rows.sorted { $0.key.bucket < $1.key.bucket }
         for (key, _) in sortedRows where seriesIndex[key.series] == nil {
             seriesIndex[key.series] = seriesList.count
             seriesList.append(key.series)
@@ -113,7 +115,7 @@ struct RollupFile {
             if half.request.clientError { flags |= 8 }
             pendingSection.write(flags)
             pendingSection.writeVarint(UInt64(index(saved.workload)))
-            pendingSection.write(string: half.peer)
+            pendingSection.write(string: saved.peer)
             pendingSection.write(half.connection.rawValue)
             pendingSection.write(half.request.security.rawValue)
             pendingSection.writeVarint(half.request.requestBytes)
@@ -278,10 +280,10 @@ struct RollupFile {
                 responseBytes: try pendingReader.readVarint(), security: security,
                 duration: try pendingReader.readVarint(), serverDuration: nil)
             let half = EdgePairer.Half(
-                isClient: flags & 1 != 0, isRoot: flags & 2 != 0, workload: 0, peer: peer, connection: connection,
+                isClient: flags & 1 != 0, isRoot: flags & 2 != 0, workload: 0, peer: -1, connection: connection,
                 request: request, end: try pendingReader.readVarint())
             pending.append(PendingHalf(
-                key: EdgePairer.Key(trace: trace, span: span), workload: owner, half: half,
+                key: EdgePairer.Key(trace: trace, span: span), workload: owner, peer: peer, half: half,
                 age: try pendingReader.readVarint(), remaining: try pendingReader.readVarint()))
         }
         self.pending = pending

@@ -1,3 +1,4 @@
+import Foundation
 import MeshCore
 
 /// Whether a request travelled over mutual TLS, as the proxy that saw it reports.
@@ -33,28 +34,38 @@ struct SpanFacts {
         case requestBytes, responseBytes, peer(PeerKey), securityPolicy, tlsClientSubject, tlsEstablished, messagingSystem
     }
 
-    private static let keys: [(bytes: [UInt8], key: Key)] = {
-        let named: [(String, Key)] = [
-            ("http.request.body.size", .requestBytes), ("http.response.body.size", .responseBytes),
-            ("http.request_content_length", .requestBytes), ("http.response_content_length", .responseBytes),
-            ("request_size", .requestBytes), ("response_size", .responseBytes),
-            ("peer.service", .peer(.peerService)), ("db.namespace", .peer(.databaseNamespace)),
-            ("db.name", .peer(.databaseName)), ("db.system", .peer(.databaseSystem)),
-            ("messaging.destination.name", .peer(.messagingDestination)), ("messaging.system", .messagingSystem),
-            ("server.address", .peer(.serverAddress)), ("net.peer.name", .peer(.netPeerName)),
-            ("upstream_cluster", .peer(.upstreamCluster)),
-            ("connection_security_policy", .securityPolicy), ("tls.client.subject", .tlsClientSubject),
-            ("tls.established", .tlsEstablished),
-        ]
-        return named.map { (Array($0.0.utf8), $0.1) }
-    }()
-
-    /// Keys by length, so most attributes are passed over after one comparison.
-    private static let keysByLength: [[(bytes: [UInt8], key: Key)]] = {
-        var table = [[(bytes: [UInt8], key: Key)]](repeating: [], count: 32)
-        for entry in keys { table[entry.bytes.count].append(entry) }
-        return table
-    }()
+    /// The key at `bytes[range]`, if golden signals read it: a switch on its length,
+    /// then one comparison with a static string (no allocation, no reference counting).
+    private static func key(_ bytes: UnsafeBufferPointer<UInt8>, _ range: Range<Int>) -> Key? {
+        @inline(__always) func equals(_ expected: StaticString) -> Bool {
+            memcmp(bytes.baseAddress! + range.lowerBound, expected.utf8Start, range.count) == 0
+        }
+        switch range.count {
+        case 7: return equals("db.name") ? .peer(.databaseName) : nil
+        case 9: return equals("db.system") ? .peer(.databaseSystem) : nil
+        case 12:
+            if equals("peer.service") { return .peer(.peerService) }
+            if equals("db.namespace") { return .peer(.databaseNamespace) }
+            return equals("request_size") ? .requestBytes : nil
+        case 13:
+            if equals("response_size") { return .responseBytes }
+            return equals("net.peer.name") ? .peer(.netPeerName) : nil
+        case 14: return equals("server.address") ? .peer(.serverAddress) : nil
+        case 15: return equals("tls.established") ? .tlsEstablished : nil
+        case 16:
+            if equals("upstream_cluster") { return .peer(.upstreamCluster) }
+            return equals("messaging.system") ? .messagingSystem : nil
+        case 18: return equals("tls.client.subject") ? .tlsClientSubject : nil
+        case 22: return equals("http.request.body.size") ? .requestBytes : nil
+        case 23: return equals("http.response.body.size") ? .responseBytes : nil
+        case 26:
+            if equals("connection_security_policy") { return .securityPolicy }
+            return equals("messaging.destination.name") ? .peer(.messagingDestination) : nil
+        case 27: return equals("http.request_content_length") ? .requestBytes : nil
+        case 28: return equals("http.response_content_length") ? .responseBytes : nil
+        default: return nil
+        }
+    }
 
     /// Reads the facts from `bytes[range]`, a protobuf `KeyValueList`. Malformed
     /// bytes (which the decoder would not have let through) end the scan.
@@ -66,6 +77,12 @@ struct SpanFacts {
                 continue
             }
             guard let pair = list.lengthDelimited() else { return }
+            // The common shape, `0A <short length> key 12 …`: look the key up before
+            // reading anything else, and pass over the attributes no signal needs.
+            if pair.count >= 2, bytes[pair.lowerBound] == 0x0A, bytes[pair.lowerBound + 1] < 0x80 {
+                let keyEnd = pair.lowerBound + 2 + Int(bytes[pair.lowerBound + 1])
+                if keyEnd <= pair.upperBound, Self.key(bytes, pair.lowerBound + 2..<keyEnd) == nil { continue }
+            }
             var keyValue = WireReader(bytes, pair)
             var key: Range<Int>?
             var value: Range<Int>?
@@ -77,13 +94,8 @@ struct SpanFacts {
                     return
                 }
             }
-            guard let key, key.count < Self.keysByLength.count else { continue }
-            let candidates = Self.keysByLength[key.count]
-            guard !candidates.isEmpty else { continue }
-            for candidate in candidates where Self.equal(bytes, key, candidate.bytes) {
-                apply(candidate.key, value: AnyValueView(bytes, value ?? 0..<0))
-                break
-            }
+            guard let key, let known = Self.key(bytes, key) else { continue }
+            apply(known, value: AnyValueView(bytes, value ?? 0..<0))
         }
     }
 

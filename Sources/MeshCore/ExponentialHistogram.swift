@@ -143,21 +143,41 @@ public struct ExponentialHistogram: Sendable, Equatable {
         sum += other.sum
         guard !other.counts.isEmpty else { return }
         if other.scale < scale { downscale(by: Int(scale - other.scale)) }
-        let shift = Int(other.scale - scale)
-        let otherLow = other.offset >> shift
-        let otherHigh = (other.offset + other.counts.count - 1) >> shift
+        var shift = Int(other.scale - scale)
+        var low = other.offset >> shift
+        var high = (other.offset + other.counts.count - 1) >> shift
         if !counts.isEmpty {
-            let low = Swift.min(offset, otherLow)
-            let high = Swift.max(offset + counts.count - 1, otherHigh)
-            let change = Self.downscaleNeeded(low: low, high: high, maxBuckets: maxBuckets)
-            if change > 0 { downscale(by: change) }
-        } else {
-            let change = Self.downscaleNeeded(low: otherLow, high: otherHigh, maxBuckets: maxBuckets)
-            if change > 0 { downscale(by: change) }
+            low = Swift.min(low, offset)
+            high = Swift.max(high, offset + counts.count - 1)
         }
-        let totalShift = Int(other.scale - scale)
-        for (position, value) in other.counts.enumerated() where value > 0 {
-            add(value, at: (other.offset + position) >> totalShift)
+        let change = Self.downscaleNeeded(low: low, high: high, maxBuckets: maxBuckets)
+        if change > 0 {
+            downscale(by: change)
+            shift += change
+            low >>= change
+            high >>= change
+        }
+        // Room for both ranges at once, then one pass adding the other's counts.
+        if counts.isEmpty {
+            offset = low
+            counts = [UInt64](repeating: 0, count: high - low + 1)
+        } else {
+            if low < offset {
+                counts.insert(contentsOf: repeatElement(0, count: offset - low), at: 0)
+                offset = low
+            }
+            if high >= offset + counts.count {
+                counts.append(contentsOf: repeatElement(0, count: high - offset - counts.count + 1))
+            }
+        }
+        let base = offset
+        let otherOffset = other.offset
+        counts.withUnsafeMutableBufferPointer { mine in
+            other.counts.withUnsafeBufferPointer { theirs in
+                for position in 0..<theirs.count where theirs[position] != 0 {
+                    mine[((otherOffset + position) >> shift) - base] &+= theirs[position]
+                }
+            }
         }
     }
 
