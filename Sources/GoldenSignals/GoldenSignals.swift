@@ -286,7 +286,13 @@ public final class GoldenSignals: WALFollower {
                 }
                 rolledUp += due.count
             }
-            state.withLock { $0.tiers.prune(now: now) }
+            state.withLock { state in
+                state.tiers.prune(now: now)
+                // Buckets whose time passed long enough ago (spans that pair late land in
+                // them for up to the longest pairing window) are packed for queries.
+                let settled = Self.nanoseconds(configuration.maximumPairingWindow)
+                state.tiers.pack(endedBefore: now > settled ? now - settled : 0)
+            }
             return (rolledUp, expired)
         }
     }
@@ -335,9 +341,9 @@ public final class GoldenSignals: WALFollower {
         }
         let named = Set(nodes.map(\.service))
         let virtual = Set(edges.flatMap { [$0.client.service, $0.server.service] }).subtracting(named)
-        return ServiceGraph(
-            window: window, nodes: nodes.sorted(), virtualNodes: virtual.sorted(), edges: edges.sorted(),
-            reported: reported.sorted { ($0.client, $0.server, $0.reporter) < ($1.client, $1.server, $1.reporter) })
+        // Edges in no particular order: sorting a thousand by their names' strings costs
+        // more than merging them; renderers sort what they print.
+        return ServiceGraph(window: window, nodes: nodes.sorted(), virtualNodes: virtual.sorted(), edges: edges, reported: reported)
     }
 
     /// What a query reads, taken under the lock and read outside it (the tiers and
@@ -438,11 +444,12 @@ public struct ServiceGraph: Sendable {
     }
 
     public var window: ClosedRange<UInt64>
-    /// Workloads that sent spans.
+    /// Workloads that sent spans, sorted.
     public var nodes: [Workload]
     /// Services that only appear at the far end of an edge: `user`, `unknown`, and
     /// callees without a sidecar named from their peer attributes.
     public var virtualNodes: [String]
+    /// In no particular order.
     public var edges: [Edge]
 
     /// Requests over an edge as proxies' OTLP metrics report them.

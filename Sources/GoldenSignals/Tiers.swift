@@ -8,13 +8,161 @@ struct Tiers {
         let width: UInt64
         /// How long buckets are kept, nanoseconds.
         let retention: UInt64
-        /// Signals by bucket start and series id.
-        var buckets: [UInt64: [Int32: Signals]] = [:]
+        /// Signals by bucket start.
+        var buckets: [UInt64: BucketRows] = [:]
         /// Buckets before this were pruned.
         var horizon: UInt64 = 0
     }
 
     private(set) var tiers: [Tier]
+    /// One more than the largest series id held.
+    private(set) var seriesBound: Int32 = 0
+
+    /// The series of one bucket, side by side in arrays: a query reads them in order
+    /// without hashing. Open, a bucket keeps each row's `Signals` and finds a series
+    /// by `positions` when a row is added; packed (once its time has passed), its
+    /// histograms' counts lie end to end in one buffer, which a query reads front to
+    /// back, and it holds no per-row allocations. A row added to a packed bucket
+    /// opens it again.
+    struct BucketRows {
+        private(set) var ids: [Int32] = []
+        private var signals: [Signals] = []
+        private var positions: [Int32: Int32] = [:]
+        private var packed: Packed?
+
+        var count: Int { ids.count }
+        var isPacked: Bool { packed != nil }
+
+        /// Rows with their histograms' counts in one buffer.
+        struct Packed {
+            var scalars: [Scalars] = []
+            /// Two per row: latency, then server latency.
+            var histograms: [PackedHistogram] = []
+            var counts: [UInt64] = []
+        }
+
+        struct Scalars {
+            var requests, errors, clientErrors, requestBytes, responseBytes, mutualTLS, plaintext: UInt64
+        }
+
+        struct PackedHistogram {
+            var count: UInt64
+            var zeroCount: UInt64
+            var sum: Double
+            var min: Double
+            var max: Double
+            var offset: Int32
+            var start: UInt32
+            var length: UInt16
+            var scale: Int8
+        }
+
+        mutating func add(_ row: Signals, series: Int32) {
+            if packed != nil { unpack() }
+            if let position = positions[series] {
+                signals[Int(position)].merge(row)
+            } else {
+                positions[series] = Int32(ids.count)
+                ids.append(series)
+                signals.append(row)
+            }
+        }
+
+        /// Packs the rows (see the type's description).
+        mutating func pack() {
+            guard packed == nil else { return }
+            var result = Packed()
+            result.scalars.reserveCapacity(signals.count)
+            result.histograms.reserveCapacity(2 * signals.count)
+            result.counts.reserveCapacity(signals.reduce(0) { $0 + $1.latency.counts.count + $1.serverLatency.counts.count })
+            for row in signals {
+                result.scalars.append(Scalars(
+                    requests: row.requests, errors: row.errors, clientErrors: row.clientErrors, requestBytes: row.requestBytes,
+                    responseBytes: row.responseBytes, mutualTLS: row.mutualTLS, plaintext: row.plaintext))
+                for histogram in [row.latency, row.serverLatency] {
+                    result.histograms.append(PackedHistogram(
+                        count: histogram.count, zeroCount: histogram.zeroCount, sum: histogram.sum, min: histogram.min,
+                        max: histogram.max, offset: Int32(truncatingIfNeeded: histogram.offset), start: UInt32(result.counts.count),
+                        length: UInt16(histogram.counts.count), scale: histogram.scale))
+                    result.counts.append(contentsOf: histogram.counts)
+                }
+            }
+            packed = result
+            signals = []
+            positions = [:]
+        }
+
+        private mutating func unpack() {
+            guard let packed else { return }
+            signals = []
+            signals.reserveCapacity(ids.count)
+            positions = [:]
+            for position in ids.indices {
+                var row = Signals()
+                Self.merge(packed, position, into: &row)
+                signals.append(row)
+                positions[ids[position]] = Int32(position)
+            }
+            self.packed = nil
+        }
+
+        /// Adds every row whose series `include` accepts into `dense`, indexed by series id.
+        func merge(into dense: inout [Signals?], including include: (Int32) -> Bool) {
+            if let packed {
+                for position in ids.indices {
+                    let id = Int(ids[position])
+                    guard include(Int32(id)) else { continue }
+                    if dense[id] == nil { dense[id] = Signals() }
+                    Self.merge(packed, position, into: &dense[id]!)
+                }
+                return
+            }
+            for position in ids.indices {
+                let id = Int(ids[position])
+                guard include(Int32(id)) else { continue }
+                if dense[id] == nil {
+                    dense[id] = signals[position]
+                } else {
+                    dense[id]!.merge(signals[position])
+                }
+            }
+        }
+
+        private static func merge(_ packed: Packed, _ position: Int, into row: inout Signals) {
+            let scalars = packed.scalars[position]
+            row.requests += scalars.requests
+            row.errors += scalars.errors
+            row.clientErrors += scalars.clientErrors
+            row.requestBytes += scalars.requestBytes
+            row.responseBytes += scalars.responseBytes
+            row.mutualTLS += scalars.mutualTLS
+            row.plaintext += scalars.plaintext
+            packed.counts.withUnsafeBufferPointer { counts in
+                for side in 0..<2 {
+                    let histogram = packed.histograms[2 * position + side]
+                    let slice = UnsafeBufferPointer(rebasing: counts[Int(histogram.start)..<Int(histogram.start) + Int(histogram.length)])
+                    if side == 0 {
+                        row.latency.merge(
+                            scale: histogram.scale, offset: Int(histogram.offset), counts: slice, count: histogram.count,
+                            zeroCount: histogram.zeroCount, sum: histogram.sum, min: histogram.min, max: histogram.max)
+                    } else {
+                        row.serverLatency.merge(
+                            scale: histogram.scale, offset: Int(histogram.offset), counts: slice, count: histogram.count,
+                            zeroCount: histogram.zeroCount, sum: histogram.sum, min: histogram.min, max: histogram.max)
+                    }
+                }
+            }
+        }
+    }
+
+    /// Packs every bucket that ended before `before` (nanoseconds since the epoch).
+    mutating func pack(endedBefore before: UInt64) {
+        for index in tiers.indices {
+            let width = tiers[index].width
+            let due = tiers[index].buckets.compactMap { bucket, rows in !rows.isPacked && bucket + width < before ? bucket : nil }
+            for bucket in due { tiers[index].buckets[bucket]!.pack() }
+        }
+    }
 
     /// `resolutions` finest first, each width a multiple of the one before.
     init(resolutions: [(width: UInt64, retention: UInt64)]) {
@@ -28,22 +176,25 @@ struct Tiers {
     /// width `resolution`, to that tier and every coarser one whose retention
     /// still covers it at `now` (nanoseconds since the epoch).
     mutating func add(_ signals: Signals, series: Int32, bucket: UInt64, resolution: UInt64, now: UInt64) {
+        seriesBound = max(seriesBound, series + 1)
         for index in tiers.indices where tiers[index].width >= resolution {
-            let tier = tiers[index]
-            guard bucket + tier.width + tier.retention > now else { continue }
-            let start = bucket / tier.width * tier.width
-            tiers[index].buckets[start, default: [:]][series, default: Signals()].merge(signals)
+            // Width and retention only: a copy of the tier would make the write below copy its buckets.
+            let width = tiers[index].width
+            guard bucket + width + tiers[index].retention > now else { continue }
+            tiers[index].buckets[bucket / width * width, default: BucketRows()].add(signals, series: series)
         }
     }
 
     /// Drops the buckets each tier no longer keeps at `now`.
     mutating func prune(now: UInt64) {
         for index in tiers.indices {
-            let tier = tiers[index]
-            guard now > tier.retention + tier.width else { continue }
-            let horizon = now - tier.retention - tier.width
-            tiers[index].buckets = tier.buckets.filter { $0.key >= horizon }
-            tiers[index].horizon = max(tier.horizon, horizon / tier.width * tier.width)
+            let (width, retention) = (tiers[index].width, tiers[index].retention)
+            guard now > retention + width else { continue }
+            let horizon = now - retention - width
+            if tiers[index].buckets.keys.contains(where: { $0 < horizon }) {
+                tiers[index].buckets = tiers[index].buckets.filter { $0.key >= horizon }
+            }
+            tiers[index].horizon = max(tiers[index].horizon, horizon / width * width)
         }
     }
 
@@ -52,27 +203,28 @@ struct Tiers {
     /// finest resolution every bucket that overlaps it. Where a finer tier no longer
     /// holds a range, the coarser bucket around it counts whole.
     func signals(in window: ClosedRange<UInt64>, including include: (Int32) -> Bool = { _ in true }) -> [Int32: Signals] {
+        // Merged by series id in a dense array: no hashing per row.
+        var dense = [Signals?](repeating: nil, count: Int(seriesBound))
+        visit(window) { rows in rows.merge(into: &dense, including: include) }
         var merged: [Int32: Signals] = [:]
-        visit(window) { id, signals in
-            if include(id) { merged[id, default: Signals()].merge(signals) }
-        }
+        for (id, signals) in dense.enumerated() { if let signals { merged[Int32(id)] = signals } }
         return merged
     }
 
     /// The series with any signals over `window`, without merging them.
     func present(in window: ClosedRange<UInt64>) -> Set<Int32> {
         var present: Set<Int32> = []
-        visit(window) { id, _ in present.insert(id) }
+        visit(window) { rows in present.formUnion(rows.ids) }
         return present
     }
 
-    /// Calls `body` with every bucket's signals that `signals(in:)` merges.
-    private func visit(_ window: ClosedRange<UInt64>, _ body: (Int32, Signals) -> Void) {
+    /// Calls `body` with every bucket that `signals(in:)` merges.
+    private func visit(_ window: ClosedRange<UInt64>, _ body: (BucketRows) -> Void) {
         let upper = window.upperBound == .max ? window.upperBound : window.upperBound + 1
         collect(window.lowerBound, upper, tier: tiers.count - 1, body)
     }
 
-    private func collect(_ lower: UInt64, _ upper: UInt64, tier index: Int, _ body: (Int32, Signals) -> Void) {
+    private func collect(_ lower: UInt64, _ upper: UInt64, tier index: Int, _ body: (BucketRows) -> Void) {
         guard lower < upper else { return }
         let tier = tiers[index]
         if index == 0 {
@@ -95,19 +247,17 @@ struct Tiers {
         collect(last, upper, tier: index - 1, body)
     }
 
-    private func addBuckets(of tier: Tier, from start: UInt64, to end: UInt64, _ body: (Int32, Signals) -> Void) {
+    private func addBuckets(of tier: Tier, from start: UInt64, to end: UInt64, _ body: (BucketRows) -> Void) {
         guard start < end else { return }
         let count = (end - start + tier.width - 1) / tier.width
         if count <= UInt64(tier.buckets.count) {
             var bucket = start
             while bucket < end {
-                if let series = tier.buckets[bucket] { for (id, signals) in series { body(id, signals) } }
+                if let rows = tier.buckets[bucket] { body(rows) }
                 bucket += tier.width
             }
         } else {
-            for (bucket, series) in tier.buckets where bucket >= start && bucket < end {
-                for (id, signals) in series { body(id, signals) }
-            }
+            for (bucket, rows) in tier.buckets where bucket >= start && bucket < end { body(rows) }
         }
     }
 }

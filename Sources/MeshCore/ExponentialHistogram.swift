@@ -130,22 +130,34 @@ public struct ExponentialHistogram: Sendable, Equatable {
 
     /// Adds `other` into this histogram, at the finer scale that holds both.
     public mutating func merge(_ other: ExponentialHistogram) {
-        guard other.count > 0 else { return }
-        if count == 0 {
-            min = other.min
-            max = other.max
-        } else {
-            min = Swift.min(min, other.min)
-            max = Swift.max(max, other.max)
+        other.counts.withUnsafeBufferPointer { counts in
+            merge(scale: other.scale, offset: other.offset, counts: counts, count: other.count, zeroCount: other.zeroCount,
+                  sum: other.sum, min: other.min, max: other.max)
         }
-        count += other.count
-        zeroCount += other.zeroCount
-        sum += other.sum
-        guard !other.counts.isEmpty else { return }
-        if other.scale < scale { downscale(by: Int(scale - other.scale)) }
-        var shift = Int(other.scale - scale)
-        var low = other.offset >> shift
-        var high = (other.offset + other.counts.count - 1) >> shift
+    }
+
+    /// Adds a histogram given by its fields (its bucket counts in `counts`, from index
+    /// `offset` at `scale`), as `merge(_:)` does: for histograms kept packed.
+    public mutating func merge(
+        scale otherScale: Int8, offset otherOffset: Int, counts theirs: UnsafeBufferPointer<UInt64>, count otherCount: UInt64,
+        zeroCount otherZeroCount: UInt64, sum otherSum: Double, min otherMin: Double, max otherMax: Double
+    ) {
+        guard otherCount > 0 else { return }
+        if count == 0 {
+            min = otherMin
+            max = otherMax
+        } else {
+            min = Swift.min(min, otherMin)
+            max = Swift.max(max, otherMax)
+        }
+        count += otherCount
+        zeroCount += otherZeroCount
+        sum += otherSum
+        guard !theirs.isEmpty else { return }
+        if otherScale < scale { downscale(by: Int(scale - otherScale)) }
+        var shift = Int(otherScale - scale)
+        var low = otherOffset >> shift
+        var high = (otherOffset + theirs.count - 1) >> shift
         if !counts.isEmpty {
             low = Swift.min(low, offset)
             high = Swift.max(high, offset + counts.count - 1)
@@ -171,12 +183,9 @@ public struct ExponentialHistogram: Sendable, Equatable {
             }
         }
         let base = offset
-        let otherOffset = other.offset
         counts.withUnsafeMutableBufferPointer { mine in
-            other.counts.withUnsafeBufferPointer { theirs in
-                for position in 0..<theirs.count where theirs[position] != 0 {
-                    mine[((otherOffset + position) >> shift) - base] &+= theirs[position]
-                }
+            for position in 0..<theirs.count where theirs[position] != 0 {
+                mine[((otherOffset + position) >> shift) - base] &+= theirs[position]
             }
         }
     }

@@ -464,5 +464,18 @@ final class GoldenSignalsTests: XCTestCase {
         XCTAssertEqual(count(start + 20 * second, start + 2 * 3600 * second + 30 * second), 360 * 2 - 2 + 3)
         // A window inside one 10-second bucket still sees it.
         XCTAssertEqual(count(start + 3 * second, start + 4 * second), 1)
+
+        // Packed, the buckets answer the same; a late row opens its bucket again.
+        let before = tiers.signals(in: start...(start + 3 * 3600 * second - 1))
+        tiers.pack(endedBefore: .max)
+        XCTAssertEqual(tiers.signals(in: start...(start + 3 * 3600 * second - 1)), before)
+        XCTAssertEqual(count(start + 20 * second, start + 2 * 3600 * second + 30 * second), 360 * 2 - 2 + 3)
+        var late = Signals()
+        late.requests = 5
+        late.latency.record(1_000_000)
+        tiers.add(late, series: series, bucket: start + 30 * second, resolution: 10 * second, now: start + 4 * 3600 * second)
+        XCTAssertEqual(count(start, start + 3 * 3600 * second), 3 * 360 + 5)
+        XCTAssertEqual(count(start + 30 * second, start + 31 * second), 6)
+        XCTAssertEqual(tiers.signals(in: start...(start + 3 * 3600 * second - 1))[series]?.latency.count, 1)
     }
 }
