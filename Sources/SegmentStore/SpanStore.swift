@@ -154,7 +154,9 @@ public final class SpanStore: Sendable {
                 let toHead = sequence > coveredSequence
                 let toFollower = sequence > followerCovered
                 if !toHead && !toFollower {
-                    if !configuration.readOnly { try FileIO.remove(path) }
+                    // Without a follower the store cannot tell whether one still needs the
+                    // file (a tool opened the directory): it stays for the collector.
+                    if !configuration.readOnly && follower != nil { try FileIO.remove(path) }
                     continue
                 }
                 let replay = try WriteAheadLog.replay(path: path)

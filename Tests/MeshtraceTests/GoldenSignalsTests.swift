@@ -154,6 +154,38 @@ final class GoldenSignalsTests: XCTestCase {
         XCTAssertEqual(reopened.signals(in: everything), golden.signals(in: everything))
     }
 
+    func testAFailedCheckpointKeepsItsWALFileForTheSeriesEvenWhenAToolOpensTheStore() throws {
+        let (requests, simulator) = simulatedRequests(count: 600, seed: 13)
+        let directory = temporaryDirectory(self)
+        let series = directory + "/series"
+        func open() throws -> (SpanStore, GoldenSignals) {
+            let golden = try GoldenSignals(configuration: keepingEverything(directory: series))
+            return (try SpanStore(configuration: SpanStore.Configuration(dataDirectory: directory), follower: golden), golden)
+        }
+        do {
+            let (store, _) = try open()
+            for request in requests.prefix(requests.count / 2) { _ = try store.append(try received(request)) }
+            try store.seal()
+            for request in requests.suffix(from: requests.count / 2) { _ = try store.append(try received(request)) }
+            // The next series file cannot be written (a directory stands where its temporary
+            // file would go): the segment is written, the checkpoint fails, the WAL file stays.
+            let walFiles = try FileManager.default.contentsOfDirectory(atPath: directory + "/wal").sorted()
+            let sequence = UInt64(walFiles.last!.dropFirst(4).dropLast(4), radix: 16)!
+            let blocker = series + "/" + String(format: "series-%016llx.mtr.tmp", sequence)
+            try FileManager.default.createDirectory(atPath: blocker, withIntermediateDirectories: false)
+            XCTAssertThrowsError(try store.seal())
+            try FileManager.default.removeItem(atPath: blocker)
+        }
+        // A tool (segments compact, retain) opens the store without the series: it must
+        // not delete the WAL file the segments cover but the series do not.
+        do {
+            let tool = try SpanStore(configuration: SpanStore.Configuration(dataDirectory: directory))
+            _ = try tool.compact()
+        }
+        let (_, golden) = try open()
+        assertMatchesTruth(golden.serviceGraph(in: everything), simulator.truth)
+    }
+
     func testHalvesWaitingAtACheckpointPairAfterARestart() throws {
         let (requests, simulator) = simulatedRequests(count: 400, seed: 5)
         let directory = temporaryDirectory(self)
