@@ -12,13 +12,13 @@ struct Aggregator {
     }
 
     let settings: Settings
-    /// Workloads by id, and ids by workload.
-    private(set) var workloads: [Workload] = []
-    private var workloadIDs: [Workload: Int32] = [:]
+    private var workloadTable = Interner<Workload>()
     private var peerIDs: [String: Int32] = [:]
-    /// Series by id, and ids by series.
-    private(set) var series: [SeriesKey] = []
-    private var seriesIDs: [SeriesKey: Int32] = [:]
+    private var seriesTable = Interner<SeriesKey>()
+    /// Workloads by id.
+    var workloads: [Workload] { workloadTable.values }
+    /// Series by id.
+    var series: [SeriesKey] { seriesTable.values }
     private var operationIDs: [OperationCacheKey: Int32] = [:]
     private var edgeIDs: [EdgeCacheKey: Int32] = [:]
     /// Signals counted since the last checkpoint, by bucket start and series id.
@@ -63,21 +63,9 @@ struct Aggregator {
         return id
     }
 
-    mutating func workloadID(_ workload: Workload) -> Int32 {
-        if let id = workloadIDs[workload] { return id }
-        let id = Int32(workloads.count)
-        workloads.append(workload)
-        workloadIDs[workload] = id
-        return id
-    }
+    mutating func workloadID(_ workload: Workload) -> Int32 { workloadTable.id(workload) }
 
-    mutating func seriesID(_ key: SeriesKey) -> Int32 {
-        if let id = seriesIDs[key] { return id }
-        let id = Int32(series.count)
-        series.append(key)
-        seriesIDs[key] = id
-        return id
-    }
+    mutating func seriesID(_ key: SeriesKey) -> Int32 { seriesTable.id(key) }
 
     private mutating func operationID(workload: Int32, kind: SpanKind, name: String) -> Int32 {
         let cacheKey = OperationCacheKey(workload: workload, kind: kind, name: name)
@@ -233,7 +221,9 @@ struct Aggregator {
 
     /// Takes the signals counted since the last call, leaving none.
     mutating func takeDelta() -> [BucketedSeries: Signals] {
-        let taken = currentDelta()
+        var taken: [BucketedSeries: Signals] = [:]
+        taken.reserveCapacity(delta.count)
+        for (key, signals) in delta { taken[BucketedSeries(bucket: key.bucket, series: series[Int(key.series)])] = signals }
         delta = [:]
         return taken
     }
@@ -243,14 +233,6 @@ struct Aggregator {
         for (key, signals) in taken {
             delta[BucketSeriesID(bucket: key.bucket, series: seriesID(key.series)), default: Signals()].merge(signals)
         }
-    }
-
-    /// The signals counted since the last checkpoint, by bucket and series.
-    func currentDelta() -> [BucketedSeries: Signals] {
-        var result: [BucketedSeries: Signals] = [:]
-        result.reserveCapacity(delta.count)
-        for (key, signals) in delta { result[BucketedSeries(bucket: key.bucket, series: series[Int(key.series)])] = signals }
-        return result
     }
 
     /// The halves waiting for their partner, with workloads spelled out, for a checkpoint.
@@ -324,5 +306,19 @@ struct PrometheusTotals {
         if request.failed { failed += 1 }
         if let duration = request.duration { latency.record(nanoseconds: duration) }
         if let duration = request.serverDuration { serverLatency.record(nanoseconds: duration) }
+    }
+}
+
+/// Values numbered from 0 in the order they are first seen.
+struct Interner<Value: Hashable> {
+    private(set) var values: [Value] = []
+    private var ids: [Value: Int32] = [:]
+
+    mutating func id(_ value: Value) -> Int32 {
+        if let id = ids[value] { return id }
+        let id = Int32(values.count)
+        values.append(value)
+        ids[value] = id
+        return id
     }
 }

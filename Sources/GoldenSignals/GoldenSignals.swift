@@ -180,10 +180,7 @@ public final class GoldenSignals: WALFollower {
         state.withLock { $0.aggregator.ingest(spans, now: now) }
     }
 
-    public func follow(metrics: ArraySlice<UInt8>) {
-        // The receiver decoded these bytes before logging them; a record that no longer
-        // decodes (it cannot, short of a bug) is skipped rather than stopping ingest.
-        guard let request = try? ExportMetricsServiceRequest(serializedBytes: Array(metrics)) else { return }
+    public func follow(metrics request: ExportMetricsServiceRequest) {
         state.withLock { $0.aggregator.ingest(metrics: request) }
     }
 

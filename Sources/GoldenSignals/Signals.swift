@@ -61,7 +61,7 @@ public struct Signals: Sendable, Equatable {
 }
 
 /// How an edge's callee was reached, with the names Tempo's service graph gives them.
-public enum ConnectionType: UInt8, Sendable, CaseIterable, Comparable {
+public enum ConnectionType: UInt8, Sendable, Comparable {
     /// Both sides are instrumented.
     case unset = 0
     /// One side is not: a callee without a sidecar, an unknown caller, or the user at the entry.

@@ -2,12 +2,11 @@ import Foundation
 import MeshCore
 
 /// Whether a request travelled over mutual TLS, as the proxy that saw it reports.
-public enum Security: UInt8, Sendable, Comparable {
+public enum Security: UInt8, Sendable {
     case unknown = 0
     case mutualTLS = 1
     case plaintext = 2
 
-    public static func < (lhs: Security, rhs: Security) -> Bool { lhs.rawValue < rhs.rawValue }
 }
 
 /// What golden signals read from a span's attributes, in one pass over their
@@ -26,7 +25,7 @@ struct SpanFacts {
 
     /// Attributes whose values can name a peer, best first: OpenTelemetry's
     /// `peer.service`, the database, then the address the proxy dialled.
-    private enum PeerKey: Int, CaseIterable {
+    private enum PeerKey: Int {
         case peerService, databaseNamespace, databaseName, databaseSystem, messagingDestination, serverAddress, netPeerName, upstreamCluster
     }
 
@@ -83,20 +82,27 @@ struct SpanFacts {
                 let keyEnd = pair.lowerBound + 2 + Int(bytes[pair.lowerBound + 1])
                 if keyEnd <= pair.upperBound, Self.key(bytes, pair.lowerBound + 2..<keyEnd) == nil { continue }
             }
-            var keyValue = WireReader(bytes, pair)
-            var key: Range<Int>?
-            var value: Range<Int>?
-            while let (pairField, pairWire) = keyValue.tag() {
-                if pairWire == 2, pairField == 1 || pairField == 2 {
-                    guard let payload = keyValue.lengthDelimited() else { return }
-                    if pairField == 1 { key = payload } else { value = payload }
-                } else if !keyValue.skip(wireType: pairWire) {
-                    return
-                }
-            }
+            guard let (key, value) = Self.keyValue(bytes, pair) else { return }
             guard let key, let known = Self.key(bytes, key) else { continue }
             apply(known, value: AnyValueView(bytes, value ?? 0..<0))
         }
+    }
+
+    /// The key and value payloads of the OTLP `KeyValue` at `bytes[pair]` (the last of
+    /// each, as protobuf reads repeated fields); nil when the bytes are malformed.
+    static func keyValue(_ bytes: UnsafeBufferPointer<UInt8>, _ pair: Range<Int>) -> (key: Range<Int>?, value: Range<Int>?)? {
+        var reader = WireReader(bytes, pair)
+        var key: Range<Int>?
+        var value: Range<Int>?
+        while let (field, wireType) = reader.tag() {
+            if wireType == 2, field == 1 || field == 2 {
+                guard let payload = reader.lengthDelimited() else { return nil }
+                if field == 1 { key = payload } else { value = payload }
+            } else if !reader.skip(wireType: wireType) {
+                return nil
+            }
+        }
+        return (key, value)
     }
 
     private mutating func apply(_ key: Key, value: AnyValueView) {
@@ -247,17 +253,7 @@ enum ResourceFacts {
                         continue
                     }
                     guard let pair = resourceReader.lengthDelimited() else { return }
-                    var keyValue = WireReader(bytes, pair)
-                    var key: Range<Int>?
-                    var value: Range<Int>?
-                    while let (pairField, pairWire) = keyValue.tag() {
-                        if pairWire == 2, pairField == 1 || pairField == 2 {
-                            guard let payload = keyValue.lengthDelimited() else { return }
-                            if pairField == 1 { key = payload } else { value = payload }
-                        } else if !keyValue.skip(wireType: pairWire) {
-                            return
-                        }
-                    }
+                    guard let (key, value) = SpanFacts.keyValue(bytes, pair) else { return }
                     guard let key, let text = AnyValueView(bytes, value ?? 0..<0).string else { continue }
                     if SpanFacts.equal(bytes, key, Self.version) {
                         workload.version = String(bytes, text)

@@ -170,8 +170,6 @@ struct Tiers {
         tiers = resolutions.map { Tier(width: $0.width, retention: $0.retention) }
     }
 
-    var widths: [UInt64] { tiers.map(\.width) }
-
     /// Adds `signals` of `series` in the bucket starting at `bucket`, a bucket of
     /// width `resolution`, to that tier and every coarser one whose retention
     /// still covers it at `now` (nanoseconds since the epoch).

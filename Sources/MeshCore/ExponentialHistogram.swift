@@ -103,13 +103,7 @@ public struct ExponentialHistogram: Sendable, Equatable {
     public mutating func record(_ value: Double, times: UInt64 = 1) {
         guard times > 0, value.isFinite else { return }
         let value = Swift.max(0, value)
-        if count == 0 {
-            min = value
-            max = value
-        } else {
-            min = Swift.min(min, value)
-            max = Swift.max(max, value)
-        }
+        widen(toInclude: value, value)
         count += times
         sum += value * Double(times)
         guard value > 0 else {
@@ -143,13 +137,7 @@ public struct ExponentialHistogram: Sendable, Equatable {
         zeroCount otherZeroCount: UInt64, sum otherSum: Double, min otherMin: Double, max otherMax: Double
     ) {
         guard otherCount > 0 else { return }
-        if count == 0 {
-            min = otherMin
-            max = otherMax
-        } else {
-            min = Swift.min(min, otherMin)
-            max = Swift.max(max, otherMax)
-        }
+        widen(toInclude: otherMin, otherMax)
         count += otherCount
         zeroCount += otherZeroCount
         sum += otherSum
@@ -210,6 +198,12 @@ public struct ExponentialHistogram: Sendable, Equatable {
             }
         }
         return max
+    }
+
+    /// Makes `min…max` cover `low…high` (or be it, while nothing is counted yet).
+    private mutating func widen(toInclude low: Double, _ high: Double) {
+        min = count == 0 ? low : Swift.min(min, low)
+        max = count == 0 ? high : Swift.max(max, high)
     }
 
     /// How many times to halve the resolution so `low…high` fits in `maxBuckets`.

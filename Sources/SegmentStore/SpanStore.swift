@@ -170,7 +170,12 @@ public final class SpanStore: Sendable {
                         if toHead { state.head.append(contentsOf: export.spans) }
                         if toFollower { follower?.follow(spans: export.spans) }
                     case .metricsExport:
-                        if toFollower { follower?.follow(metrics: record.body) }
+                        guard toFollower, let follower else { continue }
+                        guard let request = try? ExportMetricsServiceRequest(serializedBytes: Array(record.body)) else {
+                            problems.append(Problem(file: path, reason: "a record holds an undecodable metrics request; skipped"))
+                            continue
+                        }
+                        follower.follow(metrics: request)
                     }
                 }
                 if let damage = replay.damage {
@@ -222,12 +227,13 @@ public final class SpanStore: Sendable {
         return outcome
     }
 
-    /// Makes a protobuf-encoded OTLP `ExportMetricsServiceRequest` durable in the WAL.
-    public func appendMetrics(encoded: [UInt8]) throws(StoreError) {
+    /// Makes an OTLP metrics export request durable in the WAL; `encoded` is its
+    /// protobuf bytes, which the WAL logs.
+    public func appendMetrics(_ request: ExportMetricsServiceRequest, encoded: [UInt8]) throws(StoreError) {
         let ticket = try wal.withLock { (log: inout WriteAheadLog?) throws(StoreError) -> UInt64 in
             guard let log else { throw .readOnly }
             let ticket = try log.write(type: .metricsExport, body: encoded)
-            follower?.follow(metrics: encoded[...])
+            follower?.follow(metrics: request)
             state.withLock { state in state.headSince = state.headSince ?? .now }
             return ticket
         }

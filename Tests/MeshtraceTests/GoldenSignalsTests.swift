@@ -337,7 +337,7 @@ final class GoldenSignalsTests: XCTestCase {
             return (try SpanStore(configuration: SpanStore.Configuration(dataDirectory: directory), follower: golden), golden)
         }
         func send(_ store: SpanStore, _ request: ExportMetricsServiceRequest) throws {
-            try store.appendMetrics(encoded: try request.serializedBytes())
+            try store.appendMetrics(request, encoded: try request.serializedBytes())
         }
         do {
             let (store, golden) = try open()
@@ -403,8 +403,8 @@ final class GoldenSignalsTests: XCTestCase {
             request.resourceMetrics[0].scopeMetrics[0].metrics = [metric]
             return request
         }
-        golden.follow(metrics: (try explicit([0, 0, 0, 3, 0, 0, 0, 0], sum: 45).serializedBytes() as [UInt8])[...])
-        golden.follow(metrics: (try explicit([0, 0, 0, 3, 0, 0, 1, 0], sum: 245).serializedBytes() as [UInt8])[...])
+        golden.follow(metrics: explicit([0, 0, 0, 3, 0, 0, 0, 0], sum: 45))
+        golden.follow(metrics: explicit([0, 0, 0, 3, 0, 0, 1, 0], sum: 245))
         var latency = reported(golden).latency
         XCTAssertEqual(latency.count, 4)
         XCTAssertEqual(latency.quantile(0.5)! / 1e6, (10.0 * 25).squareRoot(), accuracy: 0.5)
@@ -428,7 +428,7 @@ final class GoldenSignalsTests: XCTestCase {
         request.resourceMetrics = [.init()]
         request.resourceMetrics[0].scopeMetrics = [.init()]
         request.resourceMetrics[0].scopeMetrics[0].metrics = [metric]
-        golden.follow(metrics: (try request.serializedBytes() as [UInt8])[...])
+        golden.follow(metrics: request)
         latency = reported(golden).latency
         XCTAssertEqual(latency.count, 6)
         XCTAssertEqual(latency.quantile(0.8)! / 1e9, 0.1, accuracy: 0.006)

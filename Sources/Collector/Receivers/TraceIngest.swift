@@ -59,7 +59,7 @@ struct TraceIngest: Sendable {
         defer { metrics.waiting(-1) }
         do {
             let store = self.store
-            try await Self.blockingPool.runIfActive { try store.appendMetrics(encoded: encoded) }
+            try await Self.blockingPool.runIfActive { try store.appendMetrics(request, encoded: encoded) }
         } catch {
             logger.error("cannot store metrics", metadata: ["error": "\(error)"])
             throw Unavailable(message: "the collector cannot write to its store: \(error)", retryAfter: .seconds(5))

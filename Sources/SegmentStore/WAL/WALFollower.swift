@@ -1,4 +1,5 @@
 import MeshCore
+import OTLPWire
 
 /// State derived from everything the WAL logs (golden signals, say), kept in step
 /// with the head block so that it is exact across crashes.
@@ -14,8 +15,8 @@ public protocol WALFollower: AnyObject, Sendable {
     var coveredSequence: UInt64 { get }
     /// Spans just logged, or replayed from the WAL.
     func follow(spans: SpanBatch)
-    /// A protobuf-encoded OTLP `ExportMetricsServiceRequest` just logged, or replayed.
-    func follow(metrics: ArraySlice<UInt8>)
+    /// An OTLP metrics export request just logged, or replayed.
+    func follow(metrics: ExportMetricsServiceRequest)
     /// Called under the log's lock as WAL file `sequence` closes: captures the state
     /// up to it and returns the work that makes that durable. The store runs it
     /// before deleting the file; when it throws, the file stays.
