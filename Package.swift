@@ -46,12 +46,13 @@ let package = Package(
         ),
         .target(name: "SegmentStore", dependencies: ["MeshCore", "Compression", "OTLPWire"]),
         .target(name: "GoldenSignals", dependencies: ["SegmentStore", "MeshCore", "Compression", "OTLPWire"]),
-        .target(name: "QueryEngine", dependencies: ["SegmentStore", "GoldenSignals", "MeshCore", "OTLPWire"]),
+        .target(name: "QueryEngine", dependencies: ["SegmentStore", "GoldenSignals", "Sampling", "MeshCore", "OTLPWire"]),
+        .target(name: "Sampling", dependencies: ["MeshCore", "SegmentStore", .product(name: "Yams", package: "Yams")]),
         .target(name: "MeshSim", dependencies: ["MeshCore", "OTLPWire"]),
         .target(
             name: "Collector",
             dependencies: [
-                "SegmentStore", "QueryEngine", "GoldenSignals", "OTLPWire", "MeshCore", "Compression",
+                "SegmentStore", "QueryEngine", "GoldenSignals", "Sampling", "OTLPWire", "MeshCore", "Compression",
                 .product(name: "Hummingbird", package: "hummingbird"),
                 .product(name: "GRPCCore", package: "grpc-swift-2"),
                 .product(name: "GRPCProtobuf", package: "grpc-swift-protobuf"),
@@ -74,7 +75,7 @@ let package = Package(
         .executableTarget(
             name: "meshtrace",
             dependencies: [
-                "Collector", "QueryEngine", "SegmentStore", "MeshSim", "OTLPWire", "MeshCore",
+                "Collector", "QueryEngine", "SegmentStore", "Sampling", "MeshSim", "OTLPWire", "MeshCore",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "AsyncHTTPClient", package: "async-http-client"),
                 .product(name: "Logging", package: "swift-log"),
@@ -86,7 +87,7 @@ let package = Package(
         .executableTarget(
             name: "meshtrace-bench",
             dependencies: [
-                "SegmentStore", "QueryEngine", "GoldenSignals", "MeshSim", "OTLPWire", "MeshCore", "Compression",
+                "SegmentStore", "QueryEngine", "GoldenSignals", "Sampling", "MeshSim", "OTLPWire", "MeshCore", "Compression",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
             ]
         ),
@@ -98,7 +99,7 @@ let package = Package(
         .testTarget(
             name: "MeshtraceTests",
             dependencies: [
-                "Compression", "MeshCore", "OTLPWire", "SegmentStore", "QueryEngine", "GoldenSignals", "MeshSim", "Collector",
+                "Compression", "MeshCore", "OTLPWire", "SegmentStore", "QueryEngine", "GoldenSignals", "Sampling", "MeshSim", "Collector",
                 .product(name: "SwiftProtobuf", package: "swift-protobuf"),
             ],
             resources: [.copy("Fixtures")]

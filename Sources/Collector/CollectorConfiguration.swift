@@ -1,3 +1,4 @@
+import Sampling
 import SegmentStore
 
 /// A host and port to listen on; port 0 picks a free port.
@@ -46,10 +47,22 @@ public struct CollectorConfiguration: Sendable {
     public var readTimeout: Duration = .seconds(30)
     /// The collector process's log level (`trace` … `critical`).
     public var logLevel = "info"
+    /// Where the sampling policy comes from (docs/sampling.md).
+    public var sampling: SamplingSource = .builtIn
     /// How often the head block is checked for sealing by age.
     public var sealCheckInterval: Duration = .seconds(1)
 
     public init(dataDirectory: String = "./meshtrace-data") {
         store = SpanStore.Configuration(dataDirectory: dataDirectory)
     }
+}
+
+/// Where the collector's sampling policy comes from.
+public enum SamplingSource: Sendable {
+    /// The built-in default policy (`PolicyFile.defaultYAML`).
+    case builtIn
+    /// A policy file, reloaded on SIGHUP and when it changes.
+    case file(String)
+    /// A policy given in code (the demo keeps every trace).
+    case policy(PolicyFile)
 }

@@ -41,7 +41,10 @@ public struct CollectorServer: Sendable {
         for problem in golden.problems {
             logger.warning("series problem", metadata: ["problem": "\(problem)"])
         }
-        let store = try SpanStore(configuration: configuration.store, follower: golden)
+        let sampling = try SamplingControl(source: configuration.sampling, golden: golden, logger: logger)
+        let hangup = sampling.watchHangup()
+        defer { hangup.cancel() }
+        let store = try SpanStore(configuration: configuration.store, follower: golden, admission: sampling.sampler)
         for problem in store.problems {
             logger.warning("store problem", metadata: ["problem": "\(problem)"])
         }
@@ -94,10 +97,11 @@ public struct CollectorServer: Sendable {
             router.get("/metrics") { _, _ in
                 Response(
                     status: .ok, headers: [.contentType: "text/plain; version=0.0.4"],
-                    body: ResponseBody(byteBuffer: ByteBuffer(string: metrics.render(store: store, budget: budget) + golden.prometheusText())))
+                    body: ResponseBody(byteBuffer: ByteBuffer(string: metrics.render(store: store, budget: budget) + sampling.prometheusText() + golden.prometheusText())))
             }
         }
-        let sealer = SealService(store: store, golden: golden, interval: configuration.sealCheckInterval, logger: logger)
+        let sealer = SealService(
+            store: store, golden: golden, sampling: sampling, interval: configuration.sealCheckInterval, logger: logger)
 
         let group = ServiceGroup(configuration: .init(
             services: [sealer] + receivers + [query],
@@ -136,6 +140,7 @@ public final class ShutdownTrigger: Sendable {
 struct SealService: Service {
     let store: SpanStore
     let golden: GoldenSignals
+    let sampling: SamplingControl
     let interval: Duration
     let logger: Logger
 
@@ -143,6 +148,8 @@ struct SealService: Service {
         while !Task.isShuttingDownGracefully && !Task.isCancelled {
             try? await Task.sleep(for: interval)
             golden.expirePairs()
+            sampling.tick()
+            store.releaseDecided()
             do {
                 let golden = self.golden
                 let (rolledUp, expired) = try await NIOThreadPool.singleton.runIfActive { try golden.rollUp() }
@@ -173,7 +180,8 @@ struct SealService: Service {
         }
         do {
             let store = self.store
-            try await NIOThreadPool.singleton.runIfActive { try store.seal() }
+            // Traces still waiting for their sampling decision are decided now.
+            try await NIOThreadPool.singleton.runIfActive { try store.seal(decidingHeld: true) }
             logger.info("sealed the head block at shutdown")
         } catch {
             logger.error("sealing at shutdown failed; spans stay in the WAL", metadata: ["error": "\(error)"])

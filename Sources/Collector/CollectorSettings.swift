@@ -1,5 +1,6 @@
 import Logging
 import MeshCore
+import Sampling
 import Yams
 
 /// Every setting of the collector, by the dotted key it has in the configuration
@@ -35,6 +36,15 @@ public enum CollectorSettings {
         "query.endpoint": { configuration, text in
             guard let address = ListenAddress(text) else { return "expected host:port, got \(text.debugDescription)" }
             configuration.query = address
+            return nil
+        },
+        "sampling.policy": { configuration, text in
+            do {
+                _ = try PolicyFile.load(path: text)
+            } catch {
+                return "the policy file is invalid: \(error)"
+            }
+            configuration.sampling = .file(text)
             return nil
         },
         "receivers.otlp_grpc.endpoint": endpoint { $0.otlpGRPC = $1 },

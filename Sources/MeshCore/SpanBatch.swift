@@ -219,11 +219,32 @@ public struct SpanBatch: Sendable {
             return
         }
         for index in indices {
-            var row = other.row(index)
-            row.resourceIndex = resourceMap[Int(row.resourceIndex)]
-            row.scopeIndex = scopeMap[Int(row.scopeIndex)]
-            append(row)
+            append(row: index, of: other, resourceIndex: resourceMap[Int(other.resourceIndices[index])],
+                   scopeIndex: scopeMap[Int(other.scopeIndices[index])])
         }
+    }
+
+    /// Appends row `index` of `other` without building a `Row`; `resourceIndex` and
+    /// `scopeIndex` point into this batch's tables. `extras`, when given, replaces the row's.
+    public mutating func append(
+        row index: Int, of other: SpanBatch, resourceIndex: UInt32, scopeIndex: UInt32, extras replacement: ArraySlice<UInt8>? = nil
+    ) {
+        precondition(Int(resourceIndex) < resources.count && Int(scopeIndex) < scopes.count,
+                     "row refers to a resource or scope outside this batch")
+        traceIDs.append(other.traceIDs[index])
+        spanIDs.append(other.spanIDs[index])
+        parentSpanIDs.append(other.parentSpanIDs[index])
+        names.append(other.names[index])
+        kinds.append(other.kinds[index])
+        startTimes.append(other.startTimes[index])
+        endTimes.append(other.endTimes[index])
+        statusCodes.append(other.statusCodes[index])
+        statusMessages.append(other.statusMessages[index])
+        httpStatusCodes.append(other.httpStatusCodes[index])
+        resourceIndices.append(resourceIndex)
+        scopeIndices.append(scopeIndex)
+        attributes.append(other.attributes[index])
+        extras.append(replacement ?? other.extras[index])
     }
 
     /// The batch with its rows ordered by trace id, then start time, then span id

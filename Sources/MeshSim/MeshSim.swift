@@ -317,3 +317,29 @@ public struct GroundTruth: Sendable, Equatable {
         edges[edge]!.durations.append(duration)
     }
 }
+
+extension MeshSim {
+    /// Traffic as a collector receives it: `requests` requests entering the mesh at
+    /// `rate` a second, a share `requestErrorRate` of which fail somewhere along their
+    /// hops; each span is reported once it has ended, in batches every 100 ms. Each
+    /// batch comes with the nanosecond it arrives at (simulated time).
+    public static func arrivals(
+        requests: Int, rate: Int, requestErrorRate: Double, seed: UInt64, start: UInt64 = 1_800_000_000_000_000_000
+    ) -> [(batch: SpanBatch, at: UInt64)] {
+        // A request fails when any of its hops does: about nine spans of work each.
+        let perHop = 1 - Foundation.pow(1 - requestErrorRate, 1 / 9.0)
+        var simulator = MeshSim(configuration: Configuration(seed: seed, errorRate: perHop))
+        let tick: UInt64 = 100_000_000
+        var byTick: [UInt64: [EmittedSpan]] = [:]
+        for index in 0..<requests {
+            for span in simulator.request(at: start + UInt64(index) * 1_000_000_000 / UInt64(max(1, rate))) {
+                byTick[span.span.endTimeUnixNano / tick + 1, default: []].append(span)
+            }
+        }
+        return byTick.keys.sorted().map { key in
+            var batch = SpanBatch()
+            for request in simulator.exportRequests(byTick[key]!) { _ = batch.append(request) }
+            return (batch, key * tick)
+        }
+    }
+}

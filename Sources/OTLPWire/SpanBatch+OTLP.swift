@@ -197,6 +197,12 @@ extension SpanBatch {
         return (0...999).contains(code) ? UInt16(code) : 0
     }
 
+    /// The rows at `indices` (all rows when nil) as a protobuf-encoded OTLP
+    /// `ExportTraceServiceRequest` (which `TracesData` shares its encoding with).
+    public func exportRequestBytes(rows indices: [Int]? = nil) throws(OTLPConversionError) -> [UInt8] {
+        Self.encode(try tracesData(rows: indices))
+    }
+
     static func encode(_ message: some SwiftProtobuf.Message) -> [UInt8] {
         // Serializing a message built from decoded fields cannot fail: every
         // required-field check is off in proto3.

@@ -1,5 +1,6 @@
 import MeshCore
 import OTLPWire
+import Sampling
 import SegmentStore
 
 /// Answers trace and topology questions over a store snapshot: the unsealed
@@ -47,7 +48,9 @@ public struct QueryEngine: Sendable {
     /// An edge is a CLIENT span paired with the SERVER span that is its child, from
     /// a different service: one request from the client's service to the server's.
     /// It is an error when the client span has status ERROR or an HTTP status of 500
-    /// or above. Latency is the client span's duration.
+    /// or above. Latency is the client span's duration. Each request counts its
+    /// client span's adjusted count (1 / the probability the sampler kept it with),
+    /// so counts over sampled traces estimate the traffic without bias.
     public func topology(window: ClosedRange<UInt64>) throws -> Topology {
         var clients: [SpanKey: ClientSide] = [:]
         var servers: [(parent: SpanKey, service: String)] = []
@@ -61,7 +64,8 @@ public struct QueryEngine: Sendable {
                     clients[SpanKey(trace: batch.traceIDs[row], span: batch.spanIDs[row])] = ClientSide(
                         service: service,
                         duration: batch.duration(at: row),
-                        failed: batch.statusCodes[row] == .error || batch.httpStatusCodes[row] >= 500)
+                        failed: batch.statusCodes[row] == .error || batch.httpStatusCodes[row] >= 500,
+                        weight: AdjustedCount.of(extras: batch.extras[row]))
                 case .server where batch.parentSpanIDs[row] != .zero:
                     servers.append((SpanKey(trace: batch.traceIDs[row], span: batch.parentSpanIDs[row]), service))
                 default:
@@ -82,12 +86,15 @@ public struct QueryEngine: Sendable {
         }
         let edgeList = edges.map { key, calls in
             let durations = calls.map(\.duration).sorted()
-            return Topology.Edge(
-                source: key.source, target: key.target, requests: calls.count,
-                errors: calls.filter(\.failed).count,
+            var edge = Topology.Edge(
+                source: key.source, target: key.target,
+                requests: Int(calls.reduce(0) { $0 + $1.weight }.rounded()),
+                errors: Int(calls.filter(\.failed).reduce(0) { $0 + $1.weight }.rounded()),
                 p50: Percentile.nearestRank(durations, 0.50),
                 p95: Percentile.nearestRank(durations, 0.95),
                 p99: Percentile.nearestRank(durations, 0.99))
+            edge.storedRequests = calls.count
+            return edge
         }.sorted { ($0.source, $0.target) < ($1.source, $1.target) }
         return Topology(window: window, nodes: nodes.sorted(), edges: edgeList)
     }
@@ -106,6 +113,7 @@ public struct QueryEngine: Sendable {
         var service: String
         var duration: UInt64
         var failed: Bool
+        var weight: Double
     }
 }
 
@@ -115,8 +123,12 @@ public struct Topology: Sendable, Equatable {
     public struct Edge: Sendable, Equatable {
         public var source: String
         public var target: String
+        /// Requests, each stored span counted by its adjusted count.
         public var requests: Int
+        /// Failed requests, likewise weighted.
         public var errors: Int
+        /// Requests whose spans are stored.
+        public var storedRequests = 0
         /// Latency percentiles, in nanoseconds.
         public var p50: UInt64
         public var p95: UInt64

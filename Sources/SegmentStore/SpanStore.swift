@@ -64,6 +64,8 @@ public final class SpanStore: Sendable {
     public let problems: [Problem]
     /// Fed every logged record and checkpointed at each seal.
     private let follower: (any WALFollower)?
+    /// Decides which logged spans reach the head block; without one, all do.
+    private let admission: (any SpanAdmission)?
 
     private struct State: Sendable {
         var head = SpanBatch()
@@ -93,11 +95,14 @@ public final class SpanStore: Sendable {
     private var walDirectory: String { configuration.dataDirectory + "/wal" }
     private var segmentDirectory: String { configuration.dataDirectory + "/segments" }
 
-    /// Opens (or creates) the store, replaying the WAL into the head block and into
-    /// `follower` (the files after those it covers).
-    public init(configuration: Configuration, follower: (any WALFollower)? = nil) throws(StoreError) {
+    /// Opens (or creates) the store, replaying the WAL into the head block (through
+    /// `admission`, when given) and into `follower` (the files after those it covers).
+    public init(
+        configuration: Configuration, follower: (any WALFollower)? = nil, admission: (any SpanAdmission)? = nil
+    ) throws(StoreError) {
         self.configuration = configuration
         self.follower = follower
+        self.admission = admission
         commit = GroupCommit(minimumInterval: configuration.walSyncInterval)
         let walDirectory = configuration.dataDirectory + "/wal"
         let segmentDirectory = configuration.dataDirectory + "/segments"
@@ -162,13 +167,13 @@ public final class SpanStore: Sendable {
                 let replay = try WriteAheadLog.replay(path: path)
                 for record in replay.records {
                     switch record.type {
-                    case .traceExport:
+                    case .traceExport, .heldSpans:
                         guard let export = try? DecodedTraceExport(protobuf: Array(record.body)) else {
                             problems.append(Problem(file: path, reason: "a record holds an undecodable request; skipped"))
                             continue
                         }
-                        if toHead { state.head.append(contentsOf: export.spans) }
-                        if toFollower { follower?.follow(spans: export.spans) }
+                        if toHead { Self.admit(export.spans, through: admission, into: &state.head) }
+                        if toFollower && record.type == .traceExport { follower?.follow(spans: export.spans) }
                     case .metricsExport:
                         guard toFollower, let follower else { continue }
                         guard let request = try? ExportMetricsServiceRequest(serializedBytes: Array(record.body)) else {
@@ -212,14 +217,14 @@ public final class SpanStore: Sendable {
             follower?.follow(spans: batch)
             state.withLock { state in
                 if state.head.isEmpty {
-                    state.headSince = .now
+                    state.headSince = state.headSince ?? .now
                     // Room for a full head block up front: growing its columns by doubling
                     // would copy them, and fault their pages in, again and again. Pages
                     // reserved but not written cost no memory.
                     state.head.reserveCapacity(
                         min(configuration.maxHeadSpans, Self.maxReservedSpans), bytesPerSpan: Self.reservedBytesPerSpan)
                 }
-                state.head.append(contentsOf: batch)
+                Self.admit(batch, through: admission, into: &state.head)
             }
             return ticket
         }
@@ -238,6 +243,21 @@ public final class SpanStore: Sendable {
             return ticket
         }
         try waitUntilDurable(ticket)
+    }
+
+    /// Monotonic nanoseconds, the clock a sampler's waits run on.
+    public static func monotonicNow() -> UInt64 { DispatchTime.now().uptimeNanoseconds }
+
+    private static func admit(_ batch: SpanBatch, through admission: (any SpanAdmission)?, into head: inout SpanBatch) {
+        if let admission { admission.admit(batch, now: monotonicNow(), into: &head) } else { head.append(contentsOf: batch) }
+    }
+
+    /// Moves the spans of traces whose sampling decision came due into the head block.
+    public func releaseDecided() {
+        guard let admission else { return }
+        state.withLock { state in
+            admission.release(now: Self.monotonicNow(), into: &state.head)
+        }
     }
 
     private func waitUntilDurable(_ ticket: UInt64) throws(StoreError) {
@@ -271,13 +291,15 @@ public final class SpanStore: Sendable {
 
     /// Seals whatever the head block holds into a new segment, checkpoints the WAL
     /// follower, then drops the WAL files both cover. Does nothing when the current
-    /// WAL file holds no records.
-    public func seal() throws {
+    /// WAL file holds no records. Spans the sampler still holds are logged again in
+    /// the new WAL file first — or, with `decidingHeld` (at shutdown), decided now.
+    public func seal(decidingHeld: Bool = false) throws {
         try sealLock.withLock { _ in
-            typealias Taken = (batch: SpanBatch, sequence: UInt64, checkpoint: (@Sendable () throws -> Void)?)
+            typealias Taken = (batch: SpanBatch, sequence: UInt64, checkpoint: (@Sendable () throws -> Void)?, carried: Bool)
             let taken: Taken? = try wal.withLock { (log: inout WriteAheadLog?) throws -> Taken? in
                 guard let log else { throw StoreError.readOnly }
                 return try state.withLock { (state: inout State) throws -> Taken? in
+                    if decidingHeld { admission?.releaseAll(now: Self.monotonicNow(), into: &state.head) }
                     guard !state.head.isEmpty || log.fileSize > WriteAheadLog.fileMagic.count else { return nil }
                     let sequence = log.sequence
                     try log.rotate()
@@ -286,10 +308,21 @@ public final class SpanStore: Sendable {
                     state.head = SpanBatch()
                     state.headSince = nil
                     if !batch.isEmpty { state.sealing.append(batch) }
-                    return (batch, sequence, follower?.checkpoint(upTo: sequence))
+                    let carried = try carryHeldSpans(into: log)
+                    if carried { state.headSince = .now }
+                    return (batch, sequence, follower?.checkpoint(upTo: sequence), carried)
                 }
             }
-            guard let (batch, sequence, checkpoint) = taken else { return }
+            guard let (batch, sequence, checkpoint, carried) = taken else { return }
+            if carried {
+                // The carried spans must be durable before the file they came from goes.
+                let target = try wal.withLock { (log: inout WriteAheadLog?) throws(StoreError) in
+                    guard let log else { throw StoreError.readOnly }
+                    return try log.syncTarget()
+                }
+                defer { close(target.fd) }
+                try FileIO.sync(fd: target.fd, path: target.path)
+            }
             // The follower's checkpoint stands on its own: when the segment fails, the
             // WAL file stays and a restart replays it into the head block alone.
             var segmentError: (any Error)?
@@ -305,6 +338,22 @@ public final class SpanStore: Sendable {
             }
         }
     }
+
+    /// Logs the spans the sampler holds into the (new) WAL file, in records of at most
+    /// `heldSpansPerRecord` spans. Returns whether there were any.
+    private func carryHeldSpans(into log: WriteAheadLog) throws -> Bool {
+        guard let held = admission?.held(), !held.isEmpty else { return false }
+        var start = 0
+        while start < held.count {
+            let rows = Array(start..<min(held.count, start + Self.heldSpansPerRecord))
+            _ = try log.write(type: .heldSpans, body: try held.exportRequestBytes(rows: rows))
+            start += rows.count
+        }
+        return true
+    }
+
+    /// Spans per carried-forward WAL record (about 10 MiB of MeshSim spans).
+    static let heldSpansPerRecord = 20_000
 
     private func writeSegment(_ batch: SpanBatch, sequence: UInt64) throws {
         let path = segmentDirectory + "/" + Self.segmentFileName(prefix: "seg", sequence: sequence)

@@ -9,7 +9,7 @@ struct BenchCommand: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "meshtrace-bench",
         abstract: "Benchmarks of meshtrace; prints figures with their units.",
-        subcommands: [StorageBench.self, DecodeBench.self, GoldenBench.self])
+        subcommands: [StorageBench.self, DecodeBench.self, GoldenBench.self, SamplingBench.self])
 }
 
 /// Wall-clock and CPU time of a piece of work.
@@ -32,6 +32,20 @@ struct Measurement {
         getrusage(__rusage_who_t(RUSAGE_SELF.rawValue), &usage)
         return Double(usage.ru_utime.tv_sec) + Double(usage.ru_utime.tv_usec) / 1e6
             + Double(usage.ru_stime.tv_sec) + Double(usage.ru_stime.tv_usec) / 1e6
+    }
+}
+
+/// Resident set size of this process, in bytes.
+func residentBytes() -> Int {
+    let statm = (try? String(contentsOfFile: "/proc/self/statm", encoding: .utf8)) ?? ""
+    let pages = statm.split(separator: " ").dropFirst().first.flatMap { Int($0) } ?? 0
+    return pages * Int(sysconf(Int32(_SC_PAGESIZE)))
+}
+
+/// Gives the allocator's free lists back to the system, so resident memory is what stays held.
+func trimAllocator() {
+    if let trim = dlsym(nil, "malloc_trim") {
+        _ = unsafeBitCast(trim, to: (@convention(c) (Int) -> Int32).self)(0)
     }
 }
 

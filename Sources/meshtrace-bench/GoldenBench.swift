@@ -118,9 +118,7 @@ struct GoldenBench: ParsableCommand {
             try golden.rollUp()
         }
         // Give the allocator's free lists back to the system, so the figure is what stays held.
-        if let trim = dlsym(nil, "malloc_trim") {
-            _ = unsafeBitCast(trim, to: (@convention(c) (Int) -> Int32).self)(0)
-        }
+        trimAllocator()
         let resident = residentBytes() - residentBefore
         let bucketsHeld = golden.bucketsHeld
         print(String(format: "day of edges: %d edges, %d h of 10 s buckets, %d spans aggregated and written in %.1f s",
@@ -146,12 +144,5 @@ struct GoldenBench: ParsableCommand {
         }
         timeQuery("last \(hours) h on hour boundaries", start...(now - 1))
         timeQuery("last \(hours) h from an instant mid-bucket", (start + 1_234 * second + 5 * second)...(now - 1))
-    }
-
-    /// Resident set size of this process, in bytes.
-    private func residentBytes() -> Int {
-        let statm = (try? String(contentsOfFile: "/proc/self/statm", encoding: .utf8)) ?? ""
-        let pages = statm.split(separator: " ").dropFirst().first.flatMap { Int($0) } ?? 0
-        return pages * Int(sysconf(Int32(_SC_PAGESIZE)))
     }
 }

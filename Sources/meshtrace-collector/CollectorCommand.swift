@@ -72,6 +72,9 @@ struct CollectorCommand: AsyncParsableCommand {
     @Option(name: .long, help: "Bytes of request data held in flight at most, 4× each request's size; past it clients are told to retry (default 536870912).")
     var memoryBudget: Int?
 
+    @Option(name: .long, help: "Sampling policy file (docs/sampling.md); reloaded on SIGHUP and when it changes. Default: the built-in policy.")
+    var policy: String?
+
     @Option(name: .long, help: "Log level: trace, debug, info, notice, warning, error, critical (default info).")
     var logLevel: String?
 
@@ -96,6 +99,7 @@ struct CollectorCommand: AsyncParsableCommand {
             ("--max-grpc-message-bytes", "receivers.otlp_grpc.max_message_bytes", maxGrpcMessageBytes.map(String.init)),
             ("--memory-budget", "memory_budget_bytes", memoryBudget.map(String.init)),
             ("--log-level", "log_level", logLevel),
+            ("--policy", "sampling.policy", policy),
         ]
         return given.compactMap { flag, key, value in value.map { (flag, key, $0) } }
     }

@@ -11,7 +11,7 @@ struct MeshtraceCommand: AsyncParsableCommand {
             Exit codes: 0 ok (also an empty result), 1 usage error, \
             2 server or store error, 3 not found.
             """,
-        subcommands: [TraceCommand.self, TopologyCommand.self, SegmentsCommand.self, DemoCommand.self, LoadgenCommand.self])
+        subcommands: [TraceCommand.self, TopologyCommand.self, SegmentsCommand.self, DemoCommand.self, LoadgenCommand.self, PolicyCommand.self])
 
     /// Runs the command, mapping usage errors to exit code 1 as documented
     /// (ArgumentParser's own default is 64).

@@ -11,6 +11,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
 BIN = Path(os.environ.get("MESHTRACE_BIN", ROOT / ".build" / "debug"))
+KEEP_ALL = Path(__file__).resolve().parent / "keep_all.yaml"
 LISTEN = re.compile(r"^meshtrace-collector: (\S+) listening on (\S+)$")
 
 
@@ -20,6 +21,13 @@ class Collector:
     def __init__(self, data_dir, extra_args=()):
         self.data_dir = Path(data_dir)
         self.extra_args = list(extra_args)
+        # Tests not about sampling keep every trace; the others name their policy
+        # (or "--policy", "default" for the built-in one).
+        if "--policy" not in self.extra_args:
+            self.extra_args += ["--policy", str(KEEP_ALL)]
+        elif self.extra_args[self.extra_args.index("--policy") + 1] == "default":
+            at = self.extra_args.index("--policy")
+            del self.extra_args[at:at + 2]
         self.proc = None
         self.otlp_url = None
         self.otlp_grpc = None

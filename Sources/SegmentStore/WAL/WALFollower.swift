@@ -22,3 +22,18 @@ public protocol WALFollower: AnyObject, Sendable {
     /// before deleting the file; when it throws, the file stays.
     func checkpoint(upTo sequence: UInt64) -> @Sendable () throws -> Void
 }
+
+/// Decides which logged spans the head block keeps: a sampler. The store calls it
+/// under its lock, in log order, with monotonic nanoseconds for `now`; spans it
+/// holds undecided when a WAL file closes are logged again in the next file, so a
+/// crash loses none of them.
+public protocol SpanAdmission: AnyObject, Sendable {
+    /// Takes spans just logged (or replayed); appends to `kept` the spans decided to be kept.
+    func admit(_ batch: SpanBatch, now: UInt64, into kept: inout SpanBatch)
+    /// Appends to `kept` the spans of every trace whose decision came due.
+    func release(now: UInt64, into kept: inout SpanBatch)
+    /// Decides everything held, now (at shutdown).
+    func releaseAll(now: UInt64, into kept: inout SpanBatch)
+    /// The spans held undecided.
+    func held() -> SpanBatch
+}

@@ -29,6 +29,9 @@ final class WriteAheadLog {
         case traceExport = 1
         /// A protobuf-encoded OTLP `ExportMetricsServiceRequest`.
         case metricsExport = 2
+        /// Spans a sampler held undecided when the file before was closed, carried
+        /// forward (an `ExportTraceServiceRequest`); golden signals counted them already.
+        case heldSpans = 3
     }
 
     let directory: String

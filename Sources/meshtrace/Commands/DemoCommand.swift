@@ -6,6 +6,7 @@ import MeshCore
 import MeshSim
 import OTLPWire
 import QueryEngine
+import Sampling
 import SwiftProtobuf
 
 /// `meshtrace demo`: an embedded collector fed with simulated mesh traffic over real OTLP/HTTP.
@@ -54,6 +55,8 @@ struct DemoCommand: AsyncParsableCommand {
         configuration.otlpGRPC = nil
         configuration.zipkin = nil
         configuration.query = ListenAddress(host: "127.0.0.1", port: 0)
+        // The demo shows every trace it sent; `meshtrace policy test --sim` shows what a policy keeps.
+        configuration.sampling = .policy(try PolicyFile.parse(yaml: "policies: [{name: everything, type: always_sample}]", file: "<demo>"))
         var logger = Logger(label: "meshtrace.demo")
         logger.logLevel = .warning
         let server = CollectorServer(configuration: configuration, logger: logger)

@@ -1,0 +1,239 @@
+import MeshCore
+
+/// What the policies say of one trace.
+struct Verdict {
+    /// The lowest threshold any policy gave: the trace is kept when its randomness reaches it.
+    var threshold: Threshold = .never
+    /// A `drop` policy matched: the trace is not kept, whatever the threshold.
+    var dropped = false
+    /// The first top-level policy that gave `threshold`.
+    var policy: Int?
+}
+
+/// The mutable state of the policies that have some: rate windows, edges seen.
+struct PolicyState {
+    /// A window of one second over the spans a rate-limited policy matched, and the
+    /// threshold that holds it near its rate.
+    struct RateWindow {
+        var start: UInt64 = 0
+        var spans: Double = 0
+        /// Spans per second matched, smoothed over windows.
+        var observed: Double?
+        var threshold: Threshold = .always
+
+        mutating func threshold(for spans: Int, limit: Double, now: UInt64) -> Threshold {
+            if start == 0 { start = now }
+            let elapsed = now &- start
+            if elapsed >= 1_000_000_000 {
+                let rate = self.spans * 1e9 / Double(elapsed)
+                observed = observed.map { 0.5 * $0 + 0.5 * rate } ?? rate
+                threshold = Threshold(probability: min(1, limit / max(observed!, 1e-9)))
+                start = now
+                self.spans = 0
+            }
+            self.spans += Double(spans)
+            return threshold
+        }
+    }
+
+    var rates: [Int: RateWindow] = [:]
+    /// Per `new_edge` policy: how many traces each edge has been in.
+    var edgeCounts: [Int: [EdgeName: Int]] = [:]
+}
+
+/// Evaluates a policy file's policies over one trace.
+struct Evaluator {
+    let file: PolicyFile
+    /// Whether any policy needs the trace's spans (otherwise the trace id decides).
+    let readsContent: Bool
+    /// The quantiles `slow_for_edge` policies compare with.
+    let quantiles: Set<Double>
+    /// Each `and` policy's sub-policies, those that read only the trace id first.
+    let andOrder: [Int: [Policy]]
+
+    init(file: PolicyFile) {
+        self.file = file
+        readsContent = file.policies.contains { $0.readsContent || { if case .drop = $0.rule { return true } else { return false } }($0) }
+        var quantiles: Set<Double> = []
+        for policy in file.allPolicies {
+            if case let .slowForEdge(quantile, _) = policy.rule { quantiles.insert(quantile) }
+        }
+        self.quantiles = quantiles
+        var andOrder: [Int: [Policy]] = [:]
+        for policy in file.allPolicies {
+            if case let .and(children) = policy.rule {
+                andOrder[policy.slot] = children.filter { !$0.readsContent } + children.filter(\.readsContent)
+            }
+        }
+        self.andOrder = andOrder
+    }
+
+    /// The verdict of every policy on `trace`, whose randomness is `randomness`.
+    /// Policies after one that keeps with probability 1 are not asked (no threshold
+    /// is lower), except `drop` ones.
+    func evaluate(_ trace: TraceView, randomness: UInt64, state: inout PolicyState, edges: EdgeKnowledge, now: UInt64) -> Verdict {
+        var verdict = Verdict()
+        var context = Context(trace: trace, randomness: randomness, edges: edges, now: now)
+        for (index, policy) in file.policies.enumerated() {
+            if case .drop = policy.rule {
+                if evaluate(policy, &context, &state) < .never { verdict.dropped = true }
+                continue
+            }
+            guard verdict.threshold > .always else { continue }
+            let threshold = evaluate(policy, &context, &state)
+            if threshold < verdict.threshold {
+                verdict.threshold = threshold
+                verdict.policy = index
+            }
+        }
+        return verdict
+    }
+
+    /// What one evaluation reads, and the calls of the trace once found.
+    struct Context {
+        let trace: TraceView
+        let randomness: UInt64
+        let edges: EdgeKnowledge
+        let now: UInt64
+        var calls: [Call]?
+
+        mutating func allCalls() -> [Call] {
+            if let calls { return calls }
+            let found = trace.calls
+            calls = found
+            return found
+        }
+    }
+
+    /// The threshold `policy` gives the trace (`.never` when it does not keep it; for
+    /// `drop`, anything else when all its sub-policies match).
+    private func evaluate(_ policy: Policy, _ context: inout Context, _ state: inout PolicyState) -> Threshold {
+        func when(_ condition: Bool) -> Threshold { condition ? .always : .never }
+        let trace = context.trace
+        let edges = context.edges
+        let now = context.now
+        switch policy.rule {
+        case .alwaysSample:
+            return .always
+        case .probabilistic(let threshold):
+            return threshold
+        case .latency(let threshold, let upper):
+            let duration = trace.duration
+            return when(duration >= threshold && upper.map { duration < $0 } ?? true)
+        case .statusCode(let codes):
+            return when(trace.hasStatus(in: codes))
+        case .numericAttribute(let key, let min, let max, let invert):
+            let found: Bool
+            if Self.httpStatusKeys.contains(key) {
+                // The decoder took these into a column, as integers or decimal text.
+                found = trace.httpStatus(in: min...max)
+            } else {
+                found = trace.anyAttribute(Array(key.utf8)) { value in
+                    if let number = value.integer { return (min...max).contains(number) }
+                    if let number = value.double { return Double(min) <= number && number <= Double(max) }
+                    return false
+                }
+            }
+            return when(found != invert)
+        case .stringAttribute(let key, let values, let patterns, let invert):
+            let found = trace.anyAttribute(Array(key.utf8)) { value in
+                guard let text = value.string else { return false }
+                return values.contains(text) || patterns.contains { $0.matches(text) }
+            }
+            return when(found != invert)
+        case .booleanAttribute(let key, let expected, let invert):
+            return when(trace.anyAttribute(Array(key.utf8)) { $0.bool == expected } != invert)
+        case .rateLimiting(let limit):
+            return state.rates[policy.slot, default: .init()].threshold(for: trace.spanCount, limit: limit, now: now)
+        case .spanCount(let min, let max):
+            return when((min...max).contains(trace.spanCount))
+        case .traceState(let key, let values):
+            let wanted = Set(values.map { "\(key)=\($0)" })
+            return when(trace.traceStates.contains { state in
+                state.split(separator: ",").contains { wanted.contains($0.trimmingCharacters(in: .whitespaces)) }
+            })
+        case .and(let children):
+            // Those that read only the trace id first: when they cannot keep it, the rest need not look.
+            var threshold = Threshold.always
+            for child in andOrder[policy.slot] ?? children {
+                threshold = Swift.max(threshold, evaluate(child, &context, &state))
+                if !threshold.keeps(context.randomness) { return .never }
+            }
+            return threshold
+        case .drop(let children):
+            for child in children where evaluate(child, &context, &state) == .never { return .never }
+            return .always
+        case .composite(let limit, let children):
+            var threshold = Threshold.never
+            for (index, child) in children.enumerated() {
+                let own = evaluate(child.policy, &context, &state)
+                guard own < .never else { continue }
+                let key = policy.slot << 8 | index
+                let share = state.rates[key, default: .init()].threshold(for: trace.spanCount, limit: limit * child.share, now: now)
+                threshold = Swift.min(threshold, Swift.max(own, share))
+            }
+            return threshold
+        case .edge(let caller, let callee):
+            return when(context.allCalls().contains { call in
+                (caller == "*" || call.edge.caller == caller) && (callee == "*" || call.edge.callee == callee)
+            })
+        case .newEdge(let perEdge, let maxEdges):
+            if state.edgeCounts[policy.slot] == nil {
+                state.edgeCounts[policy.slot] = Dictionary(uniqueKeysWithValues: edges.known.map { ($0, perEdge) })
+            }
+            var isNew = false
+            let calls = context.allCalls()
+            for (position, call) in calls.enumerated() where !calls[..<position].contains(where: { $0.edge == call.edge }) {
+                // Counted in place: the table is not copied per trace.
+                state.edgeCounts[policy.slot]!.withCount(of: call.edge, limit: maxEdges) { count in
+                    if count < perEdge {
+                        isNew = true
+                        count += 1
+                    }
+                }
+            }
+            return when(isNew)
+        case .slowForEdge(let quantile, let scope):
+            guard let table = edges.quantiles[quantile] else { return .never }
+            func slow(_ call: Call) -> Bool {
+                guard let latency = table[call.edge], let bound = call.serverSide ? latency.server : latency.client else { return false }
+                return call.duration > bound
+            }
+            switch scope {
+            case .root: return when(trace.entryCall.map(slow) ?? false)
+            case .any: return when(context.allCalls().contains(where: slow))
+            }
+        case .plaintext:
+            return when(trace.hasPlaintext)
+        }
+    }
+
+    private static let httpStatusKeys: Set<String> = ["http.response.status_code", "http.status_code"]
+}
+
+/// What the golden signals say of the mesh's edges, as of the last refresh.
+public struct EdgeKnowledge: Sendable {
+    /// Per quantile asked for (0.99, say): each edge's live latency at it.
+    public var quantiles: [Double: [EdgeName: EdgeLatency]] = [:]
+    /// Edges that carried traffic before the sampler started.
+    public var known: Set<EdgeName> = []
+
+    public init(quantiles: [Double: [EdgeName: EdgeLatency]] = [:], known: Set<EdgeName> = []) {
+        self.quantiles = quantiles
+        self.known = known
+    }
+}
+
+extension Dictionary where Key == EdgeName, Value == Int {
+    /// Runs `update` on the count of `edge` in place (a new edge starts at 0, while
+    /// fewer than `limit` edges are known; past that, new edges count as seen).
+    mutating func withCount(of edge: EdgeName, limit: Int, _ update: (inout Int) -> Void) {
+        if let index = index(forKey: edge) {
+            update(&values[index])
+        } else if count < limit {
+            var count = 0
+            update(&count)
+            self[edge] = count
+        }
+    }
+}

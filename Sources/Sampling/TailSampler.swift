@@ -1,0 +1,496 @@
+import Foundation
+import MeshCore
+import SegmentStore
+import Synchronization
+
+/// The tail sampler: holds each trace's spans until its decision is due, then keeps
+/// or drops the trace whole by the policy file.
+///
+/// A trace is decided `decision_wait` after its first span arrives, or `root_wait`
+/// after its root span does, whichever comes first; at once when it reaches
+/// `max_spans_per_trace`; and oldest first when the buffer is over its byte budget
+/// or its trace limit. Spans arriving after their trace was decided follow the
+/// decision, from a bounded cache. When no policy reads a trace's content, the
+/// trace id alone decides and nothing waits.
+///
+/// Kept spans carry the probability they were kept with: their `tracestate`'s `ot`
+/// entry gets the trace's threshold, and any explicit randomness (`rv`) stays. A span
+/// kept with probability 1 and no threshold of its own is stored as it came (no `th`
+/// means an adjusted count of 1). A threshold an upstream head sampler wrote is
+/// honoured: the stored threshold is the higher of the two.
+public final class TailSampler: Sendable {
+    /// What the sampler has done since it started.
+    public struct Statistics: Sendable, Equatable {
+        public var spansReceived: UInt64 = 0
+        public var spansKept: UInt64 = 0
+        public var spansDropped: UInt64 = 0
+        public var tracesKept: UInt64 = 0
+        public var tracesDropped: UInt64 = 0
+        /// Decisions made `decision_wait` after the first span.
+        public var decidedAtWait: UInt64 = 0
+        /// Decisions made `root_wait` after the root span.
+        public var decidedAtRoot: UInt64 = 0
+        /// Decisions forced early because the buffer was over its byte budget.
+        public var forcedByBytes: UInt64 = 0
+        /// Decisions forced early because the buffer held `num_traces` traces.
+        public var forcedByTraces: UInt64 = 0
+        /// Traces decided at once on reaching `max_spans_per_trace`.
+        public var forcedBySize: UInt64 = 0
+        /// Decided at shutdown, before their time.
+        public var forcedAtShutdown: UInt64 = 0
+        /// Spans that arrived after their trace's decision and followed it.
+        public var lateSpansKept: UInt64 = 0
+        public var lateSpansDropped: UInt64 = 0
+        /// Decisions made when the trace id alone decides.
+        public var decidedByTraceID: UInt64 = 0
+        /// Traces kept, by the top-level policy whose threshold kept them.
+        public var keptByPolicy: [String: UInt64] = [:]
+        /// Spans of those traces, by the same policy.
+        public var spansKeptByPolicy: [String: UInt64] = [:]
+        /// Traces and bytes held undecided now.
+        public var openTraces = 0
+        public var heldBytes = 0
+        public var maxHeldBytes = 0
+    }
+
+    /// A span held: the batch it arrived in (by chunk number) and its row there.
+    private struct Held {
+        var chunk: Int32
+        var row: Int32
+    }
+
+    private struct OpenTrace {
+        var traceID: TraceID
+        var spans: [Held] = []
+        var deadline: UInt64
+        var generation: UInt32
+        var rootSeen = false
+    }
+
+    /// A batch as it arrived, held while any of its spans waits for a decision.
+    private struct Chunk {
+        var batch: SharedBatch
+        /// Spans of it still waiting.
+        var waiting: Int
+        /// What holding it costs, counted until it is released whole.
+        var bytes: Int
+    }
+
+    private struct Due {
+        var slot: Int32
+        var generation: UInt32
+        var deadline: UInt64
+    }
+
+    /// A FIFO of deadlines, each added no earlier than the one before.
+    private struct DeadlineQueue {
+        var items: [Due] = []
+        var head = 0
+
+        var isEmpty: Bool { head == items.count }
+        var first: Due? { isEmpty ? nil : items[head] }
+
+        mutating func push(_ due: Due) { items.append(due) }
+
+        mutating func pop() {
+            head += 1
+            if head >= 4096 && head * 2 >= items.count {
+                items.removeFirst(head)
+                head = 0
+            }
+        }
+
+        var bytes: Int { items.capacity * MemoryLayout<Due>.stride }
+    }
+
+    private struct CachedDecision {
+        var keep: Bool
+        var threshold: Threshold
+    }
+
+    private struct State {
+        var file: PolicyFile
+        var evaluator: Evaluator
+        var policyState = PolicyState()
+        var edges = EdgeKnowledge()
+
+        /// Batches holding waiting spans; chunk number `n` is `chunks[n - firstChunk]`.
+        var chunks: [Chunk?] = []
+        var firstChunk = 0
+        var chunkBytes = 0
+        var index: [TraceID: Int32] = [:]
+        var slots: [OpenTrace] = []
+        var freeSlots: [Int32] = []
+        var byArrival = DeadlineQueue()
+        var byRoot = DeadlineQueue()
+        /// Spans waiting, and the bytes they would take alone.
+        var waitingSpans = 0
+
+        var cache: [TraceID: CachedDecision] = [:]
+        var cacheOrder: [TraceID] = []
+        var cacheNext = 0
+
+        var statistics = Statistics()
+        var scratch: [UInt8] = []
+    }
+
+    /// Bytes charged per span besides its attributes and extras: the fixed-width
+    /// columns, offsets and name of its batch, and its place in its trace's list.
+    static let bytesPerSpan = 152
+    /// Bytes charged per open trace: its slot, index entry and queue entries.
+    static let bytesPerTrace = 160
+
+    private let state: Mutex<State>
+
+    public init(policy: PolicyFile) {
+        state = Mutex(State(file: policy, evaluator: Evaluator(file: policy)))
+    }
+
+    /// The policy file in force.
+    public var policy: PolicyFile { state.withLock { $0.file } }
+
+    /// Puts `policy` in force for every decision from now on, traces already held included.
+    public func replace(policy: PolicyFile) {
+        state.withLock { state in
+            state.file = policy
+            state.evaluator = Evaluator(file: policy)
+            state.policyState = PolicyState()
+        }
+    }
+
+    /// The quantiles `slow_for_edge` policies ask the golden signals for.
+    public var edgeQuantiles: Set<Double> { state.withLock { $0.evaluator.quantiles } }
+
+    /// Updates what the sampler knows of the mesh's edges.
+    public func update(edges: EdgeKnowledge) {
+        state.withLock { $0.edges = edges }
+    }
+
+    public var statistics: Statistics {
+        state.withLock { state in
+            var statistics = state.statistics
+            statistics.openTraces = state.index.count
+            statistics.heldBytes = Self.heldBytes(state)
+            return statistics
+        }
+    }
+
+    /// Takes spans just received; appends to `kept` those whose trace is already
+    /// decided to be kept, and every trace that came due (`now`: monotonic nanoseconds).
+    public func admit(_ batch: SpanBatch, now: UInt64, into kept: inout SpanBatch) {
+        state.withLock { state in
+            state.statistics.spansReceived += UInt64(batch.count)
+            if !state.evaluator.readsContent {
+                Self.decideByTraceID(batch, &state, into: &kept)
+            } else {
+                Self.hold(batch, now: now, &state, into: &kept)
+                Self.enforceBounds(&state, now: now, into: &kept)
+            }
+            Self.release(&state, now: now, into: &kept)
+        }
+    }
+
+    /// Appends to `kept` every trace whose decision came due by `now`.
+    public func release(now: UInt64, into kept: inout SpanBatch) {
+        state.withLock { state in Self.release(&state, now: now, into: &kept) }
+    }
+
+    /// Decides every trace held, now (at shutdown), appending the kept ones to `kept`.
+    public func releaseAll(now: UInt64, into kept: inout SpanBatch) {
+        state.withLock { state in
+            while let due = state.byArrival.first {
+                state.byArrival.pop()
+                if Self.decide(due, &state, now: now, into: &kept) { state.statistics.forcedAtShutdown += 1 }
+            }
+            state.byRoot = DeadlineQueue()
+        }
+    }
+
+    /// The spans held undecided, in arrival order of their traces.
+    public func held() -> SpanBatch {
+        state.withLock { state in
+            var batch = SpanBatch()
+            for due in state.byArrival.items[state.byArrival.head...] {
+                let trace = state.slots[Int(due.slot)]
+                guard trace.generation == due.generation, state.index[trace.traceID] == due.slot else { continue }
+                let view = Self.view(of: trace, state)
+                for (part, spans) in Dictionary(grouping: view.spans, by: \.part).sorted(by: { $0.key < $1.key }) {
+                    batch.append(contentsOf: view.shared[part].batch, rows: spans.map(\.row))
+                }
+            }
+            return batch
+        }
+    }
+
+    // MARK: Holding
+
+    private static func decideByTraceID(_ batch: SpanBatch, _ state: inout State, into kept: inout SpanBatch) {
+        var spans: [SpanRef] = []
+        var thresholds: [Threshold] = []
+        let verdict = state.evaluator.evaluate(
+            TraceView(batch: batch, rows: []), randomness: 0, state: &state.policyState, edges: state.edges, now: 0)
+        for row in 0..<batch.count {
+            let (randomness, upstream) = Self.randomness(batch, row: row)
+            guard !verdict.dropped, verdict.threshold.keeps(randomness) else { continue }
+            spans.append(SpanRef(part: 0, row: row))
+            thresholds.append(max(verdict.threshold, upstream ?? .always))
+        }
+        state.statistics.decidedByTraceID += UInt64(batch.count)
+        state.statistics.spansKept += UInt64(spans.count)
+        state.statistics.spansDropped += UInt64(batch.count - spans.count)
+        append(TraceView(parts: [SharedBatch(batch)], spans: spans), thresholds: thresholds, &state, into: &kept)
+    }
+
+    private static func nanoseconds(_ duration: Duration) -> UInt64 {
+        UInt64(duration.components.seconds) * 1_000_000_000 + UInt64(duration.components.attoseconds / 1_000_000_000)
+    }
+
+    private static func hold(_ batch: SpanBatch, now: UInt64, _ state: inout State, into kept: inout SpanBatch) {
+        let wait = nanoseconds(state.file.decisionWait)
+        let rootWait = nanoseconds(state.file.rootWait)
+        let chunk = Int32(state.firstChunk + state.chunks.count)
+        var waiting = 0
+        var late: [SpanRef] = []
+        var lateThresholds: [Threshold] = []
+        for row in 0..<batch.count {
+            let traceID = batch.traceIDs[row]
+            let isRoot = batch.parentSpanIDs[row] == .zero
+            if let slot = state.index[traceID] {
+                waiting += 1
+                state.slots[Int(slot)].spans.append(Held(chunk: chunk, row: Int32(row)))
+                if isRoot && !state.slots[Int(slot)].rootSeen {
+                    state.slots[Int(slot)].rootSeen = true
+                    state.byRoot.push(Due(slot: slot, generation: state.slots[Int(slot)].generation, deadline: now + rootWait))
+                }
+                continue
+            }
+            if let cached = state.cache[traceID] {
+                if cached.keep {
+                    late.append(SpanRef(part: 0, row: row))
+                    lateThresholds.append(cached.threshold)
+                    state.statistics.lateSpansKept += 1
+                    state.statistics.spansKept += 1
+                } else {
+                    state.statistics.lateSpansDropped += 1
+                    state.statistics.spansDropped += 1
+                }
+                continue
+            }
+            // A new trace.
+            waiting += 1
+            let slot: Int32
+            var generation: UInt32 = 0
+            if let free = state.freeSlots.popLast() {
+                slot = free
+                generation = state.slots[Int(slot)].generation &+ 1
+            } else {
+                slot = Int32(state.slots.count)
+                state.slots.append(OpenTrace(traceID: traceID, deadline: 0, generation: 0))
+            }
+            var trace = OpenTrace(traceID: traceID, deadline: now + wait, generation: generation)
+            trace.spans.reserveCapacity(4)
+            trace.spans.append(Held(chunk: chunk, row: Int32(row)))
+            state.index[traceID] = slot
+            state.byArrival.push(Due(slot: slot, generation: generation, deadline: now + wait))
+            if isRoot {
+                trace.rootSeen = true
+                state.byRoot.push(Due(slot: slot, generation: generation, deadline: now + rootWait))
+            }
+            state.slots[Int(slot)] = trace
+        }
+        if waiting > 0 {
+            let bytes = batch.count * bytesPerSpan + batch.attributes.bytes.count + batch.extras.bytes.count
+            state.chunks.append(Chunk(batch: SharedBatch(batch), waiting: waiting, bytes: bytes))
+            state.chunkBytes += bytes
+            state.waitingSpans += waiting
+        }
+        if !late.isEmpty { append(TraceView(parts: [SharedBatch(batch)], spans: late), thresholds: lateThresholds, &state, into: &kept) }
+        // Traces that reached their size cap are decided at once.
+        let cap = state.file.maxSpansPerTrace
+        if waiting > 0 {
+            var capped: [Int32] = []
+            for row in 0..<batch.count {
+                if let slot = state.index[batch.traceIDs[row]], state.slots[Int(slot)].spans.count >= cap, !capped.contains(slot) {
+                    capped.append(slot)
+                }
+            }
+            for slot in capped {
+                let trace = state.slots[Int(slot)]
+                if decide(Due(slot: slot, generation: trace.generation, deadline: now), &state, now: now, into: &kept) {
+                    state.statistics.forcedBySize += 1
+                }
+            }
+        }
+    }
+
+    /// Decides the oldest traces while the buffer is over its byte budget or trace limit.
+    private static func enforceBounds(_ state: inout State, now: UInt64, into kept: inout SpanBatch) {
+        let budget = state.file.maxBufferBytes
+        if heldBytes(state) > budget || state.index.count > state.file.maxTraces {
+            // Down to a margin below the bounds, so that this is not done for every request.
+            let bytesTarget = budget * 3 / 4
+            let tracesTarget = state.file.maxTraces - state.file.maxTraces / 8
+            while let due = state.byArrival.first, heldBytes(state) > bytesTarget || state.index.count > tracesTarget {
+                state.byArrival.pop()
+                let byBytes = heldBytes(state) > bytesTarget
+                if decide(due, &state, now: now, into: &kept) {
+                    if byBytes { state.statistics.forcedByBytes += 1 } else { state.statistics.forcedByTraces += 1 }
+                }
+            }
+        }
+        state.statistics.maxHeldBytes = max(state.statistics.maxHeldBytes, heldBytes(state))
+    }
+
+    /// Bytes the buffer holds: the batches its waiting spans arrived in (whole, until
+    /// none of their spans waits), its open traces, their span lists and its queues.
+    private static func heldBytes(_ state: State) -> Int {
+        state.chunkBytes + state.byArrival.bytes + state.byRoot.bytes
+            + state.index.count * bytesPerTrace + state.chunks.capacity * MemoryLayout<Chunk?>.stride
+            + state.index.capacity * (MemoryLayout<TraceID>.stride + MemoryLayout<Int32>.stride + 1)
+            + state.slots.capacity * MemoryLayout<OpenTrace>.stride
+    }
+
+    private static func release(_ state: inout State, now: UInt64, into kept: inout SpanBatch) {
+        while let due = state.byRoot.first, due.deadline <= now {
+            state.byRoot.pop()
+            if decide(due, &state, now: now, into: &kept) { state.statistics.decidedAtRoot += 1 }
+        }
+        while let due = state.byArrival.first, due.deadline <= now {
+            state.byArrival.pop()
+            if decide(due, &state, now: now, into: &kept) { state.statistics.decidedAtWait += 1 }
+        }
+    }
+
+    /// The trace's spans where they lie: one part per batch they arrived in.
+    private static func view(of trace: OpenTrace, _ state: State) -> TraceView {
+        var parts: [SharedBatch] = []
+        var partOf: [Int32] = []
+        var spans: [SpanRef] = []
+        spans.reserveCapacity(trace.spans.count)
+        for held in trace.spans {
+            let part: Int
+            if let last = partOf.last, last == held.chunk {
+                part = partOf.count - 1
+            } else if let known = partOf.firstIndex(of: held.chunk) {
+                part = known
+            } else {
+                partOf.append(held.chunk)
+                parts.append(state.chunks[Int(held.chunk) - state.firstChunk]!.batch)
+                part = parts.count - 1
+            }
+            spans.append(SpanRef(part: part, row: Int(held.row)))
+        }
+        return TraceView(parts: parts, spans: spans)
+    }
+
+    /// Decides the trace `due` names, unless it was decided already. Returns whether it decided.
+    private static func decide(_ due: Due, _ state: inout State, now: UInt64, into kept: inout SpanBatch) -> Bool {
+        let trace = state.slots[Int(due.slot)]
+        guard trace.generation == due.generation, state.index[trace.traceID] == due.slot else { return false }
+        let view = view(of: trace, state)
+        let (randomness, upstream) = Self.randomness(view)
+        let verdict = state.evaluator.evaluate(view, randomness: randomness, state: &state.policyState, edges: state.edges, now: now)
+        let keep = !verdict.dropped && verdict.threshold.keeps(randomness)
+        let threshold = max(verdict.threshold, upstream ?? .always)
+        let count = trace.spans.count
+        if keep {
+            append(view, thresholds: Array(repeating: threshold, count: count), &state, into: &kept)
+            state.statistics.tracesKept += 1
+            state.statistics.spansKept += UInt64(count)
+            if let policy = verdict.policy {
+                let name = state.file.policies[policy].name
+                state.statistics.keptByPolicy[name, default: 0] += 1
+                state.statistics.spansKeptByPolicy[name, default: 0] += UInt64(count)
+            }
+        } else {
+            state.statistics.tracesDropped += 1
+            state.statistics.spansDropped += UInt64(count)
+        }
+        remember(trace.traceID, CachedDecision(keep: keep, threshold: threshold), &state)
+        state.index[trace.traceID] = nil
+        state.slots[Int(due.slot)].spans = []
+        state.freeSlots.append(due.slot)
+        state.waitingSpans -= count
+        for held in trace.spans {
+            let position = Int(held.chunk) - state.firstChunk
+            state.chunks[position]!.waiting -= 1
+            if state.chunks[position]!.waiting == 0 {
+                state.chunkBytes -= state.chunks[position]!.bytes
+                state.chunks[position] = nil
+            }
+        }
+        // Chunks are released from the front as their last span is decided.
+        var released = 0
+        while released < state.chunks.count && state.chunks[released] == nil { released += 1 }
+        if released > 0 && (released >= 64 || released == state.chunks.count) {
+            state.chunks.removeFirst(released)
+            state.firstChunk += released
+        }
+        return true
+    }
+
+    private static func remember(_ traceID: TraceID, _ decision: CachedDecision, _ state: inout State) {
+        let capacity = state.file.decisionCacheSize
+        guard capacity > 0 else { return }
+        if state.cacheOrder.count < capacity {
+            state.cacheOrder.append(traceID)
+        } else {
+            state.cache[state.cacheOrder[state.cacheNext]] = nil
+            state.cacheOrder[state.cacheNext] = traceID
+            state.cacheNext = (state.cacheNext + 1) % capacity
+        }
+        state.cache[traceID] = decision
+    }
+
+    // MARK: Randomness and thresholds
+
+    /// The trace's randomness (explicit `rv`, else its trace id's 56 low bits) and the
+    /// threshold an upstream sampler recorded, from the `ot` entries of its spans.
+    private static func randomness(_ trace: TraceView) -> (UInt64, Threshold?) {
+        var randomness: UInt64?
+        var upstream: Threshold?
+        for span in trace.spans {
+            guard let traceState = TraceStateField.read(trace.extras(span)), traceState.contains("ot=") else { continue }
+            let ot = OTelTraceState(traceState: traceState)
+            randomness = randomness ?? ot.randomness
+            if let threshold = ot.threshold { upstream = max(upstream ?? .always, threshold) }
+        }
+        guard let first = trace.spans.first else { return (0, upstream) }
+        return (randomness ?? trace.shared[first.part].batch.traceIDs[first.row].randomness, upstream)
+    }
+
+    private static func randomness(_ batch: SpanBatch, row: Int) -> (UInt64, Threshold?) {
+        guard let traceState = TraceStateField.read(batch.extras[row]), traceState.contains("ot=") else {
+            return (batch.traceIDs[row].randomness, nil)
+        }
+        let ot = OTelTraceState(traceState: traceState)
+        return (ot.randomness ?? batch.traceIDs[row].randomness, ot.threshold)
+    }
+
+    /// Appends the spans of `trace` to `kept`, each with its `tracestate` recording its threshold.
+    private static func append(_ trace: TraceView, thresholds: [Threshold], _ state: inout State, into kept: inout SpanBatch) {
+        var resourceMap: [SpanRef: UInt32] = [:]
+        var scopeMap: [SpanRef: UInt32] = [:]
+        for (offset, span) in trace.spans.enumerated() {
+            let shared = trace.shared[span.part]
+            let old = shared.batch.extras[span.row]
+            let traceState = TraceStateField.read(old) ?? ""
+            var ot = OTelTraceState(traceState: traceState)
+            // A span whose tracestate already says its threshold (none says probability 1) stays as it came.
+            let unchanged = (ot.threshold ?? .always) == thresholds[offset]
+            if !unchanged {
+                ot.threshold = thresholds[offset]
+                TraceStateField.replace(in: old, with: ot.applied(to: traceState), into: &state.scratch)
+            }
+            let resourceKey = SpanRef(part: span.part, row: Int(shared.batch.resourceIndices[span.row]))
+            let scopeKey = SpanRef(part: span.part, row: Int(shared.batch.scopeIndices[span.row]))
+            let resource = resourceMap[resourceKey] ?? kept.intern(resource: shared.batch.resources[resourceKey.row])
+            let scope = scopeMap[scopeKey] ?? kept.intern(scope: shared.batch.scopes[scopeKey.row])
+            resourceMap[resourceKey] = resource
+            scopeMap[scopeKey] = scope
+            kept.append(row: span.row, of: shared.batch, resourceIndex: resource, scopeIndex: scope, extras: unchanged ? nil : state.scratch[...])
+        }
+    }
+}
+
+extension TailSampler: SpanAdmission {}

@@ -1,0 +1,341 @@
+import Foundation
+import MeshCore
+
+/// A call between two workloads, named by `service.name`. The entry call has the
+/// caller `user`; a caller outside the trace is `unknown`; a callee without a
+/// sidecar is named from the CLIENT span's peer attributes.
+public struct EdgeName: Hashable, Sendable, CustomStringConvertible {
+    public var caller: String
+    public var callee: String
+
+    public init(caller: String, callee: String) {
+        self.caller = caller
+        self.callee = callee
+    }
+
+    public var description: String { "\(caller) → \(callee)" }
+}
+
+/// The live latency quantile of an edge, as seen from each side.
+public struct EdgeLatency: Sendable, Equatable {
+    /// Nanoseconds: the SERVER span's duration, for calls whose callee reported one.
+    public var server: UInt64?
+    /// Nanoseconds: the CLIENT span's duration, for calls to an uninstrumented callee.
+    public var client: UInt64?
+
+    public init(server: UInt64? = nil, client: UInt64? = nil) {
+        self.server = server
+        self.client = client
+    }
+}
+
+/// One call found in a trace.
+struct Call {
+    var edge: EdgeName
+    /// The duration to compare with the edge's quantile, and which side measured it.
+    var duration: UInt64
+    var serverSide: Bool
+}
+
+/// One span of a trace: a row of one of the trace view's batches.
+struct SpanRef: Hashable {
+    var part: Int
+    var row: Int
+}
+
+/// A batch of spans shared by reference: a trace view lists the batches its spans
+/// lie in without copying each batch's columns.
+final class SharedBatch: @unchecked Sendable {
+    let batch: SpanBatch
+
+    init(_ batch: SpanBatch) { self.batch = batch }
+}
+
+/// The spans of one trace, read where they lie: rows of the batches they arrived in.
+struct TraceView {
+    let shared: [SharedBatch]
+    let spans: [SpanRef]
+
+    init(parts: [SharedBatch], spans: [SpanRef]) {
+        shared = parts
+        self.spans = spans
+    }
+
+    /// Rows of one batch.
+    init(batch: SpanBatch, rows: [Int]) {
+        shared = [SharedBatch(batch)]
+        spans = rows.map { SpanRef(part: 0, row: $0) }
+    }
+
+
+    var spanCount: Int { spans.count }
+
+    @inline(__always) func kind(_ span: SpanRef) -> SpanKind { shared[span.part].batch.kinds[span.row] }
+    @inline(__always) func spanID(_ span: SpanRef) -> SpanID { shared[span.part].batch.spanIDs[span.row] }
+    @inline(__always) func parentID(_ span: SpanRef) -> SpanID { shared[span.part].batch.parentSpanIDs[span.row] }
+    // Read field by field: calling a SpanBatch method here would copy the batch.
+    @inline(__always) func service(_ span: SpanRef) -> String {
+        let part = shared[span.part]
+        return part.batch.resources[Int(part.batch.resourceIndices[span.row])].serviceName
+    }
+
+    @inline(__always) func duration(_ span: SpanRef) -> UInt64 {
+        let part = shared[span.part]
+        let start = part.batch.startTimes[span.row]
+        let end = part.batch.endTimes[span.row]
+        return end > start ? end - start : 0
+    }
+    @inline(__always) func attributes(_ span: SpanRef) -> ArraySlice<UInt8> { shared[span.part].batch.attributes[span.row] }
+    @inline(__always) func extras(_ span: SpanRef) -> ArraySlice<UInt8> { shared[span.part].batch.extras[span.row] }
+
+    /// From the first span's start to the last span's end.
+    var duration: UInt64 {
+        var first = UInt64.max
+        var last: UInt64 = 0
+        for span in spans {
+            first = min(first, shared[span.part].batch.startTimes[span.row])
+            last = max(last, shared[span.part].batch.endTimes[span.row])
+        }
+        return last > first ? last - first : 0
+    }
+
+    func hasStatus(in codes: Set<StatusCode>) -> Bool {
+        spans.contains { codes.contains(shared[$0.part].batch.statusCodes[$0.row]) }
+    }
+
+    /// Whether any span's (or its resource's) attribute `key` satisfies `test`.
+    func anyAttribute(_ key: [UInt8], _ test: (AttributeValue) -> Bool) -> Bool {
+        var resourcesSeen: Set<SpanRef> = []
+        for span in spans {
+            if AttributeValue.find(key, in: attributes(span), test) { return true }
+            let resource = Int(shared[span.part].batch.resourceIndices[span.row])
+            if resourcesSeen.insert(SpanRef(part: span.part, row: resource)).inserted,
+               AttributeValue.find(key, inResourceSpans: shared[span.part].batch.resources[resource].encoded, test) { return true }
+        }
+        return false
+    }
+
+    /// The HTTP status codes the decoder took from the spans' attributes (0 when none).
+    func httpStatus(in range: ClosedRange<Int64>) -> Bool {
+        spans.contains { span in
+            let code = shared[span.part].batch.httpStatusCodes[span.row]
+            return code != 0 && range.contains(Int64(code))
+        }
+    }
+
+    /// Whether a span's traffic went without TLS: Istio's `connection_security_policy`
+    /// of `none`, or `tls.established` false.
+    var hasPlaintext: Bool {
+        spans.contains { span in
+            AttributeValue.find(Self.securityPolicyKey, in: attributes(span)) { $0.string == "none" }
+                || AttributeValue.find(Self.tlsEstablishedKey, in: attributes(span)) { $0.bool == false }
+        }
+    }
+
+    private static let securityPolicyKey = Array("connection_security_policy".utf8)
+    private static let tlsEstablishedKey = Array("tls.established".utf8)
+
+    /// The `tracestate` of each span, where it has one.
+    var traceStates: [String] {
+        spans.compactMap { TraceStateField.read(extras($0)) }.filter { !$0.isEmpty }
+    }
+
+    /// The trace's root span: the first without a parent.
+    var root: SpanRef? { spans.first { parentID($0) == .zero } }
+
+    /// The call the request entered by: the root span, as a call from `user`.
+    var entryCall: Call? {
+        guard let root else { return nil }
+        switch kind(root) {
+        case .client:
+            return Call(edge: EdgeName(caller: service(root), callee: peerName(root)), duration: duration(root), serverSide: false)
+        default:
+            return Call(edge: EdgeName(caller: "user", callee: service(root)), duration: duration(root), serverSide: true)
+        }
+    }
+
+    /// The span whose id is `id`; found by a scan in small traces, by a table in large ones.
+    private func finder() -> (SpanID) -> SpanRef? {
+        if spans.count <= 48 {
+            return { id in spans.first { spanID($0) == id } }
+        }
+        var byID: [SpanID: SpanRef] = [:]
+        byID.reserveCapacity(spans.count)
+        for span in spans { byID[spanID(span)] = span }
+        return { byID[$0] }
+    }
+
+    /// Every call in the trace: each SERVER span (its caller is the CLIENT span it is a
+    /// child of, when that is in the trace), and each CLIENT span no SERVER span answered.
+    var calls: [Call] {
+        let find = finder()
+        var answered: Set<SpanID> = []
+        var result: [Call] = []
+        for span in spans where kind(span) == .server {
+            let parentID = parentID(span)
+            let caller: String
+            if parentID == .zero {
+                caller = "user"
+            } else if let parent = find(parentID), kind(parent) == .client {
+                caller = service(parent)
+                answered.insert(parentID)
+            } else {
+                caller = "unknown"
+            }
+            result.append(Call(edge: EdgeName(caller: caller, callee: service(span)), duration: duration(span), serverSide: true))
+        }
+        for span in spans where kind(span) == .client && !answered.contains(spanID(span)) {
+            result.append(Call(edge: EdgeName(caller: service(span), callee: peerName(span)), duration: duration(span), serverSide: false))
+        }
+        return result
+    }
+
+    /// The callee a CLIENT span names: `peer.service`, `db.namespace`/`db.name`,
+    /// `db.system`, `server.address`, `net.peer.name`, or Envoy's `upstream_cluster` host.
+    func peerName(_ span: SpanRef) -> String {
+        for key in Self.peerKeys {
+            var found: String?
+            _ = AttributeValue.find(key, in: attributes(span)) { value in
+                found = value.string
+                return found != nil && !found!.isEmpty
+            }
+            guard var name = found, !name.isEmpty else { continue }
+            if key == Self.upstreamClusterKey {
+                // `outbound|80||cart.shop.svc.cluster.local`: the host, without its domain.
+                guard let host = name.split(separator: "|", omittingEmptySubsequences: false).last, !host.isEmpty else { continue }
+                name = String(host.split(separator: ".").first ?? host)
+            }
+            return name
+        }
+        return "unknown"
+    }
+
+    private static let upstreamClusterKey = Array("upstream_cluster".utf8)
+    private static let peerKeys: [[UInt8]] = [
+        "peer.service", "db.namespace", "db.name", "db.system", "server.address", "net.peer.name", "upstream_cluster",
+    ].map { Array($0.utf8) }
+}
+
+/// An attribute's value as read from protobuf bytes.
+struct AttributeValue {
+    var string: String?
+    var bool: Bool?
+    var int: Int64?
+    var double: Double?
+
+    /// The number it holds: an integer, or decimal text (Envoy's tags are text).
+    var integer: Int64? { int ?? string.flatMap { Int64($0) } }
+
+    /// Whether an entry of the `KeyValue` list in `bytes` (a `KeyValueList`, or a
+    /// `Resource`, whose attributes are field 1 too) has `key` and a value satisfying `test`.
+    static func find(_ key: [UInt8], in bytes: ArraySlice<UInt8>, _ test: (AttributeValue) -> Bool) -> Bool {
+        bytes.withUnsafeBufferPointer { buffer in
+            var reader = WireReader(buffer, 0..<buffer.count)
+            while let (field, wireType) = reader.tag() {
+                guard field == 1, wireType == 2 else {
+                    if !reader.skip(wireType: wireType) { return false }
+                    continue
+                }
+                guard let pair = reader.lengthDelimited() else { return false }
+                var inner = WireReader(buffer, pair)
+                var matches = false
+                var valueRange: Range<Int>?
+                while let (innerField, innerType) = inner.tag() {
+                    if innerField == 1, innerType == 2, let range = inner.lengthDelimited() {
+                        matches = range.count == key.count && key.withUnsafeBufferPointer { expected in
+                            memcmp(expected.baseAddress!, buffer.baseAddress! + range.lowerBound, key.count) == 0
+                        }
+                        if !matches { break }
+                    } else if innerField == 2, innerType == 2, let range = inner.lengthDelimited() {
+                        valueRange = range
+                    } else if !inner.skip(wireType: innerType) {
+                        break
+                    }
+                }
+                if matches, let valueRange, test(value(buffer, valueRange)) { return true }
+            }
+            return false
+        }
+    }
+
+    /// Like `find(_:in:_:)`, over the resource attributes of a protobuf `ResourceSpans`
+    /// (field 1, the `Resource`, whose attributes are its field 1).
+    static func find(_ key: [UInt8], inResourceSpans bytes: [UInt8], _ test: (AttributeValue) -> Bool) -> Bool {
+        let resource: Range<Int>? = bytes.withUnsafeBufferPointer { buffer in
+            var reader = WireReader(buffer, 0..<buffer.count)
+            while let (field, wireType) = reader.tag() {
+                if field == 1 && wireType == 2 { return reader.lengthDelimited() }
+                if !reader.skip(wireType: wireType) { return nil }
+            }
+            return nil
+        }
+        guard let resource else { return false }
+        return find(key, in: bytes[resource], test)
+    }
+
+    private static func value(_ buffer: UnsafeBufferPointer<UInt8>, _ range: Range<Int>) -> AttributeValue {
+        var result = AttributeValue()
+        var reader = WireReader(buffer, range)
+        while let (field, wireType) = reader.tag() {
+            switch (field, wireType) {
+            case (1, 2):
+                if let text = reader.lengthDelimited() {
+                    result.string = String(decoding: UnsafeBufferPointer(rebasing: buffer[text]), as: UTF8.self)
+                }
+            case (2, 0): result.bool = reader.varint().map { $0 != 0 }
+            case (3, 0): result.int = reader.varint().map { Int64(bitPattern: $0) }
+            case (4, 1): result.double = reader.fixed64().map { Double(bitPattern: $0) }
+            default: if !reader.skip(wireType: wireType) { return result }
+            }
+        }
+        return result
+    }
+}
+
+/// Reads and replaces field 3 (`trace_state`) of a span's extras: protobuf bytes of
+/// an OTLP `Span` holding the fields the columns do not.
+enum TraceStateField {
+    static func read(_ extras: ArraySlice<UInt8>) -> String? {
+        extras.withUnsafeBufferPointer { buffer in
+            var reader = WireReader(buffer, 0..<buffer.count)
+            var found: String?
+            while let (field, wireType) = reader.tag() {
+                if field == 3, wireType == 2, let range = reader.lengthDelimited() {
+                    found = String(decoding: UnsafeBufferPointer(rebasing: buffer[range]), as: UTF8.self)
+                } else if !reader.skip(wireType: wireType) {
+                    return found
+                }
+            }
+            return found
+        }
+    }
+
+    /// `extras` with every `trace_state` field removed and `traceState` written in their place.
+    static func replace(in extras: ArraySlice<UInt8>, with traceState: String, into output: inout [UInt8]) {
+        output.removeAll(keepingCapacity: true)
+        extras.withUnsafeBufferPointer { buffer in
+            var reader = WireReader(buffer, 0..<buffer.count)
+            var start = reader.position
+            while let (field, wireType) = reader.tag() {
+                if field == 3, wireType == 2 {
+                    guard reader.lengthDelimited() != nil else { break }
+                } else {
+                    guard reader.skip(wireType: wireType) else { break }
+                    output.append(contentsOf: buffer[start..<reader.position])
+                }
+                start = reader.position
+            }
+            // Anything the reader could not walk stays as it was.
+            if start < buffer.count { output.append(contentsOf: buffer[start...]) }
+        }
+        let text = Array(traceState.utf8)
+        output.append(0x1A)  // field 3, length-delimited
+        var length = UInt64(text.count)
+        while length >= 0x80 {
+            output.append(UInt8(length & 0x7F) | 0x80)
+            length >>= 7
+        }
+        output.append(UInt8(length))
+        output.append(contentsOf: text)
+    }
+}
