@@ -69,6 +69,10 @@ public struct PolicyReplay {
         public var slowTracesKept = 0
         /// Kept traces missing some of their spans.
         public var partialTraces = 0
+        /// Requests (traces) estimated from the kept spans alone, each kept trace counted by
+        /// its adjusted count; and error traces likewise.
+        public var estimatedTraces = 0.0
+        public var estimatedErrorTraces = 0.0
         /// Per top-level policy, in file order: the traces and spans it kept.
         public var policies: [(name: String, traces: Int, spans: Int)] = []
         public var statistics = TailSampler.Statistics()
@@ -117,7 +121,12 @@ public struct PolicyReplay {
         report.keptSpans = kept.count
         report.statistics = sampler.statistics
         var keptRows: [TraceID: Int] = [:]
-        for row in 0..<kept.count { keptRows[kept.traceIDs[row], default: 0] += 1 }
+        var weights: [TraceID: Double] = [:]
+        for row in 0..<kept.count {
+            keptRows[kept.traceIDs[row], default: 0] += 1
+            if weights[kept.traceIDs[row]] == nil { weights[kept.traceIDs[row]] = AdjustedCount.of(extras: kept.extras[row]) }
+        }
+        report.estimatedTraces = weights.values.reduce(0, +)
         report.keptTraces = keptRows.count
         for (traceID, rows) in byTrace {
             let view = TraceView(batch: all, rows: rows)
@@ -125,6 +134,7 @@ public struct PolicyReplay {
             if keptCount > 0 && keptCount < rows.count { report.partialTraces += 1 }
             if view.hasStatus(in: [.error]) || view.httpStatus(in: 500...599) {
                 report.errorTraces += 1
+                report.estimatedErrorTraces += weights[traceID] ?? 0
                 if keptCount == rows.count { report.errorTracesKept += 1 }
             }
             if let entry = view.entryCall, let bound = exactP99[entry.edge], entry.duration > bound {

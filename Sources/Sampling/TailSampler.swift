@@ -134,9 +134,21 @@ public final class TailSampler: Sendable {
         var scratch: [UInt8] = []
     }
 
-    /// Bytes charged per span besides its attributes and extras: the fixed-width
-    /// columns, offsets and name of its batch, and its place in its trace's list.
-    static let bytesPerSpan = 152
+    /// Bytes per row of a batch's fixed-width columns and offsets, and a span's place
+    /// in its trace's list.
+    static let bytesPerRow = 128
+
+    /// The memory a held batch takes: its columns as allocated (capacity, not count),
+    /// its attribute and extras bytes, and the heap storage of names and status
+    /// messages too long to be stored inline.
+    static func footprint(of batch: SpanBatch) -> Int {
+        var strings = 0
+        for name in batch.names where name.utf8.count > 15 { strings += name.utf8.count + 32 }
+        for message in batch.statusMessages where message.utf8.count > 15 { strings += message.utf8.count + 32 }
+        return max(batch.traceIDs.capacity, batch.count) * bytesPerRow + batch.attributes.bytes.capacity
+            + batch.extras.bytes.capacity + strings
+            + batch.resources.reduce(0) { $0 + $1.encoded.count + 64 } + batch.scopes.reduce(0) { $0 + $1.count + 32 }
+    }
     /// Bytes charged per open trace: its slot, index entry and queue entries.
     static let bytesPerTrace = 160
 
@@ -299,7 +311,7 @@ public final class TailSampler: Sendable {
             state.slots[Int(slot)] = trace
         }
         if waiting > 0 {
-            let bytes = batch.count * bytesPerSpan + batch.attributes.bytes.count + batch.extras.bytes.count
+            let bytes = footprint(of: batch)
             state.chunks.append(Chunk(batch: SharedBatch(batch), waiting: waiting, bytes: bytes))
             state.chunkBytes += bytes
             state.waitingSpans += waiting

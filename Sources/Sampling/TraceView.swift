@@ -100,7 +100,9 @@ struct TraceView {
     }
 
     func hasStatus(in codes: Set<StatusCode>) -> Bool {
-        spans.contains { codes.contains(shared[$0.part].batch.statusCodes[$0.row]) }
+        var mask: UInt8 = 0
+        for code in codes { mask |= 1 << code.rawValue }
+        return spans.contains { mask & (1 << shared[$0.part].batch.statusCodes[$0.row].rawValue) != 0 }
     }
 
     /// Whether any span's (or its resource's) attribute `key` satisfies `test`.
@@ -154,14 +156,15 @@ struct TraceView {
         }
     }
 
-    /// The span whose id is `id`; found by a scan in small traces, by a table in large ones.
-    private func finder() -> (SpanID) -> SpanRef? {
+    /// The position in `spans` of the span whose id is `id`: found by a scan in small
+    /// traces, by a table in large ones.
+    private func finder() -> (SpanID) -> Int? {
         if spans.count <= 48 {
-            return { id in spans.first { spanID($0) == id } }
+            return { id in spans.firstIndex { spanID($0) == id } }
         }
-        var byID: [SpanID: SpanRef] = [:]
+        var byID: [SpanID: Int] = [:]
         byID.reserveCapacity(spans.count)
-        for span in spans { byID[spanID(span)] = span }
+        for (position, span) in spans.enumerated() { byID[spanID(span)] = position }
         return { byID[$0] }
     }
 
@@ -169,22 +172,23 @@ struct TraceView {
     /// child of, when that is in the trace), and each CLIENT span no SERVER span answered.
     var calls: [Call] {
         let find = finder()
-        var answered: Set<SpanID> = []
+        var answered = [Bool](repeating: false, count: spans.count)
         var result: [Call] = []
+        result.reserveCapacity(spans.count)
         for span in spans where kind(span) == .server {
             let parentID = parentID(span)
             let caller: String
             if parentID == .zero {
                 caller = "user"
-            } else if let parent = find(parentID), kind(parent) == .client {
-                caller = service(parent)
-                answered.insert(parentID)
+            } else if let parent = find(parentID), kind(spans[parent]) == .client {
+                caller = service(spans[parent])
+                answered[parent] = true
             } else {
                 caller = "unknown"
             }
             result.append(Call(edge: EdgeName(caller: caller, callee: service(span)), duration: duration(span), serverSide: true))
         }
-        for span in spans where kind(span) == .client && !answered.contains(spanID(span)) {
+        for (position, span) in spans.enumerated() where kind(span) == .client && !answered[position] {
             result.append(Call(edge: EdgeName(caller: service(span), callee: peerName(span)), duration: duration(span), serverSide: false))
         }
         return result

@@ -3,6 +3,7 @@ import Foundation
 import MeshCore
 import MeshSim
 import OTLPWire
+import Sampling
 import SegmentStore
 import XCTest
 
@@ -152,6 +153,36 @@ final class GoldenSignalsTests: XCTestCase {
         let (_, reopened) = try open()
         assertMatchesTruth(reopened.serviceGraph(in: everything), simulator.truth)
         XCTAssertEqual(reopened.signals(in: everything), golden.signals(in: everything))
+    }
+
+    /// Golden signals count every span before sampling: with a sampler that stores 1 %
+    /// of traces, and a crash and restart midway, every edge stays exact.
+    func testSignalsStayExactWhenSamplingStoresOnePercent() throws {
+        let (requests, simulator) = simulatedRequests(count: 1_500, seed: 33)
+        let directory = temporaryDirectory(self)
+        let policy = try PolicyFile.parse(
+            yaml: "policies: [{name: one-percent, type: probabilistic, probabilistic: {sampling_percentage: 1}}]", file: "t.yaml")
+        func open() throws -> (SpanStore, GoldenSignals) {
+            let golden = try GoldenSignals(configuration: keepingEverything(directory: directory + "/series"))
+            let store = try SpanStore(
+                configuration: SpanStore.Configuration(dataDirectory: directory), follower: golden, admission: TailSampler(policy: policy))
+            return (store, golden)
+        }
+        do {
+            let (store, _) = try open()
+            for (index, request) in requests.enumerated() {
+                _ = try store.append(try received(request))
+                if index == requests.count / 2 { try store.seal() }
+            }
+            // A crash: no seal.
+        }
+        let (store, golden) = try open()
+        assertMatchesTruth(golden.serviceGraph(in: everything), simulator.truth)
+        try store.seal(decidingHeld: true)
+        let stored = try store.snapshot().segments.reduce(0) { $0 + (try $1.readBatch().count) }
+        XCTAssertGreaterThan(stored, 0)
+        XCTAssertLessThan(Double(stored) / Double(simulator.truth.spans), 0.03, "about 1 % of spans stored")
+        assertMatchesTruth(golden.serviceGraph(in: everything), simulator.truth)
     }
 
     func testAFailedCheckpointKeepsItsWALFileForTheSeriesEvenWhenAToolOpensTheStore() throws {

@@ -145,6 +145,9 @@ struct PolicyCommand: ParsableCommand {
             lines.append("error traces kept whole: \(report.errorTracesKept) of \(report.errorTraces) (\(share(report.errorTracesKept, report.errorTraces)))")
             lines.append("slow traces kept whole (entry call over its edge's p99): \(report.slowTracesKept) of \(report.slowTraces) (\(share(report.slowTracesKept, report.slowTraces)))")
             lines.append("kept traces missing spans: \(report.partialTraces)")
+            lines.append(String(format: "requests estimated from stored spans, by adjusted count: %.0f (true %d, %+.2f%%); error requests %.0f (true %d)",
+                                report.estimatedTraces, report.traces, 100 * (report.estimatedTraces / Double(max(1, report.traces)) - 1),
+                                report.estimatedErrorTraces, report.errorTraces))
             let statistics = report.statistics
             lines.append("decisions forced early: \(statistics.forcedByBytes) by bytes, \(statistics.forcedByTraces) by trace count, \(statistics.forcedBySize) by size; late spans: \(statistics.lateSpansKept) kept, \(statistics.lateSpansDropped) dropped")
             return lines.joined(separator: "\n")
@@ -199,6 +202,8 @@ struct PolicyTestJSON: Encodable {
     var slow_traces: Int
     var slow_traces_kept: Int
     var partial_traces: Int
+    var estimated_traces: Double
+    var estimated_error_traces: Double
     var policies: [PolicyCounts]
 
     init(_ report: PolicyReplay.Report, policy: PolicyFile) {
@@ -213,6 +218,8 @@ struct PolicyTestJSON: Encodable {
         slow_traces = report.slowTraces
         slow_traces_kept = report.slowTracesKept
         partial_traces = report.partialTraces
+        estimated_traces = report.estimatedTraces
+        estimated_error_traces = report.estimatedErrorTraces
         policies = zip(policy.policies, report.policies).map { entry, counts in
             PolicyCounts(name: counts.name, type: entry.typeName, kept_traces: counts.traces, kept_spans: counts.spans,
                          bytes_per_1000_requests: report.bytesPerThousand(spans: counts.spans))
