@@ -37,8 +37,8 @@ struct PolicyState {
     }
 
     var rates: [Int: RateWindow] = [:]
-    /// Per `new_edge` policy: how many traces each edge has been in.
-    var edgeCounts: [Int: [EdgeName: Int]] = [:]
+    /// Per `new_edge` policy: how many traces each edge (by key) has been in.
+    var edgeCounts: [Int: [UInt64: Int]] = [:]
 }
 
 /// Evaluates a policy file's policies over one trace.
@@ -179,13 +179,13 @@ struct Evaluator {
             })
         case .newEdge(let perEdge, let maxEdges):
             if state.edgeCounts[policy.slot] == nil {
-                state.edgeCounts[policy.slot] = Dictionary(uniqueKeysWithValues: edges.known.map { ($0, perEdge) })
+                state.edgeCounts[policy.slot] = Dictionary(edges.known.map { ($0.key, perEdge) }, uniquingKeysWith: { first, _ in first })
             }
             var isNew = false
             let calls = context.allCalls()
-            for (position, call) in calls.enumerated() where !calls[..<position].contains(where: { $0.edge == call.edge }) {
+            for (position, call) in calls.enumerated() where !calls[..<position].contains(where: { $0.key == call.key }) {
                 // Counted in place: the table is not copied per trace.
-                state.edgeCounts[policy.slot]!.withCount(of: call.edge, limit: maxEdges) { count in
+                state.edgeCounts[policy.slot]!.withCount(of: call.key, limit: maxEdges) { count in
                     if count < perEdge {
                         isNew = true
                         count += 1
@@ -194,9 +194,9 @@ struct Evaluator {
             }
             return when(isNew)
         case .slowForEdge(let quantile, let scope):
-            guard let table = edges.quantiles[quantile] else { return .never }
+            guard let table = edges.keyed[quantile] else { return .never }
             func slow(_ call: Call) -> Bool {
-                guard let latency = table[call.edge], let bound = call.serverSide ? latency.server : latency.client else { return false }
+                guard let latency = table[call.key], let bound = call.serverSide ? latency.server : latency.client else { return false }
                 return call.duration > bound
             }
             switch scope {
@@ -214,20 +214,29 @@ struct Evaluator {
 /// What the golden signals say of the mesh's edges, as of the last refresh.
 public struct EdgeKnowledge: Sendable {
     /// Per quantile asked for (0.99, say): each edge's live latency at it.
-    public var quantiles: [Double: [EdgeName: EdgeLatency]] = [:]
+    public var quantiles: [Double: [EdgeName: EdgeLatency]] = [:] {
+        didSet { keyed = Self.keyed(quantiles) }
+    }
     /// Edges that carried traffic before the sampler started.
     public var known: Set<EdgeName> = []
+    /// `quantiles` by edge key.
+    private(set) var keyed: [Double: [UInt64: EdgeLatency]] = [:]
 
     public init(quantiles: [Double: [EdgeName: EdgeLatency]] = [:], known: Set<EdgeName> = []) {
         self.quantiles = quantiles
         self.known = known
+        keyed = Self.keyed(quantiles)
+    }
+
+    private static func keyed(_ quantiles: [Double: [EdgeName: EdgeLatency]]) -> [Double: [UInt64: EdgeLatency]] {
+        quantiles.mapValues { table in Dictionary(table.map { ($0.key.key, $0.value) }, uniquingKeysWith: { first, _ in first }) }
     }
 }
 
-extension Dictionary where Key == EdgeName, Value == Int {
+extension Dictionary where Key == UInt64, Value == Int {
     /// Runs `update` on the count of `edge` in place (a new edge starts at 0, while
     /// fewer than `limit` edges are known; past that, new edges count as seen).
-    mutating func withCount(of edge: EdgeName, limit: Int, _ update: (inout Int) -> Void) {
+    mutating func withCount(of edge: UInt64, limit: Int, _ update: (inout Int) -> Void) {
         if let index = index(forKey: edge) {
             update(&values[index])
         } else if count < limit {

@@ -239,8 +239,10 @@ public final class TailSampler: Sendable {
     private static func decideByTraceID(_ batch: SpanBatch, _ state: inout State, into kept: inout SpanBatch) {
         var spans: [SpanRef] = []
         var thresholds: [Threshold] = []
+        // No policy reads content: the verdict is the same for every trace. It is asked with
+        // the highest randomness, so that no sub-policy stops early on it.
         let verdict = state.evaluator.evaluate(
-            TraceView(batch: batch, rows: []), randomness: 0, state: &state.policyState, edges: state.edges, now: 0)
+            TraceView(batch: batch, rows: []), randomness: Threshold.range - 1, state: &state.policyState, edges: state.edges, now: 0)
         for row in 0..<batch.count {
             let (randomness, upstream) = Self.randomness(batch, row: row)
             guard !verdict.dropped, verdict.threshold.keeps(randomness) else { continue }
@@ -349,6 +351,12 @@ public final class TailSampler: Sendable {
                     if byBytes { state.statistics.forcedByBytes += 1 } else { state.statistics.forcedByTraces += 1 }
                 }
             }
+        }
+        // A burst leaves the trace table large; it shrinks once mostly empty.
+        if state.index.capacity > 1 << 16 && state.index.count < state.index.capacity / 16 {
+            var smaller = [TraceID: Int32](minimumCapacity: state.index.count * 2)
+            for (traceID, slot) in state.index { smaller[traceID] = slot }
+            state.index = smaller
         }
         state.statistics.maxHeldBytes = max(state.statistics.maxHeldBytes, heldBytes(state))
     }

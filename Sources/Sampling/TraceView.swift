@@ -14,6 +14,21 @@ public struct EdgeName: Hashable, Sendable, CustomStringConvertible {
     }
 
     public var description: String { "\(caller) → \(callee)" }
+
+    /// A 64-bit key for the edge, from keys of its two names: what the sampler's
+    /// tables are keyed by, so a trace's edges are found without hashing strings.
+    var key: UInt64 { Self.key(caller: Self.key(of: caller), callee: Self.key(of: callee)) }
+
+    static func key(caller: UInt64, callee: UInt64) -> UInt64 {
+        (caller &* 0x9E37_79B9_7F4A_7C15) ^ (callee &+ 0x632B_E59B_D9B4_E019)
+    }
+
+    /// FNV-1a of a name's UTF-8 bytes.
+    static func key(of name: String) -> UInt64 {
+        var hash: UInt64 = 0xCBF2_9CE4_8422_2325
+        for byte in name.utf8 { hash = (hash ^ UInt64(byte)) &* 0x100_0000_01B3 }
+        return hash
+    }
 }
 
 /// The live latency quantile of an edge, as seen from each side.
@@ -32,6 +47,8 @@ public struct EdgeLatency: Sendable, Equatable {
 /// One call found in a trace.
 struct Call {
     var edge: EdgeName
+    /// `edge.key`, found from keys each batch keeps for its services.
+    var key: UInt64
     /// The duration to compare with the edge's quantile, and which side measured it.
     var duration: UInt64
     var serverSide: Bool
@@ -47,8 +64,13 @@ struct SpanRef: Hashable {
 /// lie in without copying each batch's columns.
 final class SharedBatch: @unchecked Sendable {
     let batch: SpanBatch
+    /// The key of each resource's `service.name` (`EdgeName.key(of:)`).
+    let serviceKeys: [UInt64]
 
-    init(_ batch: SpanBatch) { self.batch = batch }
+    init(_ batch: SpanBatch) {
+        self.batch = batch
+        serviceKeys = batch.resources.map { EdgeName.key(of: $0.serviceName) }
+    }
 }
 
 /// The spans of one trace, read where they lie: rows of the batches they arrived in.
@@ -77,6 +99,11 @@ struct TraceView {
     @inline(__always) func service(_ span: SpanRef) -> String {
         let part = shared[span.part]
         return part.batch.resources[Int(part.batch.resourceIndices[span.row])].serviceName
+    }
+
+    @inline(__always) func serviceKey(_ span: SpanRef) -> UInt64 {
+        let part = shared[span.part]
+        return part.serviceKeys[Int(part.batch.resourceIndices[span.row])]
     }
 
     @inline(__always) func duration(_ span: SpanRef) -> UInt64 {
@@ -150,9 +177,12 @@ struct TraceView {
         guard let root else { return nil }
         switch kind(root) {
         case .client:
-            return Call(edge: EdgeName(caller: service(root), callee: peerName(root)), duration: duration(root), serverSide: false)
+            let peer = peerName(root)
+            return Call(edge: EdgeName(caller: service(root), callee: peer),
+                        key: EdgeName.key(caller: serviceKey(root), callee: EdgeName.key(of: peer)), duration: duration(root), serverSide: false)
         default:
-            return Call(edge: EdgeName(caller: "user", callee: service(root)), duration: duration(root), serverSide: true)
+            return Call(edge: EdgeName(caller: "user", callee: service(root)),
+                        key: EdgeName.key(caller: Self.userKey, callee: serviceKey(root)), duration: duration(root), serverSide: true)
         }
     }
 
@@ -178,18 +208,22 @@ struct TraceView {
         for span in spans where kind(span) == .server {
             let parentID = parentID(span)
             let caller: String
+            let callerKey: UInt64
             if parentID == .zero {
-                caller = "user"
+                (caller, callerKey) = ("user", Self.userKey)
             } else if let parent = find(parentID), kind(spans[parent]) == .client {
-                caller = service(spans[parent])
+                (caller, callerKey) = (service(spans[parent]), serviceKey(spans[parent]))
                 answered[parent] = true
             } else {
-                caller = "unknown"
+                (caller, callerKey) = ("unknown", Self.unknownKey)
             }
-            result.append(Call(edge: EdgeName(caller: caller, callee: service(span)), duration: duration(span), serverSide: true))
+            result.append(Call(edge: EdgeName(caller: caller, callee: service(span)),
+                               key: EdgeName.key(caller: callerKey, callee: serviceKey(span)), duration: duration(span), serverSide: true))
         }
         for (position, span) in spans.enumerated() where kind(span) == .client && !answered[position] {
-            result.append(Call(edge: EdgeName(caller: service(span), callee: peerName(span)), duration: duration(span), serverSide: false))
+            let peer = peerName(span)
+            result.append(Call(edge: EdgeName(caller: service(span), callee: peer),
+                               key: EdgeName.key(caller: serviceKey(span), callee: EdgeName.key(of: peer)), duration: duration(span), serverSide: false))
         }
         return result
     }
@@ -215,6 +249,8 @@ struct TraceView {
     }
 
     private static let upstreamClusterKey = Array("upstream_cluster".utf8)
+    private static let userKey = EdgeName.key(of: "user")
+    private static let unknownKey = EdgeName.key(of: "unknown")
     private static let peerKeys: [[UInt8]] = [
         "peer.service", "db.namespace", "db.name", "db.system", "server.address", "net.peer.name", "upstream_cluster",
     ].map { Array($0.utf8) }

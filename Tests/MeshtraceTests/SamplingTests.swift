@@ -227,6 +227,8 @@ final class SamplingTests: XCTestCase {
             ("  - {name: x, type: new_edge, new_edge: {traces_per_edge: 1}}", plain, true),
             ("  - {name: x, type: and, and: {and_sub_policy: [{name: y, type: status_code, status_code: {status_codes: [ERROR]}}, {name: z, type: edge, edge: {callee: b}}]}}", failing, true),
             ("  - {name: x, type: and, and: {and_sub_policy: [{name: y, type: status_code, status_code: {status_codes: [ERROR]}}, {name: z, type: edge, edge: {callee: c}}]}}", failing, false),
+            // Only trace-id sub-policies: decided as spans arrive, and still by the trace's randomness.
+            ("  - {name: x, type: and, and: {and_sub_policy: [{name: y, type: probabilistic, probabilistic: {sampling_percentage: 50}}, {name: z, type: always_sample}]}}", plain, true),
             ("  - {name: x, type: always_sample}\n  - {name: d, type: drop, drop: {drop_sub_policy: [{name: y, type: edge, edge: {callee: b}}]}}", plain, false),
             ("  - {name: x, type: always_sample}\n  - {name: d, type: drop, drop: {drop_sub_policy: [{name: y, type: edge, edge: {callee: c}}]}}", plain, true),
             ("  - {name: x, type: rate_limiting, rate_limiting: {spans_per_second: 100}}", plain, true),

@@ -16,6 +16,8 @@ final class SamplingControl: Sendable {
     let path: String?
     private let golden: GoldenSignals
     private let logger: Logger
+    /// Edges the golden signals saw in the hour before the collector started: not new.
+    private let knownEdges: Set<EdgeName>
 
     private struct State {
         var modified: Date?
@@ -50,14 +52,13 @@ final class SamplingControl: Sendable {
         self.golden = golden
         self.logger = logger
         sampler = TailSampler(policy: policy)
-        state.withLock { $0.modified = path.flatMap(Self.modificationDate) }
-        for warning in policy.ignored { logger.notice("sampling policy setting ignored", metadata: ["setting": "\(warning)"]) }
         let now = GoldenSignals.wallClock()
-        var knowledge = edgeKnowledge(now: now)
-        knowledge.known = Set(golden.serviceGraph(in: now.saturatingSubtract(3_600_000_000_000)...now).edges.map {
+        knownEdges = Set(golden.serviceGraph(in: now.saturatingSubtract(3_600_000_000_000)...now).edges.map {
             EdgeName(caller: $0.client.service, callee: $0.server.service)
         })
-        sampler.update(edges: knowledge)
+        state.withLock { $0.modified = path.flatMap(Self.modificationDate) }
+        for warning in policy.ignored { logger.notice("sampling policy setting ignored", metadata: ["setting": "\(warning)"]) }
+        sampler.update(edges: edgeKnowledge(now: now))
         state.withLock { $0.edgesRefreshed = DispatchTime.now().uptimeNanoseconds }
     }
 
@@ -94,35 +95,22 @@ final class SamplingControl: Sendable {
             state.edgesRefreshed = now
             return true
         }
-        if due {
-            var knowledge = edgeKnowledge(now: GoldenSignals.wallClock())
-            knowledge.known = []
-            sampler.update(edges: knowledge)
-        }
+        if due { sampler.update(edges: edgeKnowledge(now: GoldenSignals.wallClock())) }
     }
 
     /// Each edge's live latency at the quantiles the policies ask for, read
-    /// conservatively (the bucket's lower end), over the last five minutes.
+    /// conservatively (never above the exact value), over the last five minutes.
     private func edgeKnowledge(now: UInt64) -> EdgeKnowledge {
         let quantiles = sampler.edgeQuantiles
-        guard !quantiles.isEmpty else { return EdgeKnowledge() }
-        var merged: [EdgeName: (server: LatencyBound, client: LatencyBound)] = [:]
+        guard !quantiles.isEmpty else { return EdgeKnowledge(known: knownEdges) }
+        var histograms = EdgeLatencyHistograms()
         for edge in golden.serviceGraph(in: now.saturatingSubtract(Self.edgeWindow)...now).edges {
             let name = EdgeName(caller: edge.client.service, callee: edge.server.service)
-            var entry = merged[name] ?? (LatencyBound(), LatencyBound())
-            entry.server.histogram.merge(edge.signals.serverLatency)
-            entry.client.histogram.merge(edge.signals.latency)
-            merged[name] = entry
+            histograms.server[name, default: ExponentialHistogram()].merge(edge.signals.serverLatency)
+            histograms.client[name, default: ExponentialHistogram()].merge(edge.signals.latency)
         }
-        var knowledge = EdgeKnowledge()
-        for quantile in quantiles {
-            var table: [EdgeName: EdgeLatency] = [:]
-            for (name, entry) in merged {
-                let latency = EdgeLatency(server: entry.server.lowerBound(quantile), client: entry.client.lowerBound(quantile))
-                if latency.server != nil || latency.client != nil { table[name] = latency }
-            }
-            knowledge.quantiles[quantile] = table
-        }
+        var knowledge = histograms.knowledge(quantiles: quantiles, minimumRequests: Self.minimumRequests)
+        knowledge.known = knownEdges
         return knowledge
     }
 
@@ -181,17 +169,6 @@ final class SamplingControl: Sendable {
         source.setEventHandler { [self] in reload(reason: "SIGHUP") }
         source.resume()
         return source
-    }
-}
-
-/// A latency histogram read for a sampling bound.
-struct LatencyBound {
-    var histogram = ExponentialHistogram()
-
-    /// A value no greater than the exact `quantile`: the estimate, less its relative error.
-    func lowerBound(_ quantile: Double) -> UInt64? {
-        guard histogram.count >= SamplingControl.minimumRequests, let estimate = histogram.quantile(quantile) else { return nil }
-        return UInt64(max(0, estimate * (1 - histogram.relativeError)))
     }
 }
 
