@@ -47,8 +47,9 @@ public final class TailSampler: Sendable {
         public var keptByPolicy: [String: UInt64] = [:]
         /// Spans of those traces, by the same policy.
         public var spansKeptByPolicy: [String: UInt64] = [:]
-        /// Traces and bytes held undecided now.
+        /// Traces, spans and bytes held undecided now.
         public var openTraces = 0
+        public var heldSpans = 0
         public var heldBytes = 0
         public var maxHeldBytes = 0
     }
@@ -123,7 +124,7 @@ public final class TailSampler: Sendable {
         var freeSlots: [Int32] = []
         var byArrival = DeadlineQueue()
         var byRoot = DeadlineQueue()
-        /// Spans waiting, and the bytes they would take alone.
+        /// Spans waiting for their trace's decision.
         var waitingSpans = 0
 
         var cache: [TraceID: CachedDecision] = [:]
@@ -182,6 +183,7 @@ public final class TailSampler: Sendable {
         state.withLock { state in
             var statistics = state.statistics
             statistics.openTraces = state.index.count
+            statistics.heldSpans = state.waitingSpans
             statistics.heldBytes = Self.heldBytes(state)
             return statistics
         }

@@ -78,6 +78,7 @@ def test_default_policy_keeps_the_error_trace_and_drops_most_others(collector):
     assert metric(c, "meshtrace_sampling_kept_traces_by_policy_total", '{policy="new-edges"}') == 10
     assert dropped >= 45, "1 % baseline: the other plain traces are dropped"
     assert wait_for(lambda: metric(c, "meshtrace_sampling_open_traces") == 0)
+    assert metric(c, "meshtrace_sampling_held_spans") == 0
 
 
 def test_two_collectors_keep_the_same_traces(collector, tmp_path):

@@ -143,6 +143,7 @@ final class SamplingControl: Sendable {
         family("meshtrace_sampling_kept_traces_by_policy_total", "counter", "Kept traces, by the policy whose threshold kept them.",
                statistics.keptByPolicy.sorted { $0.key < $1.key }.map { ("policy=\"\(escape($0.key))\"", $0.value) })
         family("meshtrace_sampling_open_traces", "gauge", "Traces waiting for their decision.", [("", statistics.openTraces)])
+        family("meshtrace_sampling_held_spans", "gauge", "Spans waiting for their trace's decision.", [("", statistics.heldSpans)])
         family("meshtrace_sampling_buffer_bytes", "gauge", "Bytes the tail buffer holds.", [("", statistics.heldBytes)])
         family("meshtrace_sampling_buffer_limit_bytes", "gauge", "The tail buffer's byte budget (max_buffer_bytes).", [
             ("", sampler.policy.maxBufferBytes),
