@@ -265,6 +265,9 @@ public final class TailSampler: Sendable {
         let wait = nanoseconds(state.file.decisionWait)
         let rootWait = nanoseconds(state.file.rootWait)
         let chunk = Int32(state.firstChunk + state.chunks.count)
+        let cap = state.file.maxSpansPerTrace
+        // Traces that reach their size cap in this batch, decided once it is held.
+        var capped: [Int32] = []
         var waiting = 0
         var late: [SpanRef] = []
         var lateThresholds: [Threshold] = []
@@ -274,6 +277,7 @@ public final class TailSampler: Sendable {
             if let slot = state.index[traceID] {
                 waiting += 1
                 state.slots[Int(slot)].spans.append(Held(chunk: chunk, row: Int32(row)))
+                if state.slots[Int(slot)].spans.count == cap { capped.append(slot) }
                 if isRoot && !state.slots[Int(slot)].rootSeen {
                     state.slots[Int(slot)].rootSeen = true
                     state.byRoot.push(Due(slot: slot, generation: state.slots[Int(slot)].generation, deadline: now + rootWait))
@@ -313,6 +317,7 @@ public final class TailSampler: Sendable {
                 state.byRoot.push(Due(slot: slot, generation: generation, deadline: now + rootWait))
             }
             state.slots[Int(slot)] = trace
+            if cap == 1 { capped.append(slot) }
         }
         if waiting > 0 {
             let bytes = footprint(of: batch)
@@ -321,20 +326,10 @@ public final class TailSampler: Sendable {
             state.waitingSpans += waiting
         }
         if !late.isEmpty { append(TraceView(parts: [SharedBatch(batch)], spans: late), thresholds: lateThresholds, &state, into: &kept) }
-        // Traces that reached their size cap are decided at once.
-        let cap = state.file.maxSpansPerTrace
-        if waiting > 0 {
-            var capped: [Int32] = []
-            for row in 0..<batch.count {
-                if let slot = state.index[batch.traceIDs[row]], state.slots[Int(slot)].spans.count >= cap, !capped.contains(slot) {
-                    capped.append(slot)
-                }
-            }
-            for slot in capped {
-                let trace = state.slots[Int(slot)]
-                if decide(Due(slot: slot, generation: trace.generation, deadline: now), &state, now: now, into: &kept) {
-                    state.statistics.forcedBySize += 1
-                }
+        for slot in capped {
+            let trace = state.slots[Int(slot)]
+            if decide(Due(slot: slot, generation: trace.generation, deadline: now), &state, now: now, into: &kept) {
+                state.statistics.forcedBySize += 1
             }
         }
     }
