@@ -4,7 +4,7 @@ VENV ?= .venv
 PYTHON := $(VENV)/bin/python
 APT_PACKAGES := libzstd-dev liblz4-dev zlib1g-dev pkg-config python3-venv
 
-.PHONY: all deps venv build test demo bench clean
+.PHONY: all deps venv build test demo bench bench-query clean
 
 all: build
 
@@ -39,6 +39,12 @@ bench: deps venv
 	$(PYTHON) -m pip install -q --disable-pip-version-check -r Benchmarks/requirements.txt
 	$(SWIFT) build -c release --product meshtrace-bench
 	$$($(SWIFT) build -c release --show-bin-path)/meshtrace-bench storage --python $(PYTHON)
+
+# Query benchmark: meshtrace against DuckDB over Parquet, 10 million spans (release build).
+bench-query: deps venv
+	$(PYTHON) -m pip install -q --disable-pip-version-check -r Benchmarks/requirements.txt
+	$(SWIFT) build -c release --product meshtrace-bench
+	$$($(SWIFT) build -c release --show-bin-path)/meshtrace-bench query --python $(PYTHON)
 
 demo: deps
 	$(SWIFT) build --product meshtrace

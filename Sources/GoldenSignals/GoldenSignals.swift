@@ -308,6 +308,9 @@ public final class GoldenSignals: WALFollower {
 
     // MARK: Queries
 
+    /// The width of the finest buckets, in nanoseconds.
+    public var bucketNanoseconds: UInt64 { Self.nanoseconds(configuration.bucket) }
+
     /// The signals of every series in the buckets that overlap `window`
     /// (nanoseconds since the epoch), merged over the window.
     public func signals(in window: ClosedRange<UInt64>) -> [SeriesKey: Signals] {

@@ -18,7 +18,7 @@ public struct QueryEngine: Sendable {
     }
 
     /// Runs `read` on `segment`; on damage, reports it and returns nil.
-    private func reading<T>(_ segment: SegmentReader, _ read: (SegmentReader) throws(StoreError) -> T?) -> T? {
+    func reading<T>(_ segment: SegmentReader, _ read: (SegmentReader) throws(StoreError) -> T?) -> T? {
         do {
             return try read(segment)
         } catch {

@@ -6,12 +6,16 @@ import Foundation
 struct MeshtraceCommand: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "meshtrace",
-        abstract: "Query meshtrace: traces and the service topology.",
+        abstract: "Ask meshtrace about the mesh: topology, golden signals, traces; and run its tools.",
         discussion: """
             Exit codes: 0 ok (also an empty result), 1 usage error, \
             2 server or store error, 3 not found.
             """,
-        subcommands: [TraceCommand.self, TopologyCommand.self, SegmentsCommand.self, DemoCommand.self, LoadgenCommand.self, PolicyCommand.self])
+        subcommands: [
+            ServicesCommand.self, OperationsCommand.self, TopologyCommand.self, EdgesCommand.self, StatCommand.self,
+            LatencyCommand.self, TraceCommand.self, SearchCommand.self, TopCommand.self, AuditCommand.self, CompareCommand.self,
+            SegmentsCommand.self, PolicyCommand.self, DemoCommand.self, LoadgenCommand.self,
+        ])
 
     /// Runs the command, mapping usage errors to exit code 1 as documented
     /// (ArgumentParser's own default is 64).
@@ -40,25 +44,16 @@ enum OutputFormat: String, ExpressibleByArgument, CaseIterable {
     case json
 }
 
-/// Where answers come from, shared by the query commands.
-struct SourceOptions: ParsableArguments {
-    @Option(name: .long, help: "Query API base URL.")
-    var server = "http://127.0.0.1:16686"
-
-    @Option(name: .long, help: "Read a data directory directly instead of asking a server.")
-    var dataDir: String?
-
-    @Option(name: [.short, .long], help: "Output format: table or json.")
-    var output: OutputFormat = .table
-}
-
 /// Failures that map to documented exit codes.
 enum CLIFailure: Error {
+    /// The server refused a parameter (HTTP 400).
+    case usage(String)
     case notFound(String)
     case server(String)
 
     var exitCode: ExitCode {
         switch self {
+        case .usage: return ExitCode(1)
         case .notFound: return ExitCode(3)
         case .server: return ExitCode(2)
         }
@@ -66,7 +61,7 @@ enum CLIFailure: Error {
 
     var message: String {
         switch self {
-        case .notFound(let message), .server(let message): return message
+        case .usage(let message), .notFound(let message), .server(let message): return message
         }
     }
 }

@@ -9,18 +9,12 @@ public enum TopologyTable {
         let rows = topology.edges.map { edge in
             [
                 edge.source, edge.target, String(edge.requests), String(edge.errors),
-                percent(edge.error_rate),
+                percentText(edge.error_rate),
                 DurationText.format(nanoseconds: UInt64(edge.latency_ms_p50 * 1e6)),
                 DurationText.format(nanoseconds: UInt64(edge.latency_ms_p95 * 1e6)),
                 DurationText.format(nanoseconds: UInt64(edge.latency_ms_p99 * 1e6)),
             ]
         }
         return Table.render(header: ["SRC", "DST", "REQUESTS", "ERRORS", "ERROR%", "P50", "P95", "P99"], rows: rows)
-    }
-
-    private static func percent(_ fraction: Double) -> String {
-        let hundredths = Int((fraction * 10_000).rounded())
-        let fractional = hundredths % 100
-        return "\(hundredths / 100).\(fractional < 10 ? "0" : "")\(fractional)%"
     }
 }

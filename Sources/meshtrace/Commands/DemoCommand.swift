@@ -96,13 +96,13 @@ struct DemoCommand: AsyncParsableCommand {
         }
 
         let query = QueryClient(baseURL: queryURL)
-        let topologyBytes = try await query.get("/api/v1/topology?since=1h", accept: "application/json") ?? []
-        let topology = try JSONDecoder().decode(TopologyJSON.self, from: Data(topologyBytes))
-        let traceBytes = try await query.get("/api/traces/\(sent.slowestTrace.hex)", accept: "application/protobuf")
+        let topologyAnswer = try await query.fetch("/api/v1/topology?since=1h", accept: "application/json")
+        let topology = try JSONDecoder().decode(TopologyJSON.self, from: Data(topologyAnswer.body))
+        let traceAnswer = try await query.fetch("/api/traces/\(sent.slowestTrace.hex)", accept: "application/protobuf")
         var slowTrace = SpanBatch()
-        if let traceBytes {
+        if traceAnswer.status == 200 {
             slowTrace.append(ExportTraceServiceRequest.with {
-                $0.resourceSpans = (try? TracesData(serializedBytes: traceBytes))?.resourceSpans ?? []
+                $0.resourceSpans = (try? TracesData(serializedBytes: traceAnswer.body))?.resourceSpans ?? []
             })
         }
 

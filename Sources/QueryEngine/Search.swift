@@ -1,0 +1,196 @@
+import MeshCore
+import SegmentStore
+
+/// A trace search: span-level conditions (a TraceQL query), a window on span start
+/// times, and how many traces to return.
+///
+/// Conditions select spans; the answer is the traces that hold a matching span for
+/// each spanset the query needs, newest first, each returned whole.
+public struct TraceSearch: Sendable {
+    public var query: TraceQL
+    /// Nanoseconds since the epoch: a matching span must start within it.
+    public var window: ClosedRange<UInt64>
+    public var limit: Int
+    /// Matching spans listed per spanset in each result (Tempo's `spss`).
+    public var spansPerSpanset: Int
+
+    public init(query: TraceQL, window: ClosedRange<UInt64>, limit: Int = 20, spansPerSpanset: Int = 3) {
+        self.query = query
+        self.window = window
+        self.limit = limit
+        self.spansPerSpanset = spansPerSpanset
+    }
+}
+
+/// One trace a search found: the trace whole, what sums it up, and the spans that matched.
+public struct TraceSummary: Sendable {
+    public struct ServiceStats: Sendable, Equatable {
+        public var spans: Int
+        public var errors: Int
+    }
+
+    public var traceID: TraceID
+    /// The root span's service and name; empty when the root span is not stored.
+    public var rootService: String
+    public var rootName: String
+    /// Nanoseconds since the epoch: the earliest span start.
+    public var start: UInt64
+    /// Nanoseconds from the earliest start to the latest end.
+    public var duration: UInt64
+    public var spanCount: Int
+    /// Spans with status ERROR.
+    public var errorCount: Int
+    public var services: [String: ServiceStats]
+    /// Per spanset of the query, rows of `spans` that matched (at most `spansPerSpanset`), and how many did.
+    public var matched: [(rows: [Int], count: Int)]
+    /// Every stored span of the trace, sorted.
+    public var spans: SpanBatch
+
+    /// Sums up `spans`, the whole of one trace, with no matched rows.
+    public init(trace spans: SpanBatch) {
+        self.spans = spans
+        traceID = spans.traceIDs.first ?? .zero
+        let facts = TraceFacts(spans)
+        rootService = facts.rootService
+        rootName = facts.rootName
+        duration = facts.duration
+        start = spans.startTimes.min() ?? 0
+        spanCount = spans.count
+        var services: [String: ServiceStats] = [:]
+        var errors = 0
+        for row in 0..<spans.count {
+            let failed = spans.statusCodes[row] == .error
+            if failed { errors += 1 }
+            services[spans.serviceName(at: row), default: ServiceStats(spans: 0, errors: 0)].spans += 1
+            if failed { services[spans.serviceName(at: row)]!.errors += 1 }
+        }
+        errorCount = errors
+        self.services = services
+        matched = []
+    }
+}
+
+extension TraceFacts {
+    /// The trace intrinsics of `spans`, the whole of one trace: its root is the
+    /// earliest span without a parent in the trace.
+    init(_ spans: SpanBatch) {
+        let present = Set(spans.spanIDs)
+        var root: Int?
+        for row in 0..<spans.count where spans.parentSpanIDs[row] == .zero || !present.contains(spans.parentSpanIDs[row]) {
+            // A span whose parent is elsewhere is only the root when no true root is stored.
+            let isTrueRoot = spans.parentSpanIDs[row] == .zero
+            if let current = root {
+                let currentIsTrueRoot = spans.parentSpanIDs[current] == .zero
+                if currentIsTrueRoot && !isTrueRoot { continue }
+                if currentIsTrueRoot == isTrueRoot && spans.startTimes[current] <= spans.startTimes[row] { continue }
+            }
+            root = row
+        }
+        let start = spans.startTimes.min() ?? 0
+        let end = spans.endTimes.max() ?? start
+        self.init(rootService: root.map { spans.serviceName(at: $0) } ?? "", rootName: root.map { spans.names[$0] } ?? "",
+                  duration: end >= start ? end - start : 0)
+    }
+}
+
+extension QueryEngine {
+    /// The traces that match `search`, newest first (by their newest matching span).
+    ///
+    /// Store parts are read newest first (by their latest span end). After each, the
+    /// candidates newer than anything the remaining parts can hold are final in order,
+    /// and are confirmed against their whole trace; the search stops once `limit` are.
+    public func search(_ search: TraceSearch) throws -> [TraceSummary] {
+        guard search.limit > 0 else { return [] }
+        let conditions = search.query.spansets.map(CompiledCondition.init)
+        let window = search.window
+
+        enum Part {
+            case block(SpanBatch)
+            case segment(SegmentReader)
+        }
+        var parts: [(part: Part, latestEnd: UInt64)] = []
+        for block in snapshot.unsealed where !block.isEmpty && search.query.couldMatch(services: Set(block.resources.map(\.serviceName))) {
+            parts.append((.block(block), block.endTimes.max() ?? 0))
+        }
+        for segment in snapshot.segments
+        where segment.footer.minStartTime <= window.upperBound && segment.footer.maxEndTime >= window.lowerBound
+            && search.query.couldMatch(services: Set(segment.footer.services)) {
+            parts.append((.segment(segment), segment.footer.maxEndTime))
+        }
+        parts.sort { $0.latestEnd > $1.latestEnd }
+
+        // Each trace with a span that may match, and the latest start of such a span.
+        var candidates: [TraceID: UInt64] = [:]
+        // Traces already confirmed or refused against their whole trace.
+        var decided: Set<TraceID> = []
+        var results: [TraceSummary] = []
+        for (index, entry) in parts.enumerated() {
+            let batch: SpanBatch
+            switch entry.part {
+            case .block(let block): batch = block
+            case .segment(let segment):
+                guard let read = reading(segment, { segment throws(StoreError) in try segment.readBatch() }) else { continue }
+                batch = read
+            }
+            for row in 0..<batch.count {
+                let start = batch.startTimes[row]
+                guard window.contains(start) else { continue }
+                let id = batch.traceIDs[row]
+                if let known = candidates[id], known >= start { continue }
+                if decided.contains(id) { continue }
+                if conditions.contains(where: { $0.evaluate(batch, row, trace: nil) != .no }) {
+                    candidates[id] = start
+                }
+            }
+            // Spans of the parts still to read end no later than this, so start no later.
+            let horizon = index + 1 < parts.count ? parts[index + 1].latestEnd : 0
+            let settled = candidates.filter { $0.value > horizon || index + 1 == parts.count }
+                .sorted { ($0.value, $0.key) > ($1.value, $1.key) }
+            for (id, _) in settled {
+                candidates[id] = nil
+                decided.insert(id)
+                guard let spans = try trace(id) else { continue }
+                if let summary = Self.confirm(search, conditions, spans) {
+                    results.append(summary)
+                    if results.count == search.limit { return results }
+                }
+            }
+        }
+        return results
+    }
+
+    /// The summary of `spans` (one whole trace) when it satisfies the query, with its matching spans.
+    static func confirm(_ search: TraceSearch, _ conditions: [CompiledCondition], _ spans: SpanBatch) -> TraceSummary? {
+        let facts = TraceFacts(spans)
+        var matched: [(rows: [Int], count: Int)] = []
+        for condition in conditions {
+            var rows: [Int] = []
+            var count = 0
+            for row in 0..<spans.count where search.window.contains(spans.startTimes[row]) && condition.evaluate(spans, row, trace: facts) == .yes {
+                count += 1
+                if rows.count < search.spansPerSpanset { rows.append(row) }
+            }
+            matched.append((rows, count))
+        }
+        var next = 0
+        func holds(_ query: TraceQL) -> Bool {
+            switch query {
+            case .spanset:
+                defer { next += 1 }
+                return matched[next].count > 0
+            case .and(let left, let right):
+                let l = holds(left)
+                let r = holds(right)
+                return l && r
+            case .or(let left, let right):
+                let l = holds(left)
+                let r = holds(right)
+                return l || r
+            }
+        }
+        guard holds(search.query) else { return nil }
+        var summary = TraceSummary(trace: spans)
+        summary.matched = matched
+        return summary
+    }
+}
