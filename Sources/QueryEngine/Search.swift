@@ -103,6 +103,8 @@ extension QueryEngine {
         guard search.limit > 0 else { return [] }
         let conditions = search.query.spansets.map(CompiledCondition.init)
         let window = search.window
+        // Segments are read as facts (a few columns) unless a condition looks beyond them.
+        let beyondFacts = search.query.spansets.contains(where: \.readsBeyondFacts)
 
         enum Part {
             case block(SpanBatch)
@@ -124,23 +126,31 @@ extension QueryEngine {
         // Traces already confirmed or refused against their whole trace.
         var decided: Set<TraceID> = []
         var results: [TraceSummary] = []
-        for (index, entry) in parts.enumerated() {
-            let batch: SpanBatch
-            switch entry.part {
-            case .block(let block): batch = block
-            case .segment(let segment):
-                guard let read = reading(segment, { segment throws(StoreError) in try segment.readBatch() }) else { continue }
-                batch = read
-            }
-            for row in 0..<batch.count {
-                let start = batch.startTimes[row]
+        func scan<Rows: SpanRows>(_ rows: Rows, count: Int) {
+            for row in 0..<count {
+                let start = rows.start(row)
                 guard window.contains(start) else { continue }
-                let id = batch.traceIDs[row]
+                let id = rows.traceID(row)
                 if let known = candidates[id], known >= start { continue }
                 if decided.contains(id) { continue }
-                if conditions.contains(where: { $0.evaluate(batch, row, trace: nil) != .no }) {
+                if conditions.contains(where: { $0.evaluate(rows, row, trace: nil) != .no }) {
                     candidates[id] = start
                 }
+            }
+        }
+        for (index, entry) in parts.enumerated() {
+            switch entry.part {
+            case .block(let block):
+                scan(block, count: block.count)
+            case .segment(let segment) where !beyondFacts && segment.hasSpanFacts:
+                guard let dictionaries = reading(segment, { segment throws(StoreError) in try segment.factDictionaries() }) else { continue }
+                for block in segment.footer.blocks.indices {
+                    guard let facts = reading(segment, { segment throws(StoreError) in try segment.facts(block: block) }) else { break }
+                    scan(FactRows(facts: facts, names: dictionaries.names, resources: dictionaries.resources), count: facts.count)
+                }
+            case .segment(let segment):
+                guard let batch = reading(segment, { segment throws(StoreError) in try segment.readBatch(attributes: beyondFacts) }) else { continue }
+                scan(batch, count: batch.count)
             }
             // Spans of the parts still to read end no later than this, so start no later.
             let horizon = index + 1 < parts.count ? parts[index + 1].latestEnd : 0

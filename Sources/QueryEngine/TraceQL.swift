@@ -1,4 +1,5 @@
 import MeshCore
+import SegmentStore
 
 /// The subset of TraceQL that Grafana's Tempo search builder writes, and Jaeger-style
 /// searches are translated into.
@@ -412,29 +413,29 @@ final class CompiledCondition: @unchecked Sendable {
         root = compile(condition)
     }
 
-    /// Whether the span at `row` of `batch` satisfies the condition; trace intrinsics
-    /// are `unknown` when `trace` is nil.
-    func evaluate(_ batch: SpanBatch, _ row: Int, trace: TraceFacts?) -> Truth {
-        evaluate(root, batch, row, trace)
+    /// Whether the span at `row` satisfies the condition; trace intrinsics are
+    /// `unknown` when `trace` is nil.
+    func evaluate<Rows: SpanRows>(_ rows: Rows, _ row: Int, trace: TraceFacts?) -> Truth {
+        evaluate(root, rows, row, trace)
     }
 
-    private func evaluate(_ node: Node, _ batch: SpanBatch, _ row: Int, _ trace: TraceFacts?) -> Truth {
+    private func evaluate<Rows: SpanRows>(_ node: Node, _ rows: Rows, _ row: Int, _ trace: TraceFacts?) -> Truth {
         switch node {
         case .always: return .yes
-        case .and(let left, let right): return evaluate(left, batch, row, trace) && evaluate(right, batch, row, trace)
-        case .or(let left, let right): return evaluate(left, batch, row, trace) || evaluate(right, batch, row, trace)
+        case .and(let left, let right): return evaluate(left, rows, row, trace) && evaluate(right, rows, row, trace)
+        case .or(let left, let right): return evaluate(left, rows, row, trace) || evaluate(right, rows, row, trace)
         case .compare(let field, let op, let literal, let key, let regex):
             switch field {
-            case .name: return Truth(Self.compare(text: batch.names[row], op, literal, regex))
-            case .statusMessage: return Truth(Self.compare(text: batch.statusMessages[row], op, literal, regex))
-            case .serviceName: return Truth(Self.compare(text: batch.serviceName(at: row), op, literal, regex))
+            case .name: return Truth(Self.compare(text: rows.name(row), op, literal, regex))
+            case .statusMessage: return Truth(Self.compare(text: rows.statusMessage(row), op, literal, regex))
+            case .serviceName: return Truth(Self.compare(text: rows.serviceName(row), op, literal, regex))
             case .status:
                 guard case .status(let code) = literal else { return .no }
-                return Truth((batch.statusCodes[row] == code) == (op == .equal))
+                return Truth((rows.status(row) == code) == (op == .equal))
             case .kind:
                 guard case .kind(let kind) = literal else { return .no }
-                return Truth((batch.kinds[row] == kind) == (op == .equal))
-            case .duration: return Truth(Self.compare(nanoseconds: batch.duration(at: row), op, literal))
+                return Truth((rows.kind(row) == kind) == (op == .equal))
+            case .duration: return Truth(Self.compare(nanoseconds: rows.duration(row), op, literal))
             case .rootServiceName:
                 guard let trace else { return .unknown }
                 return Truth(Self.compare(text: trace.rootService, op, literal, regex))
@@ -451,10 +452,10 @@ final class CompiledCondition: @unchecked Sendable {
                     return true
                 }
                 if scope != .resource {
-                    _ = AttributeValue.find(key, in: batch.attributes[row], capture)
+                    _ = AttributeValue.find(key, in: rows.spanAttributes(row), capture)
                 }
                 if found == nil && scope != .span {
-                    _ = AttributeValue.find(key, inResourceSpans: batch.resources[Int(batch.resourceIndices[row])].encoded, capture)
+                    _ = AttributeValue.find(key, inResourceSpans: rows.resourceSpans(row), capture)
                 }
                 return Truth(Self.compare(found, op, literal, regex))
             }
@@ -524,7 +525,66 @@ final class CompiledCondition: @unchecked Sendable {
     }
 }
 
+/// Spans as a condition reads them: a decoded batch, or a block's facts.
+protocol SpanRows {
+    func traceID(_ row: Int) -> TraceID
+    func start(_ row: Int) -> UInt64
+    func name(_ row: Int) -> String
+    func serviceName(_ row: Int) -> String
+    func statusMessage(_ row: Int) -> String
+    func status(_ row: Int) -> StatusCode
+    func kind(_ row: Int) -> SpanKind
+    func duration(_ row: Int) -> UInt64
+    /// The span's attributes, a protobuf `KeyValueList`.
+    func spanAttributes(_ row: Int) -> ArraySlice<UInt8>
+    /// The span's resource, a protobuf `ResourceSpans` without spans.
+    func resourceSpans(_ row: Int) -> [UInt8]
+}
+
+extension SpanBatch: SpanRows {
+    func traceID(_ row: Int) -> TraceID { traceIDs[row] }
+    func start(_ row: Int) -> UInt64 { startTimes[row] }
+    func name(_ row: Int) -> String { names[row] }
+    func serviceName(_ row: Int) -> String { serviceName(at: row) }
+    func statusMessage(_ row: Int) -> String { statusMessages[row] }
+    func status(_ row: Int) -> StatusCode { statusCodes[row] }
+    func kind(_ row: Int) -> SpanKind { kinds[row] }
+    func duration(_ row: Int) -> UInt64 { duration(at: row) }
+    func spanAttributes(_ row: Int) -> ArraySlice<UInt8> { attributes[row] }
+    func resourceSpans(_ row: Int) -> [UInt8] { resources[Int(resourceIndices[row])].encoded }
+}
+
+/// A block's facts with the segment's dictionaries: no span attributes nor status messages.
+struct FactRows: SpanRows {
+    let facts: SpanFacts
+    let names: [String]
+    let resources: [ResourceEntry]
+
+    func traceID(_ row: Int) -> TraceID { facts.traceIDs[Int(facts.traces[row])] }
+    func start(_ row: Int) -> UInt64 { facts.startTimes[row] }
+    func name(_ row: Int) -> String { names[Int(facts.names[row])] }
+    func serviceName(_ row: Int) -> String { resources[Int(facts.resources[row])].serviceName }
+    func statusMessage(_ row: Int) -> String { "" }
+    func status(_ row: Int) -> StatusCode { facts.statusCodes[row] }
+    func kind(_ row: Int) -> SpanKind { facts.kinds[row] }
+    func duration(_ row: Int) -> UInt64 { facts.endTimes[row] &- facts.startTimes[row] }
+    func spanAttributes(_ row: Int) -> ArraySlice<UInt8> { [] }
+    func resourceSpans(_ row: Int) -> [UInt8] { resources[Int(facts.resources[row])].encoded }
+}
+
 extension TraceQL.Condition {
+    /// Whether evaluating the condition reads what a block's facts leave out: span
+    /// attributes or status messages.
+    var readsBeyondFacts: Bool {
+        switch self {
+        case .always: return false
+        case .compare(.attribute(let scope, _), _, _): return scope != .resource
+        case .compare(.statusMessage, _, _): return true
+        case .compare: return false
+        case .and(let left, let right), .or(let left, let right): return left.readsBeyondFacts || right.readsBeyondFacts
+        }
+    }
+
     /// Services one of which a matching span must come from, or nil when any may.
     var requiredServices: Set<String>? {
         switch self {

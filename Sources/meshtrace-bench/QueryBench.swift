@@ -71,8 +71,9 @@ struct QueryBench: ParsableCommand {
         let golden = try GoldenSignals(configuration: goldenConfiguration)
         let columns = try ColumnFiles(directory: directory + "/columns")
         var simulator = MeshSim(configuration: MeshSim.Configuration(seed: seed, errorRate: 0.02))
-        // MeshSim requests average about 17 spans: spread them evenly over the day.
-        let spacing = max(UInt64(1), 86_400_000_000_000 * 17 / UInt64(spans))
+        // MeshSim requests average about 16 spans: spread them evenly over the day
+        // (reckoning 15, so that the day holds the spans asked for).
+        let spacing = max(UInt64(1), 86_400_000_000_000 * 15 / UInt64(spans))
         var time = end - 86_400_000_000_000
         var written = 0
         var segment = 0
@@ -253,8 +254,9 @@ private final class ColumnFiles {
         }
         for row in 0..<batch.count {
             buffers["trace_id", default: []].append(contentsOf: batch.traceIDs[row].bytes)
-            buffers["span_id", default: []].append(contentsOf: batch.spanIDs[row].bytes)
-            buffers["parent_span_id", default: []].append(contentsOf: batch.parentSpanIDs[row].bytes)
+            put("span_id", batch.spanIDs[row].value.bigEndian)
+            // All zero for a root span (whose `bytes` are empty).
+            put("parent_span_id", batch.parentSpanIDs[row].value.bigEndian)
             let service = batch.serviceName(at: row)
             let serviceIndex = services[service] ?? UInt16(services.count)
             services[service] = serviceIndex

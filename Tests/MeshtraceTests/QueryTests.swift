@@ -152,6 +152,35 @@ final class QueryTests: XCTestCase {
         }
     }
 
+    func testSpanFactsAgreeWithTheDecodedRowsOfEveryBlock() throws {
+        let (requests, _) = simulatedRequests(count: 300, errorRate: 0.05)
+        var batch = SpanBatch()
+        for request in requests { batch.append(request) }
+        let path = temporaryDirectory(self) + "/facts.mts"
+        try SegmentWriter.write(batch, walSequence: 1, to: path, blockSpans: 512, runSpans: 64)
+        let segment = try SegmentReader(path: path)
+        XCTAssertTrue(segment.hasSpanFacts)
+        XCTAssertGreaterThan(segment.footer.blocks.count, 3)
+        let decoded = try segment.readBatch()
+        let (names, resources) = try segment.factDictionaries()
+        var row = 0
+        for block in segment.footer.blocks.indices {
+            let facts = try segment.facts(block: block)
+            XCTAssertEqual(facts.count, segment.footer.blocks[block].spanCount)
+            for local in 0..<facts.count {
+                XCTAssertEqual(facts.traceIDs[Int(facts.traces[local])], decoded.traceIDs[row])
+                XCTAssertEqual(facts.kinds[local], decoded.kinds[row])
+                XCTAssertEqual(facts.statusCodes[local], decoded.statusCodes[row])
+                XCTAssertEqual(facts.startTimes[local], decoded.startTimes[row])
+                XCTAssertEqual(facts.endTimes[local], decoded.endTimes[row])
+                XCTAssertEqual(names[Int(facts.names[local])], decoded.names[row])
+                XCTAssertEqual(resources[Int(facts.resources[local])].serviceName, decoded.serviceName(at: row))
+                row += 1
+            }
+        }
+        XCTAssertEqual(row, decoded.count)
+    }
+
     func testSearchReturnsTheNewestMatchesUpToTheLimit() throws {
         let (requests, _) = simulatedRequests(count: 200)
         let store = try store(requests)

@@ -5,6 +5,9 @@ The requests replay what Grafana sends (paths, parameter names and units,
 `Accept` headers, double-encoded tag names); the checks are on field names,
 units and shapes, and on the answers being the right traces."""
 import json
+import os
+import pty
+import subprocess
 import time
 import urllib.parse
 
@@ -17,7 +20,7 @@ from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.trace import SpanKind, Status, StatusCode, set_span_in_context
 
-from conftest import Collector, meshtrace
+from conftest import BIN, Collector, meshtrace
 
 MS = 1_000_000
 NOW = time.time_ns()
@@ -193,6 +196,26 @@ def test_jaeger_bad_parameters_are_400s_that_name_them(mesh, params, named):
     body = response.json()
     assert body["data"] is None and body["errors"][0]["code"] == 400
     assert f"'{named}'" in body["errors"][0]["msg"]
+
+
+def test_jaeger_api_v3_as_grafana_calls_it_behind_its_grpc_toggle(mesh):
+    c, traces = mesh
+    assert get(c, "/api/v3/services").json() == {"services": ["cart", "frontend"]}
+    assert get(c, "/api/v3/operations", {"service": "cart", "span_kind": "client"}).json() == {
+        "operations": [{"name": "HGETALL", "spanKind": "client"}]}
+    tid = trace_hex(traces[3]["root"])
+    result = get(c, f"/api/v3/traces/{tid}").json()["result"]
+    spans = [s for rs in result["resourceSpans"] for ss in rs["scopeSpans"] for s in ss["spans"]]
+    assert {s["traceId"] for s in spans} == {tid} and len(spans) == 4  # hex ids, as OTLP/JSON
+    rfc3339 = lambda ns: time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(ns // 10**9)) + ".%09dZ" % (ns % 10**9)
+    window = {"query.start_time_min": rfc3339(T0 - 10**9), "query.start_time_max": rfc3339(NOW)}
+    found = get(c, "/api/v3/traces", {"query.service_name": "cart", "query.duration_min": "100ms", **window}).json()["result"]
+    assert {s["traceId"] for rs in found["resourceSpans"] for ss in rs["scopeSpans"] for s in ss["spans"]} == {
+        trace_hex(traces[i]["root"]) for i in SLOW}
+    none = get(c, "/api/v3/traces", {"query.service_name": "nobody", **window})
+    assert none.status_code == 404 and none.json()["error"]["httpCode"] == 404
+    missing = get(c, "/api/v3/traces", {"query.service_name": "cart"})
+    assert missing.status_code == 400 and "query.start_time_min" in missing.json()["error"]["message"]
 
 
 # --- Tempo, as Grafana's Tempo data source calls it ----------------------------------
@@ -376,6 +399,35 @@ def test_cli_search_stat_and_topology_diagrams(mesh):
     waterfall = meshtrace("trace", *server, trace_hex(traces[3]["root"]))
     lines = waterfall.stdout.splitlines()
     assert lines[1].split()[-1] == "WATERFALL" and lines[2].endswith("█" * 30)
+
+
+def on_a_terminal(args, env):
+    """Runs the CLI with standard output on a pseudo-terminal; returns what it wrote."""
+    master, slave = pty.openpty()
+    proc = subprocess.Popen([str(BIN / "meshtrace"), *args], stdout=slave, stderr=subprocess.PIPE, env=env)
+    os.close(slave)
+    output = b""
+    while True:
+        try:
+            chunk = os.read(master, 65536)
+        except OSError:  # the terminal closed: the process is done writing
+            break
+        if not chunk:
+            break
+        output += chunk
+    proc.wait(timeout=60)
+    os.close(master)
+    return output.decode()
+
+
+def test_cli_colours_only_on_a_terminal_and_never_with_no_color(mesh):
+    c, _ = mesh
+    args = ["edges", "--server", c.query_url, "--since", "15m"]
+    env = {k: v for k, v in os.environ.items() if k != "NO_COLOR"}
+    coloured = on_a_terminal(args, env)
+    assert "\x1b[31mno (10.00% plaintext)\x1b[0m" in coloured  # the plaintext edge in red
+    assert "\x1b[" not in on_a_terminal(args, {**env, "NO_COLOR": "1"})
+    assert "\x1b[" not in meshtrace(*args).stdout
 
 
 def test_cli_exit_codes(mesh):

@@ -26,7 +26,7 @@ struct QueryAPI: Sendable {
     /// `/metrics` and unknown paths keep their own handlers.
     static let routes = [
         "/api/services", "/api/services/:service/operations", "/api/operations", "/api/traces", "/api/traces/:id",
-        "/api/dependencies",
+        "/api/dependencies", "/api/v3/services", "/api/v3/operations", "/api/v3/traces", "/api/v3/traces/:id",
         "/api/echo", "/api/status/buildinfo", "/api/v2/traces/:id", "/api/search", "/api/search/tags",
         "/api/v2/search/tags", "/api/search/tag/:tag/values", "/api/v2/search/tag/:tag/values",
         "/api/v1/services", "/api/v1/operations", "/api/v1/topology", "/api/v1/edges", "/api/v1/stat",

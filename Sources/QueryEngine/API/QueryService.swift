@@ -38,6 +38,7 @@ public struct QueryService: Sendable {
     public func answer(path: String, parameters: QueryParameters, accept: String = "") -> Response {
         let segments = path.split(separator: "/", omittingEmptySubsequences: true).map(String.init)
         let dialect: Dialect = segments.starts(with: ["api", "v1"]) ? .native
+            : segments.starts(with: ["api", "v3"]) ? .jaegerV3
             : Self.tempoRoutes.contains(where: { segments.starts(with: $0) }) ? .tempo : .jaeger
         do {
             return try route(segments, parameters, accept: accept.lowercased())
@@ -54,7 +55,7 @@ public struct QueryService: Sendable {
 
     private static let tempoRoutes: [[String]] = [["api", "echo"], ["api", "v2"], ["api", "search"], ["api", "status"]]
 
-    private enum Dialect { case jaeger, tempo, native }
+    private enum Dialect { case jaeger, jaegerV3, tempo, native }
 
     private struct NotFound: Error { var message: String }
 
@@ -88,6 +89,25 @@ public struct QueryService: Sendable {
             let links = signals.dependencies(.init(window: (end > lookback ? end - lookback : 0)...end), service: parameters["service"])
                 .map { JSONValue.object(["parent": .string($0.parent), "child": .string($0.child), "callCount": .int(Int64($0.calls))]) }
             return json(JaegerJSON.Envelope(data: links))
+
+        // Jaeger api_v3 (OTLP/JSON)
+        case ["api", "v3", "services"]:
+            return json(JSONValue.object(["services": .array(signals.services(.init(window: 0...TimeWindow.now())).map(JSONValue.string))]))
+        case ["api", "v3", "operations"]:
+            guard let service = parameters.first("service") else { throw QueryParameters.Invalid("parameter 'service' is required") }
+            let kind = parameters.first("spanKind", "span_kind")?.lowercased()
+            let operations = signals.operations(of: service, .init(window: 0...TimeWindow.now()))
+                .filter { kind == nil || $0.span_kind == kind }
+                .map { JSONValue.object(["name": .string($0.name), "spanKind": .string($0.span_kind)]) }
+            return json(JSONValue.object(["operations": .array(operations)]))
+        case let p where p.count == 4 && p[0] == "api" && p[1] == "v3" && p[2] == "traces":
+            guard let traceID = TraceID(hex: p[3]), traceID != .zero else {
+                throw QueryParameters.Invalid("trace id \(p[3].debugDescription) is not 16 or 32 hex digits")
+            }
+            guard let spans = try engine().trace(traceID) else { throw NotFound(message: "No traces found") }
+            return try otlpResult([spans])
+        case ["api", "v3", "traces"]:
+            return try jaegerV3Search(parameters)
 
         // Tempo
         case ["api", "echo"]:
@@ -241,6 +261,53 @@ public struct QueryService: Sendable {
         let limit = try parameters.integer("limit", default: 100, in: 0...100_000)!
         let found = try engine().search(TraceSearch(query: .spanset(condition), window: start...end, limit: limit == 0 ? 100 : limit))
         return json(JaegerJSON.Envelope(data: try found.map { try JaegerJSON.trace($0.spans) }))
+    }
+
+    /// Jaeger's api_v3 search: `query.service_name`, `query.operation_name`,
+    /// `query.attributes` (a JSON object), `query.duration_min`/`max` (Go durations),
+    /// `query.start_time_min`/`max` (RFC 3339, required), `query.num_traces`; camelCase
+    /// names too. All matching traces in one `resourceSpans`; none is a 404.
+    private func jaegerV3Search(_ parameters: QueryParameters) throws -> Response {
+        func value(_ snake: String, _ camel: String) -> String? { parameters.first("query.\(snake)", "query.\(camel)") }
+        guard let service = value("service_name", "serviceName") else { throw QueryParameters.Invalid("parameter 'query.service_name' is required") }
+        var condition = TraceQL.Condition.compare(.serviceName, .equal, .string(service))
+        func and(_ next: TraceQL.Condition) { condition = .and(condition, next) }
+        if let operation = value("operation_name", "operationName") { and(.compare(.name, .equal, .string(operation))) }
+        if let text = value("attributes", "attributes") {
+            guard let object = try? JSONSerialization.jsonObject(with: Data(text.utf8)) as? [String: Any] else {
+                throw QueryParameters.Invalid("parameter 'query.attributes' must be a JSON object, got \(text.debugDescription)")
+            }
+            for key in object.keys.sorted() { and(Self.tagCondition(key, "\(object[key]!)")) }
+        }
+        for (snake, camel, op) in [("duration_min", "durationMin", TraceQL.Operator.greaterOrEqual), ("duration_max", "durationMax", .lessOrEqual)] {
+            guard let text = value(snake, camel) else { continue }
+            guard let nanoseconds = DurationText.nanoseconds(text) else {
+                throw QueryParameters.Invalid("parameter 'query.\(snake)' must be a duration like 100ms, got \(text.debugDescription)")
+            }
+            and(.compare(.duration, op, .duration(nanoseconds)))
+        }
+        var bounds: [UInt64] = []
+        for (snake, camel) in [("start_time_min", "startTimeMin"), ("start_time_max", "startTimeMax")] {
+            guard let text = value(snake, camel) else { throw QueryParameters.Invalid("parameter 'query.\(snake)' is required") }
+            guard let time = TimeWindow.rfc3339Nanoseconds(text) else {
+                throw QueryParameters.Invalid("parameter 'query.\(snake)' must be RFC 3339, got \(text.debugDescription)")
+            }
+            bounds.append(time)
+        }
+        guard bounds[0] <= bounds[1] else { throw QueryParameters.Invalid("parameter 'query.start_time_min' must not be after 'query.start_time_max'") }
+        let limit = try parameters.integer("query.num_traces", default: nil, in: 1...100_000)
+            ?? parameters.integer("query.numTraces", default: 20, in: 1...100_000)!
+        let found = try engine().search(TraceSearch(query: .spanset(condition), window: bounds[0]...bounds[1], limit: limit))
+        guard !found.isEmpty else { throw NotFound(message: "No traces found") }
+        return try otlpResult(found.map(\.spans))
+    }
+
+    /// `{"result": OTLP/JSON TracesData}` of the traces, as Jaeger's api_v3 answers.
+    private func otlpResult(_ traces: [SpanBatch]) throws -> Response {
+        var data = TracesData()
+        for spans in traces { data.resourceSpans += try spans.tracesData().resourceSpans }
+        let otlp = try OTLPJSON.encode(data)
+        return Response(status: 200, contentType: "application/json", body: Array("{\"result\":".utf8) + Array(otlp) + [UInt8(ascii: "}")])
     }
 
     /// Jaeger's `tags` (JSON objects, repeatable) and `tag` (`key:value`, repeatable).
@@ -494,6 +561,8 @@ public struct QueryService: Sendable {
         switch dialect {
         case .jaeger:
             response = json(JaegerJSON.Envelope<[String]>(data: nil, errors: [.init(code: status, msg: message)]))
+        case .jaegerV3:
+            response = json(JSONValue.object(["error": .object(["httpCode": .int(Int64(status)), "message": .string(message)])]))
         case .tempo, .native:
             response = json(JSONValue.object(["error": .string(message)]))
         }

@@ -182,7 +182,7 @@ public enum QueryTables {
     public static func topologyWide(_ topology: TopologyJSON) -> String {
         let rows = topology.edges.map { edge -> [String] in
             let secured = (edge.mtls_requests ?? 0) + (edge.plaintext_requests ?? 0)
-            return [edge.source, edge.target, String(edge.requests), String(edge.errors), percentText(edge.error_rate),
+            return [edge.source, edge.target, String(edge.requests), edge.rps.map(rps) ?? none, String(edge.errors), percentText(edge.error_rate),
                     DurationText.format(nanoseconds: UInt64(edge.latency_ms_p50 * 1e6)),
                     DurationText.format(nanoseconds: UInt64(edge.latency_ms_p95 * 1e6)),
                     DurationText.format(nanoseconds: UInt64(edge.latency_ms_p99 * 1e6)),
@@ -190,6 +190,6 @@ public enum QueryTables {
                     String(edge.request_bytes ?? 0), String(edge.response_bytes ?? 0),
                     (edge.connection_type ?? "").isEmpty ? "mesh" : edge.connection_type!]
         }
-        return Table.render(header: ["SRC", "DST", "REQUESTS", "ERRORS", "ERROR%", "P50", "P95", "P99", "MTLS", "REQ_BYTES", "RESP_BYTES", "TYPE"], rows: rows)
+        return Table.render(header: ["SRC", "DST", "REQUESTS", "RPS", "ERRORS", "ERROR%", "P50", "P95", "P99", "MTLS", "REQ_BYTES", "RESP_BYTES", "TYPE"], rows: rows)
     }
 }

@@ -21,6 +21,8 @@ public struct TopologyJSON: Codable, Sendable, Equatable {
         public var source: String
         public var target: String
         public var requests: Int
+        /// Requests per second over the window.
+        public var rps: Double?
         public var errors: Int
         /// 0…1.
         public var error_rate: Double
@@ -89,6 +91,7 @@ extension TopologyJSON {
             }
         }
         for (key, value) in reported { merged[key] = value.signals }
+        let seconds = Double(graph.window.upperBound - graph.window.lowerBound) / 1e9
         var instrumented = Set(graph.nodes.map(\.service))
         for key in reported.keys { instrumented.formUnion([key.source, key.target]) }
         var virtual: [String: Bool] = [:]
@@ -100,7 +103,8 @@ extension TopologyJSON {
             let latency = signals.latency.isEmpty ? signals.serverLatency : signals.latency
             func milliseconds(_ q: Double) -> Double { (latency.quantile(q) ?? 0) / 1e6 }
             return Edge(
-                source: key.source, target: key.target, requests: Int(signals.requests), errors: Int(signals.errors),
+                source: key.source, target: key.target, requests: Int(signals.requests),
+                rps: seconds > 0 ? Double(signals.requests) / seconds : nil, errors: Int(signals.errors),
                 error_rate: signals.requests == 0 ? 0 : Double(signals.errors) / Double(signals.requests),
                 latency_ms_p50: milliseconds(0.50), latency_ms_p95: milliseconds(0.95), latency_ms_p99: milliseconds(0.99),
                 connection_type: key.connection.label, client_errors: Int(signals.clientErrors),

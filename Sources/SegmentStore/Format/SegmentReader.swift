@@ -158,26 +158,28 @@ public final class SegmentReader: Sendable {
             var chunks = try columns(of: bytes, where: isTraceColumn)
             guard let rows = try SegmentDecoderV2.rows(of: traceID, block: block, in: self, chunks: chunks) else { return nil }
             chunks.merge(try columns(of: bytes) { !isTraceColumn($0) }) { first, _ in first }
-            return try SegmentDecoderV2(segment: self, dictionaries: try dictionaries()).decode(block: block, keep: rows, preloaded: chunks)
+            return try SegmentDecoderV2(segment: self, dictionaries: try v2Dictionaries()).decode(block: block, keep: rows, preloaded: chunks)
         }
     }
 
-    /// Every row of the segment, decoded.
-    public func readBatch() throws(StoreError) -> SpanBatch {
+    /// Every row of the segment, decoded. Without `attributes`, the rows' span
+    /// attributes are left empty (their HTTP status codes are kept), which saves most of
+    /// the decoding when a reader does not look at them.
+    public func readBatch(attributes: Bool = true) throws(StoreError) -> SpanBatch {
         switch footer.version {
         case SegmentFormatV1.version:
             return try SegmentDecoderV1(segment: self).decode()
         default:
-            let decoder = SegmentDecoderV2(segment: self, dictionaries: try dictionaries())
+            let decoder = SegmentDecoderV2(segment: self, dictionaries: try v2Dictionaries())
             var batch = SpanBatch()
             batch.reserveCapacity(footer.spanCount)
-            for block in footer.blocks.indices { batch.append(contentsOf: try decoder.decode(block: block)) }
+            for block in footer.blocks.indices { batch.append(contentsOf: try decoder.decode(block: block, attributes: attributes)) }
             return batch
         }
     }
 
     /// The v2 dictionaries, read on first use and kept.
-    private func dictionaries() throws(StoreError) -> DictionariesV2 {
+    func v2Dictionaries() throws(StoreError) -> DictionariesV2 {
         if let cached = dictionaryCache.value.withLock({ $0 }) { return cached }
         let loaded = try DictionariesV2(segment: self)
         dictionaryCache.value.withLock { $0 = loaded }

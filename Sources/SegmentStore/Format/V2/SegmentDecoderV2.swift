@@ -72,7 +72,8 @@ struct SegmentDecoderV2 {
     /// Decodes block `block`; only rows in `keep` (block-local row numbers) are
     /// materialized: rows before them are read past, rows after them are not read.
     /// `preloaded` are the block's columns when the caller has read them already.
-    func decode(block: Int, keep: Range<Int>? = nil, preloaded: [String: [UInt8]]? = nil) throws(StoreError) -> SpanBatch {
+    /// Without `attributes`, rows carry no attribute bytes (their HTTP status code is still read).
+    func decode(block: Int, keep: Range<Int>? = nil, preloaded: [String: [UInt8]]? = nil, attributes wanted: Bool = true) throws(StoreError) -> SpanBatch {
         let info = segment.footer.blocks[block]
         let rows = info.spanCount
         let keep = keep ?? 0..<rows
@@ -250,7 +251,7 @@ struct SegmentDecoderV2 {
                         ? try readers.traceStates.read(from: &readers.traceState).bytes(in: readers.traceState.buffer) : nil
                     current = Column.layout.rawValue
                     let materialize = keep.contains(row)
-                    let (attributeBytes, httpCode) = try attributes.next(materialize: materialize)
+                    let (attributeBytes, httpCode) = try attributes.next(materialize: materialize && wanted)
 
                     if materialize {
                         var extras = Array(storedExtras)

@@ -1,0 +1,132 @@
+import MeshCore
+
+/// What a search filter reads of each span of one block — its trace, kind, status,
+/// times, name and resource — decoded from those columns alone: ids, attributes,
+/// events and the rest stay compressed.
+public struct SpanFacts: Sendable {
+    /// The block's trace ids, in order.
+    public var traceIDs: [TraceID] = []
+    /// Per row, its trace: an index into `traceIDs`.
+    public var traces: [Int32] = []
+    public var kinds: [SpanKind] = []
+    public var statusCodes: [StatusCode] = []
+    /// Nanoseconds since the epoch.
+    public var startTimes: [UInt64] = []
+    public var endTimes: [UInt64] = []
+    /// Per row, an index into the segment's span names (`SegmentReader.factDictionaries`).
+    public var names: [Int32] = []
+    /// Per row, an index into the segment's resources.
+    public var resources: [Int32] = []
+
+    public var count: Int { kinds.count }
+}
+
+extension SegmentReader {
+    /// Whether `facts(block:)` can read this segment (version 2 and later).
+    public var hasSpanFacts: Bool { footer.version != SegmentFormatV1.version }
+
+    /// The span names and resources `SpanFacts` rows point into.
+    public func factDictionaries() throws(StoreError) -> (names: [String], resources: [ResourceEntry]) {
+        let dictionaries = try v2Dictionaries()
+        return (dictionaries.names, dictionaries.resources)
+    }
+
+    /// The facts of every span of block `block`.
+    public func facts(block: Int) throws(StoreError) -> SpanFacts {
+        typealias Column = SegmentFormatV2.Column
+        let needed: Set<String> = [Column.traceID, .traceSpans, .traceStart, .parent, .kindStatus, .start, .duration, .name, .resource]
+            .reduce(into: []) { $0.insert($1.rawValue) }
+        let chunks = try columns(of: try readBlock(block)) { needed.contains($0) }
+        let dictionaries = try v2Dictionaries()
+        let info = footer.blocks[block]
+        let rows = info.spanCount
+        var current = Column.traceID.rawValue
+        func column(_ column: Column) throws(StoreError) -> ByteReader {
+            current = column.rawValue
+            guard let bytes = chunks[column.rawValue] else {
+                throw .corruptColumn(file: path, column: SegmentFormatV2.chunkName(block: block, column: column.rawValue), reason: "missing")
+            }
+            return ByteReader(bytes)
+        }
+        var facts = SpanFacts()
+        do {
+            var traceIDs = try column(.traceID)
+            guard traceIDs.remaining == info.traceCount * 16 else { throw ByteReaderError.invalidLength(offset: 0, length: UInt64(traceIDs.remaining)) }
+            var spanCounts = try column(.traceSpans)
+            var traceStarts = try column(.traceStart)
+            var parent = try column(.parent)
+            var kindStatus = try column(.kindStatus)
+            var starts = try column(.start)
+            var durations = try column(.duration)
+            var names = try column(.name)
+            var resources = try column(.resource)
+            guard kindStatus.remaining == rows else { throw ByteReaderError.invalidLength(offset: 0, length: UInt64(kindStatus.remaining)) }
+            facts.traceIDs.reserveCapacity(info.traceCount)
+            facts.traces.reserveCapacity(rows)
+            facts.kinds.reserveCapacity(rows)
+            facts.statusCodes.reserveCapacity(rows)
+            facts.startTimes.reserveCapacity(rows)
+            facts.endTimes.reserveCapacity(rows)
+            facts.names.reserveCapacity(rows)
+            facts.resources.reserveCapacity(rows)
+            let unit = info.timeUnit
+            var lastChildEnd: [UInt64?] = []
+            var row = 0
+            for traceIndex in 0..<info.traceCount {
+                current = Column.traceSpans.rawValue
+                let count = try spanCounts.readCount(limit: rows - row)
+                current = Column.traceStart.rawValue
+                let traceStart = info.minStartTime &+ (try traceStarts.readVarint()) &* unit
+                facts.traceIDs.append(TraceID(high: try traceIDs.readUInt64().byteSwapped, low: try traceIDs.readUInt64().byteSwapped))
+                let first = facts.count
+                lastChildEnd.removeAll(keepingCapacity: true)
+                lastChildEnd.append(contentsOf: repeatElement(nil, count: count))
+                for local in 0..<count {
+                    current = Column.parent.rawValue
+                    let parentCode = try parent.readVarint()
+                    var timingParent: Int?
+                    if parentCode >= 2 {
+                        let target = Int64(local) - SegmentDecoderV2.unzigzag(parentCode - 2)
+                        guard target >= 0, target < Int64(count), target != Int64(local) else {
+                            throw ByteReaderError.invalidLength(offset: parent.offset, length: parentCode)
+                        }
+                        if target < Int64(local) { timingParent = first + Int(target) }
+                    }
+                    current = Column.kindStatus.rawValue
+                    let code = try kindStatus.readUInt8()
+                    let kind = SpanKind(rawValue: code & 7) ?? .unspecified
+                    current = Column.start.rawValue
+                    let base = timingParent.map { lastChildEnd[$0 - first] ?? facts.startTimes[$0] } ?? traceStart
+                    let start = base &+ UInt64(bitPattern: SegmentDecoderV2.unzigzag(try starts.readVarint()) &* Int64(unit))
+                    current = Column.duration.rawValue
+                    var duration = SegmentDecoderV2.unzigzag(try durations.readVarint()) &* Int64(unit)
+                    if let timingParent, kind == .server, facts.kinds[timingParent] == .client {
+                        duration = duration &+ Int64(bitPattern: facts.endTimes[timingParent] &- facts.startTimes[timingParent])
+                    }
+                    let end = start &+ UInt64(bitPattern: duration)
+                    if let timingParent { lastChildEnd[timingParent - first] = end }
+                    current = Column.name.rawValue
+                    let nameCode = try names.readCount(limit: dictionaries.names.count)
+                    guard nameCode > 0 || timingParent != nil else { throw ByteReaderError.invalidLength(offset: names.offset, length: 0) }
+                    current = Column.resource.rawValue
+                    let resourceCode = try resources.readCount(limit: dictionaries.resources.count)
+                    guard resourceCode > 0 || timingParent != nil else { throw ByteReaderError.invalidLength(offset: resources.offset, length: 0) }
+                    facts.traces.append(Int32(traceIndex))
+                    facts.kinds.append(kind)
+                    facts.statusCodes.append(StatusCode(rawValue: (code >> 3) & 3) ?? .unset)
+                    facts.startTimes.append(start)
+                    facts.endTimes.append(end)
+                    facts.names.append(nameCode == 0 ? facts.names[timingParent!] : Int32(nameCode - 1))
+                    facts.resources.append(resourceCode == 0 ? facts.resources[timingParent!] : Int32(resourceCode - 1))
+                }
+                row += count
+            }
+            guard row == rows else { throw ByteReaderError.invalidLength(offset: 0, length: UInt64(row)) }
+        } catch let error as StoreError {
+            throw error
+        } catch {
+            throw .corruptColumn(file: path, column: SegmentFormatV2.chunkName(block: block, column: current), reason: "\(error)")
+        }
+        return facts
+    }
+}
