@@ -1,5 +1,7 @@
+import Dispatch
 import MeshCore
 import SegmentStore
+import Synchronization
 
 /// A trace search: span-level conditions (a TraceQL query), a window on span start
 /// times, and how many traces to return.
@@ -126,31 +128,36 @@ extension QueryEngine {
         // Traces already confirmed or refused against their whole trace.
         var decided: Set<TraceID> = []
         var results: [TraceSummary] = []
-        func scan<Rows: SpanRows>(_ rows: Rows, count: Int) {
-            for row in 0..<count {
-                let start = rows.start(row)
-                guard window.contains(start) else { continue }
-                let id = rows.traceID(row)
+        // When every spanset names its services, spans of other services are passed over unread.
+        let services: Set<String>? = search.query.spansets.reduce(Set<String>()) { union, condition in
+            guard let union, let required = condition.requiredServices else { return nil }
+            return union.union(required)
+        }
+        func merge(_ found: [(TraceID, UInt64)]) {
+            for (id, start) in found where !decided.contains(id) {
                 if let known = candidates[id], known >= start { continue }
-                if decided.contains(id) { continue }
-                if conditions.contains(where: { $0.evaluate(rows, row, trace: nil) != .no }) {
-                    candidates[id] = start
-                }
+                candidates[id] = start
             }
         }
         for (index, entry) in parts.enumerated() {
             switch entry.part {
             case .block(let block):
-                scan(block, count: block.count)
+                merge(Self.matches(block, conditions, window, services))
             case .segment(let segment) where !beyondFacts && segment.hasSpanFacts:
                 guard let dictionaries = reading(segment, { segment throws(StoreError) in try segment.factDictionaries() }) else { continue }
-                for block in segment.footer.blocks.indices {
-                    guard let facts = reading(segment, { segment throws(StoreError) in try segment.facts(block: block) }) else { break }
-                    scan(FactRows(facts: facts, names: dictionaries.names, resources: dictionaries.resources), count: facts.count)
+                // Blocks are independent: read and scan them on every core.
+                let blocks = segment.footer.blocks.count
+                let found = Mutex<[[(TraceID, UInt64)]]>(Array(repeating: [], count: blocks))
+                DispatchQueue.concurrentPerform(iterations: blocks) { block in
+                    guard let facts = reading(segment, { segment throws(StoreError) in try segment.facts(block: block) }) else { return }
+                    let rows = FactRows(facts: facts, names: dictionaries.names, resources: dictionaries.resources)
+                    let matched = Self.matches(rows, conditions, window, services)
+                    found.withLock { $0[block] = matched }
                 }
+                for matched in found.withLock({ $0 }) { merge(matched) }
             case .segment(let segment):
                 guard let batch = reading(segment, { segment throws(StoreError) in try segment.readBatch(attributes: beyondFacts) }) else { continue }
-                scan(batch, count: batch.count)
+                merge(Self.matches(batch, conditions, window, services))
             }
             // Spans of the parts still to read end no later than this, so start no later.
             let horizon = index + 1 < parts.count ? parts[index + 1].latestEnd : 0
@@ -167,6 +174,25 @@ extension QueryEngine {
             }
         }
         return results
+    }
+
+    /// The rows of `rows` that started in `window` and may satisfy a condition, as
+    /// (trace, start); rows of resources whose service is not in `services` (when
+    /// given) are passed over.
+    static func matches<Rows: SpanRows>(
+        _ rows: Rows, _ conditions: [CompiledCondition], _ window: ClosedRange<UInt64>, _ services: Set<String>?
+    ) -> [(TraceID, UInt64)] {
+        let allowed = services.map { services in rows.resourceTable.map { services.contains($0.serviceName) } }
+        var found: [(TraceID, UInt64)] = []
+        for row in 0..<rows.count {
+            if let allowed, !allowed[rows.resourceIndex(row)] { continue }
+            let start = rows.start(row)
+            guard window.contains(start) else { continue }
+            if conditions.contains(where: { $0.evaluate(rows, row, trace: nil) != .no }) {
+                found.append((rows.traceID(row), start))
+            }
+        }
+        return found
     }
 
     /// The summary of `spans` (one whole trace) when it satisfies the query, with its matching spans.

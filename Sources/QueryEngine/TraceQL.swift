@@ -527,6 +527,10 @@ final class CompiledCondition: @unchecked Sendable {
 
 /// Spans as a condition reads them: a decoded batch, or a block's facts.
 protocol SpanRows {
+    var count: Int { get }
+    /// The resources `resourceIndex` points into.
+    var resourceTable: [ResourceEntry] { get }
+    func resourceIndex(_ row: Int) -> Int
     func traceID(_ row: Int) -> TraceID
     func start(_ row: Int) -> UInt64
     func name(_ row: Int) -> String
@@ -542,6 +546,8 @@ protocol SpanRows {
 }
 
 extension SpanBatch: SpanRows {
+    var resourceTable: [ResourceEntry] { resources }
+    func resourceIndex(_ row: Int) -> Int { Int(resourceIndices[row]) }
     func traceID(_ row: Int) -> TraceID { traceIDs[row] }
     func start(_ row: Int) -> UInt64 { startTimes[row] }
     func name(_ row: Int) -> String { names[row] }
@@ -560,6 +566,9 @@ struct FactRows: SpanRows {
     let names: [String]
     let resources: [ResourceEntry]
 
+    var count: Int { facts.count }
+    var resourceTable: [ResourceEntry] { resources }
+    func resourceIndex(_ row: Int) -> Int { Int(facts.resources[row]) }
     func traceID(_ row: Int) -> TraceID { facts.traceIDs[Int(facts.traces[row])] }
     func start(_ row: Int) -> UInt64 { facts.startTimes[row] }
     func name(_ row: Int) -> String { names[Int(facts.names[row])] }

@@ -43,6 +43,7 @@ struct QueryBench: ParsableCommand {
     func run() throws {
         print("machine: \(ProcessInfo.processInfo.activeProcessorCount) cores, \(cpuModel())")
         let end: UInt64
+        var golden: GoldenSignals?
         if reuse {
             guard let text = try? String(contentsOfFile: directory + "/end", encoding: .utf8), let stored = UInt64(text) else {
                 throw ValidationError("no store from an earlier run in \(directory)")
@@ -50,30 +51,27 @@ struct QueryBench: ParsableCommand {
             end = stored
         } else {
             end = GoldenSignals.wallClock() / Self.hour * Self.hour
-            try build(end: end)
+            golden = try build(end: end)
         }
-        try ask(end: end)
+        try ask(end: end, golden: golden)
     }
 
     // MARK: The store
 
     /// A day of traffic ending at `end`: segments, series, and the columns DuckDB reads.
-    private func build(end: UInt64) throws {
+    /// Returns the golden signals as the collector that took the traffic holds them.
+    private func build(end: UInt64) throws -> GoldenSignals {
         try? FileManager.default.removeItem(atPath: directory)
         try FileManager.default.createDirectory(atPath: directory + "/segments", withIntermediateDirectories: true)
         try FileManager.default.createDirectory(atPath: directory + "/columns", withIntermediateDirectories: true)
-        var goldenConfiguration = GoldenSignals.Configuration(directory: directory + "/series")
-        goldenConfiguration.resolutions = [
-            .init(width: .seconds(10), retention: .seconds(3 * 3600)),
-            .init(width: .seconds(60), retention: .seconds(2 * 86_400)),
-            .init(width: .seconds(3600), retention: .seconds(30 * 86_400)),
-        ]
-        let golden = try GoldenSignals(configuration: goldenConfiguration)
+        let golden = try GoldenSignals(configuration: GoldenSignals.Configuration(directory: directory + "/series"))
         let columns = try ColumnFiles(directory: directory + "/columns")
         var simulator = MeshSim(configuration: MeshSim.Configuration(seed: seed, errorRate: 0.02))
-        // MeshSim requests average about 16 spans: spread them evenly over the day
-        // (reckoning 15, so that the day holds the spans asked for).
-        let spacing = max(UInt64(1), 86_400_000_000_000 * 15 / UInt64(spans))
+        // Requests spread evenly over the day, at the spacing that makes the day hold
+        // the spans asked for (MeshSim's spans per request measured on a sample first).
+        var probe = MeshSim(configuration: MeshSim.Configuration(seed: seed ^ 0x5EED, errorRate: 0.02))
+        let sampleSpans = (0..<2_000).reduce(0) { total, _ in total + probe.request(at: 0).count }
+        let spacing = max(UInt64(1), UInt64(86_400e9 * Double(sampleSpans) / 2_000 / Double(spans)))
         var time = end - 86_400_000_000_000
         var written = 0
         var segment = 0
@@ -98,19 +96,32 @@ struct QueryBench: ParsableCommand {
         }
         try columns.finish()
         try String(end).write(toFile: directory + "/end", atomically: true, encoding: .utf8)
-        print(String(format: "store: %d spans in %d segments, a day of traffic ending %@, built in %.0f s",
-                     written, segment, rfc3339(end), measured.seconds))
+        print(String(format: "store: %d spans in %d segments, traffic from %@ to %@, built in %.0f s",
+                     written, segment, rfc3339(end - 86_400_000_000_000), rfc3339(time), measured.seconds))
+        return golden
     }
 
     // MARK: The questions
 
-    private func ask(end: UInt64) throws {
+    /// Asks the questions of the store and of `running` (the golden signals that took
+    /// the traffic), or of the series files when there is none.
+    private func ask(end: UInt64, golden running: GoldenSignals?) throws {
         var configuration = SpanStore.Configuration(dataDirectory: directory)
         configuration.readOnly = true
         var goldenConfiguration = GoldenSignals.Configuration(directory: directory + "/series")
         goldenConfiguration.readOnly = true
-        let golden = try GoldenSignals(configuration: goldenConfiguration)
-        let store = try SpanStore(configuration: configuration, follower: golden)
+        let reopened = try GoldenSignals(configuration: goldenConfiguration)
+        let store = try SpanStore(configuration: configuration, follower: reopened)
+        let golden = running ?? reopened
+        if running != nil {
+            let dayWindow = (end - 86_400_000_000_000)...(end - 1)
+            func requests(_ golden: GoldenSignals) -> UInt64 {
+                golden.signals(in: dayWindow).reduce(0) { total, entry in
+                    if case .operation(_, .server, _) = entry.key { return total + entry.value.requests } else { return total }
+                }
+            }
+            print("series: the running collector's; its day counts \(requests(running!)) SERVER requests, the series files reopened \(requests(reopened))")
+        }
         let snapshot = store.snapshot()
         let engine = QueryEngine(snapshot: snapshot)
         let signals = SignalQueries(golden: golden)
