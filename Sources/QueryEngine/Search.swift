@@ -148,7 +148,10 @@ extension QueryEngine {
                 // Blocks are independent: read and scan them on every core.
                 let blocks = segment.footer.blocks.count
                 let found = Mutex<[[(TraceID, UInt64)]]>(Array(repeating: [], count: blocks))
+                let serviceNames = dictionaries.resources.map(\.serviceName)
                 DispatchQueue.concurrentPerform(iterations: blocks) { block in
+                    // A block read before left a summary: skip it when no span of it can match.
+                    if let summary = segment.summary(block: block), !Self.mayMatch(summary, conditions, window, serviceNames) { return }
                     guard let facts = reading(segment, { segment throws(StoreError) in try segment.facts(block: block) }) else { return }
                     let rows = FactRows(facts: facts, names: dictionaries.names, resources: dictionaries.resources)
                     let matched = Self.matches(rows, conditions, window, services)
@@ -174,6 +177,14 @@ extension QueryEngine {
             }
         }
         return results
+    }
+
+    /// Whether a span of the block `summary` sums up may start in `window` and satisfy a condition.
+    static func mayMatch(_ summary: BlockSummary, _ conditions: [CompiledCondition], _ window: ClosedRange<UInt64>, _ services: [String]) -> Bool {
+        summary.groups.contains { group in
+            group.maxStart >= window.lowerBound && group.minStart <= window.upperBound
+                && conditions.contains { $0.mayMatch(group, service: services[Int(group.resource)]) }
+        }
     }
 
     /// The rows of `rows` that started in `window` and may satisfy a condition, as

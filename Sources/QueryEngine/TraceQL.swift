@@ -462,6 +462,52 @@ final class CompiledCondition: @unchecked Sendable {
         }
     }
 
+    /// Whether some span of `group` (one resource's spans of one status in a block)
+    /// may satisfy the condition: exact on service, status and kind, by range on
+    /// duration, and yes for everything a summary does not hold.
+    func mayMatch(_ group: BlockSummary.Group, service: String) -> Bool {
+        mayMatch(root, group, service)
+    }
+
+    private func mayMatch(_ node: Node, _ group: BlockSummary.Group, _ service: String) -> Bool {
+        switch node {
+        case .always: return true
+        case .and(let left, let right): return mayMatch(left, group, service) && mayMatch(right, group, service)
+        case .or(let left, let right): return mayMatch(left, group, service) || mayMatch(right, group, service)
+        case .compare(let field, let op, let literal, _, let regex):
+            switch field {
+            case .serviceName:
+                return Self.compare(text: service, op, literal, regex)
+            case .status:
+                guard case .status(let code) = literal else { return false }
+                return (group.status == code) == (op == .equal)
+            case .kind:
+                guard case .kind(let kind) = literal else { return false }
+                let bit = UInt8(1) << kind.rawValue
+                return op == .equal ? group.kinds & bit != 0 : group.kinds & ~bit != 0
+            case .duration:
+                let bound: Double
+                switch literal {
+                case .duration(let value): bound = Double(value)
+                case .integer(let value): bound = Double(value)
+                default: return false
+                }
+                let (low, high) = (Double(group.minDuration), Double(group.maxDuration))
+                switch op {
+                case .greater: return high > bound
+                case .greaterOrEqual: return high >= bound
+                case .less: return low < bound
+                case .lessOrEqual: return low <= bound
+                case .equal: return low <= bound && bound <= high
+                case .notEqual: return !(low == bound && high == bound)
+                case .matches, .notMatches: return false
+                }
+            default:
+                return true
+            }
+        }
+    }
+
     private static func compare(nanoseconds: UInt64, _ op: TraceQL.Operator, _ literal: TraceQL.Literal) -> Bool {
         let bound: Double
         switch literal {

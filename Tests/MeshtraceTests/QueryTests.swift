@@ -141,7 +141,10 @@ final class QueryTests: XCTestCase {
             let expected = Set(byTrace.filter { oracle($0.value) }.keys)
             XCTAssertFalse(expected.isEmpty, "\(query) should match some of the traffic")
             XCTAssertLessThan(expected.count, byTrace.count, "\(query) should not match everything")
+            // Twice: the second pass skips blocks by the summaries the first one left.
+            let first = try engine.search(TraceSearch(query: try TraceQL.parse(query), window: range, limit: 10_000))
             let found = try engine.search(TraceSearch(query: try TraceQL.parse(query), window: range, limit: 10_000))
+            XCTAssertEqual(Set(first.map(\.traceID)), expected, query)
             XCTAssertEqual(Set(found.map(\.traceID)), expected, query)
             for summary in found {
                 // Whole traces: every span, across segments and the head block.
@@ -179,6 +182,20 @@ final class QueryTests: XCTestCase {
             }
         }
         XCTAssertEqual(row, decoded.count)
+        // Reading a block's facts leaves its summary: every span is in one group.
+        for block in segment.footer.blocks.indices {
+            let summary = try XCTUnwrap(segment.summary(block: block))
+            let facts = try segment.facts(block: block)
+            for local in 0..<facts.count {
+                let duration = facts.endTimes[local] - facts.startTimes[local]
+                XCTAssertTrue(summary.groups.contains { group in
+                    group.resource == facts.resources[local] && group.status == facts.statusCodes[local]
+                        && group.kinds & (1 << facts.kinds[local].rawValue) != 0
+                        && (group.minDuration...group.maxDuration).contains(duration)
+                        && (group.minStart...group.maxStart).contains(facts.startTimes[local])
+                })
+            }
+        }
     }
 
     func testSearchReturnsTheNewestMatchesUpToTheLimit() throws {

@@ -14,6 +14,8 @@ public final class SegmentReader: Sendable {
     /// Per block (version 2 and later), its chunks in file order, named without the block prefix.
     private let blockChunks: [[(column: String, chunk: ColumnChunkInfo)]]
     private let dictionaryCache = DictionaryCache()
+    /// Block summaries, kept once a block's facts have been read (segments never change).
+    let summaryCache = SummaryCache()
     private let file: ReadHandle
 
     /// Opens `path` and checks its header, trailer and footer checksum.
@@ -208,4 +210,9 @@ struct BlockChunks {
 /// Holds a segment's decoded dictionaries across reads.
 private final class DictionaryCache: Sendable {
     let value = Mutex<DictionariesV2?>(nil)
+}
+
+/// Holds a segment's block summaries across reads.
+final class SummaryCache: Sendable {
+    let value = Mutex<[Int: BlockSummary]>([:])
 }

@@ -21,7 +21,53 @@ public struct SpanFacts: Sendable {
     public var count: Int { kinds.count }
 }
 
+/// What a block holds, per resource and status code: enough to tell that no span of
+/// it can match a filter on service, status, kind, duration or start time.
+public struct BlockSummary: Sendable {
+    public struct Group: Sendable {
+        public var resource: Int32
+        public var status: StatusCode
+        /// Bit `kind.rawValue` set for each kind present.
+        public var kinds: UInt8 = 0
+        public var minDuration = UInt64.max
+        public var maxDuration: UInt64 = 0
+        public var minStart = UInt64.max
+        public var maxStart: UInt64 = 0
+    }
+
+    public var groups: [Group]
+
+    public init(_ facts: SpanFacts) {
+        var index: [Int32: Int] = [:]
+        var groups: [Group] = []
+        for row in 0..<facts.count {
+            let key = facts.resources[row] << 2 | Int32(facts.statusCodes[row].rawValue)
+            let position: Int
+            if let known = index[key] {
+                position = known
+            } else {
+                position = groups.count
+                index[key] = position
+                groups.append(Group(resource: facts.resources[row], status: facts.statusCodes[row]))
+            }
+            let duration = facts.endTimes[row] &- facts.startTimes[row]
+            groups[position].kinds |= 1 << facts.kinds[row].rawValue
+            groups[position].minDuration = min(groups[position].minDuration, duration)
+            groups[position].maxDuration = max(groups[position].maxDuration, duration)
+            groups[position].minStart = min(groups[position].minStart, facts.startTimes[row])
+            groups[position].maxStart = max(groups[position].maxStart, facts.startTimes[row])
+        }
+        self.groups = groups
+    }
+}
+
 extension SegmentReader {
+    /// The summary of block `block`, from the facts read for `facts(block:)` when they
+    /// have been; nil before any.
+    public func summary(block: Int) -> BlockSummary? {
+        summaryCache.value.withLock { $0[block] }
+    }
+
     /// Whether `facts(block:)` can read this segment (version 2 and later).
     public var hasSpanFacts: Bool { footer.version != SegmentFormatV1.version }
 
@@ -122,6 +168,8 @@ extension SegmentReader {
                 row += count
             }
             guard row == rows else { throw ByteReaderError.invalidLength(offset: 0, length: UInt64(row)) }
+            let summary = BlockSummary(facts)
+            summaryCache.value.withLock { $0[block] = summary }
         } catch let error as StoreError {
             throw error
         } catch {
