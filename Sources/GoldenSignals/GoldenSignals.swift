@@ -318,6 +318,12 @@ public final class GoldenSignals: WALFollower {
         return snapshot.keyed(snapshot.merged(in: window, operations: true))
     }
 
+    /// The series with signals in the buckets that overlap `window`, without merging them.
+    public func series(in window: ClosedRange<UInt64>) -> [SeriesKey] {
+        let snapshot = self.snapshot()
+        return snapshot.present(in: window).map { snapshot.series[Int($0)] }
+    }
+
     /// The service graph of `window`: every workload that sent spans, the virtual
     /// ones at the far end of edges, and every edge with its signals. Operations are
     /// only looked up, not merged.

@@ -50,9 +50,12 @@ public struct TraceSummary: Sendable {
 
     /// Sums up `spans`, the whole of one trace, with no matched rows.
     public init(trace spans: SpanBatch) {
+        self.init(trace: spans, facts: TraceFacts(spans))
+    }
+
+    init(trace spans: SpanBatch, facts: TraceFacts) {
         self.spans = spans
         traceID = spans.traceIDs.first ?? .zero
-        let facts = TraceFacts(spans)
         rootService = facts.rootService
         rootName = facts.rootName
         duration = facts.duration
@@ -236,7 +239,7 @@ extension QueryEngine {
             }
         }
         guard holds(search.query) else { return nil }
-        var summary = TraceSummary(trace: spans)
+        var summary = TraceSummary(trace: spans, facts: facts)
         summary.matched = matched
         return summary
     }

@@ -69,7 +69,7 @@ public struct SignalQueries: Sendable {
 
     /// Services that reported spans in the window, sorted.
     public func services(_ scope: Scope) -> [String] {
-        Set(operations(scope).map(\.key.workload.service)).sorted()
+        Set(operationKeys(scope).map(\.workload.service)).sorted()
     }
 
     /// One operation of one service.
@@ -82,9 +82,9 @@ public struct SignalQueries: Sendable {
 
     /// The operations of `service` in the window, sorted; every kind when `kind` is nil.
     public func operations(of service: String, kind: SpanKind? = nil, _ scope: Scope) -> [Operation] {
-        Set(operations(scope).compactMap { entry -> Operation? in
-            guard entry.key.workload.service == service, kind == nil || entry.key.kind == kind else { return nil }
-            return Operation(name: entry.key.name, span_kind: entry.key.kind.name)
+        Set(operationKeys(scope).compactMap { key -> Operation? in
+            guard key.workload.service == service, kind == nil || key.kind == kind else { return nil }
+            return Operation(name: key.name, span_kind: key.kind.name)
         }).sorted()
     }
 
@@ -92,6 +92,14 @@ public struct SignalQueries: Sendable {
         var workload: Workload
         var kind: SpanKind
         var name: String
+    }
+
+    /// The operations with traffic in the window; their signals are not merged.
+    private func operationKeys(_ scope: Scope) -> [OperationKey] {
+        golden.series(in: scope.window).compactMap { key in
+            guard case let .operation(workload, kind, name) = key, scope.admits(workload) else { return nil }
+            return OperationKey(workload: workload, kind: kind, name: name)
+        }
     }
 
     private func operations(_ scope: Scope) -> [(key: OperationKey, signals: Signals)] {
@@ -122,16 +130,18 @@ public struct SignalQueries: Sendable {
         var versions: [Key: Set<String>] = [:]
         for (key, signals) in operations(scope) where services?.contains(key.workload.service) ?? true {
             let service = Key(name: key.workload.service, namespace: key.workload.namespace)
+            // Every service gets a row, with no inbound traffic when it served none.
+            var served = inbound[service] ?? Signals()
             switch key.kind {
             case .server, .consumer:
-                inbound[service, default: Signals()].merge(signals)
+                served.merge(signals)
                 if !key.workload.version.isEmpty { versions[service, default: []].insert(key.workload.version) }
             case .client, .producer:
                 outbound[service, default: 0] += signals.requests
-                inbound[service, default: Signals()].merge(Signals())
             default:
-                inbound[service, default: Signals()].merge(Signals())
+                break
             }
+            inbound[service] = served
         }
         return inbound.keys.sorted { ($0.namespace, $0.name) < ($1.namespace, $1.name) }.map { key in
             Stat(name: key.name, namespace: key.namespace, versions: (versions[key] ?? []).sorted(),

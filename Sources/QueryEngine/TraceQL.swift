@@ -28,6 +28,11 @@ public indirect enum TraceQL: Sendable, Equatable {
         case compare(Field, Operator, Literal)
         case and(Condition, Condition)
         case or(Condition, Condition)
+
+        /// All of `conditions` on the same span; `always` when there are none.
+        public static func all(_ conditions: [Condition]) -> Condition {
+            conditions.dropFirst().reduce(conditions.first ?? .always) { .and($0, $1) }
+        }
     }
 
     public enum Scope: String, Sendable, Equatable {

@@ -244,22 +244,20 @@ public struct QueryService: Sendable {
             return json(JaegerJSON.Envelope(data: traces, errors: errors.isEmpty ? nil : errors))
         }
         guard let service = parameters["service"] else { throw QueryParameters.Invalid("parameter 'service' is required") }
-        var condition = TraceQL.Condition.compare(.serviceName, .equal, .string(service))
-        func and(_ next: TraceQL.Condition) { condition = .and(condition, next) }
-        if let operation = parameters["operation"] { and(.compare(.name, .equal, .string(operation))) }
-        for (key, value) in try Self.jaegerTags(parameters) { and(Self.tagCondition(key, value)) }
+        var conditions: [TraceQL.Condition] = [.compare(.serviceName, .equal, .string(service))]
+        if let operation = parameters["operation"] { conditions.append(.compare(.name, .equal, .string(operation))) }
+        for (key, value) in try Self.jaegerTags(parameters) { conditions.append(Self.tagCondition(key, value)) }
         let minimum = try parameters.duration("minDuration")
         let maximum = try parameters.duration("maxDuration")
         if let minimum, let maximum, maximum < minimum {
             throw QueryParameters.Invalid("parameter 'maxDuration' must be at least 'minDuration'")
         }
-        if let minimum { and(.compare(.duration, .greaterOrEqual, .duration(minimum))) }
-        if let maximum { and(.compare(.duration, .lessOrEqual, .duration(maximum))) }
+        conditions += Self.durationConditions(minimum: minimum, maximum: maximum)
         let end = try parameters.epoch("end", scale: 1_000) ?? TimeWindow.now()
         let start = try parameters.epoch("start", scale: 1_000) ?? (end > 2 * 86_400_000_000_000 ? end - 2 * 86_400_000_000_000 : 0)
         guard start <= end else { throw QueryParameters.Invalid("parameter 'start' must not be after 'end'") }
         let limit = try parameters.integer("limit", default: 100, in: 0...100_000)!
-        let found = try engine().search(TraceSearch(query: .spanset(condition), window: start...end, limit: limit == 0 ? 100 : limit))
+        let found = try engine().search(TraceSearch(query: .spanset(.all(conditions)), window: start...end, limit: limit == 0 ? 100 : limit))
         return json(JaegerJSON.Envelope(data: try found.map { try JaegerJSON.trace($0.spans) }))
     }
 
@@ -270,21 +268,20 @@ public struct QueryService: Sendable {
     private func jaegerV3Search(_ parameters: QueryParameters) throws -> Response {
         func value(_ snake: String, _ camel: String) -> String? { parameters.first("query.\(snake)", "query.\(camel)") }
         guard let service = value("service_name", "serviceName") else { throw QueryParameters.Invalid("parameter 'query.service_name' is required") }
-        var condition = TraceQL.Condition.compare(.serviceName, .equal, .string(service))
-        func and(_ next: TraceQL.Condition) { condition = .and(condition, next) }
-        if let operation = value("operation_name", "operationName") { and(.compare(.name, .equal, .string(operation))) }
+        var conditions: [TraceQL.Condition] = [.compare(.serviceName, .equal, .string(service))]
+        if let operation = value("operation_name", "operationName") { conditions.append(.compare(.name, .equal, .string(operation))) }
         if let text = value("attributes", "attributes") {
             guard let object = try? JSONSerialization.jsonObject(with: Data(text.utf8)) as? [String: Any] else {
                 throw QueryParameters.Invalid("parameter 'query.attributes' must be a JSON object, got \(text.debugDescription)")
             }
-            for key in object.keys.sorted() { and(Self.tagCondition(key, "\(object[key]!)")) }
+            for key in object.keys.sorted() { conditions.append(Self.tagCondition(key, "\(object[key]!)")) }
         }
         for (snake, camel, op) in [("duration_min", "durationMin", TraceQL.Operator.greaterOrEqual), ("duration_max", "durationMax", .lessOrEqual)] {
             guard let text = value(snake, camel) else { continue }
             guard let nanoseconds = DurationText.nanoseconds(text) else {
                 throw QueryParameters.Invalid("parameter 'query.\(snake)' must be a duration like 100ms, got \(text.debugDescription)")
             }
-            and(.compare(.duration, op, .duration(nanoseconds)))
+            conditions.append(.compare(.duration, op, .duration(nanoseconds)))
         }
         var bounds: [UInt64] = []
         for (snake, camel) in [("start_time_min", "startTimeMin"), ("start_time_max", "startTimeMax")] {
@@ -297,7 +294,7 @@ public struct QueryService: Sendable {
         guard bounds[0] <= bounds[1] else { throw QueryParameters.Invalid("parameter 'query.start_time_min' must not be after 'query.start_time_max'") }
         let limit = try parameters.integer("query.num_traces", default: nil, in: 1...100_000)
             ?? parameters.integer("query.numTraces", default: 20, in: 1...100_000)!
-        let found = try engine().search(TraceSearch(query: .spanset(condition), window: bounds[0]...bounds[1], limit: limit))
+        let found = try engine().search(TraceSearch(query: .spanset(.all(conditions)), window: bounds[0]...bounds[1], limit: limit))
         guard !found.isEmpty else { throw NotFound(message: "No traces found") }
         return try otlpResult(found.map(\.spans))
     }
@@ -308,6 +305,12 @@ public struct QueryService: Sendable {
         for spans in traces { data.resourceSpans += try spans.tracesData().resourceSpans }
         let otlp = try OTLPJSON.encode(data)
         return Response(status: 200, contentType: "application/json", body: Array("{\"result\":".utf8) + Array(otlp) + [UInt8(ascii: "}")])
+    }
+
+    /// A span at least `minimum` and at most `maximum` long (nanoseconds), where given.
+    private static func durationConditions(minimum: UInt64?, maximum: UInt64?) -> [TraceQL.Condition] {
+        (minimum.map { [.compare(.duration, .greaterOrEqual, .duration($0))] } ?? [])
+            + (maximum.map { [.compare(.duration, .lessOrEqual, .duration($0))] } ?? [])
     }
 
     /// Jaeger's `tags` (JSON objects, repeatable) and `tag` (`key:value`, repeatable).
@@ -346,21 +349,19 @@ public struct QueryService: Sendable {
         if let text = parameters["q"] {
             query = try TraceQL.parse(text)
         } else {
-            var condition = TraceQL.Condition.always
-            func and(_ next: TraceQL.Condition) { condition = condition == .always ? next : .and(condition, next) }
+            var conditions: [TraceQL.Condition] = []
             if let tags = parameters["tags"] {
                 for (key, value) in try Self.logfmt(tags) {
                     switch key {
-                    case "service.name": and(.compare(.serviceName, .equal, .string(value)))
-                    case "name": and(.compare(.name, .equal, .string(value)))
-                    case "status.code", "status": and(.compare(.status, .equal, .status(value == "error" ? .error : value == "ok" ? .ok : .unset)))
-                    default: and(Self.tagCondition(key, value))
+                    case "service.name": conditions.append(.compare(.serviceName, .equal, .string(value)))
+                    case "name": conditions.append(.compare(.name, .equal, .string(value)))
+                    case "status.code", "status": conditions.append(.compare(.status, .equal, .status(value == "error" ? .error : value == "ok" ? .ok : .unset)))
+                    default: conditions.append(Self.tagCondition(key, value))
                     }
                 }
             }
-            if let minimum = try parameters.duration("minDuration") { and(.compare(.duration, .greaterOrEqual, .duration(minimum))) }
-            if let maximum = try parameters.duration("maxDuration") { and(.compare(.duration, .lessOrEqual, .duration(maximum))) }
-            query = .spanset(condition)
+            conditions += Self.durationConditions(minimum: try parameters.duration("minDuration"), maximum: try parameters.duration("maxDuration"))
+            query = .spanset(.all(conditions))
         }
         let end = try parameters.epoch("end", scale: 1_000_000_000) ?? TimeWindow.now()
         let start = try parameters.epoch("start", scale: 1_000_000_000) ?? (end > 86_400_000_000_000 ? end - 86_400_000_000_000 : 0)
@@ -430,25 +431,23 @@ public struct QueryService: Sendable {
         if let text = parameters["q"] {
             query = try TraceQL.parse(text)
         } else {
-            var condition = TraceQL.Condition.always
-            func and(_ next: TraceQL.Condition) { condition = condition == .always ? next : .and(condition, next) }
-            if let service = parameters["service"] { and(.compare(.serviceName, .equal, .string(service))) }
-            if let operation = parameters["operation"] { and(.compare(.name, .equal, .string(operation))) }
+            var conditions: [TraceQL.Condition] = []
+            if let service = parameters["service"] { conditions.append(.compare(.serviceName, .equal, .string(service))) }
+            if let operation = parameters["operation"] { conditions.append(.compare(.name, .equal, .string(operation))) }
             for text in parameters.all("tag") where !text.isEmpty {
                 guard let equals = text.firstIndex(of: "=") else {
                     throw QueryParameters.Invalid("parameter 'tag' must be key=value, got \(text.debugDescription)")
                 }
-                and(Self.tagCondition(String(text[..<equals]), String(text[text.index(after: equals)...])))
+                conditions.append(Self.tagCondition(String(text[..<equals]), String(text[text.index(after: equals)...])))
             }
-            if let minimum = try parameters.duration("min_duration") { and(.compare(.duration, .greaterOrEqual, .duration(minimum))) }
-            if let maximum = try parameters.duration("max_duration") { and(.compare(.duration, .lessOrEqual, .duration(maximum))) }
+            conditions += Self.durationConditions(minimum: try parameters.duration("min_duration"), maximum: try parameters.duration("max_duration"))
             if let status = parameters["status"] {
                 guard let code = ["error": StatusCode.error, "ok": .ok, "unset": .unset][status] else {
                     throw QueryParameters.Invalid("parameter 'status' must be error, ok or unset, got \(status.debugDescription)")
                 }
-                and(.compare(.status, .equal, .status(code)))
+                conditions.append(.compare(.status, .equal, .status(code)))
             }
-            query = .spanset(condition)
+            query = .spanset(.all(conditions))
         }
         let limit = try parameters.integer("limit", default: 20, in: 1...100_000)!
         let found = try engine().search(TraceSearch(query: query, window: try parameters.window(), limit: limit))
