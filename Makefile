@@ -31,6 +31,7 @@ build: deps
 
 test: deps venv
 	$(SWIFT) build --build-tests
+	$(SWIFT) build --product meshexporter
 	MESHTRACE_PYTHON=$(abspath $(PYTHON)) $(SWIFT) test --skip-build
 	MESHTRACE_BIN=$$($(SWIFT) build --show-bin-path) $(PYTHON) -m pytest Tests/interop -q
 

@@ -8,8 +8,12 @@ let package = Package(
         .executable(name: "meshtrace-collector", targets: ["meshtrace-collector"]),
         .executable(name: "meshtrace", targets: ["meshtrace"]),
         .executable(name: "meshtrace-bench", targets: ["meshtrace-bench"]),
+        .executable(name: "meshtrace-sidecar", targets: ["meshtrace-sidecar"]),
         .library(name: "Collector", targets: ["Collector"]),
         .library(name: "MeshSim", targets: ["MeshSim"]),
+        .library(name: "MeshExporter", targets: ["MeshExporter"]),
+        // libmeshexporter.so: MeshExporter behind the C interface of meshexporter.h.
+        .library(name: "meshexporter", type: .dynamic, targets: ["CMeshExporter"]),
     ],
     dependencies: [
         .package(url: "https://github.com/apple/swift-protobuf", exact: "1.39.0"),
@@ -32,6 +36,8 @@ let package = Package(
 
         // The CPU's CRC-32C instruction, where it has one.
         .target(name: "CCRC32C"),
+        // Counts a thread's heap allocations (benchmarks only: it replaces malloc in the executable).
+        .target(name: "CAllocationCounter"),
 
         .target(name: "Compression", dependencies: ["CZstd", "CLZ4", "CZlib"]),
         .target(name: "MeshCore", dependencies: ["CCRC32C"]),
@@ -49,6 +55,22 @@ let package = Package(
         .target(name: "QueryEngine", dependencies: ["SegmentStore", "GoldenSignals", "Sampling", "MeshCore", "OTLPWire"]),
         .target(name: "Sampling", dependencies: ["MeshCore", "SegmentStore", .product(name: "Yams", package: "Yams")]),
         .target(name: "MeshSim", dependencies: ["MeshCore", "OTLPWire"]),
+        // meshexporter.h, and the Swift implementation of it.
+        .target(name: "MeshExporterABI"),
+        .target(name: "CMeshExporter", dependencies: ["MeshExporter", "MeshExporterABI", "MeshCore"]),
+        // The exporter a proxy embeds: ring buffer, OTLP encoding, HTTP and gRPC transports.
+        .target(
+            name: "MeshExporter",
+            dependencies: [
+                "MeshCore", "OTLPWire", "Compression",
+                .product(name: "SwiftProtobuf", package: "swift-protobuf"),
+                .product(name: "AsyncHTTPClient", package: "async-http-client"),
+                .product(name: "GRPCCore", package: "grpc-swift-2"),
+                .product(name: "GRPCProtobuf", package: "grpc-swift-protobuf"),
+                .product(name: "GRPCNIOTransportHTTP2", package: "grpc-swift-nio-transport"),
+                .product(name: "NIOCore", package: "swift-nio"),
+            ]
+        ),
         .target(
             name: "Collector",
             dependencies: [
@@ -75,7 +97,8 @@ let package = Package(
         .executableTarget(
             name: "meshtrace",
             dependencies: [
-                "Collector", "QueryEngine", "SegmentStore", "Sampling", "MeshSim", "OTLPWire", "MeshCore",
+                "Collector", "QueryEngine", "SegmentStore", "Sampling", "MeshSim", "OTLPWire", "MeshCore", "MeshExporter",
+                .product(name: "Hummingbird", package: "hummingbird"),
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "AsyncHTTPClient", package: "async-http-client"),
                 .product(name: "Logging", package: "swift-log"),
@@ -85,9 +108,25 @@ let package = Package(
             ]
         ),
         .executableTarget(
+            name: "meshtrace-sidecar",
+            dependencies: [
+                "MeshExporter", "MeshCore",
+                .product(name: "ArgumentParser", package: "swift-argument-parser"),
+                .product(name: "AsyncHTTPClient", package: "async-http-client"),
+                .product(name: "Hummingbird", package: "hummingbird"),
+                .product(name: "Logging", package: "swift-log"),
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "NIOHTTP1", package: "swift-nio"),
+                .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
+            ]
+        ),
+        .executableTarget(
             name: "meshtrace-bench",
             dependencies: [
                 "SegmentStore", "QueryEngine", "GoldenSignals", "Sampling", "MeshSim", "OTLPWire", "MeshCore", "Compression",
+                "MeshExporter", "CAllocationCounter",
+                .product(name: "AsyncHTTPClient", package: "async-http-client"),
+                .product(name: "Hummingbird", package: "hummingbird"),
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
             ]
         ),
@@ -100,6 +139,7 @@ let package = Package(
             name: "MeshtraceTests",
             dependencies: [
                 "Compression", "MeshCore", "OTLPWire", "SegmentStore", "QueryEngine", "GoldenSignals", "Sampling", "MeshSim", "Collector",
+                "MeshExporter",
                 .product(name: "SwiftProtobuf", package: "swift-protobuf"),
             ],
             resources: [.copy("Fixtures")]

@@ -306,12 +306,14 @@ public struct GroundTruth: Sendable, Equatable {
     public var randomBits = 0.0
     public var edges: [Edge: EdgeStats] = [:]
 
+    public init() {}
+
     /// Hops per request, on average.
     public var hopsPerRequest: Double {
         requests == 0 ? 0 : Double(edges.values.reduce(0) { $0 + $1.requests }) / Double(requests)
     }
 
-    mutating func record(edge: Edge, duration: UInt64, failed: Bool) {
+    public mutating func record(edge: Edge, duration: UInt64, failed: Bool) {
         edges[edge, default: EdgeStats()].requests += 1
         if failed { edges[edge]!.errors += 1 }
         edges[edge]!.durations.append(duration)

@@ -142,38 +142,45 @@ extension QueryEngine {
                 candidates[id] = start
             }
         }
-        for (index, entry) in parts.enumerated() {
-            switch entry.part {
+        var index = 0
+        while index < parts.count {
+            // The last part read this round: a run of fact-readable segments is read together.
+            var last = index
+            switch parts[index].part {
             case .block(let block):
                 merge(Self.matches(block, conditions, window, services))
             case .segment(let segment) where !beyondFacts && segment.hasSpanFacts:
-                guard let dictionaries = reading(segment, { segment throws(StoreError) in try segment.factDictionaries() }) else { continue }
-                // Blocks are independent: read and scan them on every core.
-                let blocks = segment.footer.blocks.count
-                let found = Mutex<[[(TraceID, UInt64)]]>(Array(repeating: [], count: blocks))
-                let serviceNames = dictionaries.resources.map(\.serviceName)
-                DispatchQueue.concurrentPerform(iterations: blocks) { block in
-                    // A block read before left a summary: skip it when no span of it can match.
-                    if let summary = segment.summary(block: block), !Self.mayMatch(summary, conditions, window, serviceNames) { return }
-                    guard let facts = reading(segment, { segment throws(StoreError) in try segment.facts(block: block) }) else { return }
-                    let rows = FactRows(facts: facts, names: dictionaries.names, resources: dictionaries.resources)
-                    let matched = Self.matches(rows, conditions, window, services)
-                    found.withLock { $0[block] = matched }
+                // This segment and the fact-readable ones after it, until they have blocks
+                // enough to read to keep every core busy, are read together.
+                var group: [ScanPlan] = []
+                var blocks = 0
+                for next in index..<parts.count where blocks < Self.blocksPerScan {
+                    guard case .segment(let reader) = parts[next].part, reader.hasSpanFacts else { break }
+                    let plan = self.plan(reader, conditions, window, services)
+                    group.append(plan)
+                    blocks += plan.blocks.count
+                    last = next
                 }
-                for matched in found.withLock({ $0 }) { merge(matched) }
+                merge(scan(group, conditions, window, services))
             case .segment(let segment):
-                guard let batch = reading(segment, { segment throws(StoreError) in try segment.readBatch(attributes: beyondFacts) }) else { continue }
-                merge(Self.matches(batch, conditions, window, services))
+                if let batch = reading(segment, { segment throws(StoreError) in try segment.readBatch(attributes: beyondFacts) }) {
+                    merge(Self.matches(batch, conditions, window, services))
+                }
             }
+            index = last + 1
             // Spans of the parts still to read end no later than this, so start no later.
-            let horizon = index + 1 < parts.count ? parts[index + 1].latestEnd : 0
-            let settled = candidates.filter { $0.value > horizon || index + 1 == parts.count }
+            let horizon = index < parts.count ? parts[index].latestEnd : 0
+            var settled = candidates.filter { $0.value > horizon || index == parts.count }
                 .sorted { ($0.value, $0.key) > ($1.value, $1.key) }
-            for (id, _) in settled {
-                candidates[id] = nil
-                decided.insert(id)
-                guard let spans = try trace(id) else { continue }
-                if let summary = Self.confirm(search, conditions, spans) {
+                .map(\.key)[...]
+            while !settled.isEmpty {
+                // As many traces as could still fill the answer are read at once, on every core.
+                let wave = settled.prefix(search.limit - results.count)
+                settled = settled.dropFirst(wave.count)
+                for (id, spans) in zip(wave, try traces(Array(wave))) {
+                    candidates[id] = nil
+                    decided.insert(id)
+                    guard let spans, let summary = Self.confirm(search, conditions, spans) else { continue }
                     results.append(summary)
                     if results.count == search.limit { return results }
                 }
@@ -182,11 +189,71 @@ extension QueryEngine {
         return results
     }
 
-    /// Whether a span of the block `summary` sums up may start in `window` and satisfy a condition.
-    static func mayMatch(_ summary: BlockSummary, _ conditions: [CompiledCondition], _ window: ClosedRange<UInt64>, _ services: [String]) -> Bool {
+    /// Blocks read together when a search scans segments: enough to keep both cores of
+    /// a small machine busy and more, few enough that reading past the answer costs little.
+    static let blocksPerScan = 8
+
+    /// A segment's blocks a search reads: those in its window whose summaries say a span may match.
+    struct ScanPlan {
+        var segment: SegmentReader
+        var dictionaries: (names: [String], resources: [ResourceEntry])
+        var blocks: [Int]
+    }
+
+    private func plan(
+        _ segment: SegmentReader, _ conditions: [CompiledCondition], _ window: ClosedRange<UInt64>, _ services: Set<String>?
+    ) -> ScanPlan {
+        guard let dictionaries = reading(segment, { segment throws(StoreError) in try segment.factDictionaries() }) else {
+            return ScanPlan(segment: segment, dictionaries: ([], []), blocks: [])
+        }
+        let serviceNames = dictionaries.resources.map(\.serviceName)
+        // Resources of services no spanset names are passed over before any condition is asked.
+        let allowed = serviceNames.map { services?.contains($0) ?? true }
+        // A segment whose summaries cannot be read is reported; its blocks are read whole.
+        let summaries = reading(segment) { segment throws(StoreError) in try segment.summaries() }
+        var blocks: [Int] = []
+        for (block, info) in segment.footer.blocks.enumerated()
+        where info.minStartTime <= window.upperBound && info.maxEndTime >= window.lowerBound {
+            // A block whose summary says no span of it can match is passed over unread.
+            if let summary = summaries?[block], !Self.mayMatch(summary, conditions, serviceNames, allowed: allowed) { continue }
+            blocks.append(block)
+        }
+        return ScanPlan(segment: segment, dictionaries: dictionaries, blocks: blocks)
+    }
+
+    /// The spans of the planned blocks that may match, as (trace, start): the blocks'
+    /// facts are read and scanned on every core.
+    private func scan(
+        _ group: [ScanPlan], _ conditions: [CompiledCondition], _ window: ClosedRange<UInt64>, _ services: Set<String>?
+    ) -> [(TraceID, UInt64)] {
+        let work = group.enumerated().flatMap { member, plan in plan.blocks.map { (member, $0) } }
+        let found = Mutex<[[(TraceID, UInt64)]]>(Array(repeating: [], count: work.count))
+        DispatchQueue.concurrentPerform(iterations: work.count) { item in
+            let (member, block) = work[item]
+            let plan = group[member]
+            guard let facts = reading(plan.segment, { segment throws(StoreError) in try segment.facts(block: block) }) else { return }
+            let rows = FactRows(facts: facts, names: plan.dictionaries.names, resources: plan.dictionaries.resources)
+            let matched = Self.matches(rows, conditions, window, services)
+            found.withLock { $0[item] = matched }
+        }
+        return found.withLock { $0 }.flatMap { $0 }
+    }
+
+    /// Every stored span of each trace of `ids` (nil where none is), read on every core.
+    func traces(_ ids: [TraceID]) throws -> [SpanBatch?] {
+        let found = Mutex<[Result<SpanBatch?, any Error>]>(Array(repeating: .success(nil), count: ids.count))
+        DispatchQueue.concurrentPerform(iterations: ids.count) { item in
+            let result = Result { try trace(ids[item]) }
+            found.withLock { $0[item] = result }
+        }
+        return try found.withLock { $0 }.map { try $0.get() }
+    }
+
+    /// Whether a span of the block `summary` sums up may satisfy a condition; groups of
+    /// resources not `allowed` are not asked.
+    static func mayMatch(_ summary: BlockSummary, _ conditions: [CompiledCondition], _ services: [String], allowed: [Bool]) -> Bool {
         summary.groups.contains { group in
-            group.maxStart >= window.lowerBound && group.minStart <= window.upperBound
-                && conditions.contains { $0.mayMatch(group, service: services[Int(group.resource)]) }
+            allowed[Int(group.resource)] && conditions.contains { $0.mayMatch(group, service: services[Int(group.resource)]) }
         }
     }
 

@@ -341,7 +341,7 @@ extension TraceQL {
                 guard case .kind = value, op == .equal || op == .notEqual else { throw fail("kind compares with = or != to server, client, producer, consumer, internal or unspecified") }
             case .duration, .traceDuration:
                 switch value {
-                case .duration, .integer where !(op == .matches || op == .notMatches): break
+                case .duration, .integer: guard op != .matches && op != .notMatches else { fallthrough }
                 default: throw fail("a duration compares with = != > >= < <= to a duration such as 300ms")
                 }
             case .name, .statusMessage, .rootServiceName, .rootName, .serviceName:

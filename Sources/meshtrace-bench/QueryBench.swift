@@ -260,7 +260,7 @@ private final class ColumnFiles {
         self.directory = directory
         for column in ["trace_id", "span_id", "parent_span_id", "service", "name", "kind", "status", "http_status", "start_ns", "duration_ns"] {
             let path = directory + "/" + column
-            FileManager.default.createFile(atPath: path, contents: nil)
+            _ = FileManager.default.createFile(atPath: path, contents: nil)
             handles[column] = try FileHandle(forWritingTo: URL(fileURLWithPath: path))
         }
     }

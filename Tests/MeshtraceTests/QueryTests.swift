@@ -2,8 +2,9 @@ import Foundation
 import GoldenSignals
 import MeshCore
 import OTLPWire
+import Synchronization
 @testable import QueryEngine
-import SegmentStore
+@testable import SegmentStore
 import XCTest
 
 /// Search over a real store (sealed segments and the head block) against an
@@ -46,6 +47,7 @@ final class QueryTests: XCTestCase {
             ("{ status > error }", 11, "status compares"),
             (#"{ name > "a" }"#, 9, "quoted string"),
             ("{ duration = 12parsecs }", 13, "not a number or a duration"),
+            ("{ duration =~ 300ms }", 14, "a duration compares"),
             (#"{ .a =~ "[" }"#, 8, "regular expression"),
             ("{ .a = 1 } | count() > 1", 11, "pipelines"),
             ("{ .a = 1 } >> { .b = 1 }", 11, "structural"),
@@ -182,20 +184,43 @@ final class QueryTests: XCTestCase {
             }
         }
         XCTAssertEqual(row, decoded.count)
-        // Reading a block's facts leaves its summary: every span is in one group.
+        // The summaries the segment stores are exactly those its facts make.
+        let summaries = try segment.summaries()
+        XCTAssertEqual(summaries.count, segment.footer.blocks.count)
         for block in segment.footer.blocks.indices {
-            let summary = try XCTUnwrap(segment.summary(block: block))
-            let facts = try segment.facts(block: block)
-            for local in 0..<facts.count {
-                let duration = facts.endTimes[local] - facts.startTimes[local]
-                XCTAssertTrue(summary.groups.contains { group in
-                    group.resource == facts.resources[local] && group.status == facts.statusCodes[local]
-                        && group.kinds & (1 << facts.kinds[local].rawValue) != 0
-                        && (group.minDuration...group.maxDuration).contains(duration)
-                        && (group.minStart...group.maxStart).contains(facts.startTimes[local])
-                })
+            let summary = try XCTUnwrap(summaries[block])
+            XCTAssertEqual(summary, BlockSummary(try segment.facts(block: block)))
+        }
+
+        // A damaged summaries chunk is reported, and a search reads every block instead.
+        var bytes = try Array(Data(contentsOf: URL(fileURLWithPath: path)))
+        let chunk = try XCTUnwrap(segment.footer.columns.first { $0.column == "block.summaries" })
+        bytes[chunk.offset + chunk.compressedSize / 2] ^= 0xFF
+        let damagedPath = temporaryDirectory(self) + "/damaged.mts"
+        try Data(bytes).write(to: URL(fileURLWithPath: damagedPath))
+        let damaged = try SegmentReader(path: damagedPath)
+        XCTAssertThrowsError(try damaged.summaries()) { error in
+            guard case .corruptColumn(damagedPath, "block.summaries", "checksum mismatch")? = error as? StoreError else {
+                return XCTFail("\(error)")
             }
         }
+        let reports = Mutex(0)
+        let search = TraceSearch(query: try TraceQL.parse("{ status = error }"), window: 0...UInt64.max, limit: 1000)
+        let expected = try QueryEngine(snapshot: SpanStore.Snapshot(unsealed: [], segments: [segment])).search(search)
+        let found = try QueryEngine(snapshot: SpanStore.Snapshot(unsealed: [], segments: [damaged])) { _, _ in
+            reports.withLock { $0 += 1 }
+        }.search(search)
+        XCTAssertFalse(expected.isEmpty)
+        XCTAssertEqual(found.map(\.traceID), expected.map(\.traceID))
+        XCTAssertEqual(reports.withLock { $0 }, 1)
+
+        // A segment of an earlier version stores none: reading a block's facts leaves its summary.
+        let golden = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent()
+            .deletingLastPathComponent().appendingPathComponent("storage/golden/v3/mesh.mts").path
+        let earlier = try SegmentReader(path: golden)
+        XCTAssertEqual(try earlier.summaries().compactMap { $0 }.count, 0)
+        let facts = try earlier.facts(block: 0)
+        XCTAssertEqual(try earlier.summaries()[0], BlockSummary(facts))
     }
 
     func testSearchReturnsTheNewestMatchesUpToTheLimit() throws {

@@ -52,3 +52,22 @@ def test_topology_from_a_data_directory_matches_the_demo(tmp_path):
     assert json.loads(offline.stdout)["edges"] == served
     table = meshtrace("topology", "--data-dir", data)
     assert table.stdout.splitlines()[0].split() == ["SRC", "DST", "REQUESTS", "ERRORS", "ERROR%", "P50", "P95", "P99"]
+
+
+def test_demo_with_sidecars_counts_every_call_the_services_made():
+    """`--sidecars`: six HTTP services, each behind a meshtrace-sidecar process; the
+    topology, from the sidecars' spans, counts exactly the calls the services made."""
+    run = meshtrace("demo", "--sidecars", "--duration", "2", "--rate", "20", "--error-rate", "0.05", "-o", "json")
+    assert run.returncode == 0, run.stderr
+    report = json.loads(run.stdout)
+    assert report["requests"] == 40
+    edges = {(e["source"], e["target"]): e for e in report["topology"]["edges"] if e["connection_type"] == ""}
+    truth = {(e["source"], e["target"]): e for e in report["truth"]}
+    assert set(truth) == {("frontend", "catalog"), ("frontend", "cart"), ("cart", "checkout"),
+                          ("checkout", "payments"), ("checkout", "inventory")}
+    assert edges.keys() == truth.keys()
+    for key, expected in truth.items():
+        assert (edges[key]["requests"], edges[key]["errors"]) == (expected["requests"], expected["errors"]), key
+    # The slowest request's trace, as the sidecars recorded it: a SERVER span at
+    # frontend, and a CLIENT and a SERVER span per call.
+    assert report["slow_trace_spans"] == 11

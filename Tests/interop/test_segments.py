@@ -42,12 +42,14 @@ def test_list_inspect_verify(collector, tmp_path):
     segments = listed(data)
     assert len(segments) >= 4
     assert sum(s["spans"] for s in segments) == len(sent) * SPANS_PER_TRACE
-    assert all(s["bytes_per_span"] > 0 and s["version"] == 3 for s in segments)
+    assert all(s["bytes_per_span"] > 0 and s["version"] == 4 for s in segments)
 
     inspect = meshtrace("segments", "inspect", "--data-dir", data)
     assert inspect.returncode == 0, inspect.stderr
     assert inspect.stdout.splitlines()[0].split() == ["COLUMN", "CHUNKS", "COMPRESSED", "RAW", "B/SPAN", "RATIO"]
     assert any(line.startswith("span.id ") for line in inspect.stdout.splitlines())
+    # Version 4: every block's summary, for searches to skip blocks by.
+    assert any(line.startswith("block.summaries ") for line in inspect.stdout.splitlines())
 
     verify = meshtrace("segments", "verify", "--data-dir", data)
     assert verify.returncode == 0, verify.stdout + verify.stderr

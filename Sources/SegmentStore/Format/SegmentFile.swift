@@ -16,7 +16,7 @@ public enum SegmentFile {
     /// File name suffix of sealed segments.
     public static let fileExtension = ".mts"
     /// Format versions this build reads.
-    static let readableVersions: ClosedRange<UInt16> = 1...3
+    static let readableVersions: ClosedRange<UInt16> = 1...4
 }
 
 /// Where one column chunk lives in a segment file, and how to check it.
@@ -187,6 +187,7 @@ public enum SegmentWriter {
             for (name, bytes) in block.columns { try append(SegmentFormatV2.chunkName(block: index, column: name), bytes) }
         }
         for (name, bytes) in encoded.dictionaries { try append(name, bytes) }
+        try append(SegmentFormatV2.summariesChunk, encoded.summaries)
         let traceCount = encoded.blocks.reduce(0) { $0 + $1.info.traceCount }
         var footer = SegmentFooter(
             version: SegmentFormatV2.version, spanCount: batch.count, traceCount: traceCount,

@@ -14,7 +14,7 @@ public final class SegmentReader: Sendable {
     /// Per block (version 2 and later), its chunks in file order, named without the block prefix.
     private let blockChunks: [[(column: String, chunk: ColumnChunkInfo)]]
     private let dictionaryCache = DictionaryCache()
-    /// Block summaries, kept once a block's facts have been read (segments never change).
+    /// Block summaries, kept once read or built (segments never change).
     let summaryCache = SummaryCache()
     private let file: ReadHandle
 
@@ -212,7 +212,9 @@ private final class DictionaryCache: Sendable {
     let value = Mutex<DictionariesV2?>(nil)
 }
 
-/// Holds a segment's block summaries across reads.
+/// Holds a segment's block summaries across reads: those the segment stores, once
+/// read, or those built from blocks read so far.
 final class SummaryCache: Sendable {
+    let stored = Mutex<[BlockSummary?]?>(nil)
     let value = Mutex<[Int: BlockSummary]>([:])
 }

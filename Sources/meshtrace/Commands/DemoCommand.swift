@@ -39,6 +39,9 @@ struct DemoCommand: AsyncParsableCommand {
     @Option(name: [.short, .long], help: "Output format: table or json.")
     var output: OutputFormat = .table
 
+    @Flag(help: "Run a small shop of HTTP services, each behind a meshtrace-sidecar process, instead of MeshSim: the spans come from the sidecars.")
+    var sidecars = false
+
     func validate() throws {
         guard duration > 0, duration <= 20 else { throw ValidationError("--duration must be in (0, 20] seconds") }
         guard rate > 0, rate <= 10_000 else { throw ValidationError("--rate must be in 1…10000") }
@@ -87,7 +90,13 @@ struct DemoCommand: AsyncParsableCommand {
 
         let sent: Traffic
         do {
-            sent = try await sendTraffic(to: QueryClient(baseURL: otlpURL))
+            if sidecars {
+                let mesh = try await SidecarMesh.run(
+                    rate: rate, duration: duration, errorRate: errorRate, seed: seed, collector: otlpURL, status: status)
+                sent = Traffic(truth: mesh.truth, requestsSent: 0, slowestTrace: mesh.slowestTrace)
+            } else {
+                sent = try await sendTraffic(to: QueryClient(baseURL: otlpURL))
+            }
         } catch {
             await shutdown.trigger()
             _ = try? await collector.value
@@ -111,8 +120,13 @@ struct DemoCommand: AsyncParsableCommand {
 
         switch output {
         case .table:
-            print("Sent \(sent.truth.requests) requests (\(sent.truth.spans) spans, "
-                  + "\(String(format: "%.1f", sent.truth.hopsPerRequest)) hops per request) in \(sent.requestsSent) OTLP/HTTP requests.\n")
+            if sidecars {
+                print("Sent \(sent.truth.requests) requests through \(SidecarMesh.services.count) sidecars (\(sent.truth.spans) spans, "
+                      + "\(String(format: "%.1f", sent.truth.hopsPerRequest)) hops per request), exported by MeshExporter.\n")
+            } else {
+                print("Sent \(sent.truth.requests) requests (\(sent.truth.spans) spans, "
+                      + "\(String(format: "%.1f", sent.truth.hopsPerRequest)) hops per request) in \(sent.requestsSent) OTLP/HTTP requests.\n")
+            }
             print("Topology (last hour):")
             print(TopologyTable.render(topology))
             print("Slowest trace:")

@@ -10,9 +10,13 @@ import MeshCore
 /// storage/FORMAT.md specifies it; `SegmentDecoderV2` reads both versions.
 enum SegmentFormatV2 {
     /// The version written.
-    static let version: UInt16 = 3
+    static let version: UInt16 = 4
     /// The first version with runs.
     static let runsVersion: UInt16 = 3
+    /// The first version that stores block summaries.
+    static let summariesVersion: UInt16 = 4
+    /// The chunk of every block's summary, in block order.
+    static let summariesChunk = "block.summaries"
     /// A block closes at the first trace boundary after this many spans.
     static let defaultBlockSpans = 4096
     /// A run closes at the first trace boundary after this many spans.
@@ -84,6 +88,8 @@ enum SegmentFormatV2 {
         var blocks: [(info: BlockInfo, columns: [(name: String, bytes: [UInt8])])]
         var dictionaries: [(name: String, bytes: [UInt8])]
         var bloom: TraceBloomFilter
+        /// Every block's `BlockSummary`, coded for `block.summaries`.
+        var summaries: [UInt8]
     }
 
     static func encode(_ batch: SpanBatch, blockSpans: Int = defaultBlockSpans, runSpans: Int = defaultRunSpans) -> Encoded {
@@ -103,6 +109,7 @@ enum SegmentFormatV2 {
         var names = StringDictionary()
         var attributes = AttributeDictionary(batch: batch, order: order)
         var blocks: [(info: BlockInfo, columns: [(name: String, bytes: [UInt8])])] = []
+        var summaries = ByteWriter()
         var firstTrace = 0
         while firstTrace < traceRanges.count {
             var lastTrace = firstTrace
@@ -113,6 +120,13 @@ enum SegmentFormatV2 {
             blocks.append(encodeBlock(
                 batch: batch, order: order, traces: traceRanges[firstTrace...lastTrace], runSpans: runSpans,
                 names: &names, attributes: &attributes))
+            var summary = BlockSummary()
+            for position in traceRanges[firstTrace].lowerBound..<traceRanges[lastTrace].upperBound {
+                let row = order[position]
+                summary.add(resource: Int32(batch.resourceIndices[row]), status: batch.statusCodes[row], kind: batch.kinds[row],
+                            duration: batch.endTimes[row] &- batch.startTimes[row])
+            }
+            summary.write(to: &summaries, block: blocks[blocks.count - 1].info)
             firstTrace = lastTrace + 1
         }
 
@@ -136,7 +150,8 @@ enum SegmentFormatV2 {
                 (Dictionary.scopes.rawValue, scopes.bytes),
                 (Dictionary.attributes.rawValue, attributes.serialized()),
             ],
-            bloom: TraceBloomFilter(traceIDs: traceRanges.map { batch.traceIDs[order[$0.lowerBound]] }))
+            bloom: TraceBloomFilter(traceIDs: traceRanges.map { batch.traceIDs[order[$0.lowerBound]] }),
+            summaries: summaries.bytes)
     }
 
     private static func encodeBlock(

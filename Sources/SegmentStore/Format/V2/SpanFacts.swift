@@ -22,50 +22,116 @@ public struct SpanFacts: Sendable {
 }
 
 /// What a block holds, per resource and status code: enough to tell that no span of
-/// it can match a filter on service, status, kind, duration or start time.
-public struct BlockSummary: Sendable {
-    public struct Group: Sendable {
+/// it can match a filter on service, status, kind or duration (the footer's block
+/// index gives its time range: traces are spread over blocks by id, so each block
+/// spans about its segment's whole time range and a narrower one would say little). Version 4
+/// segments store every block's summary (`block.summaries`); for earlier versions a
+/// reader builds one from each block's facts as it reads them.
+public struct BlockSummary: Sendable, Equatable {
+    public struct Group: Sendable, Equatable {
+        /// Index into the segment's resources.
         public var resource: Int32
         public var status: StatusCode
         /// Bit `kind.rawValue` set for each kind present.
         public var kinds: UInt8 = 0
+        /// Nanoseconds: the shortest and longest span (end minus start).
         public var minDuration = UInt64.max
         public var maxDuration: UInt64 = 0
-        public var minStart = UInt64.max
-        public var maxStart: UInt64 = 0
     }
 
-    public var groups: [Group]
+    /// In order of each group's first span.
+    public var groups: [Group] = []
+    private var index: [Int32: Int] = [:]
+
+    public init() {}
 
     public init(_ facts: SpanFacts) {
-        var index: [Int32: Int] = [:]
-        var groups: [Group] = []
         for row in 0..<facts.count {
-            let key = facts.resources[row] << 2 | Int32(facts.statusCodes[row].rawValue)
-            let position: Int
-            if let known = index[key] {
-                position = known
-            } else {
-                position = groups.count
-                index[key] = position
-                groups.append(Group(resource: facts.resources[row], status: facts.statusCodes[row]))
-            }
-            let duration = facts.endTimes[row] &- facts.startTimes[row]
-            groups[position].kinds |= 1 << facts.kinds[row].rawValue
-            groups[position].minDuration = min(groups[position].minDuration, duration)
-            groups[position].maxDuration = max(groups[position].maxDuration, duration)
-            groups[position].minStart = min(groups[position].minStart, facts.startTimes[row])
-            groups[position].maxStart = max(groups[position].maxStart, facts.startTimes[row])
+            add(resource: facts.resources[row], status: facts.statusCodes[row], kind: facts.kinds[row],
+                duration: facts.endTimes[row] &- facts.startTimes[row])
         }
-        self.groups = groups
+    }
+
+    /// Counts one span in.
+    public mutating func add(resource: Int32, status: StatusCode, kind: SpanKind, duration: UInt64) {
+        let key = resource << 2 | Int32(status.rawValue)
+        let position: Int
+        if let known = index[key] {
+            position = known
+        } else {
+            position = groups.count
+            index[key] = position
+            groups.append(Group(resource: resource, status: status))
+        }
+        groups[position].kinds |= 1 << kind.rawValue
+        groups[position].minDuration = min(groups[position].minDuration, duration)
+        groups[position].maxDuration = max(groups[position].maxDuration, duration)
+    }
+
+    public static func == (lhs: BlockSummary, rhs: BlockSummary) -> Bool { lhs.groups == rhs.groups }
+
+    /// Appends the summary as `block.summaries` codes it (storage/FORMAT.md): durations
+    /// in the block's time unit.
+    func write(to writer: inout ByteWriter, block: BlockInfo) {
+        let unit = block.timeUnit
+        writer.writeVarint(UInt64(groups.count))
+        for group in groups {
+            writer.writeVarint(UInt64(group.resource))
+            writer.write(group.status.rawValue)
+            writer.write(group.kinds)
+            writer.writeVarint(group.minDuration / unit)
+            writer.writeVarint((group.maxDuration &- group.minDuration) / unit)
+        }
+    }
+
+    /// Reads one block's summary; `resources` is how many the segment has.
+    init(from reader: inout ByteReader, block: BlockInfo, resources: Int) throws(ByteReaderError) {
+        let unit = block.timeUnit
+        let count = try reader.readCount(limit: reader.remaining)
+        for _ in 0..<count {
+            let resourceOffset = reader.offset
+            let resource = try reader.readVarint()
+            guard resource < UInt64(resources) else { throw .invalidLength(offset: resourceOffset, length: resource) }
+            let statusOffset = reader.offset
+            let statusCode = try reader.readUInt8()
+            guard let status = StatusCode(rawValue: statusCode) else { throw .invalidLength(offset: statusOffset, length: UInt64(statusCode)) }
+            var group = Group(resource: Int32(resource), status: status)
+            group.kinds = try reader.readUInt8()
+            group.minDuration = (try reader.readVarint()) &* unit
+            group.maxDuration = group.minDuration &+ (try reader.readVarint()) &* unit
+            let key = group.resource << 2 | Int32(status.rawValue)
+            guard index[key] == nil else { throw .invalidLength(offset: resourceOffset, length: resource) }
+            index[key] = groups.count
+            groups.append(group)
+        }
     }
 }
 
 extension SegmentReader {
-    /// The summary of block `block`, from the facts read for `facts(block:)` when they
-    /// have been; nil before any.
-    public func summary(block: Int) -> BlockSummary? {
-        summaryCache.value.withLock { $0[block] }
+    /// Every block's summary, in block order: those the segment stores (version 4 and
+    /// later), else those left by `facts(block:)` reads (nil for blocks not read yet).
+    public func summaries() throws(StoreError) -> [BlockSummary?] {
+        if footer.version >= SegmentFormatV2.summariesVersion {
+            if let stored = summaryCache.stored.withLock({ $0 }) { return stored }
+            let name = SegmentFormatV2.summariesChunk
+            let bytes = try columnBytes(named: name)
+            let resources = try v2Dictionaries().resources.count
+            var reader = ByteReader(bytes)
+            var stored: [BlockSummary?] = []
+            stored.reserveCapacity(footer.blocks.count)
+            do {
+                for block in footer.blocks {
+                    stored.append(try BlockSummary(from: &reader, block: block, resources: resources))
+                }
+                guard reader.remaining == 0 else { throw ByteReaderError.invalidLength(offset: reader.offset, length: UInt64(reader.remaining)) }
+            } catch {
+                throw .corruptColumn(file: path, column: name, reason: "\(error)")
+            }
+            summaryCache.stored.withLock { $0 = stored }
+            return stored
+        }
+        let read = summaryCache.value.withLock { $0 }
+        return footer.blocks.indices.map { read[$0] }
     }
 
     /// Whether `facts(block:)` can read this segment (version 2 and later).
@@ -168,8 +234,10 @@ extension SegmentReader {
                 row += count
             }
             guard row == rows else { throw ByteReaderError.invalidLength(offset: 0, length: UInt64(row)) }
-            let summary = BlockSummary(facts)
-            summaryCache.value.withLock { $0[block] = summary }
+            if footer.version < SegmentFormatV2.summariesVersion {
+                let summary = BlockSummary(facts)
+                summaryCache.value.withLock { $0[block] = summary }
+            }
         } catch let error as StoreError {
             throw error
         } catch {

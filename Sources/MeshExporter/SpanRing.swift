@@ -1,0 +1,252 @@
+import MeshCore
+import Synchronization
+
+/// The fixed-size part of a recorded span; its strings follow in the slot's bytes.
+struct SlotHeader {
+    var traceHigh: UInt64 = 0
+    var traceLow: UInt64 = 0
+    var spanID: UInt64 = 0
+    var parentSpanID: UInt64 = 0
+    var startTime: UInt64 = 0
+    var endTime: UInt64 = 0
+    var requestBytes: UInt64 = 0
+    var responseBytes: UInt64 = 0
+    var httpStatus: UInt16 = 0
+    var kind: UInt8 = 0
+    /// `SlotHeader.failedBit` and the others below.
+    var bits: UInt8 = 0
+
+    static let failedBit: UInt8 = 1
+    static let exportBit: UInt8 = 2
+    static let securityKnownBit: UInt8 = 4
+    static let mutualTLSBit: UInt8 = 8
+    static let truncatedBit: UInt8 = 16
+}
+
+/// The strings of a recorded span, in the order their lengths open the slot's bytes.
+@_spi(CABI) public enum SlotString: Int, CaseIterable, Sendable {
+    case name, method, path, peerService, upstreamCluster, peerAddress, responseFlags, requestID, userAgent, traceState
+}
+
+/// Spans recorded and not yet exported: a fixed number of fixed-size slots, split
+/// into shards by trace id, each shard a ring behind its own lock. Nothing is
+/// allocated after `init`; a span that finds its shard full is dropped and counted.
+final class SpanRing: @unchecked Sendable {
+    /// Bytes of strings a slot holds, after the lengths; longer strings are cut.
+    let stringBytes: Int
+    let slotsPerShard: Int
+    private let shardMask: UInt64
+    private let shards: [Shard]
+
+    private final class Shard: @unchecked Sendable {
+        struct Indices {
+            var head = 0
+            var count = 0
+            /// Spans taken in, taken in without the export bit, and turned away (full).
+            var recorded: UInt64 = 0
+            var unexported: UInt64 = 0
+            var dropped: UInt64 = 0
+        }
+
+        let headers: UnsafeMutablePointer<SlotHeader>
+        let bytes: UnsafeMutableRawPointer
+        let state = Mutex(Indices())
+
+        init(slots: Int, slotBytes: Int) {
+            headers = .allocate(capacity: slots)
+            headers.initialize(repeating: SlotHeader(), count: slots)
+            bytes = .allocate(byteCount: slots * slotBytes, alignment: 8)
+        }
+
+        deinit {
+            headers.deallocate()
+            bytes.deallocate()
+        }
+    }
+
+    /// Bytes one slot takes: its header, the string lengths and the strings.
+    static func slotSize(stringBytes: Int) -> Int { MemoryLayout<SlotHeader>.stride + SlotString.allCases.count * 2 + stringBytes }
+
+    /// A ring of about `byteBudget` bytes (at least one slot per shard).
+    init(byteBudget: Int, stringBytes: Int = 384, shards requested: Int) {
+        self.stringBytes = stringBytes
+        var count = 1
+        while count < min(max(requested, 1), 64) { count <<= 1 }
+        shardMask = UInt64(count - 1)
+        let slots = max(1, byteBudget / Self.slotSize(stringBytes: stringBytes) / count)
+        slotsPerShard = slots
+        let slotBytes = SlotString.allCases.count * 2 + stringBytes
+        shards = (0..<count).map { _ in Shard(slots: slots, slotBytes: slotBytes) }
+    }
+
+    var capacity: Int { slotsPerShard * shards.count }
+
+    private var slotBytes: Int { SlotString.allCases.count * 2 + stringBytes }
+
+    /// Copies `span` into a free slot; false when its shard is full.
+    func push(_ span: borrowing RequestSpan, bits: UInt8) -> Bool {
+        let header = SlotHeader(
+            traceHigh: span.traceID.high, traceLow: span.traceID.low, spanID: span.spanID.value,
+            parentSpanID: span.parentSpanID.value, startTime: span.startTime, endTime: span.endTime,
+            requestBytes: span.requestBytes, responseBytes: span.responseBytes, httpStatus: span.httpStatus,
+            kind: span.kind.rawValue, bits: bits | Self.bits(failed: span.failed, mutualTLS: span.mutualTLS))
+        return push(header) { writer in
+            writer.put(span.name)
+            writer.put(span.method)
+            writer.put(span.path)
+            writer.put(span.peerService)
+            writer.put(span.upstreamCluster)
+            writer.put(span.peerAddress)
+            writer.put(span.responseFlags)
+            writer.put(span.requestID)
+            writer.put(span.userAgent)
+            writer.put(span.traceState)
+        }
+    }
+
+    /// Copies a span whose strings are UTF-8 bytes (`strings` gives each, in `SlotString` order).
+    func push(_ header: SlotHeader, strings: (SlotString) -> UnsafeRawBufferPointer) -> Bool {
+        push(header) { writer in
+            for field in SlotString.allCases { writer.put(strings(field)) }
+        }
+    }
+
+    static func bits(failed: Bool, mutualTLS: Bool?) -> UInt8 {
+        var bits: UInt8 = failed ? SlotHeader.failedBit : 0
+        if let mutualTLS { bits |= SlotHeader.securityKnownBit | (mutualTLS ? SlotHeader.mutualTLSBit : 0) }
+        return bits
+    }
+
+    /// Writes a slot's strings, in `SlotString` order, cutting what does not fit.
+    struct StringWriter: ~Copyable {
+        let lengths: UnsafeMutablePointer<UInt16>
+        var cursor: UnsafeMutableRawPointer
+        var room: Int
+        var field = 0
+        var truncated = false
+
+        mutating func put(_ bytes: UnsafeRawBufferPointer) {
+            let written = min(bytes.count, room)
+            if written > 0 { cursor.copyMemory(from: bytes.baseAddress!, byteCount: written) }
+            finish(written: written, of: bytes.count)
+        }
+
+        mutating func put(_ string: borrowing String) {
+            // Native strings, small or not, are contiguous: one copy, no allocation, no retain.
+            let copied: Void? = string.utf8.withContiguousStorageIfAvailable { put(UnsafeRawBufferPointer($0)) }
+            if copied == nil {
+                var written = 0
+                var count = 0
+                for byte in string.utf8 {
+                    count += 1
+                    if written < room {
+                        cursor.storeBytes(of: byte, toByteOffset: written, as: UInt8.self)
+                        written += 1
+                    }
+                }
+                finish(written: written, of: count)
+            }
+        }
+
+        mutating func finish(written: Int, of count: Int) {
+            if written < count { truncated = true }
+            lengths[field] = UInt16(written)
+            field += 1
+            cursor += written
+            room -= written
+        }
+    }
+
+    /// Takes a free slot of the header's shard, lets `fill` write the strings, stores the header.
+    private func push(_ header: SlotHeader, fill: (inout StringWriter) -> Void) -> Bool {
+        // Trace ids are random, but not every producer's low bits are: mix before choosing.
+        let shard = shards[Int((header.traceLow &* 0x9E37_79B9_7F4A_7C15) >> 40 & shardMask)]
+        let slotBytes = self.slotBytes
+        let stringBytes = self.stringBytes
+        return shard.state.withLock { indices in
+            guard indices.count < slotsPerShard else {
+                indices.dropped += 1
+                return false
+            }
+            var slot = indices.head + indices.count
+            if slot >= slotsPerShard { slot -= slotsPerShard }
+            let base = shard.bytes + slot * slotBytes
+            var writer = StringWriter(
+                lengths: base.assumingMemoryBound(to: UInt16.self), cursor: base + SlotString.allCases.count * 2, room: stringBytes)
+            fill(&writer)
+            var stored = header
+            if writer.truncated { stored.bits |= SlotHeader.truncatedBit }
+            shard.headers[slot] = stored
+            indices.count += 1
+            indices.recorded += 1
+            if header.bits & SlotHeader.exportBit == 0 { indices.unexported += 1 }
+            return true
+        }
+    }
+
+    /// Moves up to `limit` spans, oldest first shard by shard, into `batch`.
+    func drain(into batch: inout DrainedSpans, limit: Int) {
+        let slotBytes = self.slotBytes
+        for shard in shards where batch.count < limit {
+            shard.state.withLock { indices in
+                while indices.count > 0 && batch.count < limit {
+                    batch.append(header: shard.headers[indices.head], bytes: shard.bytes + indices.head * slotBytes, count: slotBytes)
+                    indices.head = indices.head + 1 == slotsPerShard ? 0 : indices.head + 1
+                    indices.count -= 1
+                }
+            }
+        }
+    }
+
+    /// Spans waiting, over every shard.
+    var count: Int { shards.reduce(0) { $0 + $1.state.withLock { $0.count } } }
+
+    /// Spans taken in, taken in without the export bit, and dropped because their shard was full.
+    var totals: (recorded: UInt64, unexported: UInt64, dropped: UInt64) {
+        shards.reduce((0, 0, 0)) { sum, shard in
+            let indices = shard.state.withLock { $0 }
+            return (sum.0 + indices.recorded, sum.1 + indices.unexported, sum.2 + indices.dropped)
+        }
+    }
+}
+
+/// Spans taken out of the ring for one export: headers and string bytes, read by the encoder.
+struct DrainedSpans {
+    private(set) var headers: [SlotHeader] = []
+    private(set) var bytes: [UInt8] = []
+    let slotBytes: Int
+
+    init(capacity: Int, slotBytes: Int) {
+        self.slotBytes = slotBytes
+        headers.reserveCapacity(capacity)
+        bytes.reserveCapacity(capacity * slotBytes)
+    }
+
+    var count: Int { headers.count }
+
+    mutating func append(header: SlotHeader, bytes source: UnsafeRawPointer, count: Int) {
+        headers.append(header)
+        bytes.append(contentsOf: UnsafeRawBufferPointer(start: source, count: count))
+    }
+
+    mutating func removeAll() {
+        headers.removeAll(keepingCapacity: true)
+        bytes.removeAll(keepingCapacity: true)
+    }
+
+    /// The strings of span `index`, in `SlotString` order.
+    func strings(_ index: Int) -> [ArraySlice<UInt8>] {
+        let base = index * slotBytes
+        var offset = base + SlotString.allCases.count * 2
+        var result: [ArraySlice<UInt8>] = []
+        result.reserveCapacity(SlotString.allCases.count)
+        bytes.withUnsafeBytes { raw in
+            for field in 0..<SlotString.allCases.count {
+                let length = Int(raw.loadUnaligned(fromByteOffset: base + 2 * field, as: UInt16.self))
+                result.append(bytes[offset..<offset + length])
+                offset += length
+            }
+        }
+        return result
+    }
+}

@@ -1,0 +1,2 @@
+// The declarations of meshexporter.h, for the Swift code that implements them.
+#include "meshexporter.h"
