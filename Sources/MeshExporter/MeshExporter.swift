@@ -207,7 +207,8 @@ public final class MeshExporter: Sendable {
         var red = REDAggregator(service: configuration.serviceName, now: Self.now())
         var lastFlush = clock.now
         var lastMetrics = clock.now
-        let poll = min(configuration.flushInterval, .milliseconds(20))
+        // Checked every few milliseconds: a full batch waits no longer than that.
+        let poll = min(configuration.flushInterval, .milliseconds(5))
         while true {
             let (stopping, flushTicket) = state.withLock { ($0.stopping, $0.flushRequested) }
             let flushing = flushTicket > state.withLock { $0.flushCompleted }

@@ -56,6 +56,8 @@ final class SpanRing: @unchecked Sendable {
             headers = .allocate(capacity: slots)
             headers.initialize(repeating: SlotHeader(), count: slots)
             bytes = .allocate(byteCount: slots * slotBytes, alignment: 8)
+            // Touched now, so that recording never takes a page fault on a fresh page.
+            bytes.initializeMemory(as: UInt8.self, repeating: 0, count: slots * slotBytes)
         }
 
         deinit {

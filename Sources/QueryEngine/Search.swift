@@ -191,7 +191,7 @@ extension QueryEngine {
 
     /// Blocks read together when a search scans segments: enough to keep both cores of
     /// a small machine busy and more, few enough that reading past the answer costs little.
-    static let blocksPerScan = 8
+    static let blocksPerScan = 32
 
     /// A segment's blocks a search reads: those in its window whose summaries say a span may match.
     struct ScanPlan {

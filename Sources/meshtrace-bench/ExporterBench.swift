@@ -3,6 +3,7 @@ import CAllocationCounter
 import Foundation
 import MeshCore
 import MeshExporter
+import MeshSim
 
 /// What recording a span costs a proxy: MeshExporter's `record` timed in batches on
 /// the request thread, its heap allocations counted, while the exporter sends to a
@@ -62,7 +63,7 @@ struct ExporterBench: AsyncParsableCommand {
         let exporter = try MeshExporter(configuration: configuration)
 
         // The spans a proxy would record: distinct ids, the same shapes of strings.
-        var generator = SystemRandomNumberGenerator()
+        var generator = SeededGenerator(seed: 42)
         let start = UInt64(Date().timeIntervalSince1970 * 1e9)
         let paths = (0..<64).map { "/api/orders/\($0 * 7919)" }
         var template = RequestSpan(
@@ -102,7 +103,7 @@ struct ExporterBench: AsyncParsableCommand {
             recorded += count
             // A proxy records between requests: the next batch waits while a full export
             // batch is waiting, so what is timed is recording, not dropping.
-            while exporter.pending >= 512 { try await Task.sleep(for: .microseconds(100)) }
+            while exporter.pending >= 512 { try await Task.sleep(for: .milliseconds(1)) }
         }
         await exporter.flush()
         let cpu = Measurement.cpuTime() - cpuBefore
