@@ -274,8 +274,9 @@ public final class MeshExporter: Sendable {
             case .retry(let after, let reason):
                 let jittered = backoff * Double.random(in: 0.5...1.5)
                 let wait = max(after ?? .zero, jittered)
-                // On shutdown, one attempt more at most; otherwise until the retry budget is spent.
-                let budget = stopping ? .zero : configuration.retry.maxElapsed
+                // On shutdown (asked for before or during this request), no more waiting;
+                // otherwise until the retry budget is spent.
+                let budget = stopping || state.withLock({ $0.stopping }) ? .zero : configuration.retry.maxElapsed
                 guard clock.now - started + wait <= budget else {
                     counters.withLock { counters in
                         counters.droppedExportFailed += UInt64(spans)

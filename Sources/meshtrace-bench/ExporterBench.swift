@@ -28,7 +28,14 @@ struct ExporterBench: AsyncParsableCommand {
     @Option(help: "Body compression: gzip, zstd or none.")
     var compression = "gzip"
 
+    @Option(help: "Instead: record at --down-rate spans/s for this many seconds with no collector listening, and report memory.")
+    var downSeconds = 0
+
+    @Option(help: "Spans per second recorded while the collector is down.")
+    var downRate = 10_000
+
     mutating func run() async throws {
+        if downSeconds > 0 { return try await collectorDown() }
         var collector: Process?
         var target = endpoint
         let directory = FileManager.default.temporaryDirectory.appendingPathComponent("meshtrace-exporter-bench-\(getpid())").path
@@ -123,6 +130,49 @@ struct ExporterBench: AsyncParsableCommand {
                      recordingCPU / Double(spans) * 1e9, compression, (cpu - recordingCPU) / Double(max(1, statistics.exported)) * 1e9))
         print(String(format: "throughput: %.0f spans/s recorded and exported, closed loop", Double(statistics.exported) / seconds))
         if let error = statistics.lastError { print("last error: \(error)") }
+    }
+
+    /// Records at `downRate` for `downSeconds` towards a port nothing listens on: the
+    /// exporter retries and drops; its memory must stay within its bound.
+    private func collectorDown() async throws {
+        var configuration = MeshExporter.Configuration(endpoint: "http://127.0.0.1:1", serviceName: "frontend")
+        configuration.retry.initial = .milliseconds(200)
+        configuration.retry.maximum = .seconds(2)
+        let exporter = try MeshExporter(configuration: configuration)
+        var generator = SeededGenerator(seed: 7)
+        let start = UInt64(Date().timeIntervalSince1970 * 1e9)
+        var span = RequestSpan(
+            traceID: .zero, spanID: .zero, name: "GET /api/orders/{id}", kind: .client, startTime: start, endTime: start + 2_000_000,
+            httpStatus: 200, method: "GET", path: "/api/orders/17", peerService: "payments",
+            upstreamCluster: "outbound|8080||payments.shop.svc.cluster.local", peerAddress: "10.0.3.7:8080", responseFlags: "-",
+            requestID: "0b1f6e0c-5d7a-4c1e-9d55-3f6a1c2b9e77", userAgent: "envoy", requestBytes: 120, responseBytes: 2048, mutualTLS: true)
+        let before = residentBytes()
+        var peak = before
+        var samples: [Int] = []
+        let clock = ContinuousClock()
+        let began = clock.now
+        let perTick = max(1, downRate / 100)
+        var tick = 0
+        while clock.now - began < .seconds(downSeconds) {
+            for _ in 0..<perTick {
+                span.traceID = TraceID(high: generator.next(), low: generator.next())
+                span.spanID = SpanID(generator.next() | 1)
+                exporter.record(span)
+            }
+            tick += 1
+            if tick % 100 == 0 { peak = max(peak, residentBytes()) }
+            if tick % 1000 == 0 { samples.append(residentBytes()) }
+            try await clock.sleep(until: began + .milliseconds(10 * tick))
+        }
+        let statistics = exporter.statistics
+        let after = residentBytes()
+        print("machine: \(ProcessInfo.processInfo.activeProcessorCount) cores; no collector for \(downSeconds) s, \(downRate) spans/s recorded")
+        print("recorded \(statistics.recorded), dropped (full) \(statistics.droppedBufferFull), retries \(statistics.retries), requests \(statistics.requests)")
+        print(String(format: "RSS: %.1f MB before, %.1f MB after, %.1f MB peak (sampled each second); memory limit %.1f MB",
+                     Double(before) / 1e6, Double(after) / 1e6, Double(max(peak, after)) / 1e6, Double(configuration.memoryLimit) / 1e6))
+        print("RSS every 10 s (MB): " + samples.map { String(format: "%.1f", Double($0) / 1e6) }.joined(separator: ", "))
+        if let error = statistics.lastError { print("last error: \(error)") }
+        await exporter.shutdown()
     }
 
     /// CPU time of the calling thread, in seconds.

@@ -223,6 +223,33 @@ final class ExporterTests: XCTestCase {
     }
 }
 
+extension ExporterTests {
+    func testShutdownWhileTheCollectorIsDownDoesNotWaitOutTheRetryBudget() async throws {
+        // Nothing listens on port 1: every attempt is refused and retried.
+        var configuration = MeshExporter.Configuration(endpoint: "http://127.0.0.1:1", serviceName: "frontend")
+        configuration.flushInterval = .milliseconds(10)
+        configuration.retry.initial = .milliseconds(100)
+        configuration.retry.maxElapsed = .seconds(300)
+        let exporter = try MeshExporter(configuration: configuration)
+        for index in 0..<100 { exporter.record(span(index)) }
+        var statistics = exporter.statistics
+        for _ in 0..<200 where statistics.retries == 0 {
+            try await Task.sleep(for: .milliseconds(10))
+            statistics = exporter.statistics
+        }
+        XCTAssertGreaterThan(statistics.retries, 0)
+        let clock = ContinuousClock()
+        let began = clock.now
+        await exporter.shutdown()
+        XCTAssertLessThan(clock.now - began, .seconds(10))
+        statistics = exporter.statistics
+        // Nothing is lost silently: what could not be sent is counted.
+        XCTAssertEqual(statistics.recorded, 100)
+        XCTAssertEqual(statistics.droppedExportFailed, 100, "\(statistics)")
+        XCTAssertEqual(statistics.exported, 0)
+    }
+}
+
 /// A `meshtrace-collector` process (from this build) on fixed loopback ports, so it
 /// can be killed and started again where its clients expect it.
 final class CollectorProcess: @unchecked Sendable {
