@@ -200,9 +200,10 @@ public final class MeshExporter: Sendable {
 
     private func run() async {
         var drained = DrainedSpans(capacity: batchSpans, slotBytes: SlotString.allCases.count * 2 + ring.stringBytes)
-        var encoder = OTLPSpanEncoder(
-            resourceAttributes: [("service.name", configuration.serviceName)] + configuration.resourceAttributes,
-            scopeName: "meshtrace.MeshExporter", scopeVersion: "1")
+        let attributes = [("service.name", configuration.serviceName)] + configuration.resourceAttributes
+        var encoder = OTLPSpanEncoder(resourceAttributes: attributes, scopeName: "meshtrace.MeshExporter", scopeVersion: "1")
+        var resource = OTLPResource()
+        resource.attributes = attributes.map { KeyValue($0.0, $0.1) }
         let clock = ContinuousClock()
         var red = REDAggregator(service: configuration.serviceName, now: Self.now())
         var lastFlush = clock.now
@@ -237,12 +238,6 @@ public final class MeshExporter: Sendable {
             if stopping { return }
             try? await Task.sleep(for: poll)
         }
-    }
-
-    private var resource: OTLPResource {
-        var resource = OTLPResource()
-        resource.attributes = ([("service.name", configuration.serviceName)] + configuration.resourceAttributes).map { KeyValue($0.0, $0.1) }
-        return resource
     }
 
     /// Sends one request, retrying as the policy and the collector say.

@@ -44,7 +44,7 @@ struct REDAggregator {
     mutating func add(_ drained: DrainedSpans) {
         for index in 0..<drained.count where drained.headers[index].kind == SpanKind.client.rawValue {
             let header = drained.headers[index]
-            let peer = String(decoding: drained.strings(index)[SlotString.peerService.rawValue], as: UTF8.self)
+            let peer = String(decoding: drained.string(index, .peerService), as: UTF8.self)
             var security = ""
             if header.bits & SlotHeader.securityKnownBit != 0 {
                 security = header.bits & SlotHeader.mutualTLSBit != 0 ? "mutual_tls" : "none"
@@ -72,7 +72,10 @@ struct REDAggregator {
         duration.unit = "ms"
         var histogram = Opentelemetry_Proto_Metrics_V1_ExponentialHistogram()
         histogram.aggregationTemporality = .delta
-        for (key, totals) in totals.sorted(by: { "\($0.key)" < "\($1.key)" }) {
+        let ordered = totals.sorted {
+            ($0.key.destination, $0.key.responseCode, $0.key.security) < ($1.key.destination, $1.key.responseCode, $1.key.security)
+        }
+        for (key, totals) in ordered {
             var attributes = [
                 KeyValue("reporter", key.reporter), KeyValue("source_canonical_service", key.source),
                 KeyValue("destination_canonical_service", key.destination), KeyValue("response_code", String(key.responseCode)),

@@ -236,6 +236,17 @@ struct DrainedSpans {
         bytes.removeAll(keepingCapacity: true)
     }
 
+    /// String `field` of span `index`.
+    func string(_ index: Int, _ field: SlotString) -> ArraySlice<UInt8> {
+        let base = index * slotBytes
+        var offset = base + SlotString.allCases.count * 2
+        return bytes.withUnsafeBytes { raw in
+            for earlier in 0..<field.rawValue { offset += Int(raw.loadUnaligned(fromByteOffset: base + 2 * earlier, as: UInt16.self)) }
+            let length = Int(raw.loadUnaligned(fromByteOffset: base + 2 * field.rawValue, as: UInt16.self))
+            return bytes[offset..<offset + length]
+        }
+    }
+
     /// The strings of span `index`, in `SlotString` order.
     func strings(_ index: Int) -> [ArraySlice<UInt8>] {
         let base = index * slotBytes
