@@ -27,6 +27,10 @@ let package = Package(
         .package(url: "https://github.com/swift-server/async-http-client", from: "1.37.0"),
         .package(url: "https://github.com/swift-server/swift-service-lifecycle", from: "2.13.0"),
         .package(url: "https://github.com/jpsim/Yams", exact: "6.2.2"),
+        .package(url: "https://github.com/apple/swift-nio-ssl", from: "2.30.0"),
+        .package(url: "https://github.com/apple/swift-certificates", from: "1.10.0"),
+        .package(url: "https://github.com/apple/swift-crypto", "3.0.0"..<"5.0.0"),
+        .package(url: "https://github.com/apple/swift-asn1", from: "1.3.0"),
     ],
     targets: [
         // C shims over the system compression libraries (Debian: libzstd-dev, liblz4-dev).
@@ -55,6 +59,15 @@ let package = Package(
         .target(name: "QueryEngine", dependencies: ["SegmentStore", "GoldenSignals", "Sampling", "MeshCore", "OTLPWire"]),
         .target(name: "Sampling", dependencies: ["MeshCore", "SegmentStore", .product(name: "Yams", package: "Yams")]),
         .target(name: "MeshSim", dependencies: ["MeshCore", "OTLPWire"]),
+        // SPIFFE IDs, the dev CA, and verification of workload certificates.
+        .target(
+            name: "MeshIdentity",
+            dependencies: [
+                .product(name: "X509", package: "swift-certificates"),
+                .product(name: "SwiftASN1", package: "swift-asn1"),
+                .product(name: "Crypto", package: "swift-crypto"),
+            ]
+        ),
         // meshexporter.h, and the Swift implementation of it.
         .target(name: "MeshExporterABI"),
         .target(name: "CMeshExporter", dependencies: ["MeshExporter", "MeshExporterABI", "MeshCore"]),
@@ -64,6 +77,7 @@ let package = Package(
             dependencies: [
                 "MeshCore", "OTLPWire", "Compression",
                 .product(name: "SwiftProtobuf", package: "swift-protobuf"),
+                .product(name: "NIOSSL", package: "swift-nio-ssl"),
                 .product(name: "AsyncHTTPClient", package: "async-http-client"),
                 .product(name: "GRPCCore", package: "grpc-swift-2"),
                 .product(name: "GRPCProtobuf", package: "grpc-swift-protobuf"),
@@ -74,8 +88,14 @@ let package = Package(
         .target(
             name: "Collector",
             dependencies: [
-                "SegmentStore", "QueryEngine", "GoldenSignals", "Sampling", "OTLPWire", "MeshCore", "Compression",
+                "SegmentStore", "QueryEngine", "GoldenSignals", "Sampling", "OTLPWire", "MeshCore", "Compression", "MeshIdentity",
                 .product(name: "Hummingbird", package: "hummingbird"),
+                .product(name: "HummingbirdCore", package: "hummingbird"),
+                .product(name: "NIOTLS", package: "swift-nio"),
+                .product(name: "NIOSSL", package: "swift-nio-ssl"),
+                .product(name: "X509", package: "swift-certificates"),
+                .product(name: "Crypto", package: "swift-crypto"),
+                .product(name: "SwiftProtobuf", package: "swift-protobuf"),
                 .product(name: "GRPCCore", package: "grpc-swift-2"),
                 .product(name: "GRPCProtobuf", package: "grpc-swift-protobuf"),
                 .product(name: "GRPCNIOTransportHTTP2", package: "grpc-swift-nio-transport"),
@@ -97,7 +117,8 @@ let package = Package(
         .executableTarget(
             name: "meshtrace",
             dependencies: [
-                "Collector", "QueryEngine", "SegmentStore", "Sampling", "MeshSim", "OTLPWire", "MeshCore", "MeshExporter",
+                "Collector", "QueryEngine", "SegmentStore", "Sampling", "MeshSim", "OTLPWire", "MeshCore", "MeshExporter", "MeshIdentity",
+                .product(name: "X509", package: "swift-certificates"),
                 .product(name: "Hummingbird", package: "hummingbird"),
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "AsyncHTTPClient", package: "async-http-client"),
@@ -124,7 +145,12 @@ let package = Package(
             name: "meshtrace-bench",
             dependencies: [
                 "SegmentStore", "QueryEngine", "GoldenSignals", "Sampling", "MeshSim", "OTLPWire", "MeshCore", "Compression",
-                "MeshExporter", "CAllocationCounter",
+                "MeshExporter", "CAllocationCounter", "MeshIdentity",
+                .product(name: "NIOSSL", package: "swift-nio-ssl"),
+                .product(name: "NIOTLS", package: "swift-nio"),
+                .product(name: "GRPCCore", package: "grpc-swift-2"),
+                .product(name: "GRPCNIOTransportHTTP2", package: "grpc-swift-nio-transport"),
+                .product(name: "NIOPosix", package: "swift-nio"),
                 .product(name: "AsyncHTTPClient", package: "async-http-client"),
                 .product(name: "Hummingbird", package: "hummingbird"),
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
@@ -139,8 +165,12 @@ let package = Package(
             name: "MeshtraceTests",
             dependencies: [
                 "Compression", "MeshCore", "OTLPWire", "SegmentStore", "QueryEngine", "GoldenSignals", "Sampling", "MeshSim", "Collector",
-                "MeshExporter",
+                "MeshExporter", "MeshIdentity",
                 .product(name: "SwiftProtobuf", package: "swift-protobuf"),
+                .product(name: "NIOSSL", package: "swift-nio-ssl"),
+                .product(name: "NIOPosix", package: "swift-nio"),
+                .product(name: "X509", package: "swift-certificates"),
+                .product(name: "Crypto", package: "swift-crypto"),
             ],
             resources: [.copy("Fixtures")]
         ),

@@ -69,6 +69,12 @@ public func meshexporter_start(
         return fail("sampling_probability \(config.sampling_probability) is not between 0 and 1", error, errorSize)
     }
     configuration.samplingProbability = config.sampling_probability
+    let certificate = config.tls_cert_file.map { String(cString: $0) }, key = config.tls_key_file.map { String(cString: $0) }
+    if let ca = config.tls_ca_file.map({ String(cString: $0) }) {
+        configuration.tls = ClientTLS(trustBundleFile: ca, certificateFile: certificate, keyFile: key)
+    } else if certificate != nil || key != nil {
+        return fail("tls_cert_file and tls_key_file need tls_ca_file, the CA that signs the collector's certificate", error, errorSize)
+    }
     do {
         let started = try MeshExporter(configuration: configuration)
         return OpaquePointer(Unmanaged.passRetained(started).toOpaque())

@@ -21,6 +21,11 @@ public struct ListenAddress: Sendable, Equatable, CustomStringConvertible {
     }
 
     public var description: String { host.contains(":") ? "[\(host)]:\(port)" : "\(host):\(port)" }
+
+    /// Whether only this machine can reach the address.
+    public var isLoopback: Bool {
+        host == "localhost" || host == "::1" || host.hasPrefix("127.")
+    }
 }
 
 /// Everything the collector needs to run.
@@ -49,6 +54,11 @@ public struct CollectorConfiguration: Sendable {
     public var logLevel = "info"
     /// Where the sampling policy comes from (docs/sampling.md).
     public var sampling: SamplingSource = .builtIn
+    /// The receivers' TLS mode, certificates, allow-list and identity binding (docs/security.md).
+    public var tls = TLSSettings()
+    /// Bearer tokens the query API asks for, one per line; required when the query
+    /// API is bound beyond loopback.
+    public var queryTokenFile: String?
     /// How often the head block is checked for sealing by age.
     public var sealCheckInterval: Duration = .seconds(1)
 

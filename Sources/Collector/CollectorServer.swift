@@ -1,6 +1,7 @@
 import Foundation
 import GoldenSignals
 import Hummingbird
+import HummingbirdCore
 import Logging
 import NIOCore
 import NIOPosix
@@ -49,20 +50,46 @@ public struct CollectorServer: Sendable {
             logger.warning("store problem", metadata: ["problem": "\(problem)"])
         }
 
+        let audit = TransportAudit(file: configuration.store.dataDirectory + "/audit.json")
+        let security = configuration.tls.effectiveMode == .off
+            ? nil : try ConnectionSecurity(settings: configuration.tls, audit: audit, logger: logger)
+        if let security {
+            logger.info("receivers require TLS", metadata: [
+                "mode": "\(security.mode.rawValue)", "trust_domain": "\(security.trustDomain)",
+                "certificate": "\(configuration.tls.certificateFile ?? "")",
+            ])
+        } else {
+            logger.notice("receivers accept plaintext from anyone (TLS mode off); see docs/security.md")
+        }
+        let tokens = try BearerTokens.load(configuration.queryTokenFile)
+        if tokens == nil && !configuration.query.isLoopback {
+            throw CollectorSettings.Invalid(description: "the query API is bound to \(configuration.query), beyond loopback: set query.token_file (--api-token-file) so it asks for a bearer token")
+        }
+
         let metrics = CollectorMetrics()
-        let ingest = TraceIngest(store: store, logger: logger, metrics: metrics)
+        let ingest = TraceIngest(store: store, logger: logger, metrics: metrics, security: security)
         let budget = IngestBudget(limit: configuration.memoryBudgetBytes)
-        /// An HTTP listener at `address` that reports the port it bound as `endpoint`.
-        func httpListener(_ endpoint: Endpoint, at address: ListenAddress, _ register: (Router<BasicRequestContext>) -> Void)
-            -> some Service
-        {
-            let router = Router()
+        /// An HTTP listener at `address` that reports the port it bound as `endpoint`;
+        /// receivers (`gated`) pass the TLS gate when TLS is on.
+        func httpListener<Context: RequestContext>(
+            _ endpoint: Endpoint, at address: ListenAddress, gated: Bool, _ register: (Router<Context>) -> Void
+        ) -> some Service where Context.Source == ApplicationRequestContextSource {
+            let router = Router(context: Context.self)
             register(router)
             let (seconds, attoseconds) = configuration.readTimeout.components
+            // A connection silent mid-request (a client that never finishes its body) is closed.
+            let http1 = HTTP1Channel.Configuration(idleTimeout: .nanoseconds(seconds * 1_000_000_000 + attoseconds / 1_000_000_000))
+            let server: HTTPServerBuilder
+            if gated, let security {
+                server = HTTPServerBuilder { responder in
+                    GatedChannel(base: HTTP1Channel(responder: responder, configuration: http1), security: security, receiver: endpoint.rawValue)
+                }
+            } else {
+                server = .http1(configuration: http1)
+            }
             return Application(
                 router: router,
-                // A connection silent mid-request (a client that never finishes its body) is closed.
-                server: .http1(configuration: .init(idleTimeout: .nanoseconds(seconds * 1_000_000_000 + attoseconds / 1_000_000_000))),
+                server: server,
                 configuration: .init(address: .hostname(address.host, port: address.port)),
                 onServerRunning: { channel in
                     onListening(endpoint, ListenAddress(host: address.host, port: channel.localAddress?.port ?? 0))
@@ -72,7 +99,7 @@ public struct CollectorServer: Sendable {
 
         var receivers: [any Service] = []
         if let address = configuration.otlpHTTP {
-            receivers.append(httpListener(.otlpHTTP, at: address) { router in
+            receivers.append(httpListener(.otlpHTTP, at: address, gated: true) { (router: Router<IngestContext>) in
                 OTLPHTTPReceiver(
                     ingest: ingest, maxBodyBytes: configuration.maxRequestBodyBytes, readTimeout: configuration.readTimeout,
                     budget: budget, metrics: metrics)
@@ -80,7 +107,7 @@ public struct CollectorServer: Sendable {
             })
         }
         if let address = configuration.zipkin {
-            receivers.append(httpListener(.zipkin, at: address) { router in
+            receivers.append(httpListener(.zipkin, at: address, gated: true) { (router: Router<IngestContext>) in
                 ZipkinReceiver(
                     ingest: ingest, maxBodyBytes: configuration.maxRequestBodyBytes, readTimeout: configuration.readTimeout,
                     budget: budget, metrics: metrics)
@@ -89,22 +116,29 @@ public struct CollectorServer: Sendable {
         }
         if let address = configuration.otlpGRPC {
             receivers.append(OTLPGRPCReceiver(
-                address: address, ingest: ingest, maxMessageBytes: configuration.maxGRPCMessageBytes, budget: budget, metrics: metrics,
+                address: address, security: security, ingest: ingest, maxMessageBytes: configuration.maxGRPCMessageBytes, budget: budget, metrics: metrics,
                 onListening: { onListening(.otlpGRPC, $0) }))
         }
-        let query = httpListener(.query, at: configuration.query) { router in
-            QueryAPI(store: store, golden: golden, logger: logger).register(on: router)
+        let expiryWarning = configuration.tls.expiryWarning
+        let query = httpListener(.query, at: configuration.query, gated: false) { (router: Router<BasicRequestContext>) in
+            if let tokens { router.add(middleware: tokens) }
+            QueryAPI(store: store, golden: golden, logger: logger, transportFindings: security == nil ? nil : { @Sendable in
+                audit.findings(warning: expiryWarning)
+            }).register(on: router)
             router.get("/metrics") { _, _ in
                 Response(
                     status: .ok, headers: [.contentType: "text/plain; version=0.0.4"],
-                    body: ResponseBody(byteBuffer: ByteBuffer(string: metrics.render(store: store, budget: budget) + sampling.prometheusText() + golden.prometheusText())))
+                    body: ResponseBody(byteBuffer: ByteBuffer(string: metrics.render(store: store, budget: budget) + sampling.prometheusText()
+                        + golden.prometheusText() + (security == nil ? "" : audit.prometheusText()))))
             }
         }
+        var watchers: [any Service] = []
+        if let security { watchers.append(CertificateWatcher(security: security, interval: configuration.tls.reloadInterval, logger: logger)) }
         let sealer = SealService(
             store: store, golden: golden, sampling: sampling, interval: configuration.sealCheckInterval, logger: logger)
 
         let group = ServiceGroup(configuration: .init(
-            services: [sealer] + receivers + [query],
+            services: [sealer] + watchers + receivers + [query],
             gracefulShutdownSignals: handleSignals ? [.sigterm, .sigint] : [],
             logger: logger))
         if let shutdown { shutdown.attach(group) }
@@ -131,6 +165,31 @@ public final class ShutdownTrigger: Sendable {
         requested.withLock { $0 = true }
         if let serviceGroup = group.withLock({ $0 }) {
             await serviceGroup.triggerGracefulShutdown()
+        }
+    }
+}
+
+/// Checks the TLS certificate files for change, and reloads them;
+/// and keeps the transport audit trail on disk.
+struct CertificateWatcher: Service {
+    let security: ConnectionSecurity
+    let interval: Duration
+    let logger: Logger
+
+    func run() async throws {
+        while !Task.isShuttingDownGracefully && !Task.isCancelled {
+            try? await Task.sleep(for: interval)
+            security.reloadIfChanged()
+            save()
+        }
+        save()
+    }
+
+    private func save() {
+        do {
+            try security.audit.save()
+        } catch {
+            logger.error("cannot save the transport audit trail", metadata: ["error": "\(error)"])
         }
     }
 }

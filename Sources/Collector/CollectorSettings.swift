@@ -1,4 +1,6 @@
+import Foundation
 import Logging
+import MeshIdentity
 import MeshCore
 import Sampling
 import Yams
@@ -63,6 +65,45 @@ public enum CollectorSettings {
             configuration.store.walSyncInterval = .nanoseconds(Int64(nanoseconds))
             return nil
         },
+        "tls.mode": { configuration, text in
+            guard let mode = TLSMode(rawValue: text) else { return "expected off, permissive or strict, got \(text.debugDescription)" }
+            configuration.tls.mode = mode
+            return nil
+        },
+        "tls.dir": file { $0.tls.use(directory: $1) },
+        "tls.cert_file": file { $0.tls.certificateFile = $1 },
+        "tls.key_file": file { $0.tls.keyFile = $1 },
+        "tls.trust_bundle": file { $0.tls.trustBundleFile = $1 },
+        "tls.trust_domain": { configuration, text in
+            guard (try? SPIFFEID("spiffe://" + text))?.segments.isEmpty == true else { return "expected a trust domain like cluster.local, got \(text.debugDescription)" }
+            configuration.tls.trustDomain = text
+            return nil
+        },
+        "tls.allow": { configuration, text in
+            let patterns = list(text)
+            for pattern in patterns {
+                do { _ = try SPIFFEPattern(pattern) } catch { return "\(error)" }
+            }
+            configuration.tls.allowed = patterns
+            return nil
+        },
+        "tls.reload_interval": duration { $0.tls.reloadInterval = $1 },
+        "tls.handshake_timeout": duration { $0.tls.handshakeTimeout = $1 },
+        "tls.expiry_warning": duration { $0.tls.expiryWarning = $1 },
+        "identity.bind": { configuration, text in
+            let bindings = list(text)
+            for binding in bindings {
+                do { _ = try IdentityBinding(binding) } catch { return "\(error)" }
+            }
+            configuration.tls.bindings = bindings
+            return nil
+        },
+        "identity.on_mismatch": { configuration, text in
+            guard let action = MismatchAction(rawValue: text) else { return "expected reject or relabel, got \(text.debugDescription)" }
+            configuration.tls.onMismatch = action
+            return nil
+        },
+        "query.token_file": file { $0.queryTokenFile = $1 },
         "store.max_store_bytes": positive { $0.store.maxSegmentBytes = $1 },
         "store.compact_below": { configuration, text in
             guard let value = Int(text), value >= 0 else { return "expected a whole number, 0 or more, got \(text.debugDescription)" }
@@ -120,9 +161,31 @@ public enum CollectorSettings {
                 try apply(value, prefix: key, file: file, to: &configuration)
             case .scalar(let scalar):
                 try set(key, to: scalar.string, in: &configuration, source: place(keyNode))
+            case .sequence(let sequence) where listKeys.contains(key):
+                var items: [String] = []
+                for item in sequence {
+                    guard let text = item.string else { throw Invalid(description: "\(place(item)): \(key): expected a list of strings") }
+                    items.append(text)
+                }
+                try set(key, to: items.joined(separator: "\n"), in: &configuration, source: place(keyNode))
             default:
                 throw Invalid(description: "\(place(keyNode)): \(key): expected a single value")
             }
+        }
+    }
+
+    /// Keys whose value may be a YAML list (or, as a flag, lines or commas).
+    private static let listKeys: Set<String> = ["tls.allow", "identity.bind"]
+
+    private static func list(_ text: String) -> [String] {
+        text.split(whereSeparator: { $0 == "\n" || $0 == "," }).map { $0.trimmingCharacters(in: .whitespaces) }.filter { !$0.isEmpty }
+    }
+
+    private static func file(_ assign: @escaping @Sendable (inout CollectorConfiguration, String) -> Void) -> Apply {
+        { configuration, text in
+            guard !text.isEmpty else { return "expected a path" }
+            assign(&configuration, text)
+            return nil
         }
     }
 

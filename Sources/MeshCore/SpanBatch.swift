@@ -115,6 +115,38 @@ public struct SpanBatch: Sendable {
         return index
     }
 
+    /// The batch with each resource replaced by `replacements[i]` (same order as
+    /// `resources`), and the rows of resources replaced by nil left out.
+    ///
+    /// - Returns: the new batch and how many rows were left out.
+    public func replacingResources(_ replacements: [ResourceEntry?]) -> (batch: SpanBatch, dropped: Int) {
+        precondition(replacements.count == resources.count, "one replacement per resource")
+        let kept = replacements.compactMap { $0 }
+        if kept.count == resources.count {
+            // Every row stays: the table changes and the rows keep their indices.
+            var batch = self
+            batch.resources = kept
+            batch.resourceLookup = [:]
+            for (index, entry) in kept.enumerated() where batch.resourceLookup[entry] == nil {
+                batch.resourceLookup[entry] = UInt32(index)
+            }
+            return (batch, 0)
+        }
+        var batch = SpanBatch()
+        batch.reserveCapacity(count)
+        let resourceMap = replacements.map { $0.map { batch.intern(resource: $0) } }
+        let scopeMap = scopes.map { batch.intern(scope: $0) }
+        var dropped = 0
+        for row in 0..<count {
+            guard let resource = resourceMap[Int(resourceIndices[row])] else {
+                dropped += 1
+                continue
+            }
+            batch.append(row: row, of: self, resourceIndex: resource, scopeIndex: scopeMap[Int(scopeIndices[row])])
+        }
+        return (batch, dropped)
+    }
+
     /// The service that emitted the span at `row`.
     public func serviceName(at row: Int) -> String {
         resources[Int(resourceIndices[row])].serviceName

@@ -1,4 +1,5 @@
 import AsyncHTTPClient
+import NIOSSL
 import Compression
 import GRPCCore
 import GRPCNIOTransportHTTP2
@@ -37,11 +38,20 @@ struct HTTPExportTransport: ExportTransport {
     /// (and its counters) decide when to try again, not the client's pool.
     private let client: HTTPClient
 
-    init(baseURL: String, compression: MeshExporter.Configuration.Compression, headers: [(String, String)]) {
+    init(baseURL: String, compression: MeshExporter.Configuration.Compression, headers: [(String, String)], tls: ClientTLS.Material? = nil) throws {
         self.baseURL = baseURL
         self.compression = compression
         self.headers = headers
         var configuration = HTTPClient.Configuration()
+        if let tls {
+            var settings = TLSConfiguration.makeClientConfiguration()
+            settings.trustRoots = .certificates(try NIOSSLCertificate.fromPEMBytes(tls.trustBundle))
+            if let chain = tls.certificateChain, let key = tls.key {
+                settings.certificateChain = try NIOSSLCertificate.fromPEMBytes(chain).map { .certificate($0) }
+                settings.privateKey = .privateKey(try NIOSSLPrivateKey(bytes: key, format: .pem))
+            }
+            configuration.tlsConfiguration = settings
+        }
         configuration.connectionPool.retryConnectionEstablishment = false
         configuration.timeout.connect = .seconds(5)
         client = HTTPClient(eventLoopGroupProvider: .singleton, configuration: configuration)
@@ -111,11 +121,27 @@ final class GRPCExportTransport: ExportTransport {
     private let compression: MeshExporter.Configuration.Compression
     private let metadata: Metadata
 
-    init(host: String, port: Int, compression: MeshExporter.Configuration.Compression, headers: [(String, String)]) throws {
+    init(
+        host: String, port: Int, compression: MeshExporter.Configuration.Compression, headers: [(String, String)],
+        tls: ClientTLS.Material? = nil
+    ) throws {
         var config = HTTP2ClientTransport.Posix.Config.defaults
         config.compression.enabledAlgorithms = .all
+        let security: HTTP2ClientTransport.Posix.TransportSecurity
+        if let tls {
+            let trust = TLSConfig.TrustRootsSource.certificates([.bytes(tls.trustBundle, format: .pem)])
+            if let chain = tls.certificateChain, let key = tls.key {
+                security = .mTLS(certificateChain: [.bytes(chain, format: .pem)], privateKey: .bytes(key, format: .pem)) {
+                    $0.trustRoots = trust
+                }
+            } else {
+                security = .tls { $0.trustRoots = trust }
+            }
+        } else {
+            security = .plaintext
+        }
         let client = GRPCClient(transport: try .http2NIOPosix(
-            target: .dns(host: host, port: port), transportSecurity: .plaintext, config: config))
+            target: .dns(host: host, port: port), transportSecurity: security, config: config))
         self.client = client
         self.compression = compression
         var metadata = Metadata()

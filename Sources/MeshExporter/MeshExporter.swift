@@ -49,6 +49,8 @@ public final class MeshExporter: Sendable {
         public var requestTimeout: Duration = .seconds(10)
         /// Sent with every request (`authorization`, say).
         public var headers: [(String, String)] = []
+        /// TLS (or mTLS, with a client certificate) to the collector; nil is plaintext.
+        public var tls: ClientTLS?
 
         public init(endpoint: String, transport: Transport = .http, serviceName: String) {
             self.endpoint = endpoint
@@ -119,12 +121,16 @@ public final class MeshExporter: Sendable {
         // An encoded span takes at most its slot's strings and about 400 bytes of keys and framing.
         let encodedSpan = ring.stringBytes + 400
         batchSpans = max(1, min(configuration.maxBatchSpans, (configuration.memoryLimit - ringBudget) / encodedSpan))
+        let make: @Sendable (ClientTLS.Material?) throws -> any ExportTransport
         switch configuration.transport {
         case .http:
             var base = configuration.endpoint
-            if !base.hasPrefix("http://") && !base.hasPrefix("https://") { base = "http://" + base }
+            if !base.hasPrefix("http://") && !base.hasPrefix("https://") { base = (configuration.tls == nil ? "http://" : "https://") + base }
             while base.hasSuffix("/") { base.removeLast() }
-            transport = HTTPExportTransport(baseURL: base, compression: configuration.compression, headers: configuration.headers)
+            if configuration.tls != nil && base.hasPrefix("http://") { base = "https://" + base.dropFirst("http://".count) }
+            make = { [base] tls in
+                try HTTPExportTransport(baseURL: base, compression: configuration.compression, headers: configuration.headers, tls: tls)
+            }
         case .grpc:
             var target = Substring(configuration.endpoint)
             if let scheme = target.range(of: "://") { target = target[scheme.upperBound...] }
@@ -132,8 +138,15 @@ public final class MeshExporter: Sendable {
             guard let colon = target.lastIndex(of: ":"), let port = Int(target[target.index(after: colon)...]) else {
                 throw MeshExporterError.badEndpoint(configuration.endpoint)
             }
-            transport = try GRPCExportTransport(
-                host: String(target[..<colon]), port: port, compression: configuration.compression, headers: configuration.headers)
+            let host = String(target[..<colon])
+            make = { tls in
+                try GRPCExportTransport(host: host, port: port, compression: configuration.compression, headers: configuration.headers, tls: tls)
+            }
+        }
+        if let tls = configuration.tls {
+            transport = try ReloadingTransport(tls: tls, make: make)
+        } else {
+            transport = try make(nil)
         }
         let task = Task.detached { [self] in await self.run() }
         worker.withLock { $0 = task }
@@ -171,6 +184,7 @@ public final class MeshExporter: Sendable {
     public var statistics: Statistics {
         var statistics = counters.withLock { $0 }
         (statistics.recorded, statistics.sampledOut, statistics.droppedBufferFull) = ring.totals
+        if let problem = (transport as? ReloadingTransport)?.problem { statistics.lastError = problem }
         return statistics
     }
 
@@ -326,10 +340,14 @@ public final class MeshExporter: Sendable {
 
 public enum MeshExporterError: Error, CustomStringConvertible {
     case badEndpoint(String)
+    case unreadable(String)
+    case badTLS(String)
 
     public var description: String {
         switch self {
         case .badEndpoint(let endpoint): "cannot read the endpoint \(endpoint): expected host:port or http://host:port"
+        case .unreadable(let path): "cannot read \(path)"
+        case .badTLS(let reason): "TLS configuration: \(reason)"
         }
     }
 }

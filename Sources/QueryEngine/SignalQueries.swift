@@ -319,6 +319,14 @@ public struct SignalQueries: Sendable {
             public var target: String
             public var requests: Int
             public var detail: String
+
+            public init(kind: String, source: String, target: String, requests: Int, detail: String) {
+                self.kind = kind
+                self.source = source
+                self.target = target
+                self.requests = requests
+                self.detail = detail
+            }
         }
 
         public var findings: [Finding]

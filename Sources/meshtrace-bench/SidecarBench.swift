@@ -107,7 +107,7 @@ struct SidecarBench: AsyncParsableCommand {
         return (measured.compactMap(\.1).sorted(), measured.filter { $0.1 == nil }.count)
     }
 
-    private static func launch(_ binary: URL, _ arguments: [String]) throws -> Process {
+    static func launch(_ binary: URL, _ arguments: [String]) throws -> Process {
         let process = Process()
         process.executableURL = binary
         process.arguments = arguments

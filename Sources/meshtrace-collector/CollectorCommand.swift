@@ -78,6 +78,36 @@ struct CollectorCommand: AsyncParsableCommand {
     @Option(name: .long, help: "Log level: trace, debug, info, notice, warning, error, critical (default info).")
     var logLevel: String?
 
+    @Option(name: .long, help: "Receivers' TLS: off, permissive (TLS and plaintext, labelled) or strict (mTLS only). Default: strict when a certificate is given, else off.")
+    var tlsMode: String?
+
+    @Option(name: .long, help: "Directory written by `meshtrace ca init`: collector.pem, collector-key.pem and ca.pem.")
+    var tlsDir: String?
+
+    @Option(name: .long, help: "The collector's certificate chain, PEM, leaf first (reloaded when it changes).")
+    var tlsCert: String?
+
+    @Option(name: .long, help: "The collector's private key, PEM.")
+    var tlsKey: String?
+
+    @Option(name: .long, help: "CA certificates client certificates must chain to, PEM.")
+    var tlsTrustBundle: String?
+
+    @Option(name: .long, help: "SPIFFE trust domain clients must belong to (default: the collector's own).")
+    var tlsTrustDomain: String?
+
+    @Option(name: .long, help: "SPIFFE ID pattern allowed to connect (repeatable; '*' one segment, final '**' any). Default: the whole trust domain.")
+    var tlsAllow: [String] = []
+
+    @Option(name: .long, help: "Identity binding 'PATH => SERVICE', e.g. 'ns/{ns}/sa/{sa} => {sa}' (repeatable; the default).")
+    var identityBind: [String] = []
+
+    @Option(name: .long, help: "Spans claiming a service their sender's identity may not: reject (default) or relabel.")
+    var identityOnMismatch: String?
+
+    @Option(name: .long, help: "File of bearer tokens (one per line) the query API asks for; required when --query is beyond loopback.")
+    var apiTokenFile: String?
+
     /// The flags given, by the configuration key each one sets.
     private var flagSettings: [(flag: String, key: String, value: String)] {
         let given: [(String, String, String?)] = [
@@ -100,6 +130,16 @@ struct CollectorCommand: AsyncParsableCommand {
             ("--memory-budget", "memory_budget_bytes", memoryBudget.map(String.init)),
             ("--log-level", "log_level", logLevel),
             ("--policy", "sampling.policy", policy),
+            ("--tls-mode", "tls.mode", tlsMode),
+            ("--tls-dir", "tls.dir", tlsDir),
+            ("--tls-cert", "tls.cert_file", tlsCert),
+            ("--tls-key", "tls.key_file", tlsKey),
+            ("--tls-trust-bundle", "tls.trust_bundle", tlsTrustBundle),
+            ("--tls-trust-domain", "tls.trust_domain", tlsTrustDomain),
+            ("--tls-allow", "tls.allow", tlsAllow.isEmpty ? nil : tlsAllow.joined(separator: "\n")),
+            ("--identity-bind", "identity.bind", identityBind.isEmpty ? nil : identityBind.joined(separator: "\n")),
+            ("--identity-on-mismatch", "identity.on_mismatch", identityOnMismatch),
+            ("--api-token-file", "query.token_file", apiTokenFile),
         ]
         return given.compactMap { flag, key, value in value.map { (flag, key, $0) } }
     }

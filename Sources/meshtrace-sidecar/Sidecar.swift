@@ -60,6 +60,15 @@ struct SidecarCommand: AsyncParsableCommand {
     @Option(help: "Largest request or response body forwarded, in bytes.")
     var maxBody = 16 << 20
 
+    @Option(help: "CA bundle (PEM) that signs the collector's certificate; turns on TLS to the collector.")
+    var tlsCa: String?
+
+    @Option(help: "This workload's certificate (PEM, its SPIFFE ID as URI SAN) for mTLS to the collector; reloaded when it changes.")
+    var tlsCert: String?
+
+    @Option(help: "The key of --tls-cert (PEM).")
+    var tlsKey: String?
+
     mutating func run() async throws {
         var routeTable: [String: (host: String, port: Int)] = [:]
         for route in routes {
@@ -77,6 +86,11 @@ struct SidecarCommand: AsyncParsableCommand {
             endpoint: collector, transport: transport == "grpc" ? .grpc : .http, serviceName: service)
         configuration.resourceAttributes = [("k8s.namespace.name", namespace), ("k8s.pod.name", "\(service)-\(getpid())")]
         configuration.samplingProbability = sampling
+        if let tlsCa {
+            configuration.tls = ClientTLS(trustBundleFile: tlsCa, certificateFile: tlsCert, keyFile: tlsKey)
+        } else if tlsCert != nil || tlsKey != nil {
+            throw ValidationError("--tls-cert and --tls-key need --tls-ca, the CA that signs the collector's certificate")
+        }
         let exporter = try MeshExporter(configuration: configuration)
         var clientConfiguration = HTTPClient.Configuration()
         clientConfiguration.connectionPool.retryConnectionEstablishment = false

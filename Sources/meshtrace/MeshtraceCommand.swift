@@ -14,7 +14,7 @@ struct MeshtraceCommand: AsyncParsableCommand {
         subcommands: [
             ServicesCommand.self, OperationsCommand.self, TopologyCommand.self, EdgesCommand.self, StatCommand.self,
             LatencyCommand.self, TraceCommand.self, SearchCommand.self, TopCommand.self, AuditCommand.self, CompareCommand.self,
-            SegmentsCommand.self, PolicyCommand.self, DemoCommand.self, LoadgenCommand.self,
+            SegmentsCommand.self, PolicyCommand.self, DemoCommand.self, LoadgenCommand.self, CACommand.self,
         ])
 
     /// Runs the command, mapping usage errors to exit code 1 as documented

@@ -19,9 +19,16 @@ static void fill_id(uint8_t *id, size_t size, uint64_t seed) {
 }
 
 int main(int argc, char **argv) {
-    if (argc != 4) {
-        fprintf(stderr, "usage: %s ENDPOINT http|grpc TRACES\n", argv[0]);
+    if (argc != 4 && argc != 5) {
+        fprintf(stderr, "usage: %s ENDPOINT http|grpc TRACES [TLS-DIR]\n", argv[0]);
         return 2;
+    }
+    /* With TLS-DIR: mTLS with TLS-DIR/ca.pem, checkout.pem and checkout-key.pem. */
+    char ca[1024], cert[1024], key[1024];
+    if (argc == 5) {
+        snprintf(ca, sizeof ca, "%s/ca.pem", argv[4]);
+        snprintf(cert, sizeof cert, "%s/checkout.pem", argv[4]);
+        snprintf(key, sizeof key, "%s/checkout-key.pem", argv[4]);
     }
     const char *resource[] = {"k8s.namespace.name", "shop", "k8s.pod.name", "checkout-7d4f9", NULL};
     meshexporter_config config = {
@@ -33,6 +40,9 @@ int main(int argc, char **argv) {
         .memory_limit = 0,
         .flush_interval_ms = 100,
         .sampling_probability = 1.0,
+        .tls_ca_file = argc == 5 ? ca : NULL,
+        .tls_cert_file = argc == 5 ? cert : NULL,
+        .tls_key_file = argc == 5 ? key : NULL,
     };
     char error[256];
     meshexporter *exporter = meshexporter_start(&config, error, sizeof error);

@@ -7,7 +7,7 @@ import subprocess
 import pytest
 import requests
 
-from conftest import BIN, ROOT
+from conftest import BIN, ROOT, meshtrace
 
 HEADER_DIR = ROOT / "Sources" / "MeshExporterABI" / "include"
 PROGRAM = ROOT / "Tests" / "capi" / "record_spans.c"
@@ -25,11 +25,20 @@ def program(tmp_path_factory):
     return output
 
 
-@pytest.mark.parametrize("transport", ["http", "grpc"])
-def test_a_c_program_records_and_exports_through_the_c_interface(collector, program, transport):
-    c = collector()
+@pytest.mark.parametrize("transport,mtls", [("http", False), ("grpc", False), ("http", True), ("grpc", True)])
+def test_a_c_program_records_and_exports_through_the_c_interface(collector, program, transport, mtls, tmp_path):
+    tls = []
+    if mtls:
+        ca = tmp_path / "ca"
+        assert meshtrace("ca", "init", "--dir", ca, "--trust-domain", "shop.local").returncode == 0
+        assert meshtrace("ca", "issue", "--dir", ca, "--spiffe-id", "spiffe://shop.local/ns/shop/sa/checkout").returncode == 0
+        tls = [str(ca)]
+    c = collector(extra_args=["--tls-dir", tls[0]] if mtls else [])
     endpoint = c.otlp_url if transport == "http" else c.otlp_grpc
-    run = subprocess.run([str(program), endpoint, transport, "50"], capture_output=True, text=True, timeout=120)
+    if mtls:
+        # The collector's certificate names localhost.
+        endpoint = endpoint.replace("http://", "https://").replace("127.0.0.1", "localhost")
+    run = subprocess.run([str(program), endpoint, transport, "50", *tls], capture_output=True, text=True, timeout=120)
     assert run.returncode == 0, run.stdout + run.stderr
     lines = run.stdout.splitlines()
     traces = [line.split()[1] for line in lines if line.startswith("trace ")]
@@ -52,3 +61,5 @@ def test_a_c_program_records_and_exports_through_the_c_interface(collector, prog
         process = answer["data"][0]["processes"][server["processID"]]
         assert process["serviceName"] == "checkout"
         assert {"key": "k8s.pod.name", "type": "string", "value": "checkout-7d4f9"} in process["tags"]
+        transport_tag = {"key": "meshtrace.peer.transport", "type": "string", "value": "mtls"}
+        assert (transport_tag in process["tags"]) == mtls

@@ -9,9 +9,10 @@ import threading
 import time
 import urllib.request
 
+import pytest
 import requests
 
-from conftest import BIN
+from conftest import BIN, meshtrace
 
 LISTEN = re.compile(r"^meshtrace-sidecar: (\w+) listening on (\S+)$")
 
@@ -50,9 +51,11 @@ class App:
         threading.Thread(target=self.server.serve_forever, daemon=True).start()
 
 
-def start_sidecar(service, app_port, routes, collector_url):
+def start_sidecar(service, app_port, routes, collector_url, ca=None):
     args = [str(BIN / "meshtrace-sidecar"), "--service", service, "--app", f"127.0.0.1:{app_port}",
             "--inbound", "127.0.0.1:0", "--outbound", "127.0.0.1:0", "--collector", collector_url]
+    if ca:
+        args += ["--tls-ca", str(ca / "ca.pem"), "--tls-cert", str(ca / f"{service}.pem"), "--tls-key", str(ca / f"{service}-key.pem")]
     for name, address in routes.items():
         args += ["--route", f"{name}={address}"]
     proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
@@ -66,20 +69,29 @@ def start_sidecar(service, app_port, routes, collector_url):
     return proc, addresses
 
 
-def test_three_services_behind_sidecars_make_whole_traces_and_the_topology(collector):
-    c = collector()
+@pytest.mark.parametrize("mtls", [False, True])
+def test_three_services_behind_sidecars_make_whole_traces_and_the_topology(collector, mtls, tmp_path):
+    ca = None
+    if mtls:
+        # Each sidecar proves its workload's identity; the collector runs strict mTLS.
+        ca = tmp_path / "ca"
+        assert meshtrace("ca", "init", "--dir", ca, "--trust-domain", "shop.local").returncode == 0
+        for service in ("frontend", "checkout", "payments"):
+            assert meshtrace("ca", "issue", "--dir", ca, "--spiffe-id", f"spiffe://shop.local/ns/shop/sa/{service}").returncode == 0
+    c = collector(extra_args=["--tls-dir", str(ca)] if mtls else [])
+    otlp_url = c.otlp_url.replace("http://127.0.0.1", "https://localhost") if mtls else c.otlp_url
     # frontend -> checkout -> payments, and frontend -> payments.
     payments = App([])
     checkout = App([("payments", "/api/payments/17")])
     frontend = App([("checkout", "/api/checkout"), ("payments", "/api/payments/42")])
     procs = []
     try:
-        payments_sidecar, payments_addresses = start_sidecar("payments", payments.port, {}, c.otlp_url)
+        payments_sidecar, payments_addresses = start_sidecar("payments", payments.port, {}, otlp_url, ca)
         checkout_sidecar, checkout_addresses = start_sidecar(
-            "checkout", checkout.port, {"payments": payments_addresses["inbound"]}, c.otlp_url)
+            "checkout", checkout.port, {"payments": payments_addresses["inbound"]}, otlp_url, ca)
         frontend_sidecar, frontend_addresses = start_sidecar(
             "frontend", frontend.port,
-            {"checkout": checkout_addresses["inbound"], "payments": payments_addresses["inbound"]}, c.otlp_url)
+            {"checkout": checkout_addresses["inbound"], "payments": payments_addresses["inbound"]}, otlp_url, ca)
         procs = [payments_sidecar, checkout_sidecar, frontend_sidecar]
         payments.outbound = payments_addresses["outbound"]
         checkout.outbound = checkout_addresses["outbound"]
@@ -115,6 +127,12 @@ def test_three_services_behind_sidecars_make_whole_traces_and_the_topology(colle
         tags = {t["key"]: t["value"] for t in span["tags"]}
         return processes[span["processID"]]["serviceName"], tags["span.kind"], tags.get("peer.service", "")
 
+    for process in processes.values():
+        tags = {t["key"]: t["value"] for t in process["tags"]}
+        if mtls:
+            assert tags["meshtrace.peer.id"] == f"spiffe://shop.local/ns/shop/sa/{process['serviceName']}"
+        else:
+            assert "meshtrace.peer.id" not in tags
     by_id = {span["spanID"]: span for span in spans}
     # SERVER at frontend; CLIENT+SERVER per hop: frontend->checkout, checkout->payments, frontend->payments.
     assert sorted(describe(span) for span in spans) == sorted([

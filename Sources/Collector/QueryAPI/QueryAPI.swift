@@ -10,8 +10,14 @@ import SegmentStore
 /// The HTTP query API: the `QueryService` (Jaeger, Tempo and native routes) over HTTP, and readiness.
 struct QueryAPI: Sendable {
     let service: QueryService
+    /// What the receivers' TLS saw, added to `/api/v1/audit` (nil when TLS is off).
+    let transportFindings: (@Sendable () -> [SignalQueries.Audit.Finding])?
 
-    init(store: SpanStore, golden: GoldenSignals, logger: Logger) {
+    init(
+        store: SpanStore, golden: GoldenSignals, logger: Logger,
+        transportFindings: (@Sendable () -> [SignalQueries.Audit.Finding])? = nil
+    ) {
+        self.transportFindings = transportFindings
         service = QueryService(engine: {
             QueryEngine(snapshot: store.snapshot()) { segment, error in
                 // Compaction or retention may have removed the file since the snapshot was taken.
@@ -48,13 +54,21 @@ struct QueryAPI: Sendable {
         let path = request.uri.path
         let parameters = QueryParameters(query: request.uri.query ?? "")
         let accept = request.headers[.accept] ?? ""
-        let answer: QueryService.Response
+        var answer: QueryService.Response
         do {
             answer = try await NIOThreadPool.singleton.runIfActive {
                 service.answer(path: path, parameters: parameters, accept: accept)
             }
         } catch {
             answer = QueryService.Response(status: 503, contentType: "application/json", body: Array(#"{"error":"shutting down"}"#.utf8))
+        }
+        if path == "/api/v1/audit", answer.status == 200, let transportFindings,
+           var audit = try? JSONDecoder().decode(SignalQueries.Audit.self, from: Data(answer.body))
+        {
+            audit.findings = transportFindings() + audit.findings
+            let encoder = JSONEncoder()
+            encoder.outputFormatting = .sortedKeys
+            if let body = try? encoder.encode(audit) { answer.body = Array(body) }
         }
         var headers = HTTPFields()
         headers[.contentType] = answer.contentType

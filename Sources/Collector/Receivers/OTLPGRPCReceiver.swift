@@ -2,6 +2,7 @@ import GRPCCore
 import GRPCNIOTransportHTTP2
 import GRPCProtobuf
 import Logging
+import NIOCore
 import OTLPWire
 import ServiceLifecycle
 
@@ -26,10 +27,10 @@ struct OTLPGRPCService: RegistrableRPCService {
                 try DecodedTraceExport(protobuf: $0)
             },
             serializer: ProtobufSerializer<ExportTraceServiceResponse>(),
-            handler: { request, _ in
+            handler: { request, context in
                 let received = try await ServerRequest(stream: request).message
                 let response = try await charged(bytes: received.encoded.count) { () throws(TraceIngest.Unavailable) in
-                    try await ingest.export(received, from: .otlpGRPC)
+                    try await ingest.export(received, from: .otlpGRPC, peer: ingest.peer(grpc: context.remotePeer))
                 }
                 return StreamingServerResponse(single: ServerResponse(message: response))
             })
@@ -94,10 +95,12 @@ struct LimitedDeserializer<Message: Sendable>: MessageDeserializer {
     }
 }
 
-/// Serves OTLP/gRPC (plaintext HTTP/2, gzip or deflate message compression) until
-/// graceful shutdown, which lets RPCs in flight finish.
+/// Serves OTLP/gRPC (HTTP/2 over TCP, or over TLS as the collector's TLS mode says;
+/// gzip or deflate message compression) until graceful shutdown, which lets RPCs
+/// in flight finish.
 struct OTLPGRPCReceiver: Service {
     let address: ListenAddress
+    let security: ConnectionSecurity?
     let ingest: TraceIngest
     /// Largest request message, in bytes; larger ones are refused with RESOURCE_EXHAUSTED.
     let maxMessageBytes: Int
@@ -106,26 +109,25 @@ struct OTLPGRPCReceiver: Service {
     let onListening: @Sendable (ListenAddress) -> Void
 
     func run() async throws {
-        let transport = HTTP2ServerTransport.Posix(
-            address: address.host.contains(":")
-                ? .ipv6(host: address.host, port: address.port) : .ipv4(host: address.host, port: address.port),
-            transportSecurity: .plaintext,
-            config: .defaults { config in
-                // Messages up to 4× the limit reach the deserializer, which refuses those over
-                // it with RESOURCE_EXHAUSTED; the transport resets streams beyond that.
-                config.rpc.maxRequestPayloadSize = maxMessageBytes <= Int.max / 4 ? maxMessageBytes * 4 : Int.max
-                config.compression.enabledAlgorithms = [.gzip, .deflate]
-            })
+        var config = HTTP2ServerTransport.Custom<GatedGRPCListener>.Config.defaults
+        // Messages up to 4× the limit reach the deserializer, which refuses those over
+        // it with RESOURCE_EXHAUSTED; the transport resets streams beyond that.
+        config.rpc.maxRequestPayloadSize = maxMessageBytes <= Int.max / 4 ? maxMessageBytes * 4 : Int.max
+        config.compression.enabledAlgorithms = [.gzip, .deflate]
+        let transport = HTTP2ServerTransport.Custom(
+            listenerFactory: GatedGRPCListener(address: try NIOCore.SocketAddress.makeAddressResolvingHost(address.host, port: address.port), security: security),
+            config: config)
         let server = GRPCServer(
             transport: transport, services: [OTLPGRPCService(ingest: ingest, maxMessageBytes: maxMessageBytes, budget: budget, metrics: metrics)])
         try await withGracefulShutdownHandler {
             try await withThrowingDiscardingTaskGroup { group in
                 group.addTask { try await server.serve() }
-                let bound = try await transport.listeningAddress
-                if let ipv4 = bound.ipv4 {
-                    onListening(ListenAddress(host: ipv4.host, port: ipv4.port))
-                } else if let ipv6 = bound.ipv6 {
-                    onListening(ListenAddress(host: ipv6.host, port: ipv6.port))
+                if let bound = await transport.listeningAddress {
+                    if let ipv4 = bound.ipv4 {
+                        onListening(ListenAddress(host: ipv4.host, port: ipv4.port))
+                    } else if let ipv6 = bound.ipv6 {
+                        onListening(ListenAddress(host: ipv6.host, port: ipv6.port))
+                    }
                 }
             }
         } onGracefulShutdown: {

@@ -33,7 +33,7 @@ struct OTLPHTTPReceiver: Sendable {
         }
     }
 
-    func register(on router: Router<BasicRequestContext>) {
+    func register(on router: Router<IngestContext>) {
         router.post("/v1/traces") { request, context in
             await receive(request, messageName: "ExportTraceServiceRequest") { bytes, encoding in
                 switch encoding {
@@ -41,7 +41,7 @@ struct OTLPHTTPReceiver: Sendable {
                 case .json: return DecodedTraceExport(try OTLPJSON.decode(ExportTraceServiceRequest.self, from: bytes))
                 }
             } store: { (export: DecodedTraceExport) throws(TraceIngest.Unavailable) in
-                try await ingest.export(export, from: .otlpHTTP)
+                try await ingest.export(export, from: .otlpHTTP, peer: ingest.peer(at: context.remoteAddress))
             }
         }
         router.post("/v1/metrics") { request, context in

@@ -1,4 +1,5 @@
 import Logging
+import NIOCore
 import NIOPosix
 import OTLPWire
 import SegmentStore
@@ -10,6 +11,11 @@ struct TraceIngest: Sendable {
     let store: SpanStore
     let logger: Logger
     let metrics: CollectorMetrics
+    /// The receivers' TLS, when it is on: who sent a request, and what it may claim.
+    let security: ConnectionSecurity?
+
+    func peer(at address: SocketAddress?) -> ConnectionPeer? { security?.peer(at: address) }
+    func peer(grpc remotePeer: String) -> ConnectionPeer? { security?.peer(grpc: remotePeer) }
 
     /// Threads that block on WAL syncs: more than the cores, so requests arriving
     /// together wait for one shared sync (group commit) instead of queueing for threads.
@@ -29,14 +35,27 @@ struct TraceIngest: Sendable {
     /// Appends a decoded export request to the store. Spans the protocol forbids
     /// (bad ids) are left out and reported in `partial_success`.
     func export(
-        _ export: DecodedTraceExport, from receiver: CollectorMetrics.Receiver
+        _ export: DecodedTraceExport, from receiver: CollectorMetrics.Receiver, peer: ConnectionPeer? = nil
     ) async throws(Unavailable) -> ExportTraceServiceResponse {
+        var export = export
+        if let security {
+            guard let peer else {
+                // The connection closed before its request was read, or it was never
+                // registered: nothing says who sent these spans.
+                var response = ExportTraceServiceResponse()
+                response.partialSuccess.rejectedSpans = Int64(export.outcome.accepted + export.outcome.rejected)
+                response.partialSuccess.errorMessage = "the sender's connection is unknown to the collector; spans refused"
+                return response
+            }
+            export = security.binder.bind(export, peer: peer)
+        }
         let outcome: IngestOutcome
         metrics.waiting(1)
         defer { metrics.waiting(-1) }
         do {
             let store = self.store
-            outcome = try await Self.blockingPool.runIfActive { try store.append(export) }
+            let bound = export
+            outcome = try await Self.blockingPool.runIfActive { try store.append(bound) }
         } catch {
             logger.error("cannot store spans", metadata: ["error": "\(error)"])
             throw Unavailable(message: "the collector cannot write to its store: \(error)", retryAfter: .seconds(5))

@@ -16,13 +16,13 @@ struct ZipkinReceiver: Sendable {
     let budget: IngestBudget
     let metrics: CollectorMetrics
 
-    func register(on router: Router<BasicRequestContext>) {
-        router.post("/api/v2/spans") { request, _ in
-            await receive(request)
+    func register(on router: Router<IngestContext>) {
+        router.post("/api/v2/spans") { request, context in
+            await receive(request, peer: ingest.peer(at: context.remoteAddress))
         }
     }
 
-    func receive(_ request: Request) async -> Response {
+    func receive(_ request: Request, peer: ConnectionPeer?) async -> Response {
         let contentType = request.headers[.contentType]?
             .split(separator: ";").first?.trimmingCharacters(in: .whitespaces).lowercased() ?? "application/json"
         let isProtobuf: Bool
@@ -60,7 +60,7 @@ struct ZipkinReceiver: Sendable {
         }
         let exportRequest = ZipkinSpan.exportRequest(spans)
         do {
-            let response = try await ingest.export(DecodedTraceExport(exportRequest), from: .zipkin)
+            let response = try await ingest.export(DecodedTraceExport(exportRequest), from: .zipkin, peer: peer)
             if response.hasPartialSuccess {
                 return Response(status: .accepted, headers: [.contentType: "text/plain"], body: ResponseBody(byteBuffer: ByteBuffer(
                     string: "\(response.partialSuccess.rejectedSpans) spans refused: \(response.partialSuccess.errorMessage)\n")))

@@ -45,6 +45,13 @@ typedef struct {
     uint32_t flush_interval_ms;
     /* Head sampling probability of traces that start here, 0 to 1. */
     double sampling_probability;
+    /* TLS to the collector: the CA bundle (PEM) that signs its certificate; NULL is
+       plaintext. With tls_cert_file and tls_key_file (this workload's certificate,
+       its SPIFFE ID as URI SAN, and key), mTLS. The files are read again when they
+       change. */
+    const char *tls_ca_file;
+    const char *tls_cert_file;
+    const char *tls_key_file;
 } meshexporter_config;
 
 typedef struct {

@@ -143,7 +143,8 @@ public enum QueryTables {
 
     public static func audit(_ audit: SignalQueries.Audit, colour: Bool = false) -> String {
         let rows = audit.findings.map { [$0.kind, $0.source, $0.target, String($0.requests), $0.detail] }
-        let styles = audit.findings.map { finding -> [Table.Style] in [finding.kind == "plaintext_edge" ? .red : .yellow, .plain, .plain, .plain, .plain] }
+        let serious: Set<String> = ["plaintext_edge", "identity_mismatch", "refused_connection", "plaintext_connection"]
+        let styles = audit.findings.map { finding -> [Table.Style] in [serious.contains(finding.kind) ? .red : .yellow, .plain, .plain, .plain, .plain] }
         return Table.render(header: ["FINDING", "SRC", "DST", "REQUESTS", "DETAIL"], rows: rows, styles: styles, colour: colour)
     }
 
