@@ -1,3 +1,8 @@
+#if canImport(Glibc)
+import Glibc
+#elseif canImport(Darwin)
+import Darwin
+#endif
 import MeshCore
 import Synchronization
 
@@ -50,7 +55,37 @@ final class SpanRing: @unchecked Sendable {
 
         let headers: UnsafeMutablePointer<SlotHeader>
         let bytes: UnsafeMutableRawPointer
-        let state = Mutex(Indices())
+        /// Guarded by `lock()`.
+        var indices = Indices()
+        private let held = Atomic<Bool>(false)
+
+        /// A spin lock: the code it guards copies a few hundred bytes, and taking it
+        /// is one atomic exchange when uncontended. Recording writes its span's strings
+        /// between `lock()` and `unlock()` directly, with no closure that would copy
+        /// the span (and retain its ten strings) on the way.
+        @inline(__always)
+        func lock() {
+            while !held.compareExchange(expected: false, desired: true, ordering: .acquiring).exchanged {
+                var spins = 0
+                while held.load(ordering: .relaxed) {
+                    spins += 1
+                    // The holder may have been preempted: let it run.
+                    if spins & 63 == 0 { sched_yield() }
+                }
+            }
+        }
+
+        @inline(__always)
+        func unlock() {
+            held.store(false, ordering: .releasing)
+        }
+
+        @inline(__always)
+        func withLock<Result>(_ body: (inout Indices) -> Result) -> Result {
+            lock()
+            defer { unlock() }
+            return body(&indices)
+        }
 
         init(slots: Int, slotBytes: Int) {
             headers = .allocate(capacity: slots)
@@ -92,25 +127,33 @@ final class SpanRing: @unchecked Sendable {
             parentSpanID: span.parentSpanID.value, startTime: span.startTime, endTime: span.endTime,
             requestBytes: span.requestBytes, responseBytes: span.responseBytes, httpStatus: span.httpStatus,
             kind: span.kind.rawValue, bits: bits | Self.bits(failed: span.failed, mutualTLS: span.mutualTLS))
-        return push(header) { writer in
-            writer.put(span.name)
-            writer.put(span.method)
-            writer.put(span.path)
-            writer.put(span.peerService)
-            writer.put(span.upstreamCluster)
-            writer.put(span.peerAddress)
-            writer.put(span.responseFlags)
-            writer.put(span.requestID)
-            writer.put(span.userAgent)
-            writer.put(span.traceState)
-        }
+        let shard = self.shard(header)
+        shard.lock()
+        defer { shard.unlock() }
+        guard var writer = claim(shard) else { return false }
+        writer.put(span.name)
+        writer.put(span.method)
+        writer.put(span.path)
+        writer.put(span.peerService)
+        writer.put(span.upstreamCluster)
+        writer.put(span.peerAddress)
+        writer.put(span.responseFlags)
+        writer.put(span.requestID)
+        writer.put(span.userAgent)
+        writer.put(span.traceState)
+        commit(header, writer, in: shard)
+        return true
     }
 
     /// Copies a span whose strings are UTF-8 bytes (`strings` gives each, in `SlotString` order).
     func push(_ header: SlotHeader, strings: (SlotString) -> UnsafeRawBufferPointer) -> Bool {
-        push(header) { writer in
-            for field in SlotString.allCases { writer.put(strings(field)) }
-        }
+        let shard = self.shard(header)
+        shard.lock()
+        defer { shard.unlock() }
+        guard var writer = claim(shard) else { return false }
+        for field in SlotString.allCases { writer.put(strings(field)) }
+        commit(header, writer, in: shard)
+        return true
     }
 
     static func bits(failed: Bool, mutualTLS: Bool?) -> UInt8 {
@@ -124,15 +167,19 @@ final class SpanRing: @unchecked Sendable {
         let lengths: UnsafeMutablePointer<UInt16>
         var cursor: UnsafeMutableRawPointer
         var room: Int
+        /// The slot written.
+        let slot: Int
         var field = 0
         var truncated = false
 
+        @inline(__always)
         mutating func put(_ bytes: UnsafeRawBufferPointer) {
             let written = min(bytes.count, room)
             if written > 0 { cursor.copyMemory(from: bytes.baseAddress!, byteCount: written) }
             finish(written: written, of: bytes.count)
         }
 
+        @inline(__always)
         mutating func put(_ string: borrowing String) {
             // Native strings, small or not, are contiguous: one copy, no allocation, no retain.
             let copied: Void? = string.utf8.withContiguousStorageIfAvailable { put(UnsafeRawBufferPointer($0)) }
@@ -150,6 +197,7 @@ final class SpanRing: @unchecked Sendable {
             }
         }
 
+        @inline(__always)
         mutating func finish(written: Int, of count: Int) {
             if written < count { truncated = true }
             lengths[field] = UInt16(written)
@@ -159,38 +207,48 @@ final class SpanRing: @unchecked Sendable {
         }
     }
 
-    /// Takes a free slot of the header's shard, lets `fill` write the strings, stores the header.
-    private func push(_ header: SlotHeader, fill: (inout StringWriter) -> Void) -> Bool {
+    /// The shard a span of `header`'s trace goes to.
+    @inline(__always)
+    private func shard(_ header: SlotHeader) -> Shard {
         // Trace ids are random, but not every producer's low bits are: mix before choosing.
-        let shard = shards[Int((header.traceLow &* 0x9E37_79B9_7F4A_7C15) >> 40 & shardMask)]
-        let slotBytes = self.slotBytes
-        let stringBytes = self.stringBytes
-        return shard.state.withLock { indices in
-            guard indices.count < slotsPerShard else {
-                indices.dropped += 1
-                return false
-            }
-            var slot = indices.head + indices.count
-            if slot >= slotsPerShard { slot -= slotsPerShard }
-            let base = shard.bytes + slot * slotBytes
-            var writer = StringWriter(
-                lengths: base.assumingMemoryBound(to: UInt16.self), cursor: base + SlotString.allCases.count * 2, room: stringBytes)
-            fill(&writer)
-            var stored = header
-            if writer.truncated { stored.bits |= SlotHeader.truncatedBit }
-            shard.headers[slot] = stored
-            indices.count += 1
-            indices.recorded += 1
-            if header.bits & SlotHeader.exportBit == 0 { indices.unexported += 1 }
-            return true
+        shards[Int((header.traceLow &* 0x9E37_79B9_7F4A_7C15) >> 40 & shardMask)]
+    }
+
+    /// With `shard` locked: a writer into its next free slot, or nil (counted) when it is full.
+    @inline(__always)
+    private func claim(_ shard: Shard) -> StringWriter? {
+        guard shard.indices.count < slotsPerShard else {
+            shard.indices.dropped += 1
+            return nil
         }
+        // An empty shard starts again at its first slot: while the exporter keeps up,
+        // spans are written to the same few slots, which stay in the CPU's cache,
+        // instead of walking through the whole ring.
+        if shard.indices.count == 0 { shard.indices.head = 0 }
+        var slot = shard.indices.head + shard.indices.count
+        if slot >= slotsPerShard { slot -= slotsPerShard }
+        let base = shard.bytes + slot * slotBytes
+        return StringWriter(
+            lengths: base.assumingMemoryBound(to: UInt16.self), cursor: base + SlotString.allCases.count * 2, room: stringBytes,
+            slot: slot)
+    }
+
+    /// With `shard` locked: stores the header of the slot `writer` filled, and counts the span.
+    @inline(__always)
+    private func commit(_ header: SlotHeader, _ writer: consuming StringWriter, in shard: Shard) {
+        var stored = header
+        if writer.truncated { stored.bits |= SlotHeader.truncatedBit }
+        shard.headers[writer.slot] = stored
+        shard.indices.count += 1
+        shard.indices.recorded += 1
+        if header.bits & SlotHeader.exportBit == 0 { shard.indices.unexported += 1 }
     }
 
     /// Moves up to `limit` spans, oldest first shard by shard, into `batch`.
     func drain(into batch: inout DrainedSpans, limit: Int) {
         let slotBytes = self.slotBytes
         for shard in shards where batch.count < limit {
-            shard.state.withLock { indices in
+            shard.withLock { indices in
                 while indices.count > 0 && batch.count < limit {
                     batch.append(header: shard.headers[indices.head], bytes: shard.bytes + indices.head * slotBytes, count: slotBytes)
                     indices.head = indices.head + 1 == slotsPerShard ? 0 : indices.head + 1
@@ -201,12 +259,12 @@ final class SpanRing: @unchecked Sendable {
     }
 
     /// Spans waiting, over every shard.
-    var count: Int { shards.reduce(0) { $0 + $1.state.withLock { $0.count } } }
+    var count: Int { shards.reduce(0) { $0 + $1.withLock { $0.count } } }
 
     /// Spans taken in, taken in without the export bit, and dropped because their shard was full.
     var totals: (recorded: UInt64, unexported: UInt64, dropped: UInt64) {
         shards.reduce((0, 0, 0)) { sum, shard in
-            let indices = shard.state.withLock { $0 }
+            let indices = shard.withLock { $0 }
             return (sum.0 + indices.recorded, sum.1 + indices.unexported, sum.2 + indices.dropped)
         }
     }
