@@ -1,10 +1,11 @@
-import Collector
+@testable import Collector
 import Crypto
 import Foundation
 import Logging
 import MeshCore
 import MeshExporter
-import MeshIdentity
+@testable import MeshIdentity
+import OTLPWire
 import NIOCore
 import NIOPosix
 import NIOSSL
@@ -170,6 +171,41 @@ final class IdentityTests: XCTestCase {
 }
 
 extension IdentityTests {
+    /// What the head block gets and what the write-ahead log replays after a restart
+    /// are the same spans, labelled and refused alike, for every resource of a request.
+    func testIdentityBindingStoresTheSameInTheHeadBlockAsInTheWriteAheadLog() throws {
+        let (requests, _) = simulatedRequests(count: 40)
+        let claimed = requests[0].resourceSpans[0].resource.attributes.first { $0.key == "service.name" }!.value.stringValue
+        let peer = ConnectionPeer(address: "127.0.0.1:40000", transport: .mtls(VerifiedPeer(
+            id: try SPIFFEID("spiffe://mesh.local/ns/shop/sa/\(claimed)"), notAfter: Date(timeIntervalSinceNow: 3600), serial: "01")))
+        for action in [MismatchAction.reject, .relabel] {
+            let binder = IdentityBinder(bindings: [try IdentityBinding(TLSSettings.defaultBinding)], action: action, audit: TransportAudit())
+            var kept = 0, refused = 0
+            for request in requests {
+                let original = try received(request)
+                let bound = binder.bind(original, peer: peer)
+                let replayed = try DecodedTraceExport(protobuf: bound.encoded)
+                XCTAssertEqual(canonicalSpans(try bound.spans.tracesData()), canonicalSpans(try replayed.spans.tracesData()))
+                XCTAssertEqual(bound.outcome.accepted + bound.outcome.rejected, original.outcome.accepted + original.outcome.rejected)
+                XCTAssertEqual(bound.spans.count, bound.outcome.accepted)
+                for resource in try bound.spans.tracesData().resourceSpans {
+                    let attributes = Dictionary(resource.resource.attributes.map { ($0.key, $0.value.stringValue) }, uniquingKeysWith: { $1 })
+                    XCTAssertEqual(attributes["meshtrace.peer.id"], "spiffe://mesh.local/ns/shop/sa/\(claimed)")
+                    XCTAssertEqual(attributes["meshtrace.peer.transport"], "mtls")
+                    XCTAssertEqual(attributes["service.name"], claimed)
+                }
+                kept += bound.outcome.accepted
+                refused += bound.outcome.rejected
+            }
+            XCTAssertGreaterThan(kept, 0, "\(action)")
+            if action == .reject {
+                XCTAssertGreaterThan(refused, 0, "the simulated mesh has other services, whose spans this identity may not send")
+            } else {
+                XCTAssertEqual(refused, 0)
+            }
+        }
+    }
+
     /// MeshExporter over mTLS, by OTLP/HTTP and OTLP/gRPC: its spans are stored with
     /// its identity; certificate files replaced on disk are used by the next
     /// connections; unusable files leave the last good ones in force.

@@ -79,12 +79,22 @@ struct IdentityBinder: Sendable {
             }
         }
         var bound = export
+        guard let encoded = rewrite(export.encoded, peer: peer) else {
+            // Not reached for a request the decoder accepted; if it were, nothing is
+            // stored that the write-ahead log could not replay.
+            bound.spans = SpanBatch()
+            bound.outcome.rejected += bound.outcome.accepted
+            bound.outcome.accepted = 0
+            bound.outcome.firstRejection = bound.outcome.firstRejection ?? "the request could not be labelled with its sender's identity"
+            bound.encoded = []
+            return bound
+        }
         let (spans, dropped) = batch.replacingResources(replacements)
         bound.spans = spans
         bound.outcome.accepted -= dropped
         bound.outcome.rejected += dropped
         if let rejection, bound.outcome.firstRejection == nil { bound.outcome.firstRejection = rejection }
-        bound.encoded = rewrite(export.encoded, peer: peer) ?? []
+        bound.encoded = encoded
         return bound
     }
 
