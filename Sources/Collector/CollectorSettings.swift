@@ -75,29 +75,15 @@ public enum CollectorSettings {
         "tls.key_file": file { $0.tls.keyFile = $1 },
         "tls.trust_bundle": file { $0.tls.trustBundleFile = $1 },
         "tls.trust_domain": { configuration, text in
-            guard (try? SPIFFEID("spiffe://" + text))?.segments.isEmpty == true else { return "expected a trust domain like cluster.local, got \(text.debugDescription)" }
+            guard SPIFFEID.isTrustDomain(text) else { return "expected a trust domain like cluster.local, got \(text.debugDescription)" }
             configuration.tls.trustDomain = text
             return nil
         },
-        "tls.allow": { configuration, text in
-            let patterns = list(text)
-            for pattern in patterns {
-                do { _ = try SPIFFEPattern(pattern) } catch { return "\(error)" }
-            }
-            configuration.tls.allowed = patterns
-            return nil
-        },
+        "tls.allow": list(SPIFFEPattern.init) { $0.tls.allowed = $1 },
         "tls.reload_interval": duration { $0.tls.reloadInterval = $1 },
         "tls.handshake_timeout": duration { $0.tls.handshakeTimeout = $1 },
         "tls.expiry_warning": duration { $0.tls.expiryWarning = $1 },
-        "identity.bind": { configuration, text in
-            let bindings = list(text)
-            for binding in bindings {
-                do { _ = try IdentityBinding(binding) } catch { return "\(error)" }
-            }
-            configuration.tls.bindings = bindings
-            return nil
-        },
+        "identity.bind": list(IdentityBinding.init) { $0.tls.bindings = $1 },
         "identity.on_mismatch": { configuration, text in
             guard let action = MismatchAction(rawValue: text) else { return "expected reject or relabel, got \(text.debugDescription)" }
             configuration.tls.onMismatch = action
@@ -177,8 +163,21 @@ public enum CollectorSettings {
     /// Keys whose value may be a YAML list (or, as a flag, lines or commas).
     private static let listKeys: Set<String> = ["tls.allow", "identity.bind"]
 
-    private static func list(_ text: String) -> [String] {
-        text.split(whereSeparator: { $0 == "\n" || $0 == "," }).map { $0.trimmingCharacters(in: .whitespaces) }.filter { !$0.isEmpty }
+    /// A list key: its items (lines or commas) each parsed by `parse`.
+    private static func list<Item: Sendable>(
+        _ parse: @escaping @Sendable (String) throws(SPIFFEID.Invalid) -> Item,
+        _ assign: @escaping @Sendable (inout CollectorConfiguration, [Item]) -> Void
+    ) -> Apply {
+        { configuration, text in
+            let texts = text.split(whereSeparator: { $0 == "\n" || $0 == "," })
+                .map { $0.trimmingCharacters(in: .whitespaces) }.filter { !$0.isEmpty }
+            var items: [Item] = []
+            for item in texts {
+                do { items.append(try parse(item)) } catch { return "\(error)" }
+            }
+            assign(&configuration, items)
+            return nil
+        }
     }
 
     private static func file(_ assign: @escaping @Sendable (inout CollectorConfiguration, String) -> Void) -> Apply {

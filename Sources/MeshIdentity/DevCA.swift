@@ -58,9 +58,7 @@ public struct DevCA: Sendable {
     }
 
     /// The trust domain this CA signs for (from its URI SAN).
-    public var trustDomain: String? {
-        PeerVerifier.uris(of: certificate).compactMap { try? SPIFFEID($0) }.first?.trustDomain
-    }
+    public var trustDomain: String? { PeerVerifier.trustDomain(of: certificate) }
 
     /// Issues a leaf certificate and its new key.
     public func issue(_ leaf: Leaf) throws -> (certificate: Certificate, key: Certificate.PrivateKey) {

@@ -104,6 +104,11 @@ public struct PeerVerifier: Sendable {
         return .success(VerifiedPeer(id: id, notAfter: leaf.notValidAfter, serial: "\(leaf.serialNumber)"))
     }
 
+    /// The trust domain of the first SPIFFE ID among `certificate`'s URI SANs.
+    public static func trustDomain(of certificate: Certificate) -> String? {
+        uris(of: certificate).lazy.compactMap { try? SPIFFEID($0) }.first?.trustDomain
+    }
+
     /// The URI SANs of `certificate`.
     public static func uris(of certificate: Certificate) -> [String] {
         guard let names = try? certificate.extensions.subjectAlternativeNames else { return [] }

@@ -41,6 +41,11 @@ public struct SPIFFEID: Hashable, Sendable, CustomStringConvertible {
         self.segments = segments
     }
 
+    /// Whether `text` is a trust domain name (`cluster.local`), as the ID's authority may be.
+    public static func isTrustDomain(_ text: String) -> Bool {
+        (try? SPIFFEID("spiffe://" + text))?.segments.isEmpty == true
+    }
+
     /// The path, with its leading `/` (empty for a trust domain's own ID).
     public var path: String { segments.isEmpty ? "" : "/" + segments.joined(separator: "/") }
 

@@ -334,7 +334,7 @@ struct TLSBed {
         configuration.sampling = .policy(try PolicyFile.parse(yaml: "policies: [{name: everything, type: always_sample}]", file: "<test>"))
         configuration.tls.mode = mode
         configuration.tls.use(directory: directory)
-        configuration.tls.allowed = allow
+        configuration.tls.allowed = try allow.map(SPIFFEPattern.init)
         configuration.tls.onMismatch = onMismatch
         configuration.tls.reloadInterval = .milliseconds(100)
         configuration.tls.handshakeTimeout = .milliseconds(300)

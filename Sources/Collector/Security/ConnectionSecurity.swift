@@ -71,12 +71,10 @@ final class ConnectionSecurity: Sendable {
         self.mode = settings.effectiveMode
         self.audit = audit
         self.logger = logger
-        let bindings = (settings.bindings.isEmpty ? [TLSSettings.defaultBinding] : settings.bindings).map { try! IdentityBinding($0) }
-        binder = IdentityBinder(bindings: bindings, action: settings.onMismatch, audit: audit)
+        binder = IdentityBinder(bindings: settings.effectiveBindings, action: settings.onMismatch, audit: audit)
         let loaded = try Self.load(settings)
         material = Mutex(loaded)
-        audit.serverCertificate(id: PeerVerifier.uris(of: loaded.serverCertificate).first ?? "\(loaded.serverCertificate.subject)",
-                                notAfter: loaded.serverCertificate.notValidAfter)
+        audit.serverCertificate(loaded.serverCertificate)
     }
 
     private static func load(_ settings: TLSSettings) throws -> Material {
@@ -85,22 +83,25 @@ final class ConnectionSecurity: Sendable {
         let stamps = FileStamp.of([certificateFile, keyFile, bundleFile])
         let chain = try PEMFiles.certificates(at: certificateFile)
         let bundle = try PEMFiles.certificates(at: bundleFile)
-        let nioChain: [NIOSSLCertificate]
-        let key: NIOSSLPrivateKey
-        do {
-            nioChain = try NIOSSLCertificate.fromPEMFile(certificateFile)
-        } catch {
-            throw PEMFiles.Failure(description: "\(certificateFile): \(error)")
+        // NIOSSL gets the same certificates, by their DER bytes: each file is read once.
+        func nio(_ certificates: [Certificate], _ file: String) throws -> [NIOSSLCertificate] {
+            do {
+                return try certificates.map { try NIOSSLCertificate(bytes: try $0.serializeAsPEM().derBytes, format: .der) }
+            } catch {
+                throw PEMFiles.Failure(description: "\(file): \(error)")
+            }
         }
+        let nioChain = try nio(chain, certificateFile)
+        let nioBundle = try nio(bundle, bundleFile)
+        let key: NIOSSLPrivateKey
         do {
             key = try NIOSSLPrivateKey(file: keyFile, format: .pem)
         } catch {
             throw PEMFiles.Failure(description: "\(keyFile): \(error)")
         }
-        let trustDomain = try settings.trustDomain ?? Self.trustDomain(of: chain[0]) ?? Self.trustDomain(of: bundle[0]) ?? {
+        let trustDomain = try settings.trustDomain ?? PeerVerifier.trustDomain(of: chain[0]) ?? PeerVerifier.trustDomain(of: bundle[0]) ?? {
             throw CollectorSettings.Invalid(description: "tls.trust_domain is not set and neither \(certificateFile) nor \(bundleFile) holds a SPIFFE ID to take it from")
         }()
-        let allowed = settings.allowed.map { try! SPIFFEPattern($0) }
         func context(_ protocols: [String]) throws -> NIOSSLContext {
             var configuration = TLSConfiguration.makeServerConfiguration(
                 certificateChain: nioChain.map { .certificate($0) }, privateKey: .privateKey(key))
@@ -109,7 +110,7 @@ final class ConnectionSecurity: Sendable {
             // Strict: a client that sends no certificate fails the handshake. Either way a
             // certificate that is sent is verified by `verify` (the trust bundle, SPIFFE ID, allow-list).
             configuration.certificateVerification = settings.effectiveMode == .strict ? .noHostnameVerification : .optionalVerification
-            configuration.trustRoots = .certificates(try bundle.map { try NIOSSLCertificate(bytes: try $0.serializeAsPEM().derBytes, format: .der) })
+            configuration.trustRoots = .certificates(nioBundle)
             return try NIOSSLContext(configuration: configuration)
         }
         guard stamps.allSatisfy({ $0 != nil }) else {
@@ -117,12 +118,8 @@ final class ConnectionSecurity: Sendable {
         }
         return Material(
             h2: try context(["h2"]), http1: try context(["http/1.1"]),
-            verifier: PeerVerifier(trustBundle: bundle, trustDomain: trustDomain, allowed: allowed),
+            verifier: PeerVerifier(trustBundle: bundle, trustDomain: trustDomain, allowed: settings.allowed),
             serverCertificate: chain[0], stamps: stamps.compactMap { $0 })
-    }
-
-    private static func trustDomain(of certificate: Certificate) -> String? {
-        PeerVerifier.uris(of: certificate).lazy.compactMap { try? SPIFFEID($0) }.first?.trustDomain
     }
 
     var trustDomain: String { material.withLock { $0.verifier.trustDomain } }
@@ -139,8 +136,7 @@ final class ConnectionSecurity: Sendable {
         do {
             let loaded = try Self.load(settings)
             material.withLock { $0 = loaded }
-            audit.serverCertificate(id: PeerVerifier.uris(of: loaded.serverCertificate).first ?? "\(loaded.serverCertificate.subject)",
-                                    notAfter: loaded.serverCertificate.notValidAfter)
+            audit.serverCertificate(loaded.serverCertificate)
             logger.info("reloaded TLS certificates", metadata: [
                 "certificate": "\(paths[0])", "serial": "\(loaded.serverCertificate.serialNumber)",
                 "not_after": "\(loaded.serverCertificate.notValidAfter)",

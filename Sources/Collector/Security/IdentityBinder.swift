@@ -33,17 +33,13 @@ struct IdentityBinder: Sendable {
         resource.attributes.append(Self.attribute(Self.transportKey, peer.transport.name))
         guard case .mtls(let verified) = peer.transport else { return .keep(resource) }
         resource.attributes.append(Self.attribute(Self.identityKey, verified.id.description))
-        let claimedIndex = resource.attributes.firstIndex { $0.key == "service.name" }
-        let claimed = claimedIndex.flatMap { index -> String? in
-            if case .stringValue(let name) = resource.attributes[index].value.value { return name }
-            return nil
-        } ?? "unknown_service"
+        let claimed = resource.attributes.string("service.name") ?? "unknown_service"
         let allowed = service(for: verified.id)
         guard claimed != allowed && allowed != "*" else { return .keep(resource) }
         let may = allowed.map { "may claim only \($0.debugDescription)" } ?? "matches no identity binding"
         let reason = "service.name \(claimed.debugDescription) refused: the sender \(verified.id) \(may)"
         guard action == .relabel, let allowed else { return .reject(claimed: claimed, allowed: allowed, reason: reason) }
-        if let claimedIndex { resource.attributes.remove(at: claimedIndex) }
+        resource.attributes.removeAll { $0.key == "service.name" }
         resource.attributes.append(Self.attribute(Self.claimedKey, claimed))
         resource.attributes.append(Self.attribute("service.name", allowed))
         return .keep(resource)
@@ -60,10 +56,7 @@ struct IdentityBinder: Sendable {
             switch verdict(resourceSpans.resource, peer: peer) {
             case .keep(let resource):
                 resourceSpans.resource = resource
-                let name = resource.attributes.first { $0.key == "service.name" }.flatMap { attribute -> String? in
-                    if case .stringValue(let name) = attribute.value.value { return name }
-                    return nil
-                } ?? "unknown_service"
+                let name = resource.attributes.string("service.name") ?? "unknown_service"
                 if name != entry.serviceName, case .mtls(let verified) = peer.transport {
                     audit.mismatch(id: verified.id.description, claimed: entry.serviceName, allowed: name,
                                    spans: Self.rows(of: index, in: batch, counts: &counts), action: .relabel)

@@ -34,14 +34,14 @@ public struct TLSSettings: Sendable {
     /// Unset: the trust domain of the collector's own SPIFFE ID, else of the trust bundle's.
     public var trustDomain: String?
     /// SPIFFE ID patterns allowed to connect (`*` one segment, final `**` any); empty allows the whole trust domain.
-    public var allowed: [String] = []
+    public var allowed: [SPIFFEPattern] = []
     /// A client that has not finished its TLS handshake by then is disconnected.
     public var handshakeTimeout: Duration = .seconds(10)
     /// How often certificate files are checked for change.
     public var reloadInterval: Duration = .seconds(5)
     /// `PATH-PATTERN => SERVICE` rules; the first that matches an ID's path says which
     /// `service.name` it may claim. Empty: `ns/{ns}/sa/{sa} => {sa}`.
-    public var bindings: [String] = []
+    public var bindings: [IdentityBinding] = []
     public var onMismatch: MismatchAction = .reject
     /// Certificates expiring within this long are audit findings.
     public var expiryWarning: Duration = .seconds(24 * 3600)
@@ -60,17 +60,14 @@ public struct TLSSettings: Sendable {
         trustBundleFile = directory + "/ca.pem"
     }
 
+    /// The bindings in force: the configured ones, or the default.
+    var effectiveBindings: [IdentityBinding] { bindings.isEmpty ? [try! IdentityBinding(Self.defaultBinding)] : bindings }
+
     /// Checks what can be checked without reading files; returns why not, when invalid.
     func problem() -> String? {
         guard effectiveMode != .off else { return nil }
         if certificateFile == nil || keyFile == nil || trustBundleFile == nil {
             return "TLS mode \(effectiveMode.rawValue) needs tls.cert_file, tls.key_file and tls.trust_bundle (or tls.dir)"
-        }
-        for pattern in allowed {
-            do { _ = try SPIFFEPattern(pattern) } catch { return "tls.allow: \(error)" }
-        }
-        for binding in bindings {
-            do { _ = try IdentityBinding(binding) } catch { return "identity.bind: \(error)" }
         }
         return nil
     }

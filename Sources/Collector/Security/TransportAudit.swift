@@ -2,6 +2,7 @@ import Foundation
 import MeshIdentity
 import QueryEngine
 import Synchronization
+import X509
 
 /// What the receivers saw of transport security since the collector started:
 /// plaintext connections, refused handshakes, identity mismatches, and the
@@ -24,7 +25,7 @@ final class TransportAudit: Sendable {
         var last: Date
     }
 
-    private struct Certificate: Codable {
+    private struct Expiry: Codable {
         var notAfter: Date
         var lastSeen: Date
     }
@@ -33,13 +34,13 @@ final class TransportAudit: Sendable {
     private struct Saved: Codable {
         var entries: [Key]
         var values: [Entry]
-        var identities: [String: Certificate]
+        var identities: [String: Expiry]
     }
 
     private struct State {
         var entries: [Key: Entry] = [:]
         /// SPIFFE ID → its certificate's expiry, for every identity that connected.
-        var identities: [String: Certificate] = [:]
+        var identities: [String: Expiry] = [:]
         var server: (id: String, notAfter: Date)?
         var handshakes: [String: Int] = [:]
         var changed = false
@@ -100,8 +101,10 @@ final class TransportAudit: Sendable {
         }
     }
 
-    func serverCertificate(id: String, notAfter: Date) {
-        state.withLock { $0.server = (id, notAfter) }
+    /// The collector's own certificate (its SPIFFE ID, else its subject), for the expiry finding.
+    func serverCertificate(_ certificate: X509.Certificate) {
+        let id = PeerVerifier.uris(of: certificate).first ?? "\(certificate.subject)"
+        state.withLock { $0.server = (id, certificate.notValidAfter) }
     }
 
     func accepted(_ transport: PeerTransport, host: String, receiver: String) {
@@ -114,7 +117,7 @@ final class TransportAudit: Sendable {
         case .mtls(let peer):
             state.withLock { state in
                 if state.identities[peer.id.description]?.notAfter != peer.notAfter { state.changed = true }
-                state.identities[peer.id.description] = Certificate(notAfter: peer.notAfter, lastSeen: Date())
+                state.identities[peer.id.description] = Expiry(notAfter: peer.notAfter, lastSeen: Date())
             }
         }
     }

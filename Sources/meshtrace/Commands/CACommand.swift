@@ -39,7 +39,7 @@ struct CACommand: ParsableCommand {
         var force = false
 
         func run() throws {
-            guard (try? SPIFFEID("spiffe://" + trustDomain))?.segments.isEmpty == true else {
+            guard SPIFFEID.isTrustDomain(trustDomain) else {
                 throw ValidationError("--trust-domain: \(trustDomain.debugDescription) is not a SPIFFE trust domain (lower-case letters, digits, '.', '-', '_')")
             }
             let caFile = dir + "/ca.pem"
