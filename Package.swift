@@ -15,6 +15,11 @@ let package = Package(
         // libmeshexporter.so: MeshExporter behind the C interface of meshexporter.h.
         .library(name: "meshexporter", type: .dynamic, targets: ["CMeshExporter"]),
     ],
+    traits: [
+        // `meshtrace-bench exporter-compare`: MeshExporter beside swift-otel in one run. Off
+        // by default, so that neither the tests nor the other builds compile swift-otel.
+        .trait(name: "SwiftOTelComparison", description: "Builds meshtrace-bench exporter-compare, which records the same spans through swift-otel."),
+    ],
     dependencies: [
         .package(url: "https://github.com/apple/swift-protobuf", exact: "1.39.0"),
         .package(url: "https://github.com/grpc/grpc-swift-2", exact: "2.4.3"),
@@ -31,6 +36,8 @@ let package = Package(
         .package(url: "https://github.com/apple/swift-certificates", from: "1.10.0"),
         .package(url: "https://github.com/apple/swift-crypto", "3.0.0"..<"5.0.0"),
         .package(url: "https://github.com/apple/swift-asn1", from: "1.3.0"),
+        .package(url: "https://github.com/swift-otel/swift-otel", exact: "1.6.0"),
+        .package(url: "https://github.com/apple/swift-distributed-tracing", from: "1.7.3"),
     ],
     targets: [
         // C shims over the system compression libraries (Debian: libzstd-dev, liblz4-dev).
@@ -133,10 +140,9 @@ let package = Package(
             dependencies: [
                 "MeshExporter", "MeshCore",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
-                .product(name: "AsyncHTTPClient", package: "async-http-client"),
-                .product(name: "Hummingbird", package: "hummingbird"),
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "NIOPosix", package: "swift-nio"),
                 .product(name: "NIOHTTP1", package: "swift-nio"),
                 .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
             ]
@@ -154,6 +160,9 @@ let package = Package(
                 .product(name: "AsyncHTTPClient", package: "async-http-client"),
                 .product(name: "Hummingbird", package: "hummingbird"),
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
+                .product(name: "OTel", package: "swift-otel", condition: .when(traits: ["SwiftOTelComparison"])),
+                .product(name: "Tracing", package: "swift-distributed-tracing", condition: .when(traits: ["SwiftOTelComparison"])),
+                .product(name: "ServiceLifecycle", package: "swift-service-lifecycle", condition: .when(traits: ["SwiftOTelComparison"])),
             ]
         ),
         // Differential fuzzing of the OTLP decoder against swift-protobuf (Fuzz/run.sh).

@@ -1,4 +1,5 @@
 import ArgumentParser
+import AsyncHTTPClient
 import CAllocationCounter
 import Foundation
 import MeshCore
@@ -36,28 +37,14 @@ struct ExporterBench: AsyncParsableCommand {
 
     mutating func run() async throws {
         if downSeconds > 0 { return try await collectorDown() }
-        var collector: Process?
+        var collector: BenchCollector?
         var target = endpoint
-        let directory = FileManager.default.temporaryDirectory.appendingPathComponent("meshtrace-exporter-bench-\(getpid())").path
         if target.isEmpty {
-            let port = 24_318 + Int(getpid() % 1000)
-            let binary = URL(fileURLWithPath: CommandLine.arguments[0]).deletingLastPathComponent().appendingPathComponent("meshtrace-collector")
-            let process = Process()
-            process.executableURL = binary
-            process.arguments = ["--data-dir", directory, "--otlp-http", "127.0.0.1:\(port)", "--otlp-grpc", "off", "--zipkin", "off",
-                                 "--query", "127.0.0.1:0"]
-            process.standardOutput = FileHandle.nullDevice
-            process.standardError = FileHandle.nullDevice
-            try process.run()
-            collector = process
-            target = "http://127.0.0.1:\(port)"
-            try await Task.sleep(for: .seconds(2))
+            let started = try await BenchCollector.start(name: "exporter")
+            collector = started
+            target = started.otlpHTTP
         }
-        defer {
-            collector?.terminate()
-            collector?.waitUntilExit()
-            try? FileManager.default.removeItem(atPath: directory)
-        }
+        defer { collector?.stop() }
 
         var configuration = MeshExporter.Configuration(endpoint: target, serviceName: "frontend")
         configuration.flushInterval = .milliseconds(200)
@@ -68,16 +55,7 @@ struct ExporterBench: AsyncParsableCommand {
         default: configuration.compression = .gzip
         }
         let exporter = try MeshExporter(configuration: configuration)
-
-        // The spans a proxy would record: distinct ids, the same shapes of strings.
-        var generator = SeededGenerator(seed: 42)
-        let start = UInt64(Date().timeIntervalSince1970 * 1e9)
-        let paths = (0..<64).map { "/api/orders/\($0 * 7919)" }
-        var template = RequestSpan(
-            traceID: .zero, spanID: .zero, name: "GET /api/orders/{id}", kind: .client, startTime: start, endTime: start + 2_000_000,
-            httpStatus: 200, method: "GET", path: paths[0], peerService: "payments",
-            upstreamCluster: "outbound|8080||payments.shop.svc.cluster.local", peerAddress: "10.0.3.7:8080", responseFlags: "-",
-            requestID: "0b1f6e0c-5d7a-4c1e-9d55-3f6a1c2b9e77", userAgent: "envoy", requestBytes: 120, responseBytes: 2048, mutualTLS: true)
+        var workload = SpanWorkload(seed: 42)
 
         var batchNanoseconds: [Double] = []
         var allocations: UInt64 = 0
@@ -87,20 +65,16 @@ struct ExporterBench: AsyncParsableCommand {
         var recordingCPU = 0.0
         while recorded < spans {
             let count = min(batch, spans - recorded)
-            var ids: [(TraceID, SpanID)] = []
-            ids.reserveCapacity(count)
-            for _ in 0..<count { ids.append((TraceID(high: generator.next(), low: generator.next()), SpanID(generator.next() | 1))) }
+            let ids = workload.nextIDs(count)
             let threadCPU = Self.threadCPU()
             let began = ContinuousClock.now
             meshtrace_count_allocations(1)
             let allocationsBefore = meshtrace_allocations()
             for (index, id) in ids.enumerated() {
-                template.traceID = id.0
-                template.spanID = id.1
-                template.path = paths[index & 63]
+                workload.prepare(id, index: index)
                 let (sampled, traceState) = exporter.decide(traceID: id.0, parent: nil)
-                template.traceState = traceState
-                exporter.record(template, exported: sampled)
+                workload.span.traceState = traceState
+                exporter.record(workload.span, exported: sampled)
             }
             allocations += meshtrace_allocations() - allocationsBefore
             meshtrace_count_allocations(0)
@@ -139,13 +113,7 @@ struct ExporterBench: AsyncParsableCommand {
         configuration.retry.initial = .milliseconds(200)
         configuration.retry.maximum = .seconds(2)
         let exporter = try MeshExporter(configuration: configuration)
-        var generator = SeededGenerator(seed: 7)
-        let start = UInt64(Date().timeIntervalSince1970 * 1e9)
-        var span = RequestSpan(
-            traceID: .zero, spanID: .zero, name: "GET /api/orders/{id}", kind: .client, startTime: start, endTime: start + 2_000_000,
-            httpStatus: 200, method: "GET", path: "/api/orders/17", peerService: "payments",
-            upstreamCluster: "outbound|8080||payments.shop.svc.cluster.local", peerAddress: "10.0.3.7:8080", responseFlags: "-",
-            requestID: "0b1f6e0c-5d7a-4c1e-9d55-3f6a1c2b9e77", userAgent: "envoy", requestBytes: 120, responseBytes: 2048, mutualTLS: true)
+        var workload = SpanWorkload(seed: 7)
         let before = residentBytes()
         var peak = before
         var samples: [Int] = []
@@ -154,10 +122,9 @@ struct ExporterBench: AsyncParsableCommand {
         let perTick = max(1, downRate / 100)
         var tick = 0
         while clock.now - began < .seconds(downSeconds) {
-            for _ in 0..<perTick {
-                span.traceID = TraceID(high: generator.next(), low: generator.next())
-                span.spanID = SpanID(generator.next() | 1)
-                exporter.record(span)
+            for (index, id) in workload.nextIDs(perTick).enumerated() {
+                workload.prepare(id, index: index)
+                exporter.record(workload.span)
             }
             tick += 1
             if tick % 100 == 0 { peak = max(peak, residentBytes()) }
@@ -180,5 +147,71 @@ struct ExporterBench: AsyncParsableCommand {
         var time = timespec()
         clock_gettime(CLOCK_THREAD_CPUTIME_ID, &time)
         return Double(time.tv_sec) + Double(time.tv_nsec) / 1e9
+    }
+}
+
+/// The spans the exporter benchmarks record: an Envoy-like CLIENT span (ten strings,
+/// about 190 bytes of them), with distinct ids and one of 64 paths.
+struct SpanWorkload {
+    var span: RequestSpan
+    let paths = (0..<64).map { "/api/orders/\($0 * 7919)" }
+    private var generator: SeededGenerator
+
+    init(seed: UInt64) {
+        generator = SeededGenerator(seed: seed)
+        let start = UInt64(Date().timeIntervalSince1970 * 1e9)
+        span = RequestSpan(
+            traceID: .zero, spanID: .zero, name: "GET /api/orders/{id}", kind: .client, startTime: start, endTime: start + 2_000_000,
+            httpStatus: 200, method: "GET", path: "/api/orders/0", peerService: "payments",
+            upstreamCluster: "outbound|8080||payments.shop.svc.cluster.local", peerAddress: "10.0.3.7:8080", responseFlags: "-",
+            requestID: "0b1f6e0c-5d7a-4c1e-9d55-3f6a1c2b9e77", userAgent: "envoy", requestBytes: 120, responseBytes: 2048, mutualTLS: true)
+    }
+
+    /// Trace and span ids for the next `count` spans, drawn before the timed loop.
+    mutating func nextIDs(_ count: Int) -> [(TraceID, SpanID)] {
+        (0..<count).map { _ in (TraceID(high: generator.next(), low: generator.next()), SpanID(generator.next() | 1)) }
+    }
+
+    /// Sets `span` to the span with ids `id`, the `index`th of its batch.
+    @inline(__always)
+    mutating func prepare(_ id: (TraceID, SpanID), index: Int) {
+        span.traceID = id.0
+        span.spanID = id.1
+        span.path = paths[index & 63]
+    }
+}
+
+/// A `meshtrace-collector` from the same build, on loopback ports of its own, storing
+/// into a temporary directory; stopped (and the directory removed) by `stop`.
+struct BenchCollector {
+    let process: Process
+    let directory: String
+    let otlpHTTP: String
+    let queryURL: String
+
+    static func start(name: String, arguments: [String] = []) async throws -> BenchCollector {
+        let binaries = URL(fileURLWithPath: CommandLine.arguments[0]).deletingLastPathComponent()
+        let directory = FileManager.default.temporaryDirectory.appendingPathComponent("meshtrace-\(name)-bench-\(getpid())").path
+        let port = 24_318 + Int(getpid() % 1000) * 2
+        let process = try SidecarBench.launch(binaries.appendingPathComponent("meshtrace-collector"), [
+            "--data-dir", directory, "--otlp-http", "127.0.0.1:\(port)", "--otlp-grpc", "off", "--zipkin", "off",
+            "--query", "127.0.0.1:\(port + 1)"] + arguments)
+        try await Task.sleep(for: .seconds(2))
+        return BenchCollector(process: process, directory: directory, otlpHTTP: "http://127.0.0.1:\(port)",
+                              queryURL: "http://127.0.0.1:\(port + 1)")
+    }
+
+    func stop() {
+        process.terminate()
+        process.waitUntilExit()
+        try? FileManager.default.removeItem(atPath: directory)
+    }
+
+    /// Spans the collector stored from OTLP/HTTP requests, from its `/metrics`.
+    func storedSpans() async throws -> Int {
+        let response = try await HTTPClient.shared.execute(HTTPClientRequest(url: queryURL + "/metrics"), timeout: .seconds(10))
+        let text = String(buffer: try await response.body.collect(upTo: 16 << 20))
+        let line = text.split(separator: "\n").first { $0.hasPrefix("meshtrace_receiver_spans_total{receiver=\"otlp_http\",outcome=\"stored\"}") }
+        return line.flatMap { $0.split(separator: " ").last }.flatMap { Int($0) } ?? 0
     }
 }

@@ -20,10 +20,11 @@ struct SidecarBench: AsyncParsableCommand {
     @Option(help: "Seconds of load for each of the two runs (after a warm-up of a tenth of it).")
     var seconds = 20
 
+    @Option(help: "The sidecar's head sampling probability (0 records every span and exports none).")
+    var sampling = 1.0
+
     mutating func run() async throws {
         let binaries = URL(fileURLWithPath: CommandLine.arguments[0]).deletingLastPathComponent()
-        let directory = FileManager.default.temporaryDirectory.appendingPathComponent("meshtrace-sidecar-bench-\(getpid())").path
-        defer { try? FileManager.default.removeItem(atPath: directory) }
 
         // The service: answers every request with a small body.
         let router = Router()
@@ -39,19 +40,15 @@ struct SidecarBench: AsyncParsableCommand {
             servicePort = bound.withLock { $0 } ?? 0
         }
 
-        let collectorPort = 25_318 + Int(getpid() % 1000)
-        let collector = try Self.launch(binaries.appendingPathComponent("meshtrace-collector"), [
-            "--data-dir", directory, "--otlp-http", "127.0.0.1:\(collectorPort)", "--otlp-grpc", "off", "--zipkin", "off",
-            "--query", "127.0.0.1:0"])
+        let collector = try await BenchCollector.start(name: "sidecar")
         let sidecarPort = 26_006 + Int(getpid() % 1000)
         let sidecar = try Self.launch(binaries.appendingPathComponent("meshtrace-sidecar"), [
             "--service", "bench", "--app", "127.0.0.1:\(servicePort)", "--inbound", "127.0.0.1:\(sidecarPort)",
-            "--outbound", "127.0.0.1:0", "--collector", "http://127.0.0.1:\(collectorPort)"])
+            "--outbound", "127.0.0.1:0", "--collector", collector.otlpHTTP, "--sampling", "\(sampling)"])
         defer {
-            for process in [sidecar, collector] {
-                process.terminate()
-                process.waitUntilExit()
-            }
+            sidecar.terminate()
+            sidecar.waitUntilExit()
+            collector.stop()
             serviceTask.cancel()
         }
         try await Task.sleep(for: .seconds(2))
@@ -63,6 +60,9 @@ struct SidecarBench: AsyncParsableCommand {
         let cpu = Self.cpuSeconds(of: sidecar.processIdentifier) - cpuBefore
         let memory = Self.memory(of: sidecar.processIdentifier)
         try await client.shutdown()
+        // The sidecar sends its spans each second: what it recorded is in the collector by now.
+        try await Task.sleep(for: .seconds(3))
+        let stored = try await collector.storedSpans()
 
         func percentile(_ values: [Double], _ q: Double) -> Double { values[min(values.count - 1, Int(q * Double(values.count)))] }
         print("machine: \(ProcessInfo.processInfo.activeProcessorCount) cores; \(rate) requests/s for \(seconds) s each")
@@ -73,8 +73,11 @@ struct SidecarBench: AsyncParsableCommand {
         print(String(format: "added per hop: p50 %.3f ms, p99 %.3f ms",
                      percentile(proxied.latencies, 0.5) - percentile(direct.latencies, 0.5),
                      percentile(proxied.latencies, 0.99) - percentile(direct.latencies, 0.99)))
-        print(String(format: "sidecar CPU: %.3f vCPU at %d requests/s (%.3f vCPU per 1,000 requests/s); RSS %.1f MB, peak %.1f MB",
-                     cpu / Double(seconds), rate, cpu / Double(seconds) / (Double(rate) / 1000), memory.rss / 1e6, memory.peak / 1e6))
+        print("collector stored \(stored) spans from the sidecar (it proxied \(proxied.latencies.count) measured requests after a warm-up)")
+        print(String(format: "sidecar CPU: %.3f vCPU at %d requests/s (%.3f vCPU per 1,000 requests/s); RSS %.1f MB, peak %.1f MB "
+            + "(anonymous %.1f MB; file-backed %.1f MB: code and libraries, shared by every process that maps them)",
+                     cpu / Double(seconds), rate, cpu / Double(seconds) / (Double(rate) / 1000), memory.rss / 1e6, memory.peak / 1e6,
+                     memory.anonymous / 1e6, memory.file / 1e6))
     }
 
     /// Sends `rate` requests per second for `seconds` (after a warm-up), each on its own schedule.
@@ -127,14 +130,14 @@ struct SidecarBench: AsyncParsableCommand {
         return (user + system) / Double(sysconf(Int32(_SC_CLK_TCK)))
     }
 
-    /// Resident and peak resident bytes of process `pid`, from /proc.
-    static func memory(of pid: Int32) -> (rss: Double, peak: Double) {
+    /// Resident, peak resident, anonymous and file-backed resident bytes of process `pid`, from /proc.
+    static func memory(of pid: Int32) -> (rss: Double, peak: Double, anonymous: Double, file: Double) {
         let status = (try? String(contentsOfFile: "/proc/\(pid)/status", encoding: .utf8)) ?? ""
         func kilobytes(_ key: String) -> Double {
             status.split(separator: "\n").first { $0.hasPrefix(key) }
                 .flatMap { $0.split(separator: " ", omittingEmptySubsequences: true).dropFirst().first }
                 .flatMap { Double($0) }.map { $0 * 1024 } ?? 0
         }
-        return (kilobytes("VmRSS:"), kilobytes("VmHWM:"))
+        return (kilobytes("VmRSS:"), kilobytes("VmHWM:"), kilobytes("RssAnon:"), kilobytes("RssFile:"))
     }
 }

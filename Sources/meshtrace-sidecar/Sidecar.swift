@@ -1,14 +1,17 @@
 import ArgumentParser
-import AsyncHTTPClient
-import Foundation
-import HTTPTypes
-import Hummingbird
 import Logging
 import MeshCore
 import MeshExporter
 import NIOCore
 import NIOHTTP1
+import NIOPosix
 import ServiceLifecycle
+
+#if canImport(Glibc)
+import Glibc
+#elseif canImport(Darwin)
+import Darwin
+#endif
 
 /// `meshtrace-sidecar`: a reference HTTP/1.1 proxy beside one workload, recording a
 /// span of every request through MeshExporter, as a mesh proxy does.
@@ -23,7 +26,13 @@ import ServiceLifecycle
 ///
 /// Spans carry Envoy's attributes: method, path, status code, `upstream_cluster`,
 /// `peer.address`, `peer.service`, `response_flags` (`UF` when the upstream could not
-/// be reached, `NR` when no route names the host, `-` otherwise), request id, sizes.
+/// be reached, `UC` when it closed the connection before answering, `UT` when it did
+/// not answer in time, `NR` when no route names the host, `DC` when the downstream
+/// went away first, `-` otherwise), request id, sizes.
+///
+/// The proxy is SwiftNIO alone: requests and responses stream through on the
+/// downstream connection's event loop (`--threads` of them), with an upstream
+/// connection per downstream connection, kept while requests go to the same place.
 @main
 struct SidecarCommand: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
@@ -57,8 +66,14 @@ struct SidecarCommand: AsyncParsableCommand {
     @Option(help: "k8s.namespace.name of the workload.")
     var namespace = "default"
 
-    @Option(help: "Largest request or response body forwarded, in bytes.")
-    var maxBody = 16 << 20
+    @Option(help: "Event loop threads that proxy requests.")
+    var threads = 1
+
+    @Option(help: "Bytes the exporter may hold (spans waiting and the request in flight).")
+    var exporterMemory = 4 << 20
+
+    @Option(help: "Seconds an upstream may take to answer a request (504, response flag UT, after that).")
+    var upstreamTimeout = 30
 
     @Option(help: "CA bundle (PEM) that signs the collector's certificate; turns on TLS to the collector.")
     var tlsCa: String?
@@ -69,195 +84,115 @@ struct SidecarCommand: AsyncParsableCommand {
     @Option(help: "The key of --tls-cert (PEM).")
     var tlsKey: String?
 
+    mutating func validate() throws {
+        guard (1...64).contains(threads) else { throw ValidationError("--threads \(threads): expected 1 to 64") }
+        guard upstreamTimeout > 0 else { throw ValidationError("--upstream-timeout \(upstreamTimeout): expected seconds above 0") }
+        if tlsCa == nil && (tlsCert != nil || tlsKey != nil) {
+            throw ValidationError("--tls-cert and --tls-key need --tls-ca, the CA that signs the collector's certificate")
+        }
+    }
+
     mutating func run() async throws {
-        var routeTable: [String: (host: String, port: Int)] = [:]
+        let appAddress = try Self.address(app, option: "--app")
+        let inboundAddress = try Self.address(inbound, option: "--inbound")
+        let outboundAddress = try Self.address(outbound, option: "--outbound")
+        var routeTable: [String: Upstream] = [:]
         for route in routes {
             let parts = route.split(separator: "=", maxSplits: 1)
-            guard parts.count == 2, let address = Self.address(String(parts[1])) else {
-                throw ValidationError("--route \(route): expected NAME=HOST:PORT")
-            }
-            routeTable[String(parts[0]).lowercased()] = address
+            guard parts.count == 2 else { throw ValidationError("--route \(route): expected NAME=HOST:PORT") }
+            let name = String(parts[0]).lowercased()
+            let target = try Self.address(String(parts[1]), option: "--route \(route)")
+            routeTable[name] = Upstream(
+                name: target.text, address: target.socket, kind: .client, peerService: name,
+                cluster: "outbound|\(target.socket.port ?? 0)||\(name)")
         }
-        guard let appAddress = Self.address(app) else { throw ValidationError("--app \(app): expected HOST:PORT") }
-        guard let inboundAddress = Self.address(inbound) else { throw ValidationError("--inbound \(inbound): expected HOST:PORT") }
-        guard let outboundAddress = Self.address(outbound) else { throw ValidationError("--outbound \(outbound): expected HOST:PORT") }
 
         var configuration = MeshExporter.Configuration(
             endpoint: collector, transport: transport == "grpc" ? .grpc : .http, serviceName: service)
         configuration.resourceAttributes = [("k8s.namespace.name", namespace), ("k8s.pod.name", "\(service)-\(getpid())")]
         configuration.samplingProbability = sampling
-        if let tlsCa {
-            configuration.tls = ClientTLS(trustBundleFile: tlsCa, certificateFile: tlsCert, keyFile: tlsKey)
-        } else if tlsCert != nil || tlsKey != nil {
-            throw ValidationError("--tls-cert and --tls-key need --tls-ca, the CA that signs the collector's certificate")
-        }
+        configuration.memoryLimit = exporterMemory
+        if let tlsCa { configuration.tls = ClientTLS(trustBundleFile: tlsCa, certificateFile: tlsCert, keyFile: tlsKey) }
         let exporter = try MeshExporter(configuration: configuration)
-        var clientConfiguration = HTTPClient.Configuration()
-        clientConfiguration.connectionPool.retryConnectionEstablishment = false
-        clientConfiguration.timeout.connect = .seconds(5)
-        let client = HTTPClient(eventLoopGroupProvider: .singleton, configuration: clientConfiguration)
-        let proxy = Proxy(service: service, exporter: exporter, client: client, maxBody: maxBody)
+
+        let application = Upstream(
+            name: appAddress.text, address: appAddress.socket, kind: .server, peerService: "",
+            cluster: "inbound|\(appAddress.socket.port ?? 0)||")
+        let timeout = TimeAmount.seconds(Int64(upstreamTimeout))
+        let routed = routeTable
+        let group = MultiThreadedEventLoopGroup(numberOfThreads: threads)
+        let listeners = Listeners(group: group, listeners: [
+            ("inbound", inboundAddress.socket,
+             ProxyRules(exporter: exporter, route: { _ in application }, upstreamTimeout: timeout, connectTimeout: .seconds(5))),
+            ("outbound", outboundAddress.socket,
+             ProxyRules(exporter: exporter, route: { routed[$0] }, upstreamTimeout: timeout, connectTimeout: .seconds(5))),
+        ])
         var logger = Logger(label: "meshtrace-sidecar")
         logger.logLevel = .warning
-
-        let routed = routeTable
-        let inboundApp = proxy.application(at: inboundAddress, name: "inbound", logger: logger) { _ in
-            .init(host: appAddress.host, port: appAddress.port, kind: .server, peerService: "", cluster: "inbound|\(appAddress.port)||")
-        }
-        let outboundApp = proxy.application(at: outboundAddress, name: "outbound", logger: logger) { host in
-            guard let target = routed[host] else { return nil }
-            return .init(host: target.host, port: target.port, kind: .client, peerService: host,
-                         cluster: "outbound|\(target.port)||\(host)")
-        }
         // SIGTERM or SIGINT: stop listening, then send what the exporter holds.
-        let group = ServiceGroup(configuration: .init(
-            services: [inboundApp, outboundApp], gracefulShutdownSignals: [.sigterm, .sigint], logger: logger))
-        try await group.run()
-        try? await client.shutdown()
+        let services = ServiceGroup(configuration: .init(
+            services: [listeners], gracefulShutdownSignals: [.sigterm, .sigint], logger: logger))
+        do {
+            try await services.run()
+        } catch {
+            await exporter.shutdown()
+            try? await group.shutdownGracefully()
+            throw error
+        }
         await exporter.shutdown()
+        try await group.shutdownGracefully()
     }
 
-    static func address(_ text: String) -> (host: String, port: Int)? {
-        guard let colon = text.lastIndex(of: ":"), let port = Int(text[text.index(after: colon)...]), (0...65535).contains(port) else { return nil }
-        return (String(text[..<colon]), port)
-    }
-}
-
-/// Where a listener sends a request, and how its span is labelled.
-struct Upstream {
-    var host: String
-    var port: Int
-    var kind: SpanKind
-    var peerService: String
-    var cluster: String
-}
-
-/// The request context: the downstream connection's address, for `peer.address`.
-struct SidecarContext: RequestContext, RemoteAddressRequestContext {
-    var coreContext: CoreRequestContextStorage
-    let remoteAddress: SocketAddress?
-
-    init(source: ApplicationRequestContextSource) {
-        coreContext = .init(source: source)
-        remoteAddress = source.channel.remoteAddress
+    /// `HOST:PORT` (`[v6]:PORT` too), resolved once, at start.
+    static func address(_ text: String, option: String) throws -> (text: String, socket: SocketAddress) {
+        guard let colon = text.lastIndex(of: ":"), let port = Int(text[text.index(after: colon)...]), (0...65535).contains(port) else {
+            throw ValidationError("\(option) \(text): expected HOST:PORT")
+        }
+        var host = String(text[..<colon])
+        if host.hasPrefix("[") && host.hasSuffix("]") { host = String(host.dropFirst().dropLast()) }
+        do {
+            let socket = try SocketAddress.makeAddressResolvingHost(host, port: port)
+            return (text, socket)
+        } catch {
+            throw ValidationError("\(option) \(text): \(error)")
+        }
     }
 }
 
-/// Forwards requests and records their spans.
-struct Proxy: Sendable {
-    let service: String
-    let exporter: MeshExporter
-    let client: HTTPClient
-    let maxBody: Int
+/// The inbound and outbound listeners, as one service: bound at start, closed on
+/// graceful shutdown (connections already open finish their requests).
+struct Listeners: Service {
+    let group: MultiThreadedEventLoopGroup
+    let listeners: [(name: String, address: SocketAddress, rules: ProxyRules)]
 
-    /// Hop-by-hop headers (RFC 9110 §7.6.1) and those the proxy sets itself.
-    private static let notForwarded: Set<String> = [
-        "connection", "keep-alive", "proxy-connection", "te", "trailer", "transfer-encoding", "upgrade", "content-length",
-        "traceparent", "tracestate", "b3", "x-b3-traceid", "x-b3-spanid", "x-b3-parentspanid", "x-b3-sampled", "x-b3-flags",
-    ]
-
-    func application(
-        at address: (host: String, port: Int), name: String, logger: Logger, route: @escaping @Sendable (String) -> Upstream?
-    ) -> some ApplicationProtocol {
-        let router = Router(context: SidecarContext.self)
-        let methods: [HTTPRequest.Method] = [.get, .post, .put, .delete, .patch, .head, .options]
-        // `**` matches every path but the root.
-        for method in methods {
-            for path: RouterPath in ["/", "**"] {
-                router.on(path, method: method) { request, context in
-                    let host = (request.head.authority ?? "").split(separator: ":").first.map { String($0).lowercased() } ?? ""
-                    return await forward(request, context: context, upstream: route(host), host: host)
+    func run() async throws {
+        var channels: [any Channel] = []
+        for listener in listeners {
+            let rules = listener.rules
+            let channel = try await ServerBootstrap(group: group)
+                .serverChannelOption(.backlog, value: 256)
+                .serverChannelOption(.socketOption(.so_reuseaddr), value: 1)
+                .childChannelOption(.socketOption(.tcp_nodelay), value: 1)
+                .childChannelInitializer { channel in
+                    channel.eventLoop.makeCompletedFuture {
+                        try channel.pipeline.syncOperations.configureHTTPServerPipeline(withErrorHandling: true)
+                        try channel.pipeline.syncOperations.addHandler(DownstreamHandler(rules: rules))
+                    }
                 }
-            }
+                .bind(to: listener.address)
+                .get()
+            channels.append(channel)
+            let bound = channel.localAddress.map(Self.text) ?? "?"
+            print("meshtrace-sidecar: \(listener.name) listening on \(bound)")
+            fflush(nil)
         }
-        return Application(
-            router: router, configuration: .init(address: .hostname(address.host, port: address.port)),
-            onServerRunning: { channel in
-                let line = "meshtrace-sidecar: \(name) listening on \(address.host):\(channel.localAddress?.port ?? 0)\n"
-                FileHandle.standardOutput.write(Data(line.utf8))
-            },
-            logger: logger)
+        try? await gracefulShutdown()
+        for channel in channels { try? await channel.close() }
     }
 
-    private func forward(_ request: Request, context: SidecarContext, upstream: Upstream?, host: String) async -> Response {
-        let start = Self.now()
-        var fields: [(String, String)] = []
-        for field in request.headers { fields.append((field.name.canonicalName, field.value)) }
-        func header(_ name: String) -> String? { fields.first { $0.0 == name }?.1 }
-        let parent = header("traceparent").flatMap { TraceContext(traceparent: $0, tracestate: header("tracestate")) }
-            ?? TraceContext(b3: header)
-        let traceID = parent?.traceID ?? TraceID(high: .random(in: 1...UInt64.max), low: .random(in: 0...UInt64.max))
-        let spanID = SpanID(.random(in: 1...UInt64.max))
-        let (sampled, traceState) = exporter.decide(traceID: traceID, parent: parent)
-        let requestID = header("x-request-id") ?? UUID().uuidString.lowercased()
-        let path = request.uri.path
-        let method = request.method.rawValue
-
-        var status: UInt16 = 0
-        var flags = "-"
-        var requestBytes = 0
-        var responseBytes = 0
-        var response: Response
-        if let upstream {
-            do {
-                let body = try await request.body.collect(upTo: maxBody)
-                requestBytes = body.readableBytes
-                var outgoing = HTTPClientRequest(url: "http://\(upstream.host):\(upstream.port)\(request.uri.description)")
-                outgoing.method = HTTPMethod(rawValue: method)
-                for (name, value) in fields where !Self.notForwarded.contains(name) { outgoing.headers.add(name: name, value: value) }
-                let context = TraceContext(traceID: traceID, spanID: spanID, flags: sampled ? 1 : 0, traceState: traceState)
-                for (name, value) in context.w3cHeaders { outgoing.headers.replaceOrAdd(name: name, value: value) }
-                outgoing.headers.replaceOrAdd(name: "x-request-id", value: requestID)
-                if requestBytes > 0 { outgoing.body = .bytes(body) }
-                let answer = try await client.execute(outgoing, timeout: .seconds(30))
-                let answerBody = try await answer.body.collect(upTo: maxBody)
-                responseBytes = answerBody.readableBytes
-                status = UInt16(answer.status.code)
-                var headers = HTTPFields()
-                for header in answer.headers where !Self.notForwarded.contains(header.name.lowercased()) {
-                    if let name = HTTPField.Name(header.name) { headers.append(HTTPField(name: name, value: header.value)) }
-                }
-                response = Response(status: .init(code: Int(status)), headers: headers, body: ResponseBody(byteBuffer: answerBody))
-            } catch {
-                status = 503
-                flags = "UF"
-                response = Response(status: .serviceUnavailable, body: ResponseBody(byteBuffer: ByteBuffer(string: "upstream connect error: \(error)\n")))
-            }
-        } else {
-            status = 404
-            flags = "NR"
-            response = Response(status: .notFound, body: ResponseBody(byteBuffer: ByteBuffer(string: "no route to \(host.isEmpty ? "(no host)" : host)\n")))
-        }
-        let kind = upstream?.kind ?? .client
-        let peerAddress: String
-        if kind == .server {
-            peerAddress = context.remoteAddress.map { "\($0.ipAddress ?? ""):\($0.port ?? 0)" } ?? ""
-        } else {
-            peerAddress = upstream.map { "\($0.host):\($0.port)" } ?? ""
-        }
-        exporter.record(RequestSpan(
-            traceID: traceID, spanID: spanID, parentSpanID: parent?.spanID ?? .zero,
-            name: "\(method) \(Self.template(path))", kind: kind, startTime: start, endTime: Self.now(),
-            httpStatus: status, failed: status >= 500, method: method, path: path,
-            peerService: kind == .client ? (upstream?.peerService ?? host) : "", upstreamCluster: upstream?.cluster ?? "",
-            peerAddress: peerAddress, responseFlags: flags, requestID: requestID,
-            userAgent: header("user-agent") ?? "", requestBytes: UInt64(requestBytes), responseBytes: UInt64(responseBytes),
-            mutualTLS: false, traceState: traceState),
-            exported: sampled)
-        return response
-    }
-
-    /// The path with its numeric and id-like segments as `{id}`: an operation name of bounded cardinality.
-    static func template(_ path: String) -> String {
-        path.split(separator: "/", omittingEmptySubsequences: false).map { segment -> String in
-            let digits = segment.filter(\.isNumber).count
-            return !segment.isEmpty && (digits == segment.count || (segment.count >= 16 && digits * 3 >= segment.count)) ? "{id}" : String(segment)
-        }.joined(separator: "/")
-    }
-
-    static func now() -> UInt64 {
-        var time = timespec()
-        clock_gettime(CLOCK_REALTIME, &time)
-        return UInt64(time.tv_sec) * 1_000_000_000 + UInt64(time.tv_nsec)
+    /// `host:port`, `[v6]:port` for IPv6.
+    static func text(_ address: SocketAddress) -> String {
+        let host = address.ipAddress ?? ""
+        return (host.contains(":") ? "[\(host)]" : host) + ":\(address.port ?? 0)"
     }
 }

@@ -17,6 +17,21 @@ from conftest import BIN, meshtrace
 LISTEN = re.compile(r"^meshtrace-sidecar: (\w+) listening on (\S+)$")
 
 
+def answer(handler, status, body=b"ok\n"):
+    handler.send_response(status)
+    handler.send_header("Content-Length", str(len(body)))
+    handler.end_headers()
+    handler.wfile.write(body)
+
+
+def serve(handler_class):
+    """Serves `handler_class` on a loopback port in the background; returns the port."""
+    handler_class.log_message = lambda *args: None
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler_class)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    return server.server_address[1]
+
+
 class App:
     """A workload: answers GET /..., calling its downstreams through its sidecar's
     outbound listener, passing on the traceparent it received (as instrumented or
@@ -37,23 +52,14 @@ class App:
                         urllib.request.urlopen(request, timeout=10).read()
                     except urllib.error.HTTPError as error:
                         status = max(status, error.code)
-                body = b"ok\n"
-                self.send_response(status)
-                self.send_header("Content-Length", str(len(body)))
-                self.end_headers()
-                self.wfile.write(body)
+                answer(self, status)
 
-            def log_message(self, *args):
-                pass
-
-        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.port = self.server.server_address[1]
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+        self.port = serve(Handler)
 
 
-def start_sidecar(service, app_port, routes, collector_url, ca=None):
+def start_sidecar(service, app_port, routes, collector_url, ca=None, extra=()):
     args = [str(BIN / "meshtrace-sidecar"), "--service", service, "--app", f"127.0.0.1:{app_port}",
-            "--inbound", "127.0.0.1:0", "--outbound", "127.0.0.1:0", "--collector", collector_url]
+            "--inbound", "127.0.0.1:0", "--outbound", "127.0.0.1:0", "--collector", collector_url, *extra]
     if ca:
         args += ["--tls-ca", str(ca / "ca.pem"), "--tls-cert", str(ca / f"{service}.pem"), "--tls-key", str(ca / f"{service}-key.pem")]
     for name, address in routes.items():
