@@ -104,23 +104,26 @@ public func meshexporter_record(_ handle: OpaquePointer?, _ span: UnsafePointer<
     }
     let value = span.pointee
     let recorded = exporter(handle).record(fields, exported: exported != 0) { field in
-        let text: UnsafePointer<CChar>?
         switch field {
-        case .name: text = value.name
-        case .method: text = value.method
-        case .path: text = value.path
-        case .peerService: text = value.peer_service
-        case .upstreamCluster: text = value.upstream_cluster
-        case .peerAddress: text = value.peer_address
-        case .responseFlags: text = value.response_flags
-        case .requestID: text = value.request_id
-        case .userAgent: text = value.user_agent
-        case .traceState: text = value.trace_state
+        case .name: value.name
+        case .method: value.method
+        case .path: value.path
+        case .peerService: value.peer_service
+        case .upstreamCluster: value.upstream_cluster
+        case .peerAddress: value.peer_address
+        case .responseFlags: value.response_flags
+        case .requestID: value.request_id
+        case .userAgent: value.user_agent
+        case .traceState: value.trace_state
         }
-        guard let text else { return UnsafeRawBufferPointer(start: nil, count: 0) }
-        return UnsafeRawBufferPointer(start: text, count: strlen(text))
     }
     return recorded ? 1 : 0
+}
+
+@_cdecl("meshexporter_label")
+public func meshexporter_label(_ handle: OpaquePointer?, _ text: UnsafePointer<CChar>?) -> UnsafePointer<CChar>? {
+    guard let handle, let text else { return nil }
+    return exporter(handle).labelText(String(cString: text))
 }
 
 @_cdecl("meshexporter_sample")

@@ -100,6 +100,7 @@ public final class MeshExporter: Sendable {
     public let configuration: Configuration
     public let sampler: HeadSampler
     private let ring: SpanRing
+    private let labels = LabelTable()
     private let batchSpans: Int
     private let transport: any ExportTransport
     private let state = Mutex(Control())
@@ -116,7 +117,8 @@ public final class MeshExporter: Sendable {
     public init(configuration: Configuration) throws {
         self.configuration = configuration
         sampler = HeadSampler(probability: configuration.samplingProbability)
-        let ringBudget = configuration.memoryLimit * 3 / 4
+        // The labels' fixed block comes out of the ring's share.
+        let ringBudget = max(0, configuration.memoryLimit * 3 / 4 - LabelTable.footprint)
         ring = SpanRing(byteBudget: ringBudget, shards: ProcessInfo.processInfo.activeProcessorCount * 2)
         // An encoded span takes at most its slot's strings and about 400 bytes of keys and framing.
         let encodedSpan = ring.stringBytes + 400
@@ -161,17 +163,34 @@ public final class MeshExporter: Sendable {
         ring.push(span, bits: exported ? SlotHeader.exportBit : 0)
     }
 
-    /// Records a span whose strings are UTF-8 bytes, as the C interface passes them
-    /// (`strings` gives each in `SlotString` order; they are copied before this returns).
+    /// Records a span whose strings are NUL-terminated UTF-8, as the C interface passes
+    /// them (`strings` gives each in `SlotString` order, nil for none; they are copied
+    /// before this returns, or recorded as the label whose text they point at).
     @_spi(CABI) @discardableResult
-    public func record(_ fields: RawSpanFields, exported: Bool, strings: (SlotString) -> UnsafeRawBufferPointer) -> Bool {
+    public func record(_ fields: RawSpanFields, exported: Bool, strings: (SlotString) -> UnsafePointer<CChar>?) -> Bool {
         let header = SlotHeader(
             traceHigh: fields.traceID.high, traceLow: fields.traceID.low, spanID: fields.spanID.value,
             parentSpanID: fields.parentSpanID.value, startTime: fields.startTime, endTime: fields.endTime,
             requestBytes: fields.requestBytes, responseBytes: fields.responseBytes, httpStatus: fields.httpStatus,
             kind: fields.kind.rawValue,
             bits: (exported ? SlotHeader.exportBit : 0) | SpanRing.bits(failed: fields.failed, mutualTLS: fields.mutualTLS))
-        return ring.push(header, strings: strings)
+        return ring.push(header, labels: labels, strings: strings)
+    }
+
+    /// The text of `label(text)`, NUL-terminated and as long-lived as the exporter: a C
+    /// caller that passes this address in a span records the label. Nil as `label` is.
+    @_spi(CABI)
+    public func labelText(_ text: String) -> UnsafePointer<CChar>? {
+        labels.label(text).map(labels.text(of:))
+    }
+
+    /// The label of `text` (the same label for the same text, from any thread), for
+    /// `RequestSpan.labels`: register a route's name, a cluster, a method once, and
+    /// recording copies two bytes instead of the string. Nil when the text is longer than
+    /// 1,024 bytes or the exporter holds its 4,096 labels (64 KiB) already: record the
+    /// string then.
+    public func label(_ text: String) -> SpanLabel? {
+        labels.label(text)
     }
 
     /// The head sampler's decision for a span of `traceID`, continuing `parent` when
@@ -213,7 +232,7 @@ public final class MeshExporter: Sendable {
     // MARK: The export loop
 
     private func run() async {
-        var drained = DrainedSpans(capacity: batchSpans, slotBytes: SlotString.allCases.count * 2 + ring.stringBytes)
+        var drained = DrainedSpans(capacity: batchSpans, slotBytes: SlotString.allCases.count * 2 + ring.stringBytes, labels: labels)
         let attributes = [("service.name", configuration.serviceName)] + configuration.resourceAttributes
         var encoder = OTLPSpanEncoder(resourceAttributes: attributes, scopeName: "meshtrace.MeshExporter", scopeVersion: "1")
         var resource = OTLPResource()

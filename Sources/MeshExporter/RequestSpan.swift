@@ -45,6 +45,10 @@ public struct RequestSpan: Sendable {
     public var mutualTLS: Bool?
     /// The W3C `tracestate` to store with the span (the head sampler adds its `ot=th:`).
     public var traceState: String
+    /// Labels (`MeshExporter.label(_:)`) for the strings a proxy repeats: a labelled
+    /// field is exported from the label, and recording copies two bytes instead of its
+    /// string.
+    public var labels = SpanLabels()
 
     public init(
         traceID: TraceID, spanID: SpanID, parentSpanID: SpanID = .zero, name: String, kind: SpanKind,

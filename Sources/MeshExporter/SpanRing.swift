@@ -26,6 +26,9 @@ struct SlotHeader {
     static let securityKnownBit: UInt8 = 4
     static let mutualTLSBit: UInt8 = 8
     static let truncatedBit: UInt8 = 16
+
+    /// Set in a string's length: the field holds a label (its index in the low bits), not bytes.
+    static let labelFlag: UInt16 = 0x8000
 }
 
 /// The strings of a recorded span, in the order their lengths open the slot's bytes.
@@ -42,6 +45,9 @@ final class SpanRing: @unchecked Sendable {
     let slotsPerShard: Int
     private let shardMask: UInt64
     private let shards: [Shard]
+    /// The same shards, unretained: recording reaches its shard without a retain and a
+    /// release (`shards` keeps them alive).
+    private let shardRefs: UnsafeMutablePointer<Unmanaged<Shard>>
 
     private final class Shard: @unchecked Sendable {
         struct Indices {
@@ -55,8 +61,8 @@ final class SpanRing: @unchecked Sendable {
 
         let headers: UnsafeMutablePointer<SlotHeader>
         let bytes: UnsafeMutableRawPointer
-        /// Guarded by `lock()`.
-        var indices = Indices()
+        /// Guarded by `lock()`, which is the exclusivity the runtime would otherwise check on every access.
+        @exclusivity(unchecked) var indices = Indices()
         private let held = Atomic<Bool>(false)
 
         /// A spin lock: the code it guards copies a few hundred bytes, and taking it
@@ -114,6 +120,12 @@ final class SpanRing: @unchecked Sendable {
         slotsPerShard = slots
         let slotBytes = SlotString.allCases.count * 2 + stringBytes
         shards = (0..<count).map { _ in Shard(slots: slots, slotBytes: slotBytes) }
+        shardRefs = .allocate(capacity: count)
+        shardRefs.initialize(from: shards.map { Unmanaged.passUnretained($0) }, count: count)
+    }
+
+    deinit {
+        shardRefs.deallocate()
     }
 
     var capacity: Int { slotsPerShard * shards.count }
@@ -127,33 +139,47 @@ final class SpanRing: @unchecked Sendable {
             parentSpanID: span.parentSpanID.value, startTime: span.startTime, endTime: span.endTime,
             requestBytes: span.requestBytes, responseBytes: span.responseBytes, httpStatus: span.httpStatus,
             kind: span.kind.rawValue, bits: bits | Self.bits(failed: span.failed, mutualTLS: span.mutualTLS))
-        let shard = self.shard(header)
-        shard.lock()
-        defer { shard.unlock() }
-        guard var writer = claim(shard) else { return false }
-        writer.put(span.name)
-        writer.put(span.method)
-        writer.put(span.path)
-        writer.put(span.peerService)
-        writer.put(span.upstreamCluster)
-        writer.put(span.peerAddress)
-        writer.put(span.responseFlags)
-        writer.put(span.requestID)
-        writer.put(span.userAgent)
-        writer.put(span.traceState)
-        commit(header, writer, in: shard)
-        return true
+        return shardRef(header)._withUnsafeGuaranteedRef { shard in
+            shard.lock()
+            defer { shard.unlock() }
+            guard var writer = claim(shard) else { return false }
+            let labels = span.labels
+            writer.put(span.name, or: labels.name)
+            writer.put(span.method, or: labels.method)
+            writer.put(span.path)
+            writer.put(span.peerService, or: labels.peerService)
+            writer.put(span.upstreamCluster, or: labels.upstreamCluster)
+            writer.put(span.peerAddress)
+            writer.put(span.responseFlags, or: labels.responseFlags)
+            writer.put(span.requestID)
+            writer.put(span.userAgent, or: labels.userAgent)
+            writer.put(span.traceState)
+            commit(header, writer, in: shard)
+            return true
+        }
     }
 
-    /// Copies a span whose strings are UTF-8 bytes (`strings` gives each, in `SlotString` order).
-    func push(_ header: SlotHeader, strings: (SlotString) -> UnsafeRawBufferPointer) -> Bool {
-        let shard = self.shard(header)
-        shard.lock()
-        defer { shard.unlock() }
-        guard var writer = claim(shard) else { return false }
-        for field in SlotString.allCases { writer.put(strings(field)) }
-        commit(header, writer, in: shard)
-        return true
+    /// Copies a span whose strings are C strings (`strings` gives each, in `SlotString`
+    /// order; nil for none): a string at a label's text in `labels` is recorded as the label.
+    func push(_ header: SlotHeader, labels: LabelTable, strings: (SlotString) -> UnsafePointer<CChar>?) -> Bool {
+        return shardRef(header)._withUnsafeGuaranteedRef { shard in
+            shard.lock()
+            defer { shard.unlock() }
+            guard var writer = claim(shard) else { return false }
+            for field in SlotString.allCases {
+                guard let text = strings(field) else {
+                    writer.put(UnsafeRawBufferPointer(start: nil, count: 0))
+                    continue
+                }
+                if let label = labels.label(at: text) {
+                    writer.put("", or: label)
+                } else {
+                    writer.put(UnsafeRawBufferPointer(start: text, count: strlen(text)))
+                }
+            }
+            commit(header, writer, in: shard)
+            return true
+        }
     }
 
     static func bits(failed: Bool, mutualTLS: Bool?) -> UInt8 {
@@ -183,18 +209,34 @@ final class SpanRing: @unchecked Sendable {
         mutating func put(_ string: borrowing String) {
             // Native strings, small or not, are contiguous: one copy, no allocation, no retain.
             let copied: Void? = string.utf8.withContiguousStorageIfAvailable { put(UnsafeRawBufferPointer($0)) }
-            if copied == nil {
-                var written = 0
-                var count = 0
-                for byte in string.utf8 {
-                    count += 1
-                    if written < room {
-                        cursor.storeBytes(of: byte, toByteOffset: written, as: UInt8.self)
-                        written += 1
-                    }
-                }
-                finish(written: written, of: count)
+            if copied == nil { putByteByByte(string) }
+        }
+
+        /// `label` when there is one (its handle, not its bytes), `string` otherwise.
+        @inline(__always)
+        mutating func put(_ string: borrowing String, or label: SpanLabel?) {
+            if let label {
+                lengths[field] = SlotHeader.labelFlag | label.index
+                field += 1
+            } else {
+                put(string)
             }
+        }
+
+        /// A string without contiguous UTF-8 (bridged from elsewhere): out of line, so
+        /// that `put` stays small enough to inline at every field.
+        @inline(never)
+        mutating func putByteByByte(_ string: borrowing String) {
+            var written = 0
+            var count = 0
+            for byte in string.utf8 {
+                count += 1
+                if written < room {
+                    cursor.storeBytes(of: byte, toByteOffset: written, as: UInt8.self)
+                    written += 1
+                }
+            }
+            finish(written: written, of: count)
         }
 
         @inline(__always)
@@ -209,9 +251,9 @@ final class SpanRing: @unchecked Sendable {
 
     /// The shard a span of `header`'s trace goes to.
     @inline(__always)
-    private func shard(_ header: SlotHeader) -> Shard {
+    private func shardRef(_ header: SlotHeader) -> Unmanaged<Shard> {
         // Trace ids are random, but not every producer's low bits are: mix before choosing.
-        shards[Int((header.traceLow &* 0x9E37_79B9_7F4A_7C15) >> 40 & shardMask)]
+        shardRefs[Int((header.traceLow &* 0x9E37_79B9_7F4A_7C15) >> 40 & shardMask)]
     }
 
     /// With `shard` locked: a writer into its next free slot, or nil (counted) when it is full.
@@ -250,7 +292,7 @@ final class SpanRing: @unchecked Sendable {
         for shard in shards where batch.count < limit {
             shard.withLock { indices in
                 while indices.count > 0 && batch.count < limit {
-                    batch.append(header: shard.headers[indices.head], bytes: shard.bytes + indices.head * slotBytes, count: slotBytes)
+                    batch.append(header: shard.headers[indices.head], slot: shard.bytes + indices.head * slotBytes)
                     indices.head = indices.head + 1 == slotsPerShard ? 0 : indices.head + 1
                     indices.count -= 1
                 }
@@ -270,53 +312,77 @@ final class SpanRing: @unchecked Sendable {
     }
 }
 
-/// Spans taken out of the ring for one export: headers and string bytes, read by the encoder.
+/// Spans taken out of the ring for one export: headers and string bytes, read by the
+/// encoder. Labels are written out here, so a span's strings read the same whether
+/// they were copied or labelled.
 struct DrainedSpans {
     private(set) var headers: [SlotHeader] = []
     private(set) var bytes: [UInt8] = []
-    let slotBytes: Int
+    /// Where each span's record starts in `bytes`: the lengths of its strings, then the strings.
+    private var starts: [Int] = []
+    let labels: LabelTable
 
-    init(capacity: Int, slotBytes: Int) {
-        self.slotBytes = slotBytes
+    init(capacity: Int, slotBytes: Int, labels: LabelTable) {
+        self.labels = labels
         headers.reserveCapacity(capacity)
+        starts.reserveCapacity(capacity)
         bytes.reserveCapacity(capacity * slotBytes)
     }
 
     var count: Int { headers.count }
 
-    mutating func append(header: SlotHeader, bytes source: UnsafeRawPointer, count: Int) {
+    private static let fields = SlotString.allCases.count
+
+    /// Appends the span of a slot: `header`, and the lengths and strings at `source`.
+    mutating func append(header: SlotHeader, slot source: UnsafeRawPointer) {
         headers.append(header)
-        bytes.append(contentsOf: UnsafeRawBufferPointer(start: source, count: count))
+        let start = bytes.count
+        starts.append(start)
+        bytes.append(contentsOf: repeatElement(0, count: Self.fields * 2))
+        var cursor = source + Self.fields * 2
+        for field in 0..<Self.fields {
+            let stored = source.loadUnaligned(fromByteOffset: 2 * field, as: UInt16.self)
+            let length: Int
+            if stored & SlotHeader.labelFlag != 0 {
+                let label = labels.bytes(of: Int(stored & ~SlotHeader.labelFlag))
+                bytes.append(contentsOf: label)
+                length = label.count
+            } else {
+                length = Int(stored)
+                bytes.append(contentsOf: UnsafeRawBufferPointer(start: cursor, count: length))
+                cursor += length
+            }
+            bytes[start + 2 * field] = UInt8(truncatingIfNeeded: length)
+            bytes[start + 2 * field + 1] = UInt8(truncatingIfNeeded: length >> 8)
+        }
     }
 
     mutating func removeAll() {
         headers.removeAll(keepingCapacity: true)
+        starts.removeAll(keepingCapacity: true)
         bytes.removeAll(keepingCapacity: true)
     }
 
+    private func length(_ base: Int, _ field: Int) -> Int { Int(bytes[base + 2 * field]) | Int(bytes[base + 2 * field + 1]) << 8 }
+
     /// String `field` of span `index`.
     func string(_ index: Int, _ field: SlotString) -> ArraySlice<UInt8> {
-        let base = index * slotBytes
-        var offset = base + SlotString.allCases.count * 2
-        return bytes.withUnsafeBytes { raw in
-            for earlier in 0..<field.rawValue { offset += Int(raw.loadUnaligned(fromByteOffset: base + 2 * earlier, as: UInt16.self)) }
-            let length = Int(raw.loadUnaligned(fromByteOffset: base + 2 * field.rawValue, as: UInt16.self))
-            return bytes[offset..<offset + length]
-        }
+        let base = starts[index]
+        var offset = base + Self.fields * 2
+        for earlier in 0..<field.rawValue { offset += length(base, earlier) }
+        return bytes[offset..<offset + length(base, field.rawValue)]
     }
 
     /// The strings of span `index`, in `SlotString` order.
     func strings(_ index: Int) -> [ArraySlice<UInt8>] {
-        let base = index * slotBytes
-        var offset = base + SlotString.allCases.count * 2
+        let base = starts[index]
+        var offset = base + Self.fields * 2
         var result: [ArraySlice<UInt8>] = []
-        result.reserveCapacity(SlotString.allCases.count)
-        bytes.withUnsafeBytes { raw in
-            for field in 0..<SlotString.allCases.count {
-                let length = Int(raw.loadUnaligned(fromByteOffset: base + 2 * field, as: UInt16.self))
-                result.append(bytes[offset..<offset + length])
-                offset += length
-            }
+        result.reserveCapacity(Self.fields)
+        for field in 0..<Self.fields {
+            let length = length(base, field)
+            result.append(bytes[offset..<offset + length])
+            offset += length
         }
         return result
     }

@@ -80,9 +80,50 @@ final class ExporterTests: XCTestCase {
     }
 
     func testEncodedSpansDecodeWithSwiftProtobufAsRecorded() throws {
+        try checkEncodedSpans(labelled: false)
+    }
+
+    func testLabelledSpansEncodeAsTheirStrings() throws {
+        // Every repeated string by label, its own string blanked: what is exported comes from the labels.
+        try checkEncodedSpans(labelled: true)
+        let labels = LabelTable()
+        XCTAssertEqual(labels.label("GET"), labels.label("GET"))
+        XCTAssertNotEqual(labels.label("GET"), labels.label("POST"))
+        XCTAssertNil(labels.label(String(repeating: "x", count: LabelTable.maxLength + 1)))
+        // A label another table made reads as empty, never as another table's bytes.
+        XCTAssertEqual(LabelTable().bytes(of: Int(labels.label("POST")!.index)).count, 0)
+        // Labels are not cut to a slot's size: a 600-byte cluster name in a 32-byte slot.
+        let small = SpanRing(byteBudget: 4 * SpanRing.slotSize(stringBytes: 32), stringBytes: 32, shards: 1)
+        let cluster = "outbound|8080||" + String(repeating: "p", count: 585)
+        var long = span(1)
+        long.upstreamCluster = ""
+        long.path = "/x"
+        long.requestID = ""
+        long.labels = SpanLabels(name: labels.label(long.name), upstreamCluster: labels.label(cluster))
+        XCTAssertTrue(small.push(long, bits: SlotHeader.exportBit))
+        var drained = DrainedSpans(capacity: 1, slotBytes: SlotString.allCases.count * 2 + 32, labels: labels)
+        small.drain(into: &drained, limit: 1)
+        XCTAssertEqual(drained.headers[0].bits & SlotHeader.truncatedBit, 0)
+        XCTAssertEqual(Array(drained.string(0, .upstreamCluster)), Array(cluster.utf8))
+        XCTAssertEqual(Array(drained.string(0, .name)), Array(long.name.utf8))
+        XCTAssertEqual(Array(drained.string(0, .path)), Array("/x".utf8))
+    }
+
+    private func checkEncodedSpans(labelled: Bool) throws {
         let ring = SpanRing(byteBudget: 1 << 20, shards: 4)
-        for index in 0..<100 { XCTAssertTrue(ring.push(span(index), bits: index == 5 ? 0 : SlotHeader.exportBit)) }
-        var drained = DrainedSpans(capacity: 100, slotBytes: SlotString.allCases.count * 2 + ring.stringBytes)
+        let labels = LabelTable()
+        for index in 0..<100 {
+            var recorded = span(index)
+            if labelled {
+                recorded.labels = SpanLabels(
+                    name: labels.label(recorded.name), method: labels.label(recorded.method), peerService: labels.label(recorded.peerService),
+                    upstreamCluster: labels.label(recorded.upstreamCluster), responseFlags: labels.label(recorded.responseFlags),
+                    userAgent: labels.label(recorded.userAgent))
+                (recorded.name, recorded.method, recorded.peerService, recorded.upstreamCluster) = ("", "", "", "")
+            }
+            XCTAssertTrue(ring.push(recorded, bits: index == 5 ? 0 : SlotHeader.exportBit))
+        }
+        var drained = DrainedSpans(capacity: 100, slotBytes: SlotString.allCases.count * 2 + ring.stringBytes, labels: labels)
         ring.drain(into: &drained, limit: 1000)
         XCTAssertEqual(drained.count, 100)
         XCTAssertEqual(ring.count, 0)
@@ -113,6 +154,8 @@ final class ExporterTests: XCTestCase {
             XCTAssertEqual(attributes["http.request.method"]?.stringValue, "GET")
             XCTAssertEqual(attributes["url.path"]?.stringValue, recorded.path)
             XCTAssertEqual(attributes["peer.service"]?.stringValue, "payments")
+            XCTAssertEqual(attributes["user_agent.original"]?.stringValue, "envoy")
+            XCTAssertEqual(attributes["response_flags"]?.stringValue, "-")
             XCTAssertEqual(attributes["upstream_cluster"]?.stringValue, recorded.upstreamCluster)
             XCTAssertEqual(attributes["guid:x-request-id"]?.stringValue, recorded.requestID)
             XCTAssertEqual(attributes["http.response.status_code"]?.intValue, Int64(recorded.httpStatus))
@@ -136,7 +179,7 @@ final class ExporterTests: XCTestCase {
         var long = span(1)
         long.path = String(repeating: "x", count: 100)
         XCTAssertTrue(small.push(long, bits: SlotHeader.exportBit))
-        var drained = DrainedSpans(capacity: 1, slotBytes: SlotString.allCases.count * 2 + 32)
+        var drained = DrainedSpans(capacity: 1, slotBytes: SlotString.allCases.count * 2 + 32, labels: LabelTable())
         small.drain(into: &drained, limit: 1)
         XCTAssertNotEqual(drained.headers[0].bits & SlotHeader.truncatedBit, 0)
         XCTAssertEqual(drained.strings(0).reduce(0) { $0 + $1.count }, 32)

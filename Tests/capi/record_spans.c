@@ -61,6 +61,15 @@ int main(int argc, char **argv) {
     clock_gettime(CLOCK_REALTIME, &now);
     uint64_t start = (uint64_t)now.tv_sec * 1000000000ULL + (uint64_t)now.tv_nsec;
     int traces = atoi(argv[3]);
+    /* The client spans' route and cluster strings by label: registered once, passed by address. */
+    const char *payments = meshexporter_label(exporter, "payments");
+    const char *payments_cluster = meshexporter_label(exporter, "outbound|8080||payments.shop.svc.cluster.local");
+    const char *get_payment = meshexporter_label(exporter, "GET /api/payments/{id}");
+    if (!payments || !payments_cluster || !get_payment || payments != meshexporter_label(exporter, "payments")
+        || strcmp(payments_cluster, "outbound|8080||payments.shop.svc.cluster.local") != 0) {
+        fprintf(stderr, "labels: not one stable copy per text\n");
+        return 2;
+    }
     for (int t = 0; t < traces; t++) {
         meshexporter_span server;
         memset(&server, 0, sizeof server);
@@ -90,14 +99,14 @@ int main(int argc, char **argv) {
         meshexporter_span client = server;
         fill_id(client.span_id, 8, (uint64_t)t + 2000003);
         memcpy(client.parent_span_id, server.span_id, 8);
-        client.name = "GET /api/payments/{id}";
+        client.name = get_payment;
         client.kind = MESHEXPORTER_KIND_CLIENT;
         client.start_time_ns = server.start_time_ns + 1000000ULL;
         client.end_time_ns = client.start_time_ns + 2000000ULL;
         client.method = "GET";
         client.path = "/api/payments/17";
-        client.peer_service = "payments";
-        client.upstream_cluster = "outbound|8080||payments.shop.svc.cluster.local";
+        client.peer_service = payments;
+        client.upstream_cluster = payments_cluster;
         client.peer_address = "10.0.0.12:8080";
         client.request_id = NULL;
 

@@ -54,6 +54,9 @@ def test_a_c_program_records_and_exports_through_the_c_interface(collector, prog
         server, client = by_kind["server"], by_kind["client"]
         # The CLIENT span is the SERVER span's child, as recorded.
         assert client["references"][0]["spanID"] == server["spanID"]
+        # Name, peer service and cluster were recorded by label: they read as their text.
+        assert client["operationName"] == "GET /api/payments/{id}"
+        assert server["operationName"] == "POST /api/checkout"
         tags = {t["key"]: t["value"] for t in client["tags"]}
         assert tags["peer.service"] == "payments"
         assert tags["upstream_cluster"] == "outbound|8080||payments.shop.svc.cluster.local"

@@ -91,6 +91,14 @@ meshexporter *meshexporter_start(const meshexporter_config *config, char *error,
  * ring was full and the span was dropped (and counted). */
 int meshexporter_record(meshexporter *exporter, const meshexporter_span *span, int exported);
 
+/* A label for a string a proxy repeats on many spans (a route's name, a method, an
+ * upstream cluster, a peer service, "-"): the exporter's own NUL-terminated copy of
+ * `text`, valid until meshexporter_stop. A span field that points at it is recorded
+ * as a two-byte label instead of a copy of the string. The same text gives the same
+ * pointer. NULL when the text is longer than 1,024 bytes or the exporter holds 4,096
+ * labels (64 KiB) already: pass the string itself then. */
+const char *meshexporter_label(meshexporter *exporter, const char *text);
+
 /* The head sampling decision for a span of `trace_id`, continuing `traceparent`
  * (NULL when the request carried none). Writes the tracestate to record and pass
  * on into `tracestate_out` (NUL-terminated, possibly empty). Returns 1 to export. */
