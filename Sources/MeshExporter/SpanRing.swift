@@ -172,7 +172,7 @@ final class SpanRing: @unchecked Sendable {
                     continue
                 }
                 if let label = labels.label(at: text) {
-                    writer.put("", or: label)
+                    writer.put(label)
                 } else {
                     writer.put(UnsafeRawBufferPointer(start: text, count: strlen(text)))
                 }
@@ -215,12 +215,14 @@ final class SpanRing: @unchecked Sendable {
         /// `label` when there is one (its handle, not its bytes), `string` otherwise.
         @inline(__always)
         mutating func put(_ string: borrowing String, or label: SpanLabel?) {
-            if let label {
-                lengths[field] = SlotHeader.labelFlag | label.index
-                field += 1
-            } else {
-                put(string)
-            }
+            if let label { put(label) } else { put(string) }
+        }
+
+        /// A label's handle in place of its bytes.
+        @inline(__always)
+        mutating func put(_ label: SpanLabel) {
+            lengths[field] = SlotHeader.labelFlag | label.index
+            field += 1
         }
 
         /// A string without contiguous UTF-8 (bridged from elsewhere): out of line, so

@@ -49,7 +49,7 @@ struct ProxyRules: Sendable {
 /// One request through the proxy, from its head to the end of its response; it
 /// becomes the span recorded when both have ended.
 final class Exchange {
-    let start = Clock.nowNanoseconds()
+    let start = WallClock.nowNanoseconds()
     let traceID: TraceID
     let spanID: SpanID
     let parentSpanID: SpanID
@@ -105,7 +105,7 @@ final class Exchange {
         let kind = upstream?.kind ?? .client
         exporter.record(RequestSpan(
             traceID: traceID, spanID: spanID, parentSpanID: parentSpanID,
-            name: "\(method) \(Self.template(path))", kind: kind, startTime: start, endTime: Clock.nowNanoseconds(),
+            name: "\(method) \(Self.template(path))", kind: kind, startTime: start, endTime: WallClock.nowNanoseconds(),
             httpStatus: status, failed: failed || status >= 500, method: method, path: path,
             peerService: kind == .client ? (upstream?.peerService ?? host) : "", upstreamCluster: upstream?.cluster ?? "",
             peerAddress: kind == .server ? downstreamAddress : (upstream?.name ?? ""), responseFlags: flags,
@@ -149,7 +149,8 @@ final class Exchange {
     }
 }
 
-enum Clock {
+/// Wall-clock time, as spans record it.
+enum WallClock {
     static func nowNanoseconds() -> UInt64 {
         var time = timespec()
         clock_gettime(CLOCK_REALTIME, &time)
