@@ -333,10 +333,12 @@ public final class GoldenSignals: WALFollower {
         for id in snapshot.present(in: window) {
             if case let .operation(workload, _, _) = snapshot.series[Int(id)] { nodes.insert(workload) }
         }
+        let merged = snapshot.merged(in: window, operations: false)
         var edges: [ServiceGraph.Edge] = []
+        edges.reserveCapacity(merged.count)
         var reported: [ServiceGraph.ReportedEdge] = []
-        for (key, signals) in snapshot.keyed(snapshot.merged(in: window, operations: false)) {
-            switch key {
+        for (id, signals) in merged {
+            switch snapshot.series[Int(id)] {
             case let .reported(client, server, reporter):
                 reported.append(ServiceGraph.ReportedEdge(client: client, server: server, reporter: reporter, signals: signals))
             case let .edge(client, server, connection):
@@ -346,7 +348,11 @@ public final class GoldenSignals: WALFollower {
             }
         }
         let named = Set(nodes.map(\.service))
-        let virtual = Set(edges.flatMap { [$0.client.service, $0.server.service] }).subtracting(named)
+        var virtual: Set<String> = []
+        for edge in edges {
+            if !named.contains(edge.client.service) { virtual.insert(edge.client.service) }
+            if !named.contains(edge.server.service) { virtual.insert(edge.server.service) }
+        }
         // Edges in no particular order: sorting a thousand by their names' strings costs
         // more than merging them; renderers sort what they print.
         return ServiceGraph(window: window, nodes: nodes.sorted(), virtualNodes: virtual.sorted(), edges: edges, reported: reported)

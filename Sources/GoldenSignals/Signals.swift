@@ -21,6 +21,12 @@ public struct Signals: Sendable, Equatable {
 
     public init() {}
 
+    /// Empty signals whose histograms are shaped for the merges that will follow.
+    init(latency: ExponentialHistogram.MergeShape, serverLatency: ExponentialHistogram.MergeShape) {
+        self.latency = ExponentialHistogram(shape: latency)
+        self.serverLatency = ExponentialHistogram(shape: serverLatency)
+    }
+
     public mutating func merge(_ other: Signals) {
         requests += other.requests
         errors += other.errors

@@ -1,3 +1,5 @@
+import MeshCore
+
 /// Golden signals at three resolutions — 10 s, 1 min and 1 h by default — each
 /// kept for its own retention. Every row counted goes into every resolution at
 /// least as coarse as its own, so a query over a long window merges a few coarse
@@ -38,7 +40,12 @@ struct Tiers {
             var scalars: [Scalars] = []
             /// Two per row: latency, then server latency.
             var histograms: [PackedHistogram] = []
-            var counts: [UInt64] = []
+            /// Each histogram's counts in as few bytes as its largest needs (1, 2, 4
+            /// or 8 each, native byte order), and only the non-zero ones, each after
+            /// its one-byte position, when that is shorter
+            /// (`ExponentialHistogram.PackedCounts`): a row of a few requests spans
+            /// many buckets but fills few, and a query adds only those.
+            var counts: [UInt8] = []
         }
 
         struct Scalars {
@@ -52,9 +59,16 @@ struct Tiers {
             var min: Double
             var max: Double
             var offset: Int32
+            /// Where its counts begin in `Packed.counts`, in bytes.
             var start: UInt32
+            /// How many buckets, the bytes of each count, and whether only the
+            /// non-zero ones are there.
             var length: UInt16
+            var width: UInt8
+            var sparse: Bool
             var scale: Int8
+            /// Bytes in `Packed.counts`.
+            var size: UInt32
         }
 
         mutating func add(_ row: Signals, series: Int32) {
@@ -74,17 +88,30 @@ struct Tiers {
             var result = Packed()
             result.scalars.reserveCapacity(signals.count)
             result.histograms.reserveCapacity(2 * signals.count)
-            result.counts.reserveCapacity(signals.reduce(0) { $0 + $1.latency.counts.count + $1.serverLatency.counts.count })
             for row in signals {
                 result.scalars.append(Scalars(
                     requests: row.requests, errors: row.errors, clientErrors: row.clientErrors, requestBytes: row.requestBytes,
                     responseBytes: row.responseBytes, mutualTLS: row.mutualTLS, plaintext: row.plaintext))
                 for histogram in [row.latency, row.serverLatency] {
+                    let largest = histogram.counts.max() ?? 0
+                    let width = largest <= UInt8.max ? 1 : largest <= UInt16.max ? 2 : largest <= UInt32.max ? 4 : 8
+                    let filled = histogram.counts.reduce(0) { $0 + ($1 == 0 ? 0 : 1) }
+                    let sparse = histogram.counts.count <= 256 && filled * (1 + width) < histogram.counts.count * width
+                    let start = result.counts.count
+                    for (position, value) in histogram.counts.enumerated() where !sparse || value != 0 {
+                        if sparse { result.counts.append(UInt8(position)) }
+                        switch width {
+                        case 1: result.counts.append(UInt8(value))
+                        case 2: withUnsafeBytes(of: UInt16(value)) { result.counts.append(contentsOf: $0) }
+                        case 4: withUnsafeBytes(of: UInt32(value)) { result.counts.append(contentsOf: $0) }
+                        default: withUnsafeBytes(of: value) { result.counts.append(contentsOf: $0) }
+                        }
+                    }
                     result.histograms.append(PackedHistogram(
                         count: histogram.count, zeroCount: histogram.zeroCount, sum: histogram.sum, min: histogram.min,
-                        max: histogram.max, offset: Int32(truncatingIfNeeded: histogram.offset), start: UInt32(result.counts.count),
-                        length: UInt16(histogram.counts.count), scale: histogram.scale))
-                    result.counts.append(contentsOf: histogram.counts)
+                        max: histogram.max, offset: Int32(truncatingIfNeeded: histogram.offset), start: UInt32(start),
+                        length: UInt16(histogram.counts.count), width: UInt8(width), sparse: sparse, scale: histogram.scale,
+                        size: UInt32(result.counts.count - start)))
                 }
             }
             packed = result
@@ -97,38 +124,60 @@ struct Tiers {
             signals = []
             signals.reserveCapacity(ids.count)
             positions = [:]
-            for position in ids.indices {
-                var row = Signals()
-                Self.merge(packed, position, into: &row)
-                signals.append(row)
-                positions[ids[position]] = Int32(position)
+            packed.counts.withUnsafeBytes { counts in
+                for position in ids.indices {
+                    var row = Signals()
+                    Self.merge(packed, counts, position, into: &row)
+                    signals.append(row)
+                    positions[ids[position]] = Int32(position)
+                }
             }
             self.packed = nil
         }
 
-        /// Adds every row whose series `include` accepts into `dense`, indexed by series id.
-        func merge(into dense: inout [Signals?], including include: (Int32) -> Bool) {
-            if let packed {
-                for position in ids.indices {
-                    let id = Int(ids[position])
-                    guard include(Int32(id)) else { continue }
-                    if dense[id] == nil { dense[id] = Signals() }
-                    Self.merge(packed, position, into: &dense[id]!)
-                }
-                return
-            }
+        /// Takes the histograms of every row whose series `include` accepts into that
+        /// series' shape (`shapes`, indexed by series id).
+        func shape(into shapes: inout [SignalsShape], including include: (Int32) -> Bool) {
             for position in ids.indices {
-                let id = Int(ids[position])
-                guard include(Int32(id)) else { continue }
-                if dense[id] == nil {
-                    dense[id] = signals[position]
+                let id = ids[position]
+                guard include(id) else { continue }
+                shapes[Int(id)].present = true
+                if let packed {
+                    let latency = packed.histograms[2 * position]
+                    let server = packed.histograms[2 * position + 1]
+                    if latency.count > 0 {
+                        shapes[Int(id)].latency.include(scale: latency.scale, offset: Int(latency.offset), length: Int(latency.length))
+                    }
+                    if server.count > 0 {
+                        shapes[Int(id)].serverLatency.include(scale: server.scale, offset: Int(server.offset), length: Int(server.length))
+                    }
                 } else {
-                    dense[id]!.merge(signals[position])
+                    shapes[Int(id)].latency.include(signals[position].latency)
+                    shapes[Int(id)].serverLatency.include(signals[position].serverLatency)
                 }
             }
         }
 
-        private static func merge(_ packed: Packed, _ position: Int, into row: inout Signals) {
+        /// Adds every row into `merged[slots[series]]`, skipping series whose slot is negative.
+        func merge(into merged: inout [Signals], slots: [Int32]) {
+            if let packed {
+                packed.counts.withUnsafeBytes { counts in
+                    for position in ids.indices {
+                        let slot = slots[Int(ids[position])]
+                        guard slot >= 0 else { continue }
+                        Self.merge(packed, counts, position, into: &merged[Int(slot)])
+                    }
+                }
+                return
+            }
+            for position in ids.indices {
+                let slot = slots[Int(ids[position])]
+                guard slot >= 0 else { continue }
+                merged[Int(slot)].merge(signals[position])
+            }
+        }
+
+        private static func merge(_ packed: Packed, _ counts: UnsafeRawBufferPointer, _ position: Int, into row: inout Signals) {
             let scalars = packed.scalars[position]
             row.requests += scalars.requests
             row.errors += scalars.errors
@@ -137,22 +186,30 @@ struct Tiers {
             row.responseBytes += scalars.responseBytes
             row.mutualTLS += scalars.mutualTLS
             row.plaintext += scalars.plaintext
-            packed.counts.withUnsafeBufferPointer { counts in
-                for side in 0..<2 {
-                    let histogram = packed.histograms[2 * position + side]
-                    let slice = UnsafeBufferPointer(rebasing: counts[Int(histogram.start)..<Int(histogram.start) + Int(histogram.length)])
-                    if side == 0 {
-                        row.latency.merge(
-                            scale: histogram.scale, offset: Int(histogram.offset), counts: slice, count: histogram.count,
-                            zeroCount: histogram.zeroCount, sum: histogram.sum, min: histogram.min, max: histogram.max)
-                    } else {
-                        row.serverLatency.merge(
-                            scale: histogram.scale, offset: Int(histogram.offset), counts: slice, count: histogram.count,
-                            zeroCount: histogram.zeroCount, sum: histogram.sum, min: histogram.min, max: histogram.max)
-                    }
+            for side in 0..<2 {
+                let histogram = packed.histograms[2 * position + side]
+                let start = Int(histogram.start)
+                let packedCounts = ExponentialHistogram.PackedCounts(
+                    bytes: UnsafeRawBufferPointer(rebasing: counts[start..<start + Int(histogram.size)]),
+                    width: Int(histogram.width), length: Int(histogram.length), sparse: histogram.sparse)
+                if side == 0 {
+                    row.latency.merge(
+                        scale: histogram.scale, offset: Int(histogram.offset), counts: packedCounts, count: histogram.count,
+                        zeroCount: histogram.zeroCount, sum: histogram.sum, min: histogram.min, max: histogram.max)
+                } else {
+                    row.serverLatency.merge(
+                        scale: histogram.scale, offset: Int(histogram.offset), counts: packedCounts, count: histogram.count,
+                        zeroCount: histogram.zeroCount, sum: histogram.sum, min: histogram.min, max: histogram.max)
                 }
             }
         }
+    }
+
+    /// What a series' merged histograms will need, gathered before they are merged.
+    struct SignalsShape {
+        var present = false
+        var latency = ExponentialHistogram.MergeShape()
+        var serverLatency = ExponentialHistogram.MergeShape()
     }
 
     /// Packs every bucket that ended before `before` (nanoseconds since the epoch).
@@ -201,18 +258,34 @@ struct Tiers {
     /// finest resolution every bucket that overlaps it. Where a finer tier no longer
     /// holds a range, the coarser bucket around it counts whole.
     func signals(in window: ClosedRange<UInt64>, including include: (Int32) -> Bool = { _ in true }) -> [Int32: Signals] {
-        // Merged by series id in a dense array: no hashing per row.
-        var dense = [Signals?](repeating: nil, count: Int(seriesBound))
-        visit(window) { rows in rows.merge(into: &dense, including: include) }
-        var merged: [Int32: Signals] = [:]
-        for (id, signals) in dense.enumerated() { if let signals { merged[Int32(id)] = signals } }
-        return merged
+        var visited: [BucketRows] = []
+        visit(window) { visited.append($0) }
+        // First the shape of every series' histograms, so each is allocated once at the
+        // scale and width the merge ends with; then the rows are added bucket by bucket
+        // (each bucket read front to back), by series id through a dense table.
+        var shapes = [SignalsShape](repeating: SignalsShape(), count: Int(seriesBound))
+        for rows in visited { rows.shape(into: &shapes, including: include) }
+        var slots = [Int32](repeating: -1, count: shapes.count)
+        var merged: [Signals] = []
+        merged.reserveCapacity(shapes.reduce(0) { $0 + ($1.present ? 1 : 0) })
+        for id in shapes.indices where shapes[id].present {
+            slots[id] = Int32(merged.count)
+            merged.append(Signals(latency: shapes[id].latency, serverLatency: shapes[id].serverLatency))
+        }
+        for rows in visited { rows.merge(into: &merged, slots: slots) }
+        var result: [Int32: Signals] = [:]
+        result.reserveCapacity(merged.count)
+        for id in slots.indices where slots[id] >= 0 { result[Int32(id)] = merged[Int(slots[id])] }
+        return result
     }
 
     /// The series with any signals over `window`, without merging them.
     func present(in window: ClosedRange<UInt64>) -> Set<Int32> {
+        var seen = [Bool](repeating: false, count: Int(seriesBound))
+        visit(window) { rows in for id in rows.ids { seen[Int(id)] = true } }
         var present: Set<Int32> = []
-        visit(window) { rows in present.formUnion(rows.ids) }
+        present.reserveCapacity(seen.reduce(0) { $0 + ($1 ? 1 : 0) })
+        for id in seen.indices where seen[id] { present.insert(Int32(id)) }
         return present
     }
 

@@ -131,21 +131,93 @@ public struct ExponentialHistogram: Sendable, Equatable {
     }
 
     /// Adds a histogram given by its fields (its bucket counts in `counts`, from index
-    /// `offset` at `scale`), as `merge(_:)` does: for histograms kept packed.
+    /// `offset` at `scale`), as `merge(_:)` does.
     public mutating func merge(
         scale otherScale: Int8, offset otherOffset: Int, counts theirs: UnsafeBufferPointer<UInt64>, count otherCount: UInt64,
         zeroCount otherZeroCount: UInt64, sum otherSum: Double, min otherMin: Double, max otherMax: Double
     ) {
-        guard otherCount > 0 else { return }
+        guard let (shift, base) = makeRoom(
+            scale: otherScale, offset: otherOffset, length: theirs.count, count: otherCount, zeroCount: otherZeroCount,
+            sum: otherSum, min: otherMin, max: otherMax)
+        else { return }
+        add(Dense<UInt64>(UnsafeRawBufferPointer(theirs)), offset: otherOffset, shift: shift, base: base)
+    }
+
+    /// Bucket counts kept packed in as few bytes as they need: `length` buckets from
+    /// the histogram's offset, each count `width` bytes (1, 2, 4 or 8, native byte
+    /// order, any alignment). Dense, every bucket's count follows the one before;
+    /// sparse, only the non-zero ones are there, each a one-byte position (so
+    /// `length` ≤ 256) followed by its count.
+    public struct PackedCounts {
+        public var bytes: UnsafeRawBufferPointer
+        public var width: Int
+        public var length: Int
+        public var sparse: Bool
+
+        public init(bytes: UnsafeRawBufferPointer, width: Int, length: Int, sparse: Bool) {
+            precondition(width == 1 || width == 2 || width == 4 || width == 8, "a packed count is 1, 2, 4 or 8 bytes")
+            precondition(!sparse || length <= 256, "a sparse position is one byte")
+            self.bytes = bytes
+            self.width = width
+            self.length = length
+            self.sparse = sparse
+        }
+    }
+
+    /// Adds a histogram whose counts are packed (see `PackedCounts`), as `merge(_:)` does.
+    public mutating func merge(
+        scale otherScale: Int8, offset otherOffset: Int, counts packed: PackedCounts, count otherCount: UInt64,
+        zeroCount otherZeroCount: UInt64, sum otherSum: Double, min otherMin: Double, max otherMax: Double
+    ) {
+        guard let (shift, base) = makeRoom(
+            scale: otherScale, offset: otherOffset, length: packed.length, count: otherCount, zeroCount: otherZeroCount,
+            sum: otherSum, min: otherMin, max: otherMax)
+        else { return }
+        switch (packed.width, packed.sparse) {
+        case (1, false): add(Dense<UInt8>(packed.bytes), offset: otherOffset, shift: shift, base: base)
+        case (2, false): add(Dense<UInt16>(packed.bytes), offset: otherOffset, shift: shift, base: base)
+        case (4, false): add(Dense<UInt32>(packed.bytes), offset: otherOffset, shift: shift, base: base)
+        case (_, false): add(Dense<UInt64>(packed.bytes), offset: otherOffset, shift: shift, base: base)
+        case (1, true): addSparse(packed, UInt8.self, offset: otherOffset, shift: shift, base: base)
+        case (2, true): addSparse(packed, UInt16.self, offset: otherOffset, shift: shift, base: base)
+        case (4, true): addSparse(packed, UInt32.self, offset: otherOffset, shift: shift, base: base)
+        case (_, true): addSparse(packed, UInt64.self, offset: otherOffset, shift: shift, base: base)
+        }
+    }
+
+    /// Counts of one width, one per bucket, read from memory of any alignment.
+    private struct Dense<Count: FixedWidthInteger & UnsignedInteger> {
+        let bytes: UnsafeRawBufferPointer
+        let count: Int
+
+        init(_ bytes: UnsafeRawBufferPointer) {
+            self.bytes = bytes
+            count = bytes.count / MemoryLayout<Count>.size
+        }
+
+        @inline(__always) subscript(position: Int) -> UInt64 {
+            UInt64(bytes.loadUnaligned(fromByteOffset: position &* MemoryLayout<Count>.size, as: Count.self))
+        }
+    }
+
+    /// Takes in another histogram's count, zeros, sum and extremes, and makes `counts`
+    /// cover its `length` buckets from `otherOffset` at `otherScale` (lowering this
+    /// scale as needed). Returns how far to shift their bucket indices to reach ours
+    /// and the index of our first bucket, or nil when no bucket counts are to be added.
+    private mutating func makeRoom(
+        scale otherScale: Int8, offset otherOffset: Int, length: Int, count otherCount: UInt64,
+        zeroCount otherZeroCount: UInt64, sum otherSum: Double, min otherMin: Double, max otherMax: Double
+    ) -> (shift: Int, base: Int)? {
+        guard otherCount > 0 else { return nil }
         widen(toInclude: otherMin, otherMax)
         count += otherCount
         zeroCount += otherZeroCount
         sum += otherSum
-        guard !theirs.isEmpty else { return }
+        guard length > 0 else { return nil }
         if otherScale < scale { downscale(by: Int(scale - otherScale)) }
         var shift = Int(otherScale - scale)
         var low = otherOffset >> shift
-        var high = (otherOffset + theirs.count - 1) >> shift
+        var high = (otherOffset + length - 1) >> shift
         if !counts.isEmpty {
             low = Swift.min(low, offset)
             high = Swift.max(high, offset + counts.count - 1)
@@ -157,7 +229,7 @@ public struct ExponentialHistogram: Sendable, Equatable {
             low >>= change
             high >>= change
         }
-        // Room for both ranges at once, then one pass adding the other's counts.
+        // Room for both ranges at once; the caller adds the other's counts in one pass.
         if counts.isEmpty {
             offset = low
             counts = [UInt64](repeating: 0, count: high - low + 1)
@@ -170,11 +242,105 @@ public struct ExponentialHistogram: Sendable, Equatable {
                 counts.append(contentsOf: repeatElement(0, count: high - offset - counts.count + 1))
             }
         }
-        let base = offset
+        return (shift, offset)
+    }
+
+    private mutating func add<Count>(_ theirs: Dense<Count>, offset otherOffset: Int, shift: Int, base: Int) {
         counts.withUnsafeMutableBufferPointer { mine in
-            for position in 0..<theirs.count where theirs[position] != 0 {
-                mine[((otherOffset + position) >> shift) - base] &+= theirs[position]
+            if shift == 0 {
+                // The same scale: bucket for bucket, a loop the compiler vectorises.
+                let start = otherOffset - base
+                for position in 0..<theirs.count { mine[start + position] &+= theirs[position] }
+                return
             }
+            // Each run of their buckets that falls into one of ours is summed first, then
+            // added once: no store waits on the one before it.
+            var position = 0
+            while position < theirs.count {
+                let index = (otherOffset &+ position) &>> shift
+                let runEnd = Swift.min(theirs.count, ((index &+ 1) &<< shift) &- otherOffset)
+                var sum: UInt64 = 0
+                while position < runEnd {
+                    sum &+= theirs[position]
+                    position &+= 1
+                }
+                mine[index &- base] &+= sum
+            }
+        }
+    }
+
+    private mutating func addSparse<Count: FixedWidthInteger & UnsignedInteger>(
+        _ packed: PackedCounts, _: Count.Type, offset otherOffset: Int, shift: Int, base: Int
+    ) {
+        let entries = packed.bytes
+        let stride = 1 + MemoryLayout<Count>.size
+        counts.withUnsafeMutableBufferPointer { mine in
+            var at = 0
+            while at + stride <= entries.count {
+                let position = Int(entries[at])
+                // Positions past the stated length have no room made for them.
+                guard position < packed.length else { return }
+                let value = UInt64(entries.loadUnaligned(fromByteOffset: at + 1, as: Count.self))
+                mine[((otherOffset &+ position) &>> shift) &- base] &+= value
+                at += stride
+            }
+        }
+    }
+
+    /// The scale and bucket range that merging several histograms into one ends
+    /// with, worked out from their scales and ranges alone. A histogram made from it
+    /// (`init(shape:)`) takes every one of those merges without growing or scaling
+    /// down again: the result is the same as merging into an empty histogram, with
+    /// one allocation instead of one per growth.
+    public struct MergeShape: Sendable {
+        public let maxBuckets: Int
+        public private(set) var scale: Int8 = ExponentialHistogram.maxScale
+        /// The bucket range at `scale`; empty while `low > high`.
+        public private(set) var low = 0
+        public private(set) var high = -1
+
+        public init(maxBuckets: Int = ExponentialHistogram.defaultMaxBuckets) {
+            self.maxBuckets = maxBuckets
+        }
+
+        /// Takes in a histogram with `length` buckets from `offset` at `scale`, as `merge` would.
+        public mutating func include(scale other: Int8, offset: Int, length: Int) {
+            guard length > 0 else { return }
+            if other < scale {
+                let change = Int(scale - other)
+                low >>= change
+                high >>= change
+                scale = other
+            }
+            let shift = Int(other - scale)
+            let (theirLow, theirHigh) = (offset >> shift, (offset + length - 1) >> shift)
+            if low > high {
+                (low, high) = (theirLow, theirHigh)
+            } else {
+                low = Swift.min(low, theirLow)
+                high = Swift.max(high, theirHigh)
+            }
+            let change = ExponentialHistogram.downscaleNeeded(low: low, high: high, maxBuckets: maxBuckets)
+            if change > 0 {
+                scale -= Int8(change)
+                low >>= change
+                high >>= change
+            }
+        }
+
+        public mutating func include(_ histogram: ExponentialHistogram) {
+            guard histogram.count > 0 else { return }
+            include(scale: histogram.scale, offset: histogram.offset, length: histogram.counts.count)
+        }
+    }
+
+    /// An empty histogram with the scale and (zeroed) buckets of `shape`, ready for
+    /// the merges the shape was worked out from.
+    public init(shape: MergeShape) {
+        self.init(maxBuckets: shape.maxBuckets, scale: shape.scale)
+        if shape.low <= shape.high {
+            offset = shape.low
+            counts = [UInt64](repeating: 0, count: shape.high - shape.low + 1)
         }
     }
 

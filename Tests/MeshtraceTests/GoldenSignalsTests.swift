@@ -58,6 +58,67 @@ final class GoldenSignalsTests: XCTestCase {
         XCTAssertEqual(merged.sum, wide.sum, accuracy: wide.sum * 1e-12)
     }
 
+    func testAShapedHistogramTakesManyMergesExactlyAsAnEmptyOneDoes() {
+        var generator = SeededGenerator(seed: 17)
+        for round in 0..<50 {
+            // Histograms of different spreads, so their scales and ranges differ.
+            var parts: [ExponentialHistogram] = []
+            for part in 0..<(1 + round % 7) {
+                var histogram = ExponentialHistogram()
+                let median = 1e4 * Double(1 + (round * 7 + part) % 13)
+                for _ in 0..<Int(1 + generator.unit() * 400) {
+                    histogram.record(generator.logNormal(median: median, sigma: 0.1 + generator.unit() * 1.5).rounded())
+                }
+                if part == 2 { histogram.record(0, times: 3) }
+                parts.append(histogram)
+            }
+            parts.append(ExponentialHistogram())
+            var sequential = ExponentialHistogram()
+            var shape = ExponentialHistogram.MergeShape()
+            for part in parts {
+                sequential.merge(part)
+                shape.include(part)
+            }
+            var shaped = ExponentialHistogram(shape: shape)
+            let counts = shaped.counts.count
+            for part in parts { shaped.merge(part) }
+            XCTAssertEqual(shaped, sequential, "round \(round)")
+            XCTAssertEqual(shaped.counts.count, counts, "round \(round): the shaped histogram grew")
+        }
+    }
+
+    func testPackedCountsMergeAsTheirHistogramDoes() {
+        var generator = SeededGenerator(seed: 23)
+        for round in 0..<40 {
+            var source = ExponentialHistogram()
+            // Few values over a wide range (sparse), or many (dense); counts past one,
+            // two and four bytes.
+            let values = round % 2 == 0 ? 3 + round % 5 : 2_000
+            for _ in 0..<values { source.record(generator.logNormal(median: 5e6, sigma: 1.2).rounded()) }
+            source.record(5e6, times: [1, 300, 70_000, 5_000_000_000][round % 4])
+            var target = ExponentialHistogram()
+            for _ in 0..<50 { target.record(generator.logNormal(median: 2e6, sigma: 0.4).rounded()) }
+            var expected = target
+            expected.merge(source)
+            for (width, sparse) in [(8, false), (8, true), (4, false), (4, true)] where width == 8 || source.counts.max()! <= UInt32.max {
+                var bytes: [UInt8] = []
+                for (position, value) in source.counts.enumerated() where !sparse || value != 0 {
+                    if sparse { bytes.append(UInt8(position)) }
+                    if width == 8 { withUnsafeBytes(of: value) { bytes.append(contentsOf: $0) } }
+                    else { withUnsafeBytes(of: UInt32(value)) { bytes.append(contentsOf: $0) } }
+                }
+                var merged = target
+                bytes.withUnsafeBytes { raw in
+                    merged.merge(
+                        scale: source.scale, offset: source.offset,
+                        counts: ExponentialHistogram.PackedCounts(bytes: raw, width: width, length: source.counts.count, sparse: sparse),
+                        count: source.count, zeroCount: source.zeroCount, sum: source.sum, min: source.min, max: source.max)
+                }
+                XCTAssertEqual(merged, expected, "round \(round), \(width) bytes, sparse \(sparse)")
+            }
+        }
+    }
+
     func testHistogramBucketsFollowOTLPBoundaries() {
         // At scale 0 bucket i holds (2^i, 2^(i+1)]: a power of two is its bucket's upper end.
         XCTAssertEqual(ExponentialHistogram.index(of: 4, scale: 0), 1)
@@ -508,6 +569,46 @@ final class GoldenSignalsTests: XCTestCase {
         // A day later the hourly buckets expire too.
         XCTAssertEqual(try reopened.rollUp(now: now + 2 * 86_400_000_000_000).expired, 1)
         XCTAssertTrue(reopened.signals(in: everything).isEmpty)
+    }
+
+    func testPackedBucketsAnswerExactlyAsOpenOnesAndAsMergingRowByRow() {
+        let second: UInt64 = 1_000_000_000
+        var tiers = Tiers(resolutions: [(10 * second, 1_000_000 * second), (60 * second, 1_000_000 * second), (3600 * second, 1_000_000 * second)])
+        var generator = SeededGenerator(seed: 29)
+        let start: UInt64 = 2_000 * 3600 * second
+        let now = start + 3 * 3600 * second
+        var reference: [Int32: Signals] = [:]
+        for bucket in stride(from: start, to: start + 2 * 3600 * second, by: Int(10 * second)) {
+            for series in Int32(0)..<12 where generator.unit() < 0.7 {
+                var row = Signals()
+                // Some series see a request now and then, some many, some huge counts.
+                let requests = series % 3 == 0 ? 1 : series % 3 == 1 ? 40 : 3
+                for _ in 0..<requests {
+                    row.count(Signals.Request(
+                        failed: generator.unit() < 0.05, clientError: false, requestBytes: 100, responseBytes: 2_000,
+                        security: .mutualTLS, duration: UInt64(generator.logNormal(median: Double(series + 1) * 1e6, sigma: 0.8)),
+                        serverDuration: series % 2 == 0 ? UInt64(generator.logNormal(median: 1e6, sigma: 0.3)) : nil))
+                }
+                if series == 5 { row.latency.record(3e6, times: 100_000) }
+                tiers.add(row, series: series, bucket: bucket, resolution: 10 * second, now: now)
+                reference[series, default: Signals()].merge(row)
+            }
+        }
+        let windows: [ClosedRange<UInt64>] = [
+            start...(start + 2 * 3600 * second - 1),
+            (start + 1_234 * second)...(start + 2 * 3600 * second - 1),
+            (start + 35 * second)...(start + 5_000 * second),
+        ]
+        let open = windows.map { tiers.signals(in: $0) }
+        XCTAssertEqual(open[0], reference)
+        tiers.pack(endedBefore: .max)
+        for (window, answer) in zip(windows, open) {
+            XCTAssertEqual(tiers.signals(in: window), answer)
+        }
+        // Some series only: the rest are not merged at all.
+        let even = tiers.signals(in: windows[1], including: { $0 % 2 == 0 })
+        XCTAssertEqual(Set(even.keys), Set(open[1].keys.filter { $0 % 2 == 0 }))
+        for (series, signals) in even { XCTAssertEqual(signals, open[1][series]) }
     }
 
     func testAQueryMergesCoarseBucketsInsideTheWindowAndFineOnesAtItsEnds() throws {
