@@ -174,10 +174,10 @@ public struct ExponentialHistogram: Sendable, Equatable {
             sum: otherSum, min: otherMin, max: otherMax)
         else { return }
         switch (packed.width, packed.sparse) {
-        case (1, false): add(Dense<UInt8>(packed.bytes), offset: otherOffset, shift: shift, base: base)
-        case (2, false): add(Dense<UInt16>(packed.bytes), offset: otherOffset, shift: shift, base: base)
-        case (4, false): add(Dense<UInt32>(packed.bytes), offset: otherOffset, shift: shift, base: base)
-        case (_, false): add(Dense<UInt64>(packed.bytes), offset: otherOffset, shift: shift, base: base)
+        case (1, false): add(Dense<UInt8>(packed.bytes, limit: packed.length), offset: otherOffset, shift: shift, base: base)
+        case (2, false): add(Dense<UInt16>(packed.bytes, limit: packed.length), offset: otherOffset, shift: shift, base: base)
+        case (4, false): add(Dense<UInt32>(packed.bytes, limit: packed.length), offset: otherOffset, shift: shift, base: base)
+        case (_, false): add(Dense<UInt64>(packed.bytes, limit: packed.length), offset: otherOffset, shift: shift, base: base)
         case (1, true): addSparse(packed, UInt8.self, offset: otherOffset, shift: shift, base: base)
         case (2, true): addSparse(packed, UInt16.self, offset: otherOffset, shift: shift, base: base)
         case (4, true): addSparse(packed, UInt32.self, offset: otherOffset, shift: shift, base: base)
@@ -190,9 +190,10 @@ public struct ExponentialHistogram: Sendable, Equatable {
         let bytes: UnsafeRawBufferPointer
         let count: Int
 
-        init(_ bytes: UnsafeRawBufferPointer) {
+        /// At most `limit` counts: no more than room was made for.
+        init(_ bytes: UnsafeRawBufferPointer, limit: Int = .max) {
             self.bytes = bytes
-            count = bytes.count / MemoryLayout<Count>.size
+            count = Swift.min(limit, bytes.count / MemoryLayout<Count>.size)
         }
 
         @inline(__always) subscript(position: Int) -> UInt64 {
