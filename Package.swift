@@ -49,6 +49,8 @@ let package = Package(
         .target(name: "CCRC32C"),
         // Counts a thread's heap allocations (benchmarks only: it replaces malloc in the executable).
         .target(name: "CAllocationCounter"),
+        // Cache prefetch hints for the exporter's ring.
+        .target(name: "CCacheHints"),
 
         .target(name: "Compression", dependencies: ["CZstd", "CLZ4", "CZlib"]),
         .target(name: "MeshCore", dependencies: ["CCRC32C"]),
@@ -82,7 +84,7 @@ let package = Package(
         .target(
             name: "MeshExporter",
             dependencies: [
-                "MeshCore", "OTLPWire", "Compression",
+                "MeshCore", "OTLPWire", "Compression", "CCacheHints",
                 .product(name: "SwiftProtobuf", package: "swift-protobuf"),
                 .product(name: "NIOSSL", package: "swift-nio-ssl"),
                 .product(name: "AsyncHTTPClient", package: "async-http-client"),

@@ -3,6 +3,7 @@ import Glibc
 #elseif canImport(Darwin)
 import Darwin
 #endif
+import CCacheHints
 import MeshCore
 import Synchronization
 
@@ -39,10 +40,16 @@ struct SlotHeader {
 /// Spans recorded and not yet exported: a fixed number of fixed-size slots, split
 /// into shards by trace id, each shard a ring behind its own lock. Nothing is
 /// allocated after `init`; a span that finds its shard full is dropped and counted.
+///
+/// A slot is one run of bytes: the header, the lengths of the strings, the strings.
+/// Recording a span writes a few adjacent cache lines of it, which the span before
+/// it in the same shard asked the CPU to fetch (`prefetchSlot`).
 final class SpanRing: @unchecked Sendable {
     /// Bytes of strings a slot holds, after the lengths; longer strings are cut.
     let stringBytes: Int
     let slotsPerShard: Int
+    /// Bytes from one slot to the next.
+    private let slotSize: Int
     private let shardMask: UInt64
     private let shards: [Shard]
     /// The same shards, unretained: recording reaches its shard without a retain and a
@@ -59,7 +66,7 @@ final class SpanRing: @unchecked Sendable {
             var dropped: UInt64 = 0
         }
 
-        let headers: UnsafeMutablePointer<SlotHeader>
+        /// The slots, `slotSize` bytes each.
         let bytes: UnsafeMutableRawPointer
         /// Guarded by `lock()`, which is the exclusivity the runtime would otherwise check on every access.
         @exclusivity(unchecked) var indices = Indices()
@@ -93,22 +100,26 @@ final class SpanRing: @unchecked Sendable {
             return body(&indices)
         }
 
-        init(slots: Int, slotBytes: Int) {
-            headers = .allocate(capacity: slots)
-            headers.initialize(repeating: SlotHeader(), count: slots)
-            bytes = .allocate(byteCount: slots * slotBytes, alignment: 8)
+        init(slots: Int, slotSize: Int) {
+            bytes = .allocate(byteCount: slots * slotSize, alignment: MemoryLayout<SlotHeader>.alignment)
             // Touched now, so that recording never takes a page fault on a fresh page.
-            bytes.initializeMemory(as: UInt8.self, repeating: 0, count: slots * slotBytes)
+            bytes.initializeMemory(as: UInt8.self, repeating: 0, count: slots * slotSize)
         }
 
         deinit {
-            headers.deallocate()
             bytes.deallocate()
         }
     }
 
-    /// Bytes one slot takes: its header, the string lengths and the strings.
-    static func slotSize(stringBytes: Int) -> Int { MemoryLayout<SlotHeader>.stride + SlotString.allCases.count * 2 + stringBytes }
+    /// Bytes one slot takes: its header, the string lengths and the strings, rounded up
+    /// so that the next slot's header is aligned.
+    static func slotSize(stringBytes: Int) -> Int {
+        let alignment = MemoryLayout<SlotHeader>.alignment
+        return (MemoryLayout<SlotHeader>.stride + lengthBytes + stringBytes + alignment - 1) / alignment * alignment
+    }
+
+    /// Where a slot's string lengths start, after its header.
+    private static let lengthBytes = SlotString.allCases.count * 2
 
     /// A ring of about `byteBudget` bytes (at least one slot per shard).
     init(byteBudget: Int, stringBytes: Int = 384, shards requested: Int) {
@@ -118,8 +129,8 @@ final class SpanRing: @unchecked Sendable {
         shardMask = UInt64(count - 1)
         let slots = max(1, byteBudget / Self.slotSize(stringBytes: stringBytes) / count)
         slotsPerShard = slots
-        let slotBytes = SlotString.allCases.count * 2 + stringBytes
-        shards = (0..<count).map { _ in Shard(slots: slots, slotBytes: slotBytes) }
+        slotSize = Self.slotSize(stringBytes: stringBytes)
+        shards = (0..<count).map { [slotSize] _ in Shard(slots: slots, slotSize: slotSize) }
         shardRefs = .allocate(capacity: count)
         shardRefs.initialize(from: shards.map { Unmanaged.passUnretained($0) }, count: count)
     }
@@ -129,8 +140,6 @@ final class SpanRing: @unchecked Sendable {
     }
 
     var capacity: Int { slotsPerShard * shards.count }
-
-    private var slotBytes: Int { SlotString.allCases.count * 2 + stringBytes }
 
     /// Copies `span` into a free slot; false when its shard is full.
     func push(_ span: borrowing RequestSpan, bits: UInt8) -> Bool {
@@ -271,18 +280,39 @@ final class SpanRing: @unchecked Sendable {
         if shard.indices.count == 0 { shard.indices.head = 0 }
         var slot = shard.indices.head + shard.indices.count
         if slot >= slotsPerShard { slot -= slotsPerShard }
-        let base = shard.bytes + slot * slotBytes
+        let lengths = shard.bytes + slot * slotSize + MemoryLayout<SlotHeader>.stride
+        prefetchSlot(after: slot, in: shard)
         return StringWriter(
-            lengths: base.assumingMemoryBound(to: UInt16.self), cursor: base + SlotString.allCases.count * 2, room: stringBytes,
-            slot: slot)
+            lengths: lengths.assumingMemoryBound(to: UInt16.self), cursor: lengths + Self.lengthBytes, room: stringBytes, slot: slot)
     }
+
+    /// Starts bringing the slot after `slot` into this core's cache, owned for writing,
+    /// while this one is written: the export loop, on another core, last read it, and
+    /// a store to a line another core holds waits for that line. The next span then
+    /// finds its slot ready; a hint, not a wait.
+    @inline(__always)
+    private func prefetchSlot(after slot: Int, in shard: Shard) {
+        let next = slot + 1 == slotsPerShard ? 0 : slot + 1
+        let base = shard.bytes + next * slotSize
+        var offset = 0
+        while offset < prefetchedBytes {
+            meshtrace_prefetch_for_write(base + offset)
+            offset += 64
+        }
+        // The line the last of those bytes is in, when the slot does not start a line.
+        meshtrace_prefetch_for_write(base + (prefetchedBytes - 1))
+    }
+
+    /// How much of a slot the prefetch covers: the header, the lengths and the strings
+    /// of a typical proxy span (about 200 bytes of them), not the whole slot.
+    private var prefetchedBytes: Int { min(slotSize, MemoryLayout<SlotHeader>.stride + Self.lengthBytes + 224) }
 
     /// With `shard` locked: stores the header of the slot `writer` filled, and counts the span.
     @inline(__always)
     private func commit(_ header: SlotHeader, _ writer: consuming StringWriter, in shard: Shard) {
         var stored = header
         if writer.truncated { stored.bits |= SlotHeader.truncatedBit }
-        shard.headers[writer.slot] = stored
+        (shard.bytes + writer.slot * slotSize).storeBytes(of: stored, as: SlotHeader.self)
         shard.indices.count += 1
         shard.indices.recorded += 1
         if header.bits & SlotHeader.exportBit == 0 { shard.indices.unexported += 1 }
@@ -290,11 +320,12 @@ final class SpanRing: @unchecked Sendable {
 
     /// Moves up to `limit` spans, oldest first shard by shard, into `batch`.
     func drain(into batch: inout DrainedSpans, limit: Int) {
-        let slotBytes = self.slotBytes
+        let slotSize = self.slotSize
         for shard in shards where batch.count < limit {
             shard.withLock { indices in
                 while indices.count > 0 && batch.count < limit {
-                    batch.append(header: shard.headers[indices.head], slot: shard.bytes + indices.head * slotBytes)
+                    let slot = shard.bytes + indices.head * slotSize
+                    batch.append(header: slot.load(as: SlotHeader.self), slot: slot + MemoryLayout<SlotHeader>.stride)
                     indices.head = indices.head + 1 == slotsPerShard ? 0 : indices.head + 1
                     indices.count -= 1
                 }
