@@ -119,7 +119,7 @@ public final class TailSampler: Sendable {
         var chunks: [Chunk?] = []
         var firstChunk = 0
         var chunkBytes = 0
-        var index: [TraceID: Int32] = [:]
+        var index = TraceIDMap<Int32>()
         var slots: [OpenTrace] = []
         var freeSlots: [Int32] = []
         var byArrival = DeadlineQueue()
@@ -127,7 +127,7 @@ public final class TailSampler: Sendable {
         /// Spans waiting for their trace's decision.
         var waitingSpans = 0
 
-        var cache: [TraceID: CachedDecision] = [:]
+        var cache = TraceIDMap<CachedDecision>()
         var cacheOrder: [TraceID] = []
         var cacheNext = 0
 
@@ -351,9 +351,7 @@ public final class TailSampler: Sendable {
         }
         // A burst leaves the trace table large; it shrinks once mostly empty.
         if state.index.capacity > 1 << 16 && state.index.count < state.index.capacity / 16 {
-            var smaller = [TraceID: Int32](minimumCapacity: state.index.count * 2)
-            for (traceID, slot) in state.index { smaller[traceID] = slot }
-            state.index = smaller
+            state.index.shrink(toHold: state.index.count * 2)
         }
         state.statistics.maxHeldBytes = max(state.statistics.maxHeldBytes, heldBytes(state))
     }
@@ -363,7 +361,7 @@ public final class TailSampler: Sendable {
     private static func heldBytes(_ state: State) -> Int {
         state.chunkBytes + state.byArrival.bytes + state.byRoot.bytes
             + state.index.count * bytesPerTrace + state.chunks.capacity * MemoryLayout<Chunk?>.stride
-            + state.index.capacity * (MemoryLayout<TraceID>.stride + MemoryLayout<Int32>.stride + 1)
+            + state.index.allocatedBytes
             + state.slots.capacity * MemoryLayout<OpenTrace>.stride
     }
 

@@ -8,6 +8,49 @@ import SegmentStore
 import XCTest
 
 final class SamplingTests: XCTestCase {
+    /// The sampler's trace table answers as a dictionary does through inserts,
+    /// updates and removals, with ids crowded onto few home slots (equal low halves,
+    /// 64-bit ids, the all-zero id), across growth and shrinking.
+    func testTraceIDMapAnswersAsADictionaryThroughChurn() {
+        var random = SeededGenerator(seed: 11)
+        var map = TraceIDMap<Int>()
+        var expected: [TraceID: Int] = [:]
+        // A small pool, so that ids are removed and come back; crowded ids share
+        // their low half or have no high half.
+        let pool: [TraceID] = (0..<3_000).map { index in
+            switch index % 4 {
+            case 0: return TraceID(high: random.next(), low: random.next())
+            case 1: return TraceID(high: random.next(), low: 42)
+            case 2: return TraceID(high: 0, low: UInt64(index))
+            default: return index == 3 ? .zero : TraceID(high: UInt64(index), low: UInt64(index) << 32)
+            }
+        }
+        for step in 0..<200_000 {
+            let traceID = pool[Int(random.next() % UInt64(pool.count))]
+            switch random.next() % 10 {
+            case 0..<5:
+                map[traceID] = step
+                expected[traceID] = step
+            case 5..<9:
+                map[traceID] = nil
+                expected[traceID] = nil
+            default:
+                XCTAssertEqual(map[traceID], expected[traceID])
+            }
+            if step % 50_000 == 49_999 {
+                // Empty most of it, then shrink: every id must still be found.
+                for traceID in pool.prefix(2_900) {
+                    map[traceID] = nil
+                    expected[traceID] = nil
+                }
+                map.shrink(toHold: 0)
+            }
+            XCTAssertEqual(map.count, expected.count)
+        }
+        for traceID in pool { XCTAssertEqual(map[traceID], expected[traceID], "\(traceID)") }
+        XCTAssertEqual(Dictionary(uniqueKeysWithValues: map.entries.map { ($0.0, $0.1) }), expected)
+    }
+
     // MARK: Consistent probability
 
     func testThresholdsMatchOpenTelemetrysArithmetic() throws {
