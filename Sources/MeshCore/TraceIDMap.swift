@@ -90,8 +90,7 @@ public struct TraceIDMap<Value> {
         }
         if count + 1 > capacity {
             grow()
-            slot = home(traceID)
-            while keys[slot] != .zero { slot = (slot + 1) & mask }
+            slot = freeSlot(for: traceID)
         }
         keys[slot] = traceID
         values[slot] = value
@@ -125,6 +124,14 @@ public struct TraceIDMap<Value> {
         values[hole] = nil
     }
 
+    /// The first free slot from `traceID`'s home: where it goes when it is not held.
+    @inlinable @inline(__always)
+    func freeSlot(for traceID: TraceID) -> Int {
+        var slot = home(traceID)
+        while keys[slot] != .zero { slot = (slot + 1) & mask }
+        return slot
+    }
+
     @inlinable
     mutating func grow() {
         rehash(slots: keys.count * 2)
@@ -148,8 +155,7 @@ public struct TraceIDMap<Value> {
         mask = slots - 1
         shift = UInt64(64 - slots.trailingZeroBitCount)
         for (position, key) in oldKeys.enumerated() where key != .zero {
-            var slot = home(key)
-            while keys[slot] != .zero { slot = (slot + 1) & mask }
+            let slot = freeSlot(for: key)
             keys[slot] = key
             values[slot] = oldValues[position]
         }

@@ -50,6 +50,9 @@ final class SpanRing: @unchecked Sendable {
     let slotsPerShard: Int
     /// Bytes from one slot to the next.
     private let slotSize: Int
+    /// How much of a slot `prefetchSlot` covers: the header, the lengths and the
+    /// strings of a typical proxy span (about 200 bytes of them), not the whole slot.
+    private let prefetchedBytes: Int
     private let shardMask: UInt64
     private let shards: [Shard]
     /// The same shards, unretained: recording reaches its shard without a retain and a
@@ -130,6 +133,7 @@ final class SpanRing: @unchecked Sendable {
         let slots = max(1, byteBudget / Self.slotSize(stringBytes: stringBytes) / count)
         slotsPerShard = slots
         slotSize = Self.slotSize(stringBytes: stringBytes)
+        prefetchedBytes = min(slotSize, MemoryLayout<SlotHeader>.stride + Self.lengthBytes + 224)
         shards = (0..<count).map { [slotSize] _ in Shard(slots: slots, slotSize: slotSize) }
         shardRefs = .allocate(capacity: count)
         shardRefs.initialize(from: shards.map { Unmanaged.passUnretained($0) }, count: count)
@@ -302,10 +306,6 @@ final class SpanRing: @unchecked Sendable {
         // The line the last of those bytes is in, when the slot does not start a line.
         meshtrace_prefetch_for_write(base + (prefetchedBytes - 1))
     }
-
-    /// How much of a slot the prefetch covers: the header, the lengths and the strings
-    /// of a typical proxy span (about 200 bytes of them), not the whole slot.
-    private var prefetchedBytes: Int { min(slotSize, MemoryLayout<SlotHeader>.stride + Self.lengthBytes + 224) }
 
     /// With `shard` locked: stores the header of the slot `writer` filled, and counts the span.
     @inline(__always)
