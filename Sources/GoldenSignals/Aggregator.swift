@@ -1,3 +1,4 @@
+import Foundation
 import MeshCore
 import OTLPWire
 
@@ -20,15 +21,26 @@ struct Aggregator {
     /// Series by id.
     var series: [SeriesKey] { seriesTable.values }
     private var operationIDs: [OperationCacheKey: Int32] = [:]
-    private var edgeIDs: [EdgeCacheKey: Int32] = [:]
+    /// What each span looks up, by `byteHash` of the name and what goes with it:
+    /// the id, and the name it stands for (checked on every hit, so two names whose
+    /// bits collide fall back to the dictionaries above).
+    private var operationsByBits = IDMap<UInt64, (id: Int32, workload: Int32, kind: SpanKind, name: String)>()
+    private var peersByBits = IDMap<UInt64, (id: Int32, name: String)>()
+    private var edgeIDs = IDMap<EdgeCacheKey, Int32>()
     /// Signals counted since the last checkpoint, by bucket start and series id.
-    private(set) var delta: [BucketSeriesID: Signals] = [:]
+    private(set) var delta = IDMap<BucketSeriesID, Signals>()
     /// Everything counted since the process started, for Prometheus, by series id.
     private(set) var totals: [PrometheusTotals] = []
 
-    struct BucketSeriesID: Hashable {
+    struct BucketSeriesID: Hashable, IDMapKey {
         var bucket: UInt64
         var series: Int32
+
+        static var zero: BucketSeriesID { BucketSeriesID(bucket: 0, series: 0) }
+
+        var mixedBits: UInt64 {
+            (bucket ^ UInt64(UInt32(bitPattern: series)) &* 0xC2B2_AE3D_27D4_EB4F) &* 0x9E37_79B9_7F4A_7C15
+        }
     }
     private(set) var pairer: EdgePairer
     /// Proxies' OTLP metrics, folded into `.reported` series.
@@ -49,10 +61,17 @@ struct Aggregator {
         var name: String
     }
 
-    private struct EdgeCacheKey: Hashable {
+    private struct EdgeCacheKey: IDMapKey {
         var client: Int32
         var server: Int32
         var connection: ConnectionType
+
+        static var zero: EdgeCacheKey { EdgeCacheKey(client: 0, server: 0, connection: .unset) }
+
+        var mixedBits: UInt64 {
+            let pair = UInt64(UInt32(bitPattern: client)) << 32 | UInt64(UInt32(bitPattern: server))
+            return (pair ^ UInt64(connection.rawValue) &* 0xC2B2_AE3D_27D4_EB4F).mixedBits
+        }
     }
 
     /// The virtual workload a peer name stands for.
@@ -63,15 +82,42 @@ struct Aggregator {
         return id
     }
 
+    /// The virtual workload the peer name at `bytes[range]` stands for.
+    private mutating func peerID(_ bytes: UnsafeBufferPointer<UInt8>, _ range: Range<Int>) -> Int32 {
+        let name = UnsafeRawBufferPointer(UnsafeBufferPointer(rebasing: bytes[range]))
+        let bits = byteHash(name)
+        if let cached = peersByBits[bits], Self.equal(cached.name, name) { return cached.id }
+        let text = String(bytes, range)
+        let id = peerID(text)
+        if peersByBits[bits] == nil { peersByBits[bits] = (id, text) }
+        return id
+    }
+
+    private static func equal(_ text: String, _ bytes: UnsafeRawBufferPointer) -> Bool {
+        text.utf8.withContiguousStorageIfAvailable { utf8 in
+            utf8.count == bytes.count && (bytes.isEmpty || memcmp(utf8.baseAddress!, bytes.baseAddress!, bytes.count) == 0)
+        } ?? text.utf8.elementsEqual(bytes)
+    }
+
     mutating func workloadID(_ workload: Workload) -> Int32 { workloadTable.id(workload) }
 
     mutating func seriesID(_ key: SeriesKey) -> Int32 { seriesTable.id(key) }
 
     private mutating func operationID(workload: Int32, kind: SpanKind, name: String) -> Int32 {
+        let seed = UInt64(UInt32(bitPattern: workload)) << 8 | UInt64(kind.rawValue)
+        let bits = name.utf8.withContiguousStorageIfAvailable { byteHash(UnsafeRawBufferPointer($0), seed: seed) }
+        if let bits, let cached = operationsByBits[bits], cached.workload == workload, cached.kind == kind, cached.name == name {
+            return cached.id
+        }
         let cacheKey = OperationCacheKey(workload: workload, kind: kind, name: name)
-        if let id = operationIDs[cacheKey] { return id }
-        let id = seriesID(.operation(workloads[Int(workload)], kind: kind, name: name))
-        operationIDs[cacheKey] = id
+        let id: Int32
+        if let known = operationIDs[cacheKey] {
+            id = known
+        } else {
+            id = seriesID(.operation(workloads[Int(workload)], kind: kind, name: name))
+            operationIDs[cacheKey] = id
+        }
+        if let bits, operationsByBits[bits] == nil { operationsByBits[bits] = (id, workload, kind, name) }
         return id
     }
 
@@ -106,7 +152,7 @@ struct Aggregator {
 
                 switch kind {
                 case .client, .producer:
-                    let peer = facts.peer.map { peerID(String(attributeBytes, $0)) } ?? -1
+                    let peer = facts.peer.map { peerID(attributeBytes, $0) } ?? -1
                     let connection: ConnectionType =
                         kind == .producer || facts.messaging ? .messagingSystem : facts.database ? .database : .virtualNode
                     let half = EdgePairer.Half(
@@ -148,7 +194,7 @@ struct Aggregator {
         for reported in metrics.fold(request) {
             let id = seriesID(reported.key)
             let bucket = reported.bucketTime / settings.bucketNanos * settings.bucketNanos
-            delta[BucketSeriesID(bucket: bucket, series: id), default: Signals()].merge(reported.signals)
+            delta.modify(BucketSeriesID(bucket: bucket, series: id), default: Signals()) { $0.merge(reported.signals) }
         }
     }
 
@@ -213,7 +259,7 @@ struct Aggregator {
     }
 
     private mutating func count(_ request: Signals.Request, series: Int32, bucket: UInt64) {
-        delta[BucketSeriesID(bucket: bucket, series: series), default: Signals()].count(request)
+        delta.modify(BucketSeriesID(bucket: bucket, series: series), default: Signals()) { $0.count(request) }
         let index = Int(series)
         if index >= totals.count { totals.append(contentsOf: repeatElement(PrometheusTotals(), count: index + 1 - totals.count)) }
         totals[index].count(request)
@@ -223,21 +269,23 @@ struct Aggregator {
     mutating func takeDelta() -> [BucketedSeries: Signals] {
         var taken: [BucketedSeries: Signals] = [:]
         taken.reserveCapacity(delta.count)
-        for (key, signals) in delta { taken[BucketedSeries(bucket: key.bucket, series: series[Int(key.series)])] = signals }
-        delta = [:]
+        delta.forEach { key, signals in taken[BucketedSeries(bucket: key.bucket, series: series[Int(key.series)])] = signals }
+        // As many series-buckets come in the next interval as in this one.
+        delta = IDMap(minimumCapacity: delta.count)
         return taken
     }
 
     /// Puts back signals taken by `takeDelta` (a checkpoint that failed).
     mutating func restore(_ taken: [BucketedSeries: Signals]) {
         for (key, signals) in taken {
-            delta[BucketSeriesID(bucket: key.bucket, series: seriesID(key.series)), default: Signals()].merge(signals)
+            let id = seriesID(key.series)
+            delta.modify(BucketSeriesID(bucket: key.bucket, series: id), default: Signals()) { $0.merge(signals) }
         }
     }
 
     /// The halves waiting for their partner, with workloads spelled out, for a checkpoint.
     func pendingHalves(now: UInt64) -> [PendingHalf] {
-        pairer.pending.map { key, half in
+        pairer.pending.entries.map { key, half in
             PendingHalf(
                 key: key, workload: workloads[Int(half.workload)],
                 peer: half.peer >= 0 ? workloads[Int(half.peer)].service : "", half: half,

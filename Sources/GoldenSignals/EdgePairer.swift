@@ -21,9 +21,15 @@ struct EdgePairer {
     }
 
     /// The span a pair shares: the CLIENT span's id, which is the SERVER span's parent.
-    struct Key: Hashable {
+    struct Key: Hashable, IDMapKey {
         var trace: TraceID
         var span: SpanID
+
+        static var zero: Key { Key(trace: .zero, span: .zero) }
+
+        var mixedBits: UInt64 {
+            (trace.low ^ (trace.high &* 0xC2B2_AE3D_27D4_EB4F) ^ (span.value &* 0x1656_67B1_9E37_79F9)) &* 0x9E37_79B9_7F4A_7C15
+        }
     }
 
     /// One side of a request.
@@ -81,14 +87,14 @@ struct EdgePairer {
     }
 
     let settings: Settings
-    private(set) var pending: [Key: Half] = [:]
+    private(set) var pending = IDMap<Key, Half>()
     var statistics = Statistics()
     /// Deadlines of pending halves, earliest first (entries of halves that paired are skipped when reached).
     private var deadlines = DeadlineHeap()
-    /// Longest recent gap between the halves of an edge, and when it was seen.
-    private var gaps: [WindowGroup: (gap: UInt64, seen: UInt64)] = [:]
+    /// Longest recent gap between the halves of an edge, and when it was seen, by `WindowGroup.packed`.
+    private var gaps = IDMap<UInt64, (gap: UInt64, seen: UInt64)>()
     /// Halves that left unpaired: when they arrived, in the order they left.
-    private var expired: [Key: UInt64] = [:]
+    private var expired = IDMap<Key, UInt64>()
     private var expiredOrder: [Key] = []
     private var expiredNext = 0
 
@@ -97,17 +103,22 @@ struct EdgePairer {
     }
 
     /// The edge a half belongs to, as far as its own side tells.
-    private struct WindowGroup: Hashable {
+    private struct WindowGroup {
         var workload: Int32
         var peer: Int32
         var isClient: Bool
+
+        /// The three in one word, the key of `gaps`.
+        var packed: UInt64 {
+            UInt64(UInt32(bitPattern: workload)) << 32 | UInt64(UInt32(bitPattern: peer)) << 1 | (isClient ? 1 : 0)
+        }
     }
 
     /// Halves the longest recent gap after 10 minutes.
     private static let gapHalfLife: UInt64 = 600_000_000_000
 
     private func window(for group: WindowGroup, now: UInt64) -> UInt64 {
-        guard let (gap, seen) = gaps[group] else { return settings.minimumWindow }
+        guard let (gap, seen) = gaps[group.packed] else { return settings.minimumWindow }
         let halvings = min(63, (now >= seen ? now - seen : 0) / Self.gapHalfLife)
         let recent = gap >> halvings
         let (scaled, overflow) = recent.multipliedReportingOverflow(by: 4)
@@ -115,10 +126,10 @@ struct EdgePairer {
     }
 
     private mutating func learn(gap: UInt64, group: WindowGroup, now: UInt64) {
-        let current = gaps[group]
-        let halvings = current.map { min(63, (now >= $0.seen ? now - $0.seen : 0) / Self.gapHalfLife) } ?? 0
-        let recent = (current?.gap ?? 0) >> halvings
-        if gap >= recent { gaps[group] = (gap, now) }
+        gaps.modify(group.packed, default: (0, now)) { current in
+            let halvings = min(63, (now >= current.seen ? now - current.seen : 0) / Self.gapHalfLife)
+            if gap >= current.gap >> halvings { current = (gap, now) }
+        }
     }
 
     private static func group(of half: Half) -> WindowGroup {
@@ -127,14 +138,13 @@ struct EdgePairer {
 
     mutating func offer(_ half: Half, key: Key, now: UInt64) -> Outcome {
         if let waiting = pending[key], waiting.isClient != half.isClient {
-            pending[key] = nil
+            pending.removeValue(forKey: key)
             statistics.paired += 1
             learn(gap: now >= waiting.arrival ? now - waiting.arrival : 0, group: Self.group(of: waiting), now: now)
             return waiting.isClient ? .paired(client: waiting, server: half) : .paired(client: half, server: waiting)
         }
-        if let arrival = expired[key] {
+        if let arrival = expired.removeValue(forKey: key) {
             // Its partner waited in vain; widen this edge's window for the next ones.
-            expired[key] = nil
             statistics.late += 1
             learn(gap: now >= arrival ? now - arrival : 0, group: Self.group(of: half), now: now)
             return .late
@@ -204,7 +214,7 @@ struct EdgePairer {
     private mutating func compactDeadlinesIfStale() {
         guard deadlines.count > 1024, deadlines.count > 4 * pending.count else { return }
         deadlines = DeadlineHeap()
-        for (key, half) in pending { deadlines.push(half.deadline, key) }
+        pending.forEach { key, half in deadlines.push(half.deadline, key) }
     }
 }
 

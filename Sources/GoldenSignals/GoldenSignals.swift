@@ -187,7 +187,7 @@ public final class GoldenSignals: WALFollower {
     public func checkpoint(upTo sequence: UInt64) -> @Sendable () throws -> Void {
         let now = self.now
         let (rows, pending, streams) = state.withLock { state in
-            for (key, signals) in state.aggregator.delta { state.writing[key, default: Signals()].merge(signals) }
+            state.aggregator.delta.forEach { key, signals in state.writing[key, default: Signals()].merge(signals) }
             let rows = state.aggregator.takeDelta()
             return (rows, state.aggregator.pendingHalves(now: now), state.aggregator.metrics.streams)
         }
@@ -363,7 +363,7 @@ public final class GoldenSignals: WALFollower {
     private struct Snapshot {
         var tiers: Tiers
         var writing: [Aggregator.BucketSeriesID: Signals]
-        var delta: [Aggregator.BucketSeriesID: Signals]
+        var delta: IDMap<Aggregator.BucketSeriesID, Signals>
         var series: [SeriesKey]
         var bucketNanos: UInt64
 
@@ -374,20 +374,23 @@ public final class GoldenSignals: WALFollower {
             let include: (Int32) -> Bool = operations ? { _ in true } : { !isOperation[Int($0)] }
             var merged = tiers.signals(in: window, including: include)
             let firstBucket = window.lowerBound / bucketNanos * bucketNanos
-            for rows in [writing, delta] {
-                for (key, signals) in rows where key.bucket >= firstBucket && key.bucket <= window.upperBound && include(key.series) {
-                    merged[key.series, default: Signals()].merge(signals)
-                }
+            func add(_ key: Aggregator.BucketSeriesID, _ signals: Signals) {
+                guard key.bucket >= firstBucket && key.bucket <= window.upperBound && include(key.series) else { return }
+                merged[key.series, default: Signals()].merge(signals)
             }
+            for (key, signals) in writing { add(key, signals) }
+            delta.forEach(add)
             return merged
         }
 
         func present(in window: ClosedRange<UInt64>) -> Set<Int32> {
             var present = tiers.present(in: window)
             let firstBucket = window.lowerBound / bucketNanos * bucketNanos
-            for rows in [writing, delta] {
-                for key in rows.keys where key.bucket >= firstBucket && key.bucket <= window.upperBound { present.insert(key.series) }
+            func add(_ key: Aggregator.BucketSeriesID, _: Signals) {
+                if key.bucket >= firstBucket && key.bucket <= window.upperBound { present.insert(key.series) }
             }
+            for (key, signals) in writing { add(key, signals) }
+            delta.forEach(add)
             return present
         }
 

@@ -8,8 +8,9 @@ import SegmentStore
 import XCTest
 
 final class SamplingTests: XCTestCase {
-    /// The sampler's trace table answers as a dictionary does through inserts,
-    /// updates and removals (at up to three quarters full, where runs of occupied
+    /// The sampler's trace table (and the golden signals' pairing room, the same map
+    /// with other keys) answers as a dictionary does through inserts, updates in
+    /// place and removals (at up to three quarters full, where runs of occupied
     /// slots are long enough for removal to shift entries back), for ids of every
     /// shape producers send (random, sharing a low half, 64-bit, all zero), across
     /// growth and shrinking.
@@ -29,12 +30,17 @@ final class SamplingTests: XCTestCase {
         for step in 0..<200_000 {
             let traceID = pool[Int(random.next() % UInt64(pool.count))]
             switch random.next() % 10 {
-            case 0..<5:
+            case 0..<3:
                 map[traceID] = step
                 expected[traceID] = step
-            case 5..<9:
+            case 3..<5:
+                map.modify(traceID, default: -1) { $0 += step }
+                expected[traceID, default: -1] += step
+            case 5..<7:
                 map[traceID] = nil
                 expected[traceID] = nil
+            case 7..<9:
+                XCTAssertEqual(map.removeValue(forKey: traceID), expected.removeValue(forKey: traceID))
             default:
                 XCTAssertEqual(map[traceID], expected[traceID])
             }
@@ -50,6 +56,9 @@ final class SamplingTests: XCTestCase {
         }
         for traceID in pool { XCTAssertEqual(map[traceID], expected[traceID], "\(traceID)") }
         XCTAssertEqual(Dictionary(uniqueKeysWithValues: map.entries.map { ($0.0, $0.1) }), expected)
+        var visited: [TraceID: Int] = [:]
+        map.forEach { visited[$0] = $1 }
+        XCTAssertEqual(visited, expected)
     }
 
     // MARK: Consistent probability

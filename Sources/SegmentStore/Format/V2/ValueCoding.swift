@@ -124,27 +124,6 @@ struct PooledBytes: Fingerprinted {
     var count: Int
 }
 
-/// A fast, non-cryptographic hash of bytes, for writers' lookup tables; equal hashes
-/// are always confirmed by comparing the bytes.
-func byteHash(_ bytes: UnsafeRawBufferPointer) -> UInt64 {
-    var hash: UInt64 = 0x9E37_79B9_7F4A_7C15 ^ UInt64(bytes.count)
-    var offset = 0
-    while offset + 8 <= bytes.count {
-        hash = (hash ^ bytes.loadUnaligned(fromByteOffset: offset, as: UInt64.self)) &* 0xFF51_AFD7_ED55_8CCD
-        hash ^= hash >> 32
-        offset += 8
-    }
-    var tail: UInt64 = 0
-    var shift: UInt64 = 0
-    while offset < bytes.count {
-        tail |= UInt64(bytes[offset]) << shift
-        shift += 8
-        offset += 1
-    }
-    hash = (hash ^ tail) &* 0xC4CE_B9FE_1A85_EC53
-    return hash ^ (hash >> 29)
-}
-
 /// Copies of byte strings a writer has seen, found again by hash and comparison.
 struct ByteStore {
     private var bytes: [UInt8] = []
