@@ -67,7 +67,10 @@ def test_default_policy_keeps_the_error_trace_and_drops_most_others(collector):
     document = wait_for(lambda: stored(c, failing))
     assert document is not None, "the error trace is kept"
     assert len(document["data"][0]["spans"]) == 2, "whole"
-    wait_for(lambda: metric(c, "meshtrace_sampling_traces_total", '{decision="dropped"}'))
+    # Each trace is decided 2 s after its own root, the last ones well after the first.
+    def decided():
+        return sum(metric(c, "meshtrace_sampling_traces_total", f'{{decision="{d}"}}') or 0 for d in ("kept", "dropped"))
+    assert wait_for(lambda: decided() == 61), f"every trace decided ({decided()} of 61)"
     kept_plain = sum(1 for t in plain if stored(c, t))
     dropped = metric(c, "meshtrace_sampling_traces_total", '{decision="dropped"}')
     kept = metric(c, "meshtrace_sampling_traces_total", '{decision="kept"}')
