@@ -89,7 +89,7 @@ public struct IDMap<Key: IDMapKey, Value> {
             return slot(of: key).flatMap { slots[$0].value }
         }
         set {
-            if let newValue { update(newValue, for: key) } else { remove(key) }
+            if let newValue { update(newValue, for: key) } else { removeValue(forKey: key) }
         }
     }
 
@@ -152,11 +152,6 @@ public struct IDMap<Key: IDMapKey, Value> {
         let value = slots[slot].value
         removeSlot(slot)
         return value
-    }
-
-    @inlinable
-    mutating func remove(_ key: Key) {
-        removeValue(forKey: key)
     }
 
     /// Empties the slot at `hole`, which holds a key.
@@ -223,8 +218,7 @@ public struct IDMap<Key: IDMapKey, Value> {
     public var entries: [(Key, Value)] {
         var entries: [(Key, Value)] = []
         entries.reserveCapacity(count)
-        if let zeroValue { entries.append((.zero, zeroValue)) }
-        for entry in slots where entry.key != .zero { entries.append((entry.key, entry.value!)) }
+        forEach { entries.append(($0, $1)) }
         return entries
     }
 }
