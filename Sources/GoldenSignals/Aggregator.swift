@@ -129,16 +129,17 @@ struct Aggregator {
         return id
     }
 
-    /// Counts every span of `batch`; `now` is a monotonic clock in nanoseconds that
-    /// times the pairing window.
-    mutating func ingest(_ batch: SpanBatch, now: UInt64) {
+    /// Counts every span of `batch`, whose facts are `facts` (row for row); `now` is
+    /// a monotonic clock in nanoseconds that times the pairing window.
+    mutating func ingest(_ batch: SpanBatch, facts: [RequestFacts], now: UInt64) {
+        precondition(facts.count == batch.count, "one RequestFacts per span")
         let resourceWorkloads = batch.resources.map { workloadID(ResourceFacts.workload(of: $0)) }
         let bucketNanos = settings.bucketNanos
         batch.attributes.bytes.withUnsafeBufferPointer { attributeBytes in
             for row in 0..<batch.count {
                 let workload = resourceWorkloads[Int(batch.resourceIndices[row])]
                 let kind = batch.kinds[row]
-                let facts = SpanFacts(attributes: attributeBytes, batch.attributes.range(of: row))
+                let facts = facts[row]
                 let http = batch.httpStatusCodes[row]
                 let failed = batch.statusCodes[row] == .error || http >= 500
                 let duration = batch.duration(at: row)
@@ -152,7 +153,8 @@ struct Aggregator {
 
                 switch kind {
                 case .client, .producer:
-                    let peer = facts.peer.map { peerID(attributeBytes, $0) } ?? -1
+                    let attributesStart = batch.attributes.range(of: row).lowerBound
+                    let peer = facts.peer.map { peerID(attributeBytes, $0.lowerBound + attributesStart..<$0.upperBound + attributesStart) } ?? -1
                     let connection: ConnectionType =
                         kind == .producer || facts.messaging ? .messagingSystem : facts.database ? .database : .virtualNode
                     let half = EdgePairer.Half(

@@ -175,9 +175,9 @@ public final class GoldenSignals: WALFollower {
 
     // MARK: WALFollower
 
-    public func follow(spans: SpanBatch) {
+    public func follow(spans: SpanBatch, facts: [RequestFacts]) {
         let now = self.now
-        state.withLock { $0.aggregator.ingest(spans, now: now) }
+        state.withLock { $0.aggregator.ingest(spans, facts: facts, now: now) }
     }
 
     public func follow(metrics request: ExportMetricsServiceRequest) {

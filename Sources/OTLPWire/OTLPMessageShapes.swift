@@ -10,6 +10,8 @@ enum AnyValueShape {
 struct KeyValueShape {
     var key: Range<Int>
     var value: AnyValueShape
+    /// The last `value` field's payload (an `AnyValue`), if there is one.
+    var lastValue: Range<Int>?
 }
 
 /// Validation of the OTLP messages the store keeps as bytes (attributes, resources,
@@ -37,7 +39,9 @@ extension ProtobufCursor {
                 shape.key = key
             case (2, 2):
                 // A repeated `value` merges into the earlier one, as protobuf merges messages.
-                try cursor.anyValue(try cursor.lengthDelimited(), depth: depth + 1, into: &shape.value)
+                let value = try cursor.lengthDelimited()
+                try cursor.anyValue(value, depth: depth + 1, into: &shape.value)
+                shape.lastValue = value
             default:
                 try cursor.skip(field: field, wireType: wireType, depth: depth)
             }

@@ -9,6 +9,8 @@ public struct DecodedTraceExport: Sendable {
     public var outcome: IngestOutcome
     /// The request as protobuf `ExportTraceServiceRequest` bytes.
     public var encoded: [UInt8]
+    /// What each span's attributes say about its request, row for row with `spans`.
+    public var facts: [RequestFacts]
 
     /// Decodes protobuf `ExportTraceServiceRequest` bytes straight into columns,
     /// without building message objects.
@@ -19,15 +21,15 @@ public struct DecodedTraceExport: Sendable {
     /// decode to equal messages).
     public init(protobuf bytes: [UInt8]) throws(OTLPDecodingError) {
         encoded = bytes
-        let result = bytes.withUnsafeBufferPointer { buffer -> Result<(SpanBatch, IngestOutcome), OTLPDecodingError> in
-            guard let base = buffer.baseAddress, !buffer.isEmpty else { return .success((SpanBatch(), IngestOutcome())) }
+        let result = bytes.withUnsafeBufferPointer { buffer -> Result<(SpanBatch, [RequestFacts], IngestOutcome), OTLPDecodingError> in
+            guard let base = buffer.baseAddress, !buffer.isEmpty else { return .success((SpanBatch(), [], IngestOutcome())) }
             var decoder = OTLPTraceDecoder(input: OTLPInput(base: base))
             return Result { () throws(OTLPDecodingError) in
                 try decoder.decodeRequest(0..<buffer.count)
-                return (decoder.batch, decoder.outcome)
+                return (decoder.batch, decoder.facts, decoder.outcome)
             }
         }
-        (spans, outcome) = try result.get()
+        (spans, facts, outcome) = try result.get()
     }
 
     /// A request built in memory (from JSON or Zipkin, say), converted through its message.
@@ -35,6 +37,7 @@ public struct DecodedTraceExport: Sendable {
         var spans = SpanBatch()
         outcome = spans.append(request)
         self.spans = spans
+        facts = spans.requestFacts()
         encoded = SpanBatch.encode(request)
     }
 }
@@ -45,6 +48,7 @@ public struct DecodedTraceExport: Sendable {
 /// into their stored form as they are validated.
 struct OTLPTraceDecoder {
     var batch = SpanBatch()
+    var facts: [RequestFacts] = []
     var outcome = IngestOutcome()
     let input: OTLPInput
     /// A span's attributes, extras and status fields on their way into the batch.
@@ -124,6 +128,7 @@ struct OTLPTraceDecoder {
         statusBuffer.removeAll(keepingCapacity: true)
         var status = StatusFields(message: empty)
         var responseStatus = FirstAttribute<Int64>(), legacyStatus = FirstAttribute<Int64>()
+        var requestFacts = RequestFacts()
         while !cursor.isAtEnd {
             let fieldStart = cursor.position
             let (field, wireType) = try cursor.tag()
@@ -141,6 +146,9 @@ struct OTLPTraceDecoder {
                 let payload = try cursor.lengthDelimited()
                 let attribute = try cursor.keyValue(payload, depth: depth + 1)
                 appendListEntry(payload)
+                // The payload now ends the span's stored list: `shift` maps its offsets there.
+                requestFacts.observe(input.buffer(0..<payload.upperBound), key: attribute.key, value: attribute.lastValue,
+                                     storedAt: attributeBuffer.count - payload.upperBound)
                 if !responseStatus.isDecided, cursor.equals(attribute.key, "http.response.status_code") {
                     responseStatus.decide(attribute.value.intValue)
                 } else if !legacyStatus.isDecided, cursor.equals(attribute.key, "http.status_code") {
@@ -198,6 +206,7 @@ struct OTLPTraceDecoder {
             httpStatusCode: (0...999).contains(httpStatusCode) ? UInt16(httpStatusCode) : 0,
             resourceIndex: resourceIndex, scopeIndex: scopeIndex,
             attributes: attributeBuffer, extras: extraBuffer))
+        facts.append(requestFacts)
         outcome.accepted += 1
     }
 

@@ -173,7 +173,7 @@ public final class SpanStore: Sendable {
                             continue
                         }
                         if toHead { Self.admit(export.spans, through: admission, into: &state.head) }
-                        if toFollower && record.type == .traceExport { follower?.follow(spans: export.spans) }
+                        if toFollower && record.type == .traceExport { follower?.follow(export) }
                     case .metricsExport:
                         guard toFollower, let follower else { continue }
                         guard let request = try? ExportMetricsServiceRequest(serializedBytes: Array(record.body)) else {
@@ -214,7 +214,7 @@ public final class SpanStore: Sendable {
         let ticket = try wal.withLock { (log: inout WriteAheadLog?) throws(StoreError) -> UInt64 in
             guard let log else { throw .readOnly }
             let ticket = try log.write(type: .traceExport, body: encoded)
-            follower?.follow(spans: batch)
+            follower?.follow(export)
             state.withLock { state in
                 if state.head.isEmpty {
                     state.headSince = state.headSince ?? .now

@@ -39,10 +39,11 @@ struct GoldenBench: ParsableCommand {
         return path
     }
 
-    /// Every span of a MeshSim corpus through the aggregator (decoded beforehand).
+    /// Every span of a MeshSim corpus through the aggregator (decoded beforehand: the
+    /// decoder gathers each span's facts, see `decode`).
     private func aggregationCost() throws {
         let (corpus, simulator, _) = simulatedCorpus(spans: spans, seed: 42)
-        let batches = try corpus.map { try DecodedTraceExport(protobuf: try $0.serializedBytes()).spans }
+        let exports = try corpus.map { try DecodedTraceExport(protobuf: try $0.serializedBytes()) }
         let emitted = simulator.truth.spans
         var best = Double.infinity
         var statistics: PairingStatistics?
@@ -53,7 +54,7 @@ struct GoldenBench: ParsableCommand {
             configuration.resolutions = [.init(width: .seconds(10), retention: .seconds(100 * 365 * 86400))]
             let golden = try GoldenSignals(configuration: configuration)
             let (_, measured) = Measurement.run {
-                for batch in batches { golden.follow(spans: batch) }
+                for export in exports { golden.follow(export) }
             }
             best = min(best, measured.cpuSeconds)
             statistics = golden.pairingStatistics
@@ -109,7 +110,7 @@ struct GoldenBench: ParsableCommand {
                     }
                 }
                 spanCount += batch.count
-                golden.follow(spans: batch)
+                golden.follow(spans: batch, facts: batch.requestFacts())
                 if (bucket - start) % hour == hour - 10 * second {
                     sequence += 1
                     try golden.checkpoint(upTo: sequence)()

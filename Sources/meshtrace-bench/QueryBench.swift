@@ -85,7 +85,7 @@ struct QueryBench: ParsableCommand {
                 }
                 var batch = SpanBatch()
                 for request in simulator.exportRequests(pending, maxSpansPerRequest: 1024) { batch.append(request) }
-                golden.follow(spans: batch)
+                golden.follow(spans: batch, facts: batch.requestFacts())
                 segment += 1
                 try golden.checkpoint(upTo: UInt64(segment))()
                 try SegmentWriter.write(batch, walSequence: UInt64(segment),

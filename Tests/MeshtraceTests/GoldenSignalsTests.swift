@@ -175,7 +175,7 @@ final class GoldenSignalsTests: XCTestCase {
     func testEdgesAreExactAgainstMeshSimGroundTruth() throws {
         let (requests, simulator) = simulatedRequests(count: 2_000, errorRate: 0.03)
         let golden = try signals(self)
-        for request in requests { golden.follow(spans: try received(request).spans) }
+        for request in requests { golden.follow(try received(request)) }
         let graph = golden.serviceGraph(in: everything)
         assertMatchesTruth(graph, simulator.truth)
         let statistics = golden.pairingStatistics
@@ -334,15 +334,15 @@ final class GoldenSignalsTests: XCTestCase {
         let end: UInt64 = 1_700_000_000_000_000_000
         // A CLIENT span to a database, one to a service without a sidecar, and a SERVER
         // span whose caller sent no CLIENT span.
-        golden.follow(spans: try received(request(service: "orders", spans: [
+        golden.follow(try received(request(service: "orders", spans: [
             span(trace: trace, id: 10, parent: 1, kind: .client, end: end,
                  attributes: [KeyValue("db.system", "postgresql"), KeyValue("db.namespace", "orders-db")]),
             span(trace: trace, id: 11, parent: 1, kind: .client, end: end,
                  attributes: [KeyValue("upstream_cluster", "outbound|80||legacy.shop.svc.cluster.local")], status: 502),
-        ])).spans)
-        golden.follow(spans: try received(request(service: "payments", spans: [
+        ])))
+        golden.follow(try received(request(service: "payments", spans: [
             span(trace: trace, id: 20, parent: 99, kind: .server, end: end, attributes: [KeyValue("connection_security_policy", "mutual_tls")]),
-        ])).spans)
+        ])))
         XCTAssertEqual(golden.pairingStatistics.pending, 3)
         Thread.sleep(forTimeInterval: 0.01)
         golden.expirePairs()
@@ -361,9 +361,9 @@ final class GoldenSignalsTests: XCTestCase {
         XCTAssertEqual(Set(graph.virtualNodes), ["orders-db", "legacy.shop.svc.cluster.local", "unknown"])
 
         // The partner arriving after its half left is not counted again.
-        golden.follow(spans: try received(request(service: "legacy", spans: [
+        golden.follow(try received(request(service: "legacy", spans: [
             span(trace: trace, id: 30, parent: 11, kind: .server, end: end),
-        ])).spans)
+        ])))
         XCTAssertEqual(golden.pairingStatistics.late, 1)
         XCTAssertEqual(golden.pairingStatistics.pending, 0)
         XCTAssertEqual(golden.serviceGraph(in: everything).edges.count, graph.edges.count)
@@ -372,7 +372,7 @@ final class GoldenSignalsTests: XCTestCase {
     func testPrometheusExpositionCarriesGrafanasServiceGraphNames() throws {
         let (requests, simulator) = simulatedRequests(count: 300, errorRate: 0.05)
         let golden = try signals(self)
-        for request in requests { golden.follow(spans: try received(request).spans) }
+        for request in requests { golden.follow(try received(request)) }
         let text = golden.prometheusText()
         for (edge, stats) in simulator.truth.edges {
             let labels = "client=\"\(edge.source)\",server=\"\(edge.target)\""

@@ -46,6 +46,8 @@ final class OTLPDecoderTests: XCTestCase {
         XCTAssertEqual(got.statusCodes, want.statusCodes, label(), file: file, line: line)
         XCTAssertEqual(got.statusMessages, want.statusMessages, label(), file: file, line: line)
         XCTAssertEqual(got.httpStatusCodes, want.httpStatusCodes, label(), file: file, line: line)
+        // The facts gathered while decoding are those read again from the stored attributes.
+        XCTAssertEqual(direct.facts, got.requestFacts(), "\(label()): request facts", file: file, line: line)
         for row in 0..<got.count {
             XCTAssertEqual(got.serviceName(at: row), want.serviceName(at: row), "\(label()) row \(row)", file: file, line: line)
             // Serialized, so NaN doubles compare by their bits.
@@ -106,6 +108,14 @@ final class OTLPDecoderTests: XCTestCase {
             field(9, field(1, Array("k2".utf8)) + field(2, varintField(3, 1)) + field(2, [])),
             field(9, field(1, Array("a".utf8)) + field(1, Array("http.status_code".utf8)) + field(2, varintField(3, 200))),
             field(9, field(2, field(5, field(1, field(1, Array("nested".utf8))))) + varintField(3, 4)),
+            field(9, field(1, Array("upstream_cluster".utf8)) + field(2, field(1, Array("outbound|80||reviews.shop.svc.cluster.local".utf8)))),
+            field(9, field(1, Array("peer.service".utf8)) + field(2, field(1, Array("ratings".utf8)))),
+            field(9, field(2, field(1, Array("orders-db".utf8))) + field(1, Array("db.name".utf8))),
+            field(9, field(1, Array("response_size".utf8)) + field(2, field(1, Array("2048".utf8)))),
+            field(9, field(1, Array("http.request.body.size".utf8)) + field(2, varintField(3, 77))),
+            field(9, field(1, Array("connection_security_policy".utf8)) + field(2, field(1, Array("mutual_tls".utf8)))),
+            field(9, field(1, Array("tls.established".utf8)) + field(2, varintField(2, 0))),
+            field(9, field(1, Array("x".utf8)) + field(1, Array("peer.service".utf8)) + field(2, field(1, Array("second-key".utf8)))),
             varintField(9, 1),
             field(15, varintField(3, 2)), field(15, field(2, Array("broken".utf8))), field(15, varintField(3, 0)),
             field(15, []), field(15, varintField(1, 1)), field(15, varintField(3, 1) + field(2, [])),
@@ -183,6 +193,55 @@ final class OTLPDecoderTests: XCTestCase {
             XCTAssertEqual((try? DecodedTraceExport(protobuf: request)) != nil, valid, "trial \(trial): \(text)")
             try assertAgree(request, "trial \(trial)")
         }
+    }
+
+    /// What golden signals read of a span's attributes is gathered while decoding, and
+    /// the peer's name is found where the attributes are stored.
+    func testGathersRequestFactsWhileDecoding() throws {
+        func span(_ id: UInt8, _ attributes: [KeyValue]) -> OTLPSpan {
+            OTLPSpan.with {
+                $0.traceID = Data(repeating: 0xAB, count: 16)
+                $0.spanID = Data([0, 0, 0, 0, 0, 0, 0, id])
+                $0.name = "GET /"
+                $0.kind = .client
+                $0.attributes = attributes
+            }
+        }
+        let long = KeyValue(String(repeating: "x", count: 200), "a key whose length takes two bytes")
+        var request = ExportTraceServiceRequest()
+        request.resourceSpans = [ResourceSpans.with {
+            $0.resource.attributes = [KeyValue("service.name", "productpage")]
+            $0.scopeSpans = [ScopeSpans.with {
+                $0.spans = [
+                    span(1, [long, KeyValue("upstream_cluster", "outbound|9080||reviews.shop.svc.cluster.local"),
+                             KeyValue("peer.service", "reviews-v2"), KeyValue("response_size", "2048"),
+                             KeyValue("request_size", Int64(512)), KeyValue("tls.client.subject", "spiffe://mesh/ns/shop/sa/reviews")]),
+                    span(2, [KeyValue("http.method", "GET"), long, KeyValue("upstream_cluster", "outbound|9080||details.shop.svc.cluster.local"),
+                             KeyValue("connection_security_policy", "none")]),
+                    span(3, [KeyValue("db.system", "redis"), KeyValue("response_size", "-1"), KeyValue("messaging.system", "kafka")]),
+                ]
+            }]
+        }]
+        let decoded = try DecodedTraceExport(protobuf: try request.serializedBytes())
+        XCTAssertEqual(decoded.facts.count, 3)
+        func peer(_ row: Int) -> String? {
+            guard let range = decoded.facts[row].peer else { return nil }
+            let start = decoded.spans.attributes.range(of: row).lowerBound
+            return String(decoding: decoded.spans.attributes.bytes[start + range.lowerBound..<start + range.upperBound], as: UTF8.self)
+        }
+        XCTAssertEqual(peer(0), "reviews-v2", "peer.service outranks the cluster whichever comes first")
+        XCTAssertEqual(decoded.facts[0].requestBytes, 512)
+        XCTAssertEqual(decoded.facts[0].responseBytes, 2048, "Envoy's sizes arrive as decimal strings")
+        XCTAssertEqual(decoded.facts[0].security, .mutualTLS)
+        XCTAssertEqual(peer(1), "details.shop.svc.cluster.local", "the host of an Envoy cluster name")
+        XCTAssertEqual(decoded.facts[1].security, .plaintext)
+        XCTAssertEqual(peer(2), "redis")
+        XCTAssertTrue(decoded.facts[2].database)
+        XCTAssertTrue(decoded.facts[2].messaging)
+        XCTAssertEqual(decoded.facts[2].responseBytes, 0)
+        XCTAssertEqual(decoded.facts, decoded.spans.requestFacts())
+        // Built from a message (JSON, Zipkin), the facts are read from the stored attributes.
+        XCTAssertEqual(DecodedTraceExport(request).facts, decoded.facts)
     }
 
     func testEmptyInputIsAnEmptyRequest() throws {

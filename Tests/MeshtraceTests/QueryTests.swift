@@ -245,7 +245,7 @@ final class QueryTests: XCTestCase {
         let (requests, _) = simulatedRequests(count: 50, start: TimeWindow.now() - 60_000_000_000)
         let store = try store(requests)
         let golden = try GoldenSignals(configuration: .init(directory: temporaryDirectory(self)))
-        for request in requests { golden.follow(spans: try received(request).spans) }
+        for request in requests { golden.follow(try received(request)) }
         let service = QueryService(engine: { QueryEngine(snapshot: store.snapshot()) }, golden: golden)
 
         let trace = plainSpans(requests)[0].trace

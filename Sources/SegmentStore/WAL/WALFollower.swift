@@ -13,14 +13,19 @@ import OTLPWire
 public protocol WALFollower: AnyObject, Sendable {
     /// The last WAL file sequence the follower's own files cover.
     var coveredSequence: UInt64 { get }
-    /// Spans just logged, or replayed from the WAL.
-    func follow(spans: SpanBatch)
+    /// Spans just logged, or replayed from the WAL, with their facts (row for row).
+    func follow(spans: SpanBatch, facts: [RequestFacts])
     /// An OTLP metrics export request just logged, or replayed.
     func follow(metrics: ExportMetricsServiceRequest)
     /// Called under the log's lock as WAL file `sequence` closes: captures the state
     /// up to it and returns the work that makes that durable. The store runs it
     /// before deleting the file; when it throws, the file stays.
     func checkpoint(upTo sequence: UInt64) -> @Sendable () throws -> Void
+}
+
+extension WALFollower {
+    /// The spans of a decoded export request, just logged or replayed.
+    public func follow(_ export: DecodedTraceExport) { follow(spans: export.spans, facts: export.facts) }
 }
 
 /// Decides which logged spans the head block keeps: a sampler. The store calls it

@@ -1,31 +1,46 @@
-import Foundation
-import MeshCore
+#if canImport(Glibc)
+import Glibc
+#elseif canImport(Darwin)
+import Darwin
+#endif
 
 /// Whether a request travelled over mutual TLS, as the proxy that saw it reports.
 public enum Security: UInt8, Sendable {
     case unknown = 0
     case mutualTLS = 1
     case plaintext = 2
-
 }
 
-/// What golden signals read from a span's attributes, in one pass over their
-/// protobuf bytes (the stored `KeyValueList`).
-struct SpanFacts {
-    var requestBytes: UInt64 = 0
-    var responseBytes: UInt64 = 0
-    /// The best name for the peer of a CLIENT span, from its attributes; see `PeerKey`.
-    var peer: Range<Int>?
-    private var peerRank = Int.max
+/// What golden signals read from a span's attributes: request and response sizes,
+/// the peer a CLIENT span called, what kind of system that peer is, and whether the
+/// request was mutual TLS.
+///
+/// The OTLP decoder gathers them while it walks each attribute (`observe`);
+/// `init(attributes:_:)` reads them again from stored attribute bytes. Both go
+/// through `observe`, so they agree.
+public struct RequestFacts: Sendable, Equatable {
+    public var requestBytes: UInt64 = 0
+    public var responseBytes: UInt64 = 0
+    /// The peer's name as offsets into the span's stored `KeyValueList` (0 is its
+    /// first byte); `peerEnd == 0` when there is none.
+    private var peerStart: UInt32 = 0
+    private var peerEnd: UInt32 = 0
+    private var peerRank = UInt8.max
     /// The span called a database (`db.system` is set).
-    var database = false
+    public var database = false
     /// The span belongs to a messaging system (`messaging.system` is set).
-    var messaging = false
-    var security = Security.unknown
+    public var messaging = false
+    public var security = Security.unknown
+
+    public init() {}
+
+    /// The best name for the peer of a CLIENT span (see `PeerKey`), as a range of the
+    /// span's stored attribute bytes.
+    public var peer: Range<Int>? { peerEnd == 0 ? nil : Int(peerStart)..<Int(peerEnd) }
 
     /// Attributes whose values can name a peer, best first: OpenTelemetry's
     /// `peer.service`, the database, then the address the proxy dialled.
-    private enum PeerKey: Int {
+    private enum PeerKey: UInt8 {
         case peerService, databaseNamespace, databaseName, databaseSystem, messagingDestination, serverAddress, netPeerName, upstreamCluster
     }
 
@@ -33,8 +48,8 @@ struct SpanFacts {
         case requestBytes, responseBytes, peer(PeerKey), securityPolicy, tlsClientSubject, tlsEstablished, messagingSystem
     }
 
-    /// The key at `bytes[range]`, if golden signals read it: a switch on its length,
-    /// then one comparison with a static string (no allocation, no reference counting).
+    /// The key at `bytes[range]`, if it says a fact: a switch on its length, then one
+    /// comparison with a static string (no allocation, no reference counting).
     private static func key(_ bytes: UnsafeBufferPointer<UInt8>, _ range: Range<Int>) -> Key? {
         @inline(__always) func equals(_ expected: StaticString) -> Bool {
             memcmp(bytes.baseAddress! + range.lowerBound, expected.utf8Start, range.count) == 0
@@ -66,9 +81,9 @@ struct SpanFacts {
         }
     }
 
-    /// Reads the facts from `bytes[range]`, a protobuf `KeyValueList`. Malformed
-    /// bytes (which the decoder would not have let through) end the scan.
-    init(attributes bytes: UnsafeBufferPointer<UInt8>, _ range: Range<Int>) {
+    /// Reads the facts from `bytes[range]`, a span's stored protobuf `KeyValueList`.
+    /// Malformed bytes (which the decoder would not have let through) end the scan.
+    public init(attributes bytes: UnsafeBufferPointer<UInt8>, _ range: Range<Int>) {
         var list = WireReader(bytes, range)
         while let (field, wireType) = list.tag() {
             guard field == 1, wireType == 2 else {
@@ -76,21 +91,32 @@ struct SpanFacts {
                 continue
             }
             guard let pair = list.lengthDelimited() else { return }
-            // The common shape, `0A <short length> key 12 …`: look the key up before
-            // reading anything else, and pass over the attributes no signal needs.
-            if pair.count >= 2, bytes[pair.lowerBound] == 0x0A, bytes[pair.lowerBound + 1] < 0x80 {
+            // The common shape, `0A <short length> key 12 <short length> value` and
+            // nothing else: look the key up without parsing, and pass over the
+            // attributes no fact needs.
+            if pair.count >= 4, bytes[pair.lowerBound] == 0x0A, bytes[pair.lowerBound + 1] < 0x80 {
                 let keyEnd = pair.lowerBound + 2 + Int(bytes[pair.lowerBound + 1])
-                if keyEnd <= pair.upperBound, Self.key(bytes, pair.lowerBound + 2..<keyEnd) == nil { continue }
+                if keyEnd + 2 <= pair.upperBound, bytes[keyEnd] == 0x12, bytes[keyEnd + 1] < 0x80,
+                   keyEnd + 2 + Int(bytes[keyEnd + 1]) == pair.upperBound,
+                   Self.key(bytes, pair.lowerBound + 2..<keyEnd) == nil { continue }
             }
             guard let (key, value) = Self.keyValue(bytes, pair) else { return }
-            guard let key, let known = Self.key(bytes, key) else { continue }
-            apply(known, value: AnyValueView(bytes, value ?? 0..<0))
+            if let key { observe(bytes, key: key, value: value, storedAt: -range.lowerBound) }
         }
+    }
+
+    /// Takes in an attribute: its key is `bytes[key]`, its value the `AnyValue` at
+    /// `bytes[value]` (the last `value` field of its `KeyValue`). `shift` added to an
+    /// offset of `bytes` gives the offset of the same byte in the span's stored
+    /// `KeyValueList`.
+    public mutating func observe(_ bytes: UnsafeBufferPointer<UInt8>, key: Range<Int>, value: Range<Int>?, storedAt shift: Int) {
+        guard let known = Self.key(bytes, key) else { return }
+        apply(known, value: AnyValueView(bytes, value ?? 0..<0), shift: shift)
     }
 
     /// The key and value payloads of the OTLP `KeyValue` at `bytes[pair]` (the last of
     /// each, as protobuf reads repeated fields); nil when the bytes are malformed.
-    static func keyValue(_ bytes: UnsafeBufferPointer<UInt8>, _ pair: Range<Int>) -> (key: Range<Int>?, value: Range<Int>?)? {
+    public static func keyValue(_ bytes: UnsafeBufferPointer<UInt8>, _ pair: Range<Int>) -> (key: Range<Int>?, value: Range<Int>?)? {
         var reader = WireReader(bytes, pair)
         var key: Range<Int>?
         var value: Range<Int>?
@@ -105,7 +131,7 @@ struct SpanFacts {
         return (key, value)
     }
 
-    private mutating func apply(_ key: Key, value: AnyValueView) {
+    private mutating func apply(_ key: Key, value: AnyValueView, shift: Int) {
         switch key {
         case .requestBytes:
             if let number = value.integer, number > 0 { requestBytes = UInt64(number) }
@@ -119,15 +145,16 @@ struct SpanFacts {
                 guard let host = Self.clusterHost(value.bytes, text) else { return }
                 text = host
             }
-            peer = text
+            guard let start = UInt32(exactly: text.lowerBound + shift), let end = UInt32(exactly: text.upperBound + shift) else { return }
+            (peerStart, peerEnd) = (start, end)
             peerRank = peerKey.rawValue
         case .messagingSystem:
             messaging = true
         case .securityPolicy:
             // Istio's label: `mutual_tls`, `none` or `unknown`.
             if let text = value.string {
-                if Self.equal(value.bytes, text, Self.mutualTLS) { security = .mutualTLS }
-                else if Self.equal(value.bytes, text, Self.none) { security = .plaintext }
+                if Self.equal(value.bytes, text, "mutual_tls") { security = .mutualTLS }
+                else if Self.equal(value.bytes, text, "none") { security = .plaintext }
             }
         case .tlsClientSubject:
             if value.string?.isEmpty == false { security = .mutualTLS }
@@ -135,9 +162,6 @@ struct SpanFacts {
             if value.boolean == false, security == .unknown { security = .plaintext }
         }
     }
-
-    private static let mutualTLS = Array("mutual_tls".utf8)
-    private static let none = Array("none".utf8)
 
     /// The host of an Envoy cluster name `direction|port|subset|host`, if it has one.
     private static func clusterHost(_ bytes: UnsafeBufferPointer<UInt8>, _ range: Range<Int>) -> Range<Int>? {
@@ -151,29 +175,35 @@ struct SpanFacts {
         return start..<range.upperBound
     }
 
-    static func equal(_ bytes: UnsafeBufferPointer<UInt8>, _ range: Range<Int>, _ expected: [UInt8]) -> Bool {
-        guard range.count == expected.count else { return false }
-        var index = range.lowerBound
-        for byte in expected {
-            if bytes[index] != byte { return false }
-            index += 1
+    /// Whether `bytes[range]` are the UTF-8 bytes of `expected`.
+    public static func equal(_ bytes: UnsafeBufferPointer<UInt8>, _ range: Range<Int>, _ expected: StaticString) -> Bool {
+        range.count == expected.utf8CodeUnitCount
+            && memcmp(bytes.baseAddress! + range.lowerBound, expected.utf8Start, range.count) == 0
+    }
+}
+
+extension SpanBatch {
+    /// The facts of every span, read from the stored attributes (the decoder gathers
+    /// the same while decoding; this is for batches built another way).
+    public func requestFacts() -> [RequestFacts] {
+        attributes.bytes.withUnsafeBufferPointer { bytes in
+            (0..<count).map { RequestFacts(attributes: bytes, attributes.range(of: $0)) }
         }
-        return true
     }
 }
 
 /// An OTLP `AnyValue` in a buffer, read lazily.
-struct AnyValueView {
-    let bytes: UnsafeBufferPointer<UInt8>
-    let range: Range<Int>
+public struct AnyValueView {
+    public let bytes: UnsafeBufferPointer<UInt8>
+    public let range: Range<Int>
 
-    init(_ bytes: UnsafeBufferPointer<UInt8>, _ range: Range<Int>) {
+    public init(_ bytes: UnsafeBufferPointer<UInt8>, _ range: Range<Int>) {
         self.bytes = bytes
         self.range = range
     }
 
     /// The `string_value`, as a range of the buffer.
-    var string: Range<Int>? {
+    public var string: Range<Int>? {
         var reader = WireReader(bytes, range)
         var found: Range<Int>?
         while let (field, wireType) = reader.tag() {
@@ -183,7 +213,7 @@ struct AnyValueView {
     }
 
     /// The `int_value`, or a `string_value` of decimal digits (Envoy's Zipkin tags are strings).
-    var integer: Int64? {
+    public var integer: Int64? {
         var reader = WireReader(bytes, range)
         var found: Int64?
         while let (field, wireType) = reader.tag() {
@@ -199,7 +229,7 @@ struct AnyValueView {
     }
 
     /// The `bool_value`.
-    var boolean: Bool? {
+    public var boolean: Bool? {
         var reader = WireReader(bytes, range)
         var found: Bool?
         while let (field, wireType) = reader.tag() {
@@ -217,55 +247,5 @@ struct AnyValueView {
             value = value * 10 + Int64(digit)
         }
         return value
-    }
-}
-
-extension String {
-    /// The UTF-8 text of `bytes[range]` (already validated by the decoder; repaired if not).
-    init(_ bytes: UnsafeBufferPointer<UInt8>, _ range: Range<Int>) {
-        self = String(decoding: UnsafeBufferPointer(rebasing: bytes[range]), as: UTF8.self)
-    }
-}
-
-/// The workload a resource describes: `service.name`, its namespace
-/// (`k8s.namespace.name`, else `service.namespace`) and `service.version`.
-enum ResourceFacts {
-    private static let version = Array("service.version".utf8)
-    private static let kubernetesNamespace = Array("k8s.namespace.name".utf8)
-    private static let serviceNamespace = Array("service.namespace".utf8)
-
-    static func workload(of resource: ResourceEntry) -> Workload {
-        var workload = Workload(service: resource.serviceName)
-        var serviceNamespace = ""
-        resource.encoded.withUnsafeBufferPointer { bytes in
-            // ResourceSpans.resource (1) → Resource.attributes (1) → KeyValue.
-            var resourceSpans = WireReader(bytes, 0..<bytes.count)
-            while let (field, wireType) = resourceSpans.tag() {
-                guard field == 1, wireType == 2 else {
-                    guard resourceSpans.skip(wireType: wireType) else { return }
-                    continue
-                }
-                guard let resourceRange = resourceSpans.lengthDelimited() else { return }
-                var resourceReader = WireReader(bytes, resourceRange)
-                while let (resourceField, resourceWire) = resourceReader.tag() {
-                    guard resourceField == 1, resourceWire == 2 else {
-                        guard resourceReader.skip(wireType: resourceWire) else { return }
-                        continue
-                    }
-                    guard let pair = resourceReader.lengthDelimited() else { return }
-                    guard let (key, value) = SpanFacts.keyValue(bytes, pair) else { return }
-                    guard let key, let text = AnyValueView(bytes, value ?? 0..<0).string else { continue }
-                    if SpanFacts.equal(bytes, key, Self.version) {
-                        workload.version = String(bytes, text)
-                    } else if SpanFacts.equal(bytes, key, Self.kubernetesNamespace) {
-                        workload.namespace = String(bytes, text)
-                    } else if SpanFacts.equal(bytes, key, Self.serviceNamespace) {
-                        serviceNamespace = String(bytes, text)
-                    }
-                }
-            }
-        }
-        if workload.namespace.isEmpty { workload.namespace = serviceNamespace }
-        return workload
     }
 }
