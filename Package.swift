@@ -49,11 +49,11 @@ let package = Package(
         .target(name: "CCRC32C"),
         // Counts a thread's heap allocations (benchmarks only: it replaces malloc in the executable).
         .target(name: "CAllocationCounter"),
-        // Cache prefetch hints for the exporter's ring.
+        // Cache prefetch hints for the exporter's ring and the ingest path's tables.
         .target(name: "CCacheHints"),
 
         .target(name: "Compression", dependencies: ["CZstd", "CLZ4", "CZlib"]),
-        .target(name: "MeshCore", dependencies: ["CCRC32C"]),
+        .target(name: "MeshCore", dependencies: ["CCRC32C", "CCacheHints"]),
         .target(
             name: "OTLPWire",
             dependencies: [

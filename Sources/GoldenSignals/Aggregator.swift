@@ -135,8 +135,26 @@ struct Aggregator {
         precondition(facts.count == batch.count, "one RequestFacts per span")
         let resourceWorkloads = batch.resources.map { workloadID(ResourceFacts.workload(of: $0)) }
         let bucketNanos = settings.bucketNanos
+        /// Where the span at `row` waits for its partner: a CLIENT span under its own
+        /// id, a SERVER span under its parent's; nil for a root or an internal span.
+        func pairingKey(_ row: Int) -> EdgePairer.Key? {
+            switch batch.kinds[row] {
+            case .client, .producer: return EdgePairer.Key(trace: batch.traceIDs[row], span: batch.spanIDs[row])
+            case .server, .consumer:
+                let parent = batch.parentSpanIDs[row]
+                return parent == .zero ? nil : EdgePairer.Key(trace: batch.traceIDs[row], span: parent)
+            case .internal, .unspecified: return nil
+            }
+        }
+        // The pairing room outgrows the cache when partners arrive far apart (each
+        // proxy batches its own spans): its slots are fetched a few spans ahead.
+        let lookahead = 8
+        for row in 0..<min(lookahead, batch.count) {
+            if let key = pairingKey(row) { pairer.pending.prefetch(key) }
+        }
         batch.attributes.bytes.withUnsafeBufferPointer { attributeBytes in
             for row in 0..<batch.count {
+                if row + lookahead < batch.count, let key = pairingKey(row + lookahead) { pairer.pending.prefetch(key) }
                 let workload = resourceWorkloads[Int(batch.resourceIndices[row])]
                 let kind = batch.kinds[row]
                 let facts = facts[row]
@@ -159,18 +177,18 @@ struct Aggregator {
                         kind == .producer || facts.messaging ? .messagingSystem : facts.database ? .database : .virtualNode
                     let half = EdgePairer.Half(
                         isClient: true, workload: workload, peer: peer, connection: connection, request: request, end: end)
-                    offer(half, key: EdgePairer.Key(trace: batch.traceIDs[row], span: batch.spanIDs[row]), now: now)
+                    offer(half, key: pairingKey(row)!, now: now)
                 case .server, .consumer:
                     let parent = batch.parentSpanIDs[row]
                     let half = EdgePairer.Half(
                         isClient: false, isRoot: parent == .zero, workload: workload, peer: -1,
                         connection: kind == .consumer ? .messagingSystem : .virtualNode, request: request, end: end)
-                    if parent == .zero {
+                    if let key = pairingKey(row) {
+                        offer(half, key: key, now: now)
+                    } else {
                         // The entry of the mesh: its caller is the user, and no CLIENT span will come.
                         pairer.statistics.roots += 1
                         observe(client: nil, server: half)
-                    } else {
-                        offer(half, key: EdgePairer.Key(trace: batch.traceIDs[row], span: parent), now: now)
                     }
                 case .internal, .unspecified:
                     break

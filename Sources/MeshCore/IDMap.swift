@@ -1,3 +1,5 @@
+import CCacheHints
+
 /// A key an `IDMap` can hold: a value whose bits mostly are random already (trace
 /// and span ids) or small numbers packed together, so one multiplication spreads it
 /// over the table.
@@ -68,6 +70,14 @@ public struct IDMap<Key: IDMapKey, Value> {
     @inlinable @inline(__always)
     func home(_ key: Key) -> Int {
         Int(truncatingIfNeeded: key.mixedBits >> shift)
+    }
+
+    /// Starts bringing `key`'s first slot into the cache, owned for writing, without
+    /// waiting: for a caller that knows a few keys ahead which it will look up, so
+    /// that a table larger than the cache costs it no wait per lookup.
+    @inlinable @inline(__always)
+    public func prefetch(_ key: Key) {
+        slots.withUnsafeBufferPointer { meshtrace_prefetch_for_write($0.baseAddress! + home(key)) }
     }
 
     /// The slot holding `key`, or nil.
