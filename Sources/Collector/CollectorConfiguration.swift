@@ -1,3 +1,4 @@
+import MeshCore
 import Sampling
 import SegmentStore
 
@@ -47,6 +48,9 @@ public struct CollectorConfiguration: Sendable {
     /// Bytes of request data held in flight at most (each request is charged four
     /// times its decompressed size); past it, clients are told to retry later.
     public var memoryBudgetBytes = 512 << 20
+    /// Shards the golden signals and the tail sampler split their work into, by trace
+    /// id; requests in different shards are worked on at once (default: one per core).
+    public var shards = Shards.defaultCount
     /// How long an HTTP client may take to send a request body, and may leave a
     /// connection silent mid-request; past it the request gets 408 or the connection closes.
     public var readTimeout: Duration = .seconds(30)

@@ -38,11 +38,12 @@ public struct CollectorServer: Sendable {
     ) async throws {
         var series = GoldenSignals.Configuration(directory: configuration.store.dataDirectory + "/series")
         series.compressionLevel = configuration.store.compressionLevel
+        series.shards = configuration.shards
         let golden = try GoldenSignals(configuration: series)
         for problem in golden.problems {
             logger.warning("series problem", metadata: ["problem": "\(problem)"])
         }
-        let sampling = try SamplingControl(source: configuration.sampling, golden: golden, logger: logger)
+        let sampling = try SamplingControl(source: configuration.sampling, shards: configuration.shards, golden: golden, logger: logger)
         let hangup = sampling.watchHangup()
         defer { hangup.cancel() }
         let store = try SpanStore(configuration: configuration.store, follower: golden, admission: sampling.sampler)

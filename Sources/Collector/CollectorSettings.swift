@@ -35,6 +35,11 @@ public enum CollectorSettings {
             return nil
         },
         "memory_budget_bytes": positive { $0.memoryBudgetBytes = $1 },
+        "pipeline.shards": { configuration, text in
+            guard let value = Int(text), (1...256).contains(value) else { return "expected 1 to 256, got \(text.debugDescription)" }
+            configuration.shards = value
+            return nil
+        },
         "query.endpoint": { configuration, text in
             guard let address = ListenAddress(text) else { return "expected host:port, got \(text.debugDescription)" }
             configuration.query = address

@@ -132,6 +132,13 @@ struct Aggregator {
     /// Counts every span of `batch`, whose facts are `facts` (row for row); `now` is
     /// a monotonic clock in nanoseconds that times the pairing window.
     mutating func ingest(_ batch: SpanBatch, facts: [RequestFacts], now: UInt64) {
+        ingest(batch, facts: facts, rows: 0..<batch.count, now: now)
+    }
+
+    /// Counts the spans of `batch` at `rows`.
+    mutating func ingest<Rows: RandomAccessCollection<Int>>(
+        _ batch: SpanBatch, facts: [RequestFacts], rows: Rows, now: UInt64
+    ) where Rows.Index == Int {
         precondition(facts.count == batch.count, "one RequestFacts per span")
         let resourceWorkloads = batch.resources.map { workloadID(ResourceFacts.workload(of: $0)) }
         let bucketNanos = settings.bucketNanos
@@ -149,12 +156,15 @@ struct Aggregator {
         // The pairing room outgrows the cache when partners arrive far apart (each
         // proxy batches its own spans): its slots are fetched a few spans ahead.
         let lookahead = 8
-        for row in 0..<min(lookahead, batch.count) {
-            if let key = pairingKey(row) { pairer.pending.prefetch(key) }
+        let first = rows.startIndex
+        let end = rows.endIndex
+        for index in first..<min(first + lookahead, end) {
+            if let key = pairingKey(rows[index]) { pairer.pending.prefetch(key) }
         }
         batch.attributes.bytes.withUnsafeBufferPointer { attributeBytes in
-            for row in 0..<batch.count {
-                if row + lookahead < batch.count, let key = pairingKey(row + lookahead) { pairer.pending.prefetch(key) }
+            for index in first..<end {
+                let row = rows[index]
+                if index + lookahead < end, let key = pairingKey(rows[index + lookahead]) { pairer.pending.prefetch(key) }
                 let workload = resourceWorkloads[Int(batch.resourceIndices[row])]
                 let kind = batch.kinds[row]
                 let facts = facts[row]

@@ -84,6 +84,15 @@ struct EdgePairer {
         var evicted: UInt64 = 0
         /// Partners that arrived after their half left.
         var late: UInt64 = 0
+
+        mutating func add(_ other: Statistics) {
+            paired += other.paired
+            roots += other.roots
+            expiredClients += other.expiredClients
+            expiredServers += other.expiredServers
+            evicted += other.evicted
+            late += other.late
+        }
     }
 
     let settings: Settings

@@ -33,6 +33,9 @@ public final class GoldenSignals: WALFollower {
         public var compressionLevel: Int32 = Zstd.defaultLevel
         /// Open without writing (for the CLI next to a running collector).
         public var readOnly = false
+        /// Shards spans are counted in, by trace id (each with its share of the pairing
+        /// room), so that requests are counted on several cores at once.
+        public var shards: Int = Shards.defaultCount
 
         public init(directory: String) {
             self.directory = directory
@@ -59,7 +62,11 @@ public final class GoldenSignals: WALFollower {
     public let problems: [String]
 
     struct State {
+        /// Counts proxies' OTLP metrics, and numbers every series for the tiers and
+        /// queries (the span shards number theirs on their own).
         var aggregator: Aggregator
+        /// Per span shard: the id in `aggregator` of each of the shard's series.
+        var shardSeries: [[Int32]]
         /// Signals in series files, at every resolution.
         var tiers: Tiers
         /// Signals taken by a checkpoint whose file is being written.
@@ -75,6 +82,8 @@ public final class GoldenSignals: WALFollower {
     }
 
     let state: Mutex<State>
+    /// Where spans are counted, sharded by trace id. Locked after `state`, never before.
+    let spanShards: Sharded<Aggregator>
     private let origin = ContinuousClock.now
     /// Held while series files are rolled up, so roll-ups never overlap.
     private let rollUpLock = Mutex(())
@@ -96,7 +105,12 @@ public final class GoldenSignals: WALFollower {
         settings.pairing.maxPending = max(1, configuration.maxPendingHalves)
         let collectingSince = try Self.collectingSince(directory: configuration.directory, readOnly: configuration.readOnly)
         let tiers = Tiers(resolutions: configuration.resolutions.map { (Self.nanoseconds($0.width), Self.nanoseconds($0.retention)) })
-        var state = State(aggregator: Aggregator(settings: settings, collectingSince: collectingSince), tiers: tiers)
+        var state = State(
+            aggregator: Aggregator(settings: settings, collectingSince: collectingSince),
+            shardSeries: Array(repeating: [], count: max(1, configuration.shards)), tiers: tiers)
+        var shardSettings = settings
+        shardSettings.pairing.maxPending = max(1, settings.pairing.maxPending / max(1, configuration.shards))
+        let spanShards = Sharded(count: configuration.shards) { _ in Aggregator(settings: shardSettings) }
         var covered: UInt64 = 0
         var latestPending: (sequence: UInt64, resolution: UInt64, halves: [PendingHalf], streams: [String: ProxyMetricsFolder.StreamPoint])?
         var problems: [String] = []
@@ -135,12 +149,17 @@ public final class GoldenSignals: WALFollower {
             }
         }
         if let latestPending {
-            state.aggregator.restorePending(latestPending.halves, now: 0)
+            var byShard = [[PendingHalf]](repeating: [], count: spanShards.count)
+            for half in latestPending.halves { byShard[half.key.trace.shard(of: spanShards.count)].append(half) }
+            for (index, halves) in byShard.enumerated() {
+                spanShards.withLock(index) { $0.restorePending(halves, now: 0) }
+            }
             state.aggregator.metrics.streams = latestPending.streams
         }
         coveredSequence = covered
         self.problems = problems
         self.state = Mutex(state)
+        self.spanShards = spanShards
     }
 
     /// When this directory began collecting (wall-clock nanoseconds), from its
@@ -177,7 +196,9 @@ public final class GoldenSignals: WALFollower {
 
     public func follow(spans: SpanBatch, facts: [RequestFacts]) {
         let now = self.now
-        state.withLock { $0.aggregator.ingest(spans, facts: facts, now: now) }
+        spanShards.forEach(spans.rowsByShard(spanShards.count), isEmpty: \.isEmpty) { _, rows, aggregator in
+            aggregator.ingest(spans, facts: facts, rows: rows, now: now)
+        }
     }
 
     public func follow(metrics request: ExportMetricsServiceRequest) {
@@ -187,9 +208,18 @@ public final class GoldenSignals: WALFollower {
     public func checkpoint(upTo sequence: UInt64) -> @Sendable () throws -> Void {
         let now = self.now
         let (rows, pending, streams) = state.withLock { state in
-            state.aggregator.delta.forEach { key, signals in state.writing[key, default: Signals()].merge(signals) }
-            let rows = state.aggregator.takeDelta()
-            return (rows, state.aggregator.pendingHalves(now: now), state.aggregator.metrics.streams)
+            var rows = state.aggregator.takeDelta()
+            var pending: [PendingHalf] = []
+            for index in 0..<spanShards.count {
+                let (taken, halves) = spanShards.withLock(index) { shard in (shard.takeDelta(), shard.pendingHalves(now: now)) }
+                rows.merge(taken) { var sum = $0; sum.merge($1); return sum }
+                pending += halves
+            }
+            for (key, signals) in rows {
+                let id = state.aggregator.seriesID(key.series)
+                state.writing[Aggregator.BucketSeriesID(bucket: key.bucket, series: id), default: Signals()].merge(signals)
+            }
+            return (rows, pending, state.aggregator.metrics.streams)
         }
         let configuration = self.configuration
         let resolution = Self.nanoseconds(configuration.bucket)
@@ -222,7 +252,7 @@ public final class GoldenSignals: WALFollower {
     /// every second, so unpaired edges show up while traffic is idle).
     public func expirePairs() {
         let now = self.now
-        state.withLock { $0.aggregator.expire(now: now) }
+        for index in 0..<spanShards.count { spanShards.withLock(index) { $0.expire(now: now) } }
     }
 
     // MARK: Resolutions and retention
@@ -363,7 +393,9 @@ public final class GoldenSignals: WALFollower {
     private struct Snapshot {
         var tiers: Tiers
         var writing: [Aggregator.BucketSeriesID: Signals]
-        var delta: IDMap<Aggregator.BucketSeriesID, Signals>
+        /// Signals counted since the last checkpoint: the metrics' and each span
+        /// shard's, with the shard's series ids mapped to `series`.
+        var deltas: [(delta: IDMap<Aggregator.BucketSeriesID, Signals>, ids: [Int32]?)]
         var series: [SeriesKey]
         var bucketNanos: UInt64
 
@@ -379,7 +411,7 @@ public final class GoldenSignals: WALFollower {
                 merged[key.series, default: Signals()].merge(signals)
             }
             for (key, signals) in writing { add(key, signals) }
-            delta.forEach(add)
+            forEachDelta(add)
             return merged
         }
 
@@ -390,8 +422,19 @@ public final class GoldenSignals: WALFollower {
                 if key.bucket >= firstBucket && key.bucket <= window.upperBound { present.insert(key.series) }
             }
             for (key, signals) in writing { add(key, signals) }
-            delta.forEach(add)
+            forEachDelta(add)
             return present
+        }
+
+        /// Every bucket counted since the last checkpoint, by ids of `series`.
+        func forEachDelta(_ body: (Aggregator.BucketSeriesID, Signals) -> Void) {
+            for (delta, ids) in deltas {
+                if let ids {
+                    delta.forEach { key, signals in body(Aggregator.BucketSeriesID(bucket: key.bucket, series: ids[Int(key.series)]), signals) }
+                } else {
+                    delta.forEach(body)
+                }
+            }
         }
 
         func keyed(_ merged: [Int32: Signals]) -> [SeriesKey: Signals] {
@@ -405,20 +448,38 @@ public final class GoldenSignals: WALFollower {
     private func snapshot() -> Snapshot {
         let bucketNanos = Self.nanoseconds(configuration.bucket)
         return state.withLock { state in
-            Snapshot(tiers: state.tiers, writing: state.writing, delta: state.aggregator.delta, series: state.aggregator.series,
-                     bucketNanos: bucketNanos)
+            var deltas = [(state.aggregator.delta, ids: [Int32]?.none)]
+            for index in 0..<spanShards.count {
+                let (delta, series) = spanShards.withLock(index) { shard in
+                    (shard.delta, shard.series[state.shardSeries[index].count...])
+                }
+                for key in series { state.shardSeries[index].append(state.aggregator.seriesID(key)) }
+                deltas.append((delta, state.shardSeries[index]))
+            }
+            return Snapshot(tiers: state.tiers, writing: state.writing, deltas: deltas, series: state.aggregator.series,
+                            bucketNanos: bucketNanos)
         }
     }
 
     /// How pairing has gone since the process started.
     public var pairingStatistics: PairingStatistics {
-        state.withLock { state in
-            let statistics = state.aggregator.pairer.statistics
-            return PairingStatistics(
-                paired: statistics.paired, roots: statistics.roots, unpairedClients: statistics.expiredClients,
-                unpairedServers: statistics.expiredServers, evicted: statistics.evicted, late: statistics.late,
-                pending: state.aggregator.pairer.pending.count, series: state.aggregator.series.count)
+        let (statistics, pending) = pairing
+        return PairingStatistics(
+            paired: statistics.paired, roots: statistics.roots, unpairedClients: statistics.expiredClients,
+            unpairedServers: statistics.expiredServers, evicted: statistics.evicted, late: statistics.late,
+            pending: pending, series: snapshot().series.count)
+    }
+
+    /// Pairing's counters summed over the span shards, and the halves waiting in all of them.
+    var pairing: (statistics: EdgePairer.Statistics, pending: Int) {
+        var total = EdgePairer.Statistics()
+        var pending = 0
+        for index in 0..<spanShards.count {
+            let (statistics, waiting) = spanShards.withLock(index) { ($0.pairer.statistics, $0.pairer.pending.count) }
+            total.add(statistics)
+            pending += waiting
         }
+        return (total, pending)
     }
 }
 

@@ -6,26 +6,30 @@ extension GoldenSignals {
     /// (`traces_service_graph_*`, `traces_spanmetrics_*`). Counts since the process
     /// started; latencies in seconds with Tempo's bucket bounds.
     public func prometheusText() -> String {
-        let (series, totals, statistics, pending) = state.withLock { state in
-            (state.aggregator.series, state.aggregator.totals, state.aggregator.pairer.statistics, state.aggregator.pairer.pending.count)
-        }
+        // Totals of the metrics' series and of each span shard's: the same series may
+        // be in several, and is added up by its labels below.
+        var counted = [state.withLock { ($0.aggregator.series, $0.aggregator.totals) }]
+        for index in 0..<spanShards.count { counted.append(spanShards.withLock(index) { ($0.series, $0.totals) }) }
+        let (statistics, pending) = pairing
         var edges: [(labels: String, totals: PrometheusTotals)] = []
         var operations: [(labels: String, totals: PrometheusTotals)] = []
-        for (id, total) in totals.enumerated() where total.requests > 0 {
-            switch series[id] {
-            case let .edge(client, server, connection):
-                var labels = "client=\"\(Self.escape(client.service))\",server=\"\(Self.escape(server.service))\""
-                if connection != .unset { labels += ",connection_type=\"\(connection.label)\"" }
-                if !client.namespace.isEmpty { labels += ",client_service_namespace=\"\(Self.escape(client.namespace))\"" }
-                if !server.namespace.isEmpty { labels += ",server_service_namespace=\"\(Self.escape(server.namespace))\"" }
-                edges.append((labels, total))
-            case let .operation(workload, kind, name):
-                var labels = "service=\"\(Self.escape(workload.service))\",span_name=\"\(Self.escape(name))\",span_kind=\"SPAN_KIND_\(kind.name.uppercased())\""
-                if !workload.namespace.isEmpty { labels += ",service_namespace=\"\(Self.escape(workload.namespace))\"" }
-                if !workload.version.isEmpty { labels += ",service_version=\"\(Self.escape(workload.version))\"" }
-                operations.append((labels, total))
-            case .reported:
-                continue
+        for (series, totals) in counted {
+            for (id, total) in totals.enumerated() where total.requests > 0 {
+                switch series[id] {
+                case let .edge(client, server, connection):
+                    var labels = "client=\"\(Self.escape(client.service))\",server=\"\(Self.escape(server.service))\""
+                    if connection != .unset { labels += ",connection_type=\"\(connection.label)\"" }
+                    if !client.namespace.isEmpty { labels += ",client_service_namespace=\"\(Self.escape(client.namespace))\"" }
+                    if !server.namespace.isEmpty { labels += ",server_service_namespace=\"\(Self.escape(server.namespace))\"" }
+                    edges.append((labels, total))
+                case let .operation(workload, kind, name):
+                    var labels = "service=\"\(Self.escape(workload.service))\",span_name=\"\(Self.escape(name))\",span_kind=\"SPAN_KIND_\(kind.name.uppercased())\""
+                    if !workload.namespace.isEmpty { labels += ",service_namespace=\"\(Self.escape(workload.namespace))\"" }
+                    if !workload.version.isEmpty { labels += ",service_version=\"\(Self.escape(workload.version))\"" }
+                    operations.append((labels, total))
+                case .reported:
+                    continue
+                }
             }
         }
         // Series that differ only in version share edge labels: add them up.
@@ -62,7 +66,7 @@ extension GoldenSignals {
         family("meshtrace_pairing_pending", "gauge", "Halves waiting for their partner.")
         text += "meshtrace_pairing_pending \(pending)\n"
         family("meshtrace_golden_series", "gauge", "Distinct golden-signal series since the collector started.")
-        text += "meshtrace_golden_series \(series.count)\n"
+        text += "meshtrace_golden_series \(pairingStatistics.series)\n"
 
         family("traces_spanmetrics_calls_total", "counter", "Spans per operation, from all spans before sampling.")
         for operation in operations {

@@ -48,6 +48,8 @@ struct Evaluator {
     let readsContent: Bool
     /// The quantiles `slow_for_edge` policies compare with.
     let quantiles: Set<Double>
+    /// Whether any policy remembers across traces (rate limits, `new_edge`'s edges seen).
+    let remembers: Bool
     /// Each `and` policy's sub-policies, those that read only the trace id first.
     let andOrder: [Int: [Policy]]
 
@@ -59,6 +61,12 @@ struct Evaluator {
             if case let .slowForEdge(quantile, _) = policy.rule { quantiles.insert(quantile) }
         }
         self.quantiles = quantiles
+        remembers = file.allPolicies.contains { policy in
+            switch policy.rule {
+            case .rateLimiting, .composite, .newEdge: return true
+            default: return false
+            }
+        }
         var andOrder: [Int: [Policy]] = [:]
         for policy in file.allPolicies {
             if case let .and(children) = policy.rule {

@@ -52,6 +52,30 @@ public final class TailSampler: Sendable {
         public var heldSpans = 0
         public var heldBytes = 0
         public var maxHeldBytes = 0
+
+        /// Adds another shard's counters to these.
+        mutating func add(_ other: Statistics) {
+            spansReceived += other.spansReceived
+            spansKept += other.spansKept
+            spansDropped += other.spansDropped
+            tracesKept += other.tracesKept
+            tracesDropped += other.tracesDropped
+            decidedAtWait += other.decidedAtWait
+            decidedAtRoot += other.decidedAtRoot
+            forcedByBytes += other.forcedByBytes
+            forcedByTraces += other.forcedByTraces
+            forcedBySize += other.forcedBySize
+            forcedAtShutdown += other.forcedAtShutdown
+            lateSpansKept += other.lateSpansKept
+            lateSpansDropped += other.lateSpansDropped
+            decidedByTraceID += other.decidedByTraceID
+            keptByPolicy.merge(other.keptByPolicy, uniquingKeysWith: +)
+            spansKeptByPolicy.merge(other.spansKeptByPolicy, uniquingKeysWith: +)
+            openTraces += other.openTraces
+            heldSpans += other.heldSpans
+            heldBytes += other.heldBytes
+            maxHeldBytes += other.maxHeldBytes
+        }
     }
 
     /// A span held: the batch it arrived in (by chunk number) and its row there.
@@ -109,10 +133,19 @@ public final class TailSampler: Sendable {
         var threshold: Threshold
     }
 
+    /// What rate-limited and `new_edge` policies remember, one for all shards so that
+    /// a limit holds for the whole collector. Locked after a shard, never before.
+    private final class SharedPolicyState: Sendable {
+        let state = Mutex(PolicyState())
+    }
+
+    /// One shard's traces, and its share of the buffer's bounds.
     private struct State {
         var file: PolicyFile
         var evaluator: Evaluator
-        var policyState = PolicyState()
+        let policyState: SharedPolicyState
+        /// How many shards split the bounds of `file` (buffer bytes, traces, decision cache).
+        let shardCount: Int
         var edges = EdgeKnowledge()
 
         /// Batches holding waiting spans; chunk number `n` is `chunks[n - firstChunk]`.
@@ -153,51 +186,67 @@ public final class TailSampler: Sendable {
     /// Bytes charged per open trace: its slot, index entry and queue entries.
     static let bytesPerTrace = 160
 
-    private let state: Mutex<State>
+    /// The traces, sharded by trace id: requests whose spans fall in different shards
+    /// are held and decided on different cores at once.
+    private let shards: Sharded<State>
+    private let policyState = SharedPolicyState()
 
-    public init(policy: PolicyFile) {
-        state = Mutex(State(file: policy, evaluator: Evaluator(file: policy)))
+    /// A sampler with `shards` shards (by default one per core); each holds whole
+    /// traces and an equal share of the policy file's buffer bounds.
+    public init(policy: PolicyFile, shards: Int = Shards.defaultCount) {
+        let policyState = self.policyState
+        let count = max(1, shards)
+        self.shards = Sharded(count: count) { _ in
+            State(file: policy, evaluator: Evaluator(file: policy), policyState: policyState, shardCount: count)
+        }
     }
 
     /// The policy file in force.
-    public var policy: PolicyFile { state.withLock { $0.file } }
+    public var policy: PolicyFile { shards.withLock(0) { $0.file } }
 
     /// Puts `policy` in force for every decision from now on, traces already held included.
     public func replace(policy: PolicyFile) {
-        state.withLock { state in
-            state.file = policy
-            state.evaluator = Evaluator(file: policy)
-            state.policyState = PolicyState()
+        for index in 0..<shards.count {
+            shards.withLock(index) { state in
+                state.file = policy
+                state.evaluator = Evaluator(file: policy)
+            }
         }
+        policyState.state.withLock { $0 = PolicyState() }
     }
 
     /// The quantiles `slow_for_edge` policies ask the golden signals for.
-    public var edgeQuantiles: Set<Double> { state.withLock { $0.evaluator.quantiles } }
+    public var edgeQuantiles: Set<Double> { shards.withLock(0) { $0.evaluator.quantiles } }
 
     /// Updates what the sampler knows of the mesh's edges.
     public func update(edges: EdgeKnowledge) {
-        state.withLock { $0.edges = edges }
+        for index in 0..<shards.count { shards.withLock(index) { $0.edges = edges } }
     }
 
+    /// Counters summed over the shards; `maxHeldBytes` is the sum of each shard's peak.
     public var statistics: Statistics {
-        state.withLock { state in
-            var statistics = state.statistics
-            statistics.openTraces = state.index.count
-            statistics.heldSpans = state.waitingSpans
-            statistics.heldBytes = Self.heldBytes(state)
-            return statistics
+        var total = Statistics()
+        for index in 0..<shards.count {
+            total.add(shards.withLock(index) { state in
+                var statistics = state.statistics
+                statistics.openTraces = state.index.count
+                statistics.heldSpans = state.waitingSpans
+                statistics.heldBytes = Self.heldBytes(state)
+                return statistics
+            })
         }
+        return total
     }
 
     /// Takes spans just received; appends to `kept` those whose trace is already
     /// decided to be kept, and every trace that came due (`now`: monotonic nanoseconds).
     public func admit(_ batch: SpanBatch, now: UInt64, into kept: inout SpanBatch) {
-        state.withLock { state in
-            state.statistics.spansReceived += UInt64(batch.count)
+        shards.forEach(batch.rowsByShard(shards.count), isEmpty: { _ in false }) { _, rows, state in
+            state.statistics.spansReceived += UInt64(rows.count)
             if !state.evaluator.readsContent {
-                Self.decideByTraceID(batch, &state, into: &kept)
+                Self.decideByTraceID(batch, rows: rows, &state, into: &kept)
             } else {
-                Self.hold(batch, now: now, &state, into: &kept)
+                Self.hold(batch, rows: rows, now: now, &state, into: &kept)
                 Self.enforceBounds(&state, now: now, into: &kept)
             }
             Self.release(&state, now: now, into: &kept)
@@ -206,24 +255,33 @@ public final class TailSampler: Sendable {
 
     /// Appends to `kept` every trace whose decision came due by `now`.
     public func release(now: UInt64, into kept: inout SpanBatch) {
-        state.withLock { state in Self.release(&state, now: now, into: &kept) }
+        for index in 0..<shards.count {
+            shards.withLock(index) { state in Self.release(&state, now: now, into: &kept) }
+        }
     }
 
     /// Decides every trace held, now (at shutdown), appending the kept ones to `kept`.
     public func releaseAll(now: UInt64, into kept: inout SpanBatch) {
-        state.withLock { state in
-            while let due = state.byArrival.first {
-                state.byArrival.pop()
-                if Self.decide(due, &state, now: now, into: &kept) { state.statistics.forcedAtShutdown += 1 }
+        for index in 0..<shards.count {
+            shards.withLock(index) { state in
+                while let due = state.byArrival.first {
+                    state.byArrival.pop()
+                    if Self.decide(due, &state, now: now, into: &kept) { state.statistics.forcedAtShutdown += 1 }
+                }
+                state.byRoot = DeadlineQueue()
             }
-            state.byRoot = DeadlineQueue()
         }
     }
 
-    /// The spans held undecided, in arrival order of their traces.
+    /// The spans held undecided, shard by shard, in arrival order of their traces.
     public func held() -> SpanBatch {
-        state.withLock { state in
-            var batch = SpanBatch()
+        var batch = SpanBatch()
+        for index in 0..<shards.count { held(shard: index, into: &batch) }
+        return batch
+    }
+
+    private func held(shard index: Int, into batch: inout SpanBatch) {
+        shards.withLock(index) { state in
             for due in state.byArrival.items[state.byArrival.head...] {
                 let trace = state.slots[Int(due.slot)]
                 guard trace.generation == due.generation, state.index[trace.traceID] == due.slot else { continue }
@@ -232,28 +290,26 @@ public final class TailSampler: Sendable {
                     batch.append(contentsOf: view.shared[part].batch, rows: spans.map(\.row))
                 }
             }
-            return batch
         }
     }
 
     // MARK: Holding
 
-    private static func decideByTraceID(_ batch: SpanBatch, _ state: inout State, into kept: inout SpanBatch) {
+    private static func decideByTraceID(_ batch: SpanBatch, rows: [Int], _ state: inout State, into kept: inout SpanBatch) {
         var spans: [SpanRef] = []
         var thresholds: [Threshold] = []
         // No policy reads content: the verdict is the same for every trace. It is asked with
         // the highest randomness, so that no sub-policy stops early on it.
-        let verdict = state.evaluator.evaluate(
-            TraceView(batch: batch, rows: []), randomness: Threshold.range - 1, state: &state.policyState, edges: state.edges, now: 0)
-        for row in 0..<batch.count {
+        let verdict = evaluate(TraceView(batch: batch, rows: []), randomness: Threshold.range - 1, &state, now: 0)
+        for row in rows {
             let (randomness, upstream) = Self.randomness(batch, row: row)
             guard !verdict.dropped, verdict.threshold.keeps(randomness) else { continue }
             spans.append(SpanRef(part: 0, row: row))
             thresholds.append(max(verdict.threshold, upstream ?? .always))
         }
-        state.statistics.decidedByTraceID += UInt64(batch.count)
+        state.statistics.decidedByTraceID += UInt64(rows.count)
         state.statistics.spansKept += UInt64(spans.count)
-        state.statistics.spansDropped += UInt64(batch.count - spans.count)
+        state.statistics.spansDropped += UInt64(rows.count - spans.count)
         append(TraceView(parts: [SharedBatch(batch)], spans: spans), thresholds: thresholds, &state, into: &kept)
     }
 
@@ -261,7 +317,7 @@ public final class TailSampler: Sendable {
         UInt64(duration.components.seconds) * 1_000_000_000 + UInt64(duration.components.attoseconds / 1_000_000_000)
     }
 
-    private static func hold(_ batch: SpanBatch, now: UInt64, _ state: inout State, into kept: inout SpanBatch) {
+    private static func hold(_ batch: SpanBatch, rows: [Int], now: UInt64, _ state: inout State, into kept: inout SpanBatch) {
         let wait = nanoseconds(state.file.decisionWait)
         let rootWait = nanoseconds(state.file.rootWait)
         let chunk = Int32(state.firstChunk + state.chunks.count)
@@ -271,7 +327,7 @@ public final class TailSampler: Sendable {
         var waiting = 0
         var late: [SpanRef] = []
         var lateThresholds: [Threshold] = []
-        for row in 0..<batch.count {
+        for row in rows {
             let traceID = batch.traceIDs[row]
             let isRoot = batch.parentSpanIDs[row] == .zero
             if let slot = state.index[traceID] {
@@ -320,7 +376,9 @@ public final class TailSampler: Sendable {
             if cap == 1 { capped.append(slot) }
         }
         if waiting > 0 {
-            let bytes = footprint(of: batch)
+            // The batch is held whole while any shard holds some of it; each shard is
+            // charged its share.
+            let bytes = rows.count == batch.count ? footprint(of: batch) : footprint(of: batch) * rows.count / max(1, batch.count)
             state.chunks.append(Chunk(batch: SharedBatch(batch), waiting: waiting, bytes: bytes))
             state.chunkBytes += bytes
             state.waitingSpans += waiting
@@ -336,11 +394,12 @@ public final class TailSampler: Sendable {
 
     /// Decides the oldest traces while the buffer is over its byte budget or trace limit.
     private static func enforceBounds(_ state: inout State, now: UInt64, into kept: inout SpanBatch) {
-        let budget = state.file.maxBufferBytes
-        if heldBytes(state) > budget || state.index.count > state.file.maxTraces {
+        let budget = state.file.maxBufferBytes / state.shardCount
+        let maxTraces = max(1, state.file.maxTraces / state.shardCount)
+        if heldBytes(state) > budget || state.index.count > maxTraces {
             // Down to a margin below the bounds, so that this is not done for every request.
             let bytesTarget = budget * 3 / 4
-            let tracesTarget = state.file.maxTraces - state.file.maxTraces / 8
+            let tracesTarget = maxTraces - maxTraces / 8
             while let due = state.byArrival.first, heldBytes(state) > bytesTarget || state.index.count > tracesTarget {
                 state.byArrival.pop()
                 let byBytes = heldBytes(state) > bytesTarget
@@ -404,7 +463,7 @@ public final class TailSampler: Sendable {
         guard trace.generation == due.generation, state.index[trace.traceID] == due.slot else { return false }
         let view = view(of: trace, state)
         let (randomness, upstream) = Self.randomness(view)
-        let verdict = state.evaluator.evaluate(view, randomness: randomness, state: &state.policyState, edges: state.edges, now: now)
+        let verdict = evaluate(view, randomness: randomness, &state, now: now)
         let keep = !verdict.dropped && verdict.threshold.keeps(randomness)
         let threshold = max(verdict.threshold, upstream ?? .always)
         let count = trace.spans.count
@@ -444,8 +503,21 @@ public final class TailSampler: Sendable {
         return true
     }
 
+    /// The policies' verdict on `trace`; those that remember (rate limits, `new_edge`)
+    /// share what they remember with the other shards.
+    private static func evaluate(_ trace: TraceView, randomness: UInt64, _ state: inout State, now: UInt64) -> Verdict {
+        guard state.evaluator.remembers else {
+            var none = PolicyState()
+            return state.evaluator.evaluate(trace, randomness: randomness, state: &none, edges: state.edges, now: now)
+        }
+        let (evaluator, edges) = (state.evaluator, state.edges)
+        return state.policyState.state.withLock { shared in
+            evaluator.evaluate(trace, randomness: randomness, state: &shared, edges: edges, now: now)
+        }
+    }
+
     private static func remember(_ traceID: TraceID, _ decision: CachedDecision, _ state: inout State) {
-        let capacity = state.file.decisionCacheSize
+        let capacity = state.file.decisionCacheSize / state.shardCount
         guard capacity > 0 else { return }
         if state.cacheOrder.count < capacity {
             state.cacheOrder.append(traceID)

@@ -77,7 +77,10 @@ public final class SpanStore: Sendable {
     }
 
     private let state: Mutex<State>
-    /// The log; its lock also orders WAL appends with head swaps.
+    /// Held shared by requests from their WAL record until their spans are in the head
+    /// block (or the sampler), alone by a seal.
+    private let gate = IngestGate()
+    /// The log.
     private let wal: Mutex<WriteAheadLog?>
     private let commit: GroupCommit
     /// Held while a seal runs, so seals never overlap.
@@ -207,24 +210,22 @@ public final class SpanStore: Sendable {
     public func append(_ export: DecodedTraceExport) throws(StoreError) -> IngestOutcome {
         let outcome = export.outcome
         guard outcome.accepted > 0 else { return outcome }
-        let batch = export.spans
-        let encoded = export.encoded
-        // Written and queryable under the log's lock; acknowledged once synced, in a
-        // group with the requests written meanwhile.
-        let ticket = try wal.withLock { (log: inout WriteAheadLog?) throws(StoreError) -> UInt64 in
-            guard let log else { throw .readOnly }
-            let ticket = try log.write(type: .traceExport, body: encoded)
+        // Logged under the log's lock, then counted and sampled beside other requests
+        // (the follower and the sampler shard their work by trace id); queryable once in
+        // the head block, and acknowledged once synced, in a group with the requests
+        // written meanwhile.
+        let ticket = try gate.shared { () throws(StoreError) -> UInt64 in
+            let ticket = try wal.withLock { (log: inout WriteAheadLog?) throws(StoreError) -> UInt64 in
+                guard let log else { throw .readOnly }
+                return try log.write(type: .traceExport, body: export.encoded)
+            }
             follower?.follow(export)
-            state.withLock { state in
-                if state.head.isEmpty {
-                    state.headSince = state.headSince ?? .now
-                    // Room for a full head block up front: growing its columns by doubling
-                    // would copy them, and fault their pages in, again and again. Pages
-                    // reserved but not written cost no memory.
-                    state.head.reserveCapacity(
-                        min(configuration.maxHeadSpans, Self.maxReservedSpans), bytesPerSpan: Self.reservedBytesPerSpan)
-                }
-                Self.admit(batch, through: admission, into: &state.head)
+            if let admission {
+                var kept = SpanBatch()
+                admission.admit(export.spans, now: Self.monotonicNow(), into: &kept)
+                addToHead(kept, logged: true)
+            } else {
+                addToHead(export.spans, logged: true)
             }
             return ticket
         }
@@ -232,14 +233,33 @@ public final class SpanStore: Sendable {
         return outcome
     }
 
+    /// Puts spans into the head block; `logged` when a WAL record came with them, which
+    /// starts the head block's age.
+    private func addToHead(_ spans: SpanBatch, logged: Bool) {
+        state.withLock { state in
+            if logged { state.headSince = state.headSince ?? .now }
+            guard !spans.isEmpty else { return }
+            if state.head.isEmpty {
+                // Room for a full head block up front: growing its columns by doubling
+                // would copy them, and fault their pages in, again and again. Pages
+                // reserved but not written cost no memory.
+                state.head.reserveCapacity(
+                    min(configuration.maxHeadSpans, Self.maxReservedSpans), bytesPerSpan: Self.reservedBytesPerSpan)
+            }
+            state.head.append(contentsOf: spans)
+        }
+    }
+
     /// Makes an OTLP metrics export request durable in the WAL; `encoded` is its
     /// protobuf bytes, which the WAL logs.
     public func appendMetrics(_ request: ExportMetricsServiceRequest, encoded: [UInt8]) throws(StoreError) {
-        let ticket = try wal.withLock { (log: inout WriteAheadLog?) throws(StoreError) -> UInt64 in
-            guard let log else { throw .readOnly }
-            let ticket = try log.write(type: .metricsExport, body: encoded)
+        let ticket = try gate.shared { () throws(StoreError) -> UInt64 in
+            let ticket = try wal.withLock { (log: inout WriteAheadLog?) throws(StoreError) -> UInt64 in
+                guard let log else { throw .readOnly }
+                return try log.write(type: .metricsExport, body: encoded)
+            }
             follower?.follow(metrics: request)
-            state.withLock { state in state.headSince = state.headSince ?? .now }
+            addToHead(SpanBatch(), logged: true)
             return ticket
         }
         try waitUntilDurable(ticket)
@@ -255,8 +275,12 @@ public final class SpanStore: Sendable {
     /// Moves the spans of traces whose sampling decision came due into the head block.
     public func releaseDecided() {
         guard let admission else { return }
-        state.withLock { state in
-            admission.release(now: Self.monotonicNow(), into: &state.head)
+        // Inside the gate: a seal must not fall between the sampler letting spans go
+        // and the head block taking them, or neither would hand them on.
+        gate.shared {
+            var kept = SpanBatch()
+            admission.release(now: Self.monotonicNow(), into: &kept)
+            addToHead(kept, logged: false)
         }
     }
 
@@ -296,7 +320,8 @@ public final class SpanStore: Sendable {
     public func seal(decidingHeld: Bool = false) throws {
         try sealLock.withLock { _ in
             typealias Taken = (batch: SpanBatch, sequence: UInt64, checkpoint: (@Sendable () throws -> Void)?, carried: Bool)
-            let taken: Taken? = try wal.withLock { (log: inout WriteAheadLog?) throws -> Taken? in
+            // With the gate held alone, every record in the WAL has been followed and sampled.
+            let taken: Taken? = try gate.exclusive { () throws -> Taken? in try wal.withLock { (log: inout WriteAheadLog?) throws -> Taken? in
                 guard let log else { throw StoreError.readOnly }
                 return try state.withLock { (state: inout State) throws -> Taken? in
                     if decidingHeld { admission?.releaseAll(now: Self.monotonicNow(), into: &state.head) }
@@ -312,7 +337,7 @@ public final class SpanStore: Sendable {
                     if carried { state.headSince = .now }
                     return (batch, sequence, follower?.checkpoint(upTo: sequence), carried)
                 }
-            }
+            } }
             guard let (batch, sequence, checkpoint, carried) = taken else { return }
             if carried {
                 // The carried spans must be durable before the file they came from goes.

@@ -72,6 +72,9 @@ struct CollectorCommand: AsyncParsableCommand {
     @Option(name: .long, help: "Bytes of request data held in flight at most, 4× each request's size; past it clients are told to retry (default 536870912).")
     var memoryBudget: Int?
 
+    @Option(name: .long, help: "Shards the golden signals and the tail sampler split their work into by trace id (default: one per core).")
+    var shards: Int?
+
     @Option(name: .long, help: "Sampling policy file (docs/sampling.md); reloaded on SIGHUP and when it changes. Default: the built-in policy.")
     var policy: String?
 
@@ -128,6 +131,7 @@ struct CollectorCommand: AsyncParsableCommand {
             ("--read-timeout", "receivers.read_timeout", readTimeout),
             ("--max-grpc-message-bytes", "receivers.otlp_grpc.max_message_bytes", maxGrpcMessageBytes.map(String.init)),
             ("--memory-budget", "memory_budget_bytes", memoryBudget.map(String.init)),
+            ("--shards", "pipeline.shards", shards.map(String.init)),
             ("--log-level", "log_level", logLevel),
             ("--policy", "sampling.policy", policy),
             ("--tls-mode", "tls.mode", tlsMode),

@@ -5,6 +5,7 @@ import MeshSim
 import OTLPWire
 import Sampling
 import SegmentStore
+import Synchronization
 import XCTest
 
 final class GoldenSignalsTests: XCTestCase {
@@ -137,6 +138,18 @@ final class GoldenSignalsTests: XCTestCase {
         return try GoldenSignals(configuration: configuration)
     }
 
+    /// A store in `directory` whose golden signals (in `series/`, keeping MeshSim's
+    /// years) follow its WAL, in `shards` shards, with `admission` sampling.
+    private func openStore(
+        _ directory: String, shards: Int = Shards.defaultCount, admission: TailSampler? = nil
+    ) throws -> (SpanStore, GoldenSignals) {
+        var configuration = keepingEverything(directory: directory + "/series")
+        configuration.shards = shards
+        let golden = try GoldenSignals(configuration: configuration)
+        let store = try SpanStore(configuration: SpanStore.Configuration(dataDirectory: directory), follower: golden, admission: admission)
+        return (store, golden)
+    }
+
     /// MeshSim's traffic is from 2023: resolutions that keep it.
     private func keepingEverything(directory: String) -> GoldenSignals.Configuration {
         var configuration = GoldenSignals.Configuration(directory: directory)
@@ -192,10 +205,7 @@ final class GoldenSignalsTests: XCTestCase {
     func testSignalsSurviveARestartWithoutCountingTwice() throws {
         let (requests, simulator) = simulatedRequests(count: 1_500, seed: 21)
         let directory = temporaryDirectory(self)
-        func open() throws -> (SpanStore, GoldenSignals) {
-            let golden = try GoldenSignals(configuration: keepingEverything(directory: directory + "/series"))
-            return (try SpanStore(configuration: SpanStore.Configuration(dataDirectory: directory), follower: golden), golden)
-        }
+        func open() throws -> (SpanStore, GoldenSignals) { try openStore(directory) }
         do {
             let (store, _) = try open()
             for (index, request) in requests.enumerated() {
@@ -223,12 +233,7 @@ final class GoldenSignalsTests: XCTestCase {
         let directory = temporaryDirectory(self)
         let policy = try PolicyFile.parse(
             yaml: "policies: [{name: one-percent, type: probabilistic, probabilistic: {sampling_percentage: 1}}]", file: "t.yaml")
-        func open() throws -> (SpanStore, GoldenSignals) {
-            let golden = try GoldenSignals(configuration: keepingEverything(directory: directory + "/series"))
-            let store = try SpanStore(
-                configuration: SpanStore.Configuration(dataDirectory: directory), follower: golden, admission: TailSampler(policy: policy))
-            return (store, golden)
-        }
+        func open() throws -> (SpanStore, GoldenSignals) { try openStore(directory, admission: TailSampler(policy: policy)) }
         do {
             let (store, _) = try open()
             for (index, request) in requests.enumerated() {
@@ -244,6 +249,93 @@ final class GoldenSignalsTests: XCTestCase {
         XCTAssertGreaterThan(stored, 0)
         XCTAssertLessThan(Double(stored) / Double(simulator.truth.spans), 0.03, "about 1 % of spans stored")
         assertMatchesTruth(golden.serviceGraph(in: everything), simulator.truth)
+    }
+
+    /// Requests logged from many threads at once, with seals among them, are counted
+    /// in several shards side by side: the counts equal one shard's, a checkpoint
+    /// misses no request that was halfway through, and a crash and restart count
+    /// each span once.
+    func testShardsCountConcurrentRequestsExactlyThroughSealsAndARestart() throws {
+        let (requests, simulator) = simulatedRequests(count: 1_200, seed: 41)
+        let exports = try requests.map(received)
+        let directory = temporaryDirectory(self)
+        let keepAll = try PolicyFile.parse(yaml: "policies: [{name: all, type: always_sample}]", file: "t.yaml")
+        func open() throws -> (SpanStore, GoldenSignals) { try openStore(directory, shards: 4, admission: TailSampler(policy: keepAll, shards: 4)) }
+        do {
+            let (store, golden) = try open()
+            let failures = Mutex(0)
+            let done = DispatchGroup()
+            let next = Mutex(0)
+            // Four writers take requests in turn; a fifth thread seals while they write.
+            for _ in 0..<4 {
+                done.enter()
+                Thread.detachNewThread {
+                    defer { done.leave() }
+                    while true {
+                        let index = next.withLock { index in defer { index += 1 }; return index }
+                        guard index < exports.count else { return }
+                        do { _ = try store.append(exports[index]) } catch { failures.withLock { $0 += 1 } }
+                    }
+                }
+            }
+            done.enter()
+            Thread.detachNewThread {
+                defer { done.leave() }
+                while next.withLock({ $0 }) < exports.count {
+                    do { try store.seal() } catch { failures.withLock { $0 += 1 } }
+                    Thread.sleep(forTimeInterval: 0.005)
+                }
+            }
+            done.wait()
+            XCTAssertEqual(failures.withLock { $0 }, 0)
+            assertMatchesTruth(golden.serviceGraph(in: everything), simulator.truth)
+            XCTAssertGreaterThan(try FileManager.default.contentsOfDirectory(atPath: directory + "/series").filter { $0.hasSuffix(".mtr") }.count, 1)
+
+            var oneShard = keepingEverything(directory: temporaryDirectory(self) + "/one")
+            oneShard.shards = 1
+            let one = try GoldenSignals(configuration: oneShard)
+            for export in exports { one.follow(export) }
+            XCTAssertEqual(golden.signals(in: everything), one.signals(in: everything), "four shards count what one does")
+            XCTAssertEqual(golden.pairingStatistics, one.pairingStatistics)
+            // No seal at the end: a crash.
+        }
+        let (store, golden) = try open()
+        assertMatchesTruth(golden.serviceGraph(in: everything), simulator.truth)
+        try store.seal(decidingHeld: true)
+        let stored = try store.snapshot().segments.flatMap { segment in
+            let batch = try segment.readBatch()
+            return (0..<batch.count).map { "\(batch.traceIDs[$0]) \(batch.spanIDs[$0]) \(batch.kinds[$0])" }
+        }
+        XCTAssertEqual(stored.count, simulator.truth.spans, "every span stored")
+        XCTAssertEqual(Set(stored).count, stored.count, "none twice")
+    }
+
+    /// A seal that comes while a request's spans are logged but still being counted
+    /// waits for them: its checkpoint holds their counts, or the WAL file it deletes
+    /// would take them along, and a crash would lose them.
+    func testASealWaitsForARequestHalfwayThroughItsCounting() throws {
+        let (requests, simulator) = simulatedRequests(count: 1_000, seed: 43)
+        let whole = try received(ExportTraceServiceRequest.with { $0.resourceSpans = requests.flatMap(\.resourceSpans) })
+        let directory = temporaryDirectory(self)
+        func open() throws -> (SpanStore, GoldenSignals) { try openStore(directory) }
+        do {
+            let (store, _) = try open()
+            let appended = DispatchSemaphore(value: 0)
+            Thread.detachNewThread {
+                _ = try? store.append(whole)
+                appended.signal()
+            }
+            // The record is in the log as soon as the WAL counts it; counting its
+            // \(whole.spans.count) spans takes longer than that.
+            while store.walStatistics.records == 0 { usleep(50) }
+            try store.seal()
+            appended.wait()
+            // A crash: no seal after the request.
+        }
+        let (store, golden) = try open()
+        assertMatchesTruth(golden.serviceGraph(in: everything), simulator.truth)
+        try store.seal()
+        XCTAssertEqual(try store.snapshot().segments.reduce(0) { $0 + (try $1.readBatch().count) }, simulator.truth.spans)
     }
 
     func testAFailedCheckpointKeepsItsWALFileForTheSeriesEvenWhenAToolOpensTheStore() throws {
@@ -281,13 +373,11 @@ final class GoldenSignalsTests: XCTestCase {
     func testHalvesWaitingAtACheckpointPairAfterARestart() throws {
         let (requests, simulator) = simulatedRequests(count: 400, seed: 5)
         let directory = temporaryDirectory(self)
-        func open() throws -> (SpanStore, GoldenSignals) {
-            let golden = try GoldenSignals(configuration: keepingEverything(directory: directory + "/series"))
-            return (try SpanStore(configuration: SpanStore.Configuration(dataDirectory: directory), follower: golden), golden)
-        }
+        func open(shards: Int = 2) throws -> (SpanStore, GoldenSignals) { try openStore(directory, shards: shards) }
         // Requests are per pod: sealing halfway leaves CLIENT spans whose SERVER span comes later.
+        // Reopened with another number of shards, each half goes to its trace's shard.
         do {
-            let (store, golden) = try open()
+            let (store, golden) = try open(shards: 3)
             for request in requests.prefix(requests.count / 2) { _ = try store.append(try received(request)) }
             XCTAssertGreaterThan(golden.pairingStatistics.pending, 0)
             try store.seal()
@@ -424,10 +514,7 @@ final class GoldenSignalsTests: XCTestCase {
     func testCumulativeProxyCountersCountTheirIncreaseAndSurviveRestartsAndResets() throws {
         let directory = temporaryDirectory(self)
         let start = UInt64(Date().timeIntervalSince1970 * 1e9) + 1_000_000_000  // began after the store: counts whole
-        func open() throws -> (SpanStore, GoldenSignals) {
-            let golden = try GoldenSignals(configuration: keepingEverything(directory: directory + "/series"))
-            return (try SpanStore(configuration: SpanStore.Configuration(dataDirectory: directory), follower: golden), golden)
-        }
+        func open() throws -> (SpanStore, GoldenSignals) { try openStore(directory) }
         func send(_ store: SpanStore, _ request: ExportMetricsServiceRequest) throws {
             try store.appendMetrics(request, encoded: try request.serializedBytes())
         }

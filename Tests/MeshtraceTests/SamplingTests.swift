@@ -468,8 +468,8 @@ final class SamplingTests: XCTestCase {
               - {name: slow, type: latency, latency: {threshold_ms: 60}}
               - {name: baseline, type: probabilistic, probabilistic: {sampling_percentage: 5}}
             """, file: "t.yaml")
-        func keptTraces(_ batches: [SpanBatch], wait: UInt64) -> [TraceID: String] {
-            let sampler = TailSampler(policy: policy)
+        func keptTraces(_ batches: [SpanBatch], wait: UInt64, shards: Int = 1) -> [TraceID: String] {
+            let sampler = TailSampler(policy: policy, shards: shards)
             var kept = SpanBatch()
             var now = wait
             for batch in batches {
@@ -487,6 +487,48 @@ final class SamplingTests: XCTestCase {
         let second = keptTraces([merged], wait: 7)
         XCTAssertGreaterThan(first.count, 100)
         XCTAssertEqual(first, second)
+        // However many shards split the traces.
+        XCTAssertEqual(keptTraces(traffic.map(\.batch), wait: 1_000, shards: 3), first)
+        XCTAssertEqual(keptTraces([merged], wait: 7, shards: 8), first)
+    }
+
+    /// What a policy remembers across traces is one for all shards: `new_edge` keeps
+    /// the first trace over an edge once, not once per shard, and a rate limit holds
+    /// for the whole sampler.
+    func testPoliciesThatRememberShareItAcrossShards() throws {
+        func traces(_ count: Int, firstID: UInt64) -> SpanBatch {
+            var batch = SpanBatch()
+            let a = batch.intern(resource: ResourceEntry(serviceName: "a", encoded: []))
+            let b = batch.intern(resource: ResourceEntry(serviceName: "b", encoded: []))
+            let scope = batch.intern(scope: [])
+            for index in 0..<UInt64(count) {
+                let trace = TraceID(high: firstID + index, low: (firstID + index) &* 0x9E37_79B9_7F4A_7C15)
+                for (span, parent, kind, resource) in [(1, 0, SpanKind.server, a), (2, 1, .client, a), (3, 2, .server, b)] as [(UInt64, UInt64, SpanKind, UInt32)] {
+                    batch.append(SpanBatch.Row(
+                        traceID: trace, spanID: SpanID(span), parentSpanID: SpanID(parent), name: "op", kind: kind,
+                        startTime: 1, endTime: 2, statusCode: .unset, statusMessage: "", httpStatusCode: 200,
+                        resourceIndex: resource, scopeIndex: scope, attributes: [], extras: []))
+                }
+            }
+            return batch
+        }
+        let newEdge = try PolicyFile.parse(yaml: "policies: [{name: n, type: new_edge, new_edge: {traces_per_edge: 2}}]", file: "t.yaml")
+        let sampler = TailSampler(policy: newEdge, shards: 4)
+        var kept = SpanBatch()
+        sampler.admit(traces(64, firstID: 1), now: 0, into: &kept)
+        sampler.releaseAll(now: 1, into: &kept)
+        XCTAssertEqual(Set((0..<kept.count).map { kept.traceIDs[$0] }).count, 2, "two traces over user→a and a→b, in all shards together")
+
+        // 3 spans a trace, at most 300 spans a second: about 100 traces of 3,000 in one second.
+        let limited = try PolicyFile.parse(yaml: "policies: [{name: r, type: rate_limiting, rate_limiting: {spans_per_second: 300}}]", file: "t.yaml")
+        let rated = TailSampler(policy: limited, shards: 4)
+        var keptByRate = SpanBatch()
+        for second in 0..<UInt64(6) {
+            rated.admit(traces(3_000, firstID: 1_000_000 * (second + 1)), now: second * 1_000_000_000, into: &keptByRate)
+            rated.releaseAll(now: second * 1_000_000_000 + 1, into: &keptByRate)
+        }
+        let lastSecond = (0..<keptByRate.count).filter { keptByRate.traceIDs[$0].high >= 6_000_000 }.count
+        XCTAssertEqual(Double(lastSecond), 300, accuracy: 120, "the limit holds for the sampler, not for each shard")
     }
 
     /// A collector that crashes with traces undecided, and reopens, keeps exactly the

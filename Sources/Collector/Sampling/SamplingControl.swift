@@ -36,7 +36,7 @@ final class SamplingControl: Sendable {
     static let minimumRequests: UInt64 = 100
 
     /// Loads the policy; an invalid one is an error.
-    init(source: SamplingSource, golden: GoldenSignals, logger: Logger) throws {
+    init(source: SamplingSource, shards: Int, golden: GoldenSignals, logger: Logger) throws {
         let policy: PolicyFile
         switch source {
         case .builtIn:
@@ -51,7 +51,7 @@ final class SamplingControl: Sendable {
         }
         self.golden = golden
         self.logger = logger
-        sampler = TailSampler(policy: policy)
+        sampler = TailSampler(policy: policy, shards: shards)
         let now = GoldenSignals.wallClock()
         knownEdges = Set(golden.serviceGraph(in: now.saturatingSubtract(3_600_000_000_000)...now).edges.map {
             EdgeName(caller: $0.client.service, callee: $0.server.service)
