@@ -49,7 +49,7 @@ public struct CollectorConfiguration: Sendable {
     /// times its decompressed size); past it, clients are told to retry later.
     public var memoryBudgetBytes = 512 << 20
     /// Shards the golden signals and the tail sampler split their work into, by trace
-    /// id; requests in different shards are worked on at once (default: one per core).
+    /// id; requests in different shards are worked on at once (default: one per four cores).
     public var shards = Shards.defaultCount
     /// How long an HTTP client may take to send a request body, and may leave a
     /// connection silent mid-request; past it the request gets 408 or the connection closes.

@@ -191,7 +191,7 @@ public final class TailSampler: Sendable {
     private let shards: Sharded<State>
     private let policyState = SharedPolicyState()
 
-    /// A sampler with `shards` shards (by default one per core); each holds whole
+    /// A sampler with `shards` shards (by default `Shards.defaultCount`); each holds whole
     /// traces and an equal share of the policy file's buffer bounds.
     public init(policy: PolicyFile, shards: Int = Shards.defaultCount) {
         let policyState = self.policyState

@@ -72,7 +72,7 @@ struct CollectorCommand: AsyncParsableCommand {
     @Option(name: .long, help: "Bytes of request data held in flight at most, 4× each request's size; past it clients are told to retry (default 536870912).")
     var memoryBudget: Int?
 
-    @Option(name: .long, help: "Shards the golden signals and the tail sampler split their work into by trace id (default: one per core).")
+    @Option(name: .long, help: "Shards the golden signals and the tail sampler split their work into by trace id (default: one per four cores, at least one).")
     var shards: Int?
 
     @Option(name: .long, help: "Sampling policy file (docs/sampling.md); reloaded on SIGHUP and when it changes. Default: the built-in policy.")

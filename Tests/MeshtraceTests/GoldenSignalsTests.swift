@@ -141,7 +141,7 @@ final class GoldenSignalsTests: XCTestCase {
     /// A store in `directory` whose golden signals (in `series/`, keeping MeshSim's
     /// years) follow its WAL, in `shards` shards, with `admission` sampling.
     private func openStore(
-        _ directory: String, shards: Int = Shards.defaultCount, admission: TailSampler? = nil
+        _ directory: String, shards: Int = 2, admission: TailSampler? = nil
     ) throws -> (SpanStore, GoldenSignals) {
         var configuration = keepingEverything(directory: directory + "/series")
         configuration.shards = shards
