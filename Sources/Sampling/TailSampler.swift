@@ -241,12 +241,15 @@ public final class TailSampler: Sendable {
     /// Takes spans just received; appends to `kept` those whose trace is already
     /// decided to be kept, and every trace that came due (`now`: monotonic nanoseconds).
     public func admit(_ batch: SpanBatch, now: UInt64, into kept: inout SpanBatch) {
+        // What holding the batch costs, reckoned once for all the shards that hold some of it.
+        var footprint: Int?
         shards.forEach(batch.rowsByShard(shards.count), isEmpty: { _ in false }) { _, rows, state in
             state.statistics.spansReceived += UInt64(rows.count)
             if !state.evaluator.readsContent {
                 Self.decideByTraceID(batch, rows: rows, &state, into: &kept)
             } else {
-                Self.hold(batch, rows: rows, now: now, &state, into: &kept)
+                footprint = footprint ?? Self.footprint(of: batch)
+                Self.hold(batch, rows: rows, footprint: footprint!, now: now, &state, into: &kept)
                 Self.enforceBounds(&state, now: now, into: &kept)
             }
             Self.release(&state, now: now, into: &kept)
@@ -317,7 +320,10 @@ public final class TailSampler: Sendable {
         UInt64(duration.components.seconds) * 1_000_000_000 + UInt64(duration.components.attoseconds / 1_000_000_000)
     }
 
-    private static func hold(_ batch: SpanBatch, rows: [Int], now: UInt64, _ state: inout State, into kept: inout SpanBatch) {
+    /// Holds the spans of `batch` at `rows`; `footprint` is what holding the whole batch costs.
+    private static func hold(
+        _ batch: SpanBatch, rows: [Int], footprint: Int, now: UInt64, _ state: inout State, into kept: inout SpanBatch
+    ) {
         let wait = nanoseconds(state.file.decisionWait)
         let rootWait = nanoseconds(state.file.rootWait)
         let chunk = Int32(state.firstChunk + state.chunks.count)
@@ -378,7 +384,7 @@ public final class TailSampler: Sendable {
         if waiting > 0 {
             // The batch is held whole while any shard holds some of it; each shard is
             // charged its share.
-            let bytes = rows.count == batch.count ? footprint(of: batch) : footprint(of: batch) * rows.count / max(1, batch.count)
+            let bytes = rows.count == batch.count ? footprint : footprint * rows.count / max(1, batch.count)
             state.chunks.append(Chunk(batch: SharedBatch(batch), waiting: waiting, bytes: bytes))
             state.chunkBytes += bytes
             state.waitingSpans += waiting
