@@ -1,4 +1,5 @@
 import MeshCore
+import Synchronization
 
 /// What the policies say of one trace.
 struct Verdict {
@@ -8,6 +9,13 @@ struct Verdict {
     var dropped = false
     /// The first top-level policy that gave `threshold`.
     var policy: Int?
+}
+
+/// What policies remember across traces, shared by every shard of a sampler (so a
+/// rate limit or `traces_per_edge` holds for the sampler as a whole); locked only
+/// while a policy that remembers reads or updates it.
+final class PolicyMemory: Sendable {
+    let state = Mutex(PolicyState())
 }
 
 /// The mutable state of the policies that have some: rate windows, edges seen.
@@ -48,8 +56,6 @@ struct Evaluator {
     let readsContent: Bool
     /// The quantiles `slow_for_edge` policies compare with.
     let quantiles: Set<Double>
-    /// Whether any policy remembers across traces (rate limits, `new_edge`'s edges seen).
-    let remembers: Bool
     /// Each `and` policy's sub-policies, those that read only the trace id first.
     let andOrder: [Int: [Policy]]
 
@@ -61,12 +67,6 @@ struct Evaluator {
             if case let .slowForEdge(quantile, _) = policy.rule { quantiles.insert(quantile) }
         }
         self.quantiles = quantiles
-        remembers = file.allPolicies.contains { policy in
-            switch policy.rule {
-            case .rateLimiting, .composite, .newEdge: return true
-            default: return false
-            }
-        }
         var andOrder: [Int: [Policy]] = [:]
         for policy in file.allPolicies {
             if case let .and(children) = policy.rule {
@@ -79,16 +79,16 @@ struct Evaluator {
     /// The verdict of every policy on `trace`, whose randomness is `randomness`.
     /// Policies after one that keeps with probability 1 are not asked (no threshold
     /// is lower), except `drop` ones.
-    func evaluate(_ trace: TraceView, randomness: UInt64, state: inout PolicyState, edges: EdgeKnowledge, now: UInt64) -> Verdict {
+    func evaluate(_ trace: TraceView, randomness: UInt64, memory: PolicyMemory, edges: EdgeKnowledge, now: UInt64) -> Verdict {
         var verdict = Verdict()
         var context = Context(trace: trace, randomness: randomness, edges: edges, now: now)
         for (index, policy) in file.policies.enumerated() {
             if case .drop = policy.rule {
-                if evaluate(policy, &context, &state) < .never { verdict.dropped = true }
+                if evaluate(policy, &context, memory) < .never { verdict.dropped = true }
                 continue
             }
             guard verdict.threshold > .always else { continue }
-            let threshold = evaluate(policy, &context, &state)
+            let threshold = evaluate(policy, &context, memory)
             if threshold < verdict.threshold {
                 verdict.threshold = threshold
                 verdict.policy = index
@@ -115,7 +115,7 @@ struct Evaluator {
 
     /// The threshold `policy` gives the trace (`.never` when it does not keep it; for
     /// `drop`, anything else when all its sub-policies match).
-    private func evaluate(_ policy: Policy, _ context: inout Context, _ state: inout PolicyState) -> Threshold {
+    private func evaluate(_ policy: Policy, _ context: inout Context, _ memory: PolicyMemory) -> Threshold {
         func when(_ condition: Bool) -> Threshold { condition ? .always : .never }
         let trace = context.trace
         let edges = context.edges
@@ -152,7 +152,7 @@ struct Evaluator {
         case .booleanAttribute(let key, let expected, let invert):
             return when(trace.anyAttribute(Array(key.utf8)) { $0.bool == expected } != invert)
         case .rateLimiting(let limit):
-            return state.rates[policy.slot, default: .init()].threshold(for: trace.spanCount, limit: limit, now: now)
+            return memory.state.withLock { $0.rates[policy.slot, default: .init()].threshold(for: trace.spanCount, limit: limit, now: now) }
         case .spanCount(let min, let max):
             return when((min...max).contains(trace.spanCount))
         case .traceState(let key, let values):
@@ -164,20 +164,22 @@ struct Evaluator {
             // Those that read only the trace id first: when they cannot keep it, the rest need not look.
             var threshold = Threshold.always
             for child in andOrder[policy.slot] ?? children {
-                threshold = Swift.max(threshold, evaluate(child, &context, &state))
+                threshold = Swift.max(threshold, evaluate(child, &context, memory))
                 if !threshold.keeps(context.randomness) { return .never }
             }
             return threshold
         case .drop(let children):
-            for child in children where evaluate(child, &context, &state) == .never { return .never }
+            for child in children where evaluate(child, &context, memory) == .never { return .never }
             return .always
         case .composite(let limit, let children):
             var threshold = Threshold.never
             for (index, child) in children.enumerated() {
-                let own = evaluate(child.policy, &context, &state)
+                let own = evaluate(child.policy, &context, memory)
                 guard own < .never else { continue }
                 let key = policy.slot << 8 | index
-                let share = state.rates[key, default: .init()].threshold(for: trace.spanCount, limit: limit * child.share, now: now)
+                let share = memory.state.withLock {
+                    $0.rates[key, default: .init()].threshold(for: trace.spanCount, limit: limit * child.share, now: now)
+                }
                 threshold = Swift.min(threshold, Swift.max(own, share))
             }
             return threshold
@@ -186,19 +188,22 @@ struct Evaluator {
                 (caller == "*" || call.edge.caller == caller) && (callee == "*" || call.edge.callee == callee)
             })
         case .newEdge(let perEdge, let maxEdges):
-            if state.edgeCounts[policy.slot] == nil {
-                state.edgeCounts[policy.slot] = Dictionary(edges.known.map { ($0.key, perEdge) }, uniquingKeysWith: { first, _ in first })
-            }
-            var isNew = false
             let calls = context.allCalls()
-            for (position, call) in calls.enumerated() where !calls[..<position].contains(where: { $0.key == call.key }) {
-                // Counted in place: the table is not copied per trace.
-                state.edgeCounts[policy.slot]!.withCount(of: call.key, limit: maxEdges) { count in
-                    if count < perEdge {
-                        isNew = true
-                        count += 1
+            let isNew = memory.state.withLock { state -> Bool in
+                if state.edgeCounts[policy.slot] == nil {
+                    state.edgeCounts[policy.slot] = Dictionary(edges.known.map { ($0.key, perEdge) }, uniquingKeysWith: { first, _ in first })
+                }
+                var isNew = false
+                for (position, call) in calls.enumerated() where !calls[..<position].contains(where: { $0.key == call.key }) {
+                    // Counted in place: the table is not copied per trace.
+                    state.edgeCounts[policy.slot]!.withCount(of: call.key, limit: maxEdges) { count in
+                        if count < perEdge {
+                            isNew = true
+                            count += 1
+                        }
                     }
                 }
+                return isNew
             }
             return when(isNew)
         case .slowForEdge(let quantile, let scope):

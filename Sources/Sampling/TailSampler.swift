@@ -133,17 +133,12 @@ public final class TailSampler: Sendable {
         var threshold: Threshold
     }
 
-    /// What rate-limited and `new_edge` policies remember, one for all shards so that
-    /// a limit holds for the whole collector. Locked after a shard, never before.
-    private final class SharedPolicyState: Sendable {
-        let state = Mutex(PolicyState())
-    }
-
     /// One shard's traces, and its share of the buffer's bounds.
     private struct State {
         var file: PolicyFile
         var evaluator: Evaluator
-        let policyState: SharedPolicyState
+        /// What policies remember, one for all shards. Locked after a shard, never before.
+        let memory: PolicyMemory
         /// How many shards split the bounds of `file` (buffer bytes, traces, decision cache).
         let shardCount: Int
         var edges = EdgeKnowledge()
@@ -189,15 +184,15 @@ public final class TailSampler: Sendable {
     /// The traces, sharded by trace id: requests whose spans fall in different shards
     /// are held and decided on different cores at once.
     private let shards: Sharded<State>
-    private let policyState = SharedPolicyState()
+    private let memory = PolicyMemory()
 
     /// A sampler with `shards` shards (by default `Shards.defaultCount`); each holds whole
     /// traces and an equal share of the policy file's buffer bounds.
     public init(policy: PolicyFile, shards: Int = Shards.defaultCount) {
-        let policyState = self.policyState
+        let memory = self.memory
         let count = max(1, shards)
         self.shards = Sharded(count: count) { _ in
-            State(file: policy, evaluator: Evaluator(file: policy), policyState: policyState, shardCount: count)
+            State(file: policy, evaluator: Evaluator(file: policy), memory: memory, shardCount: count)
         }
     }
 
@@ -212,7 +207,7 @@ public final class TailSampler: Sendable {
                 state.evaluator = Evaluator(file: policy)
             }
         }
-        policyState.state.withLock { $0 = PolicyState() }
+        memory.state.withLock { $0 = PolicyState() }
     }
 
     /// The quantiles `slow_for_edge` policies ask the golden signals for.
@@ -509,17 +504,9 @@ public final class TailSampler: Sendable {
         return true
     }
 
-    /// The policies' verdict on `trace`; those that remember (rate limits, `new_edge`)
-    /// share what they remember with the other shards.
+    /// The policies' verdict on `trace`.
     private static func evaluate(_ trace: TraceView, randomness: UInt64, _ state: inout State, now: UInt64) -> Verdict {
-        guard state.evaluator.remembers else {
-            var none = PolicyState()
-            return state.evaluator.evaluate(trace, randomness: randomness, state: &none, edges: state.edges, now: now)
-        }
-        let (evaluator, edges) = (state.evaluator, state.edges)
-        return state.policyState.state.withLock { shared in
-            evaluator.evaluate(trace, randomness: randomness, state: &shared, edges: edges, now: now)
-        }
+        state.evaluator.evaluate(trace, randomness: randomness, memory: state.memory, edges: state.edges, now: now)
     }
 
     private static func remember(_ traceID: TraceID, _ decision: CachedDecision, _ state: inout State) {

@@ -25,7 +25,7 @@ struct PipelineBench: ParsableCommand {
     var threads = 32
 
     @Option(parsing: .upToNextOption, help: "Shard counts to compare, run alternately.")
-    var shards: [Int] = [1, Shards.defaultCount]
+    var shards: [Int] = [1, 2]
 
     @Option(help: "Rounds over the shard counts.")
     var rounds = 3
