@@ -49,7 +49,7 @@ let package = Package(
         .target(name: "CCRC32C"),
         // Counts a thread's heap allocations (benchmarks only: it replaces malloc in the executable).
         .target(name: "CAllocationCounter"),
-        // Cache prefetch hints for the exporter's ring and the ingest path's tables.
+        // Cache prefetch hints for the exporter's ring, the OTLP decoder and the ingest path's tables.
         .target(name: "CCacheHints"),
 
         .target(name: "Compression", dependencies: ["CZstd", "CLZ4", "CZlib"]),
@@ -58,6 +58,7 @@ let package = Package(
             name: "OTLPWire",
             dependencies: [
                 "MeshCore",
+                "CCacheHints",
                 .product(name: "SwiftProtobuf", package: "swift-protobuf"),
                 .product(name: "GRPCCore", package: "grpc-swift-2"),
                 .product(name: "GRPCProtobuf", package: "grpc-swift-protobuf"),

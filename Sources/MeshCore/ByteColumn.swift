@@ -37,6 +37,36 @@ public struct ByteColumn: Sendable, Equatable, RandomAccessCollection {
         ends.append(bytes.count)
     }
 
+    /// Bytes appended since the last row ended: the open row, which `closeRow()` makes
+    /// a row and `discardOpenRow()` drops. A row is built this way when its bytes come
+    /// in pieces (a decoder copying fields as it validates them); the other appends
+    /// must wait until it is closed.
+    public var openRowCount: Int { bytes.count - (ends.last ?? 0) }
+
+    /// Adds `value` to the open row.
+    public mutating func appendToOpenRow(_ value: some Collection<UInt8>) {
+        bytes.append(contentsOf: value)
+    }
+
+    /// Adds `value` to the open row, then lets `adjust` change the bytes just added.
+    public mutating func appendToOpenRow(_ value: UnsafeBufferPointer<UInt8>, adjusting adjust: (UnsafeMutableBufferPointer<UInt8>) -> Void) {
+        let start = bytes.count
+        bytes.append(contentsOf: value)
+        bytes.withUnsafeMutableBufferPointer { stored in
+            adjust(UnsafeMutableBufferPointer(rebasing: stored[start...]))
+        }
+    }
+
+    /// Ends the open row: its bytes become the last row.
+    public mutating func closeRow() {
+        ends.append(bytes.count)
+    }
+
+    /// Drops the open row's bytes.
+    public mutating func discardOpenRow() {
+        bytes.removeSubrange((ends.last ?? 0)...)
+    }
+
     /// Appends every row of `other`.
     public mutating func append(contentsOf other: ByteColumn) {
         let base = bytes.count

@@ -199,22 +199,45 @@ public struct SpanBatch: Sendable {
 
     /// Appends one span; its resource and scope indices must point into this batch's tables.
     public mutating func append(_ row: Row) {
-        precondition(Int(row.resourceIndex) < resources.count && Int(row.scopeIndex) < scopes.count,
+        attributes.appendToOpenRow(row.attributes)
+        extras.appendToOpenRow(row.extras)
+        appendClosingOpenRows(
+            traceID: row.traceID, spanID: row.spanID, parentSpanID: row.parentSpanID, name: row.name, kind: row.kind,
+            startTime: row.startTime, endTime: row.endTime, statusCode: row.statusCode, statusMessage: row.statusMessage,
+            httpStatusCode: row.httpStatusCode, resourceIndex: row.resourceIndex, scopeIndex: row.scopeIndex)
+    }
+
+    /// Appends one span whose attributes and extras are the rows open in those
+    /// columns (see `ByteColumn.openRowCount`), closing both. With `scopeIndex` nil
+    /// the span belongs to no scope until `setScope(_:of:)` names one, which must
+    /// happen before the batch is read.
+    public mutating func appendClosingOpenRows(
+        traceID: TraceID, spanID: SpanID, parentSpanID: SpanID, name: String, kind: SpanKind,
+        startTime: UInt64, endTime: UInt64, statusCode: StatusCode, statusMessage: String,
+        httpStatusCode: UInt16, resourceIndex: UInt32, scopeIndex: UInt32?
+    ) {
+        precondition(Int(resourceIndex) < resources.count && scopeIndex.map { Int($0) < scopes.count } != false,
                      "row refers to a resource or scope outside this batch")
-        traceIDs.append(row.traceID)
-        spanIDs.append(row.spanID)
-        parentSpanIDs.append(row.parentSpanID)
-        names.append(row.name)
-        kinds.append(row.kind)
-        startTimes.append(row.startTime)
-        endTimes.append(row.endTime)
-        statusCodes.append(row.statusCode)
-        statusMessages.append(row.statusMessage)
-        httpStatusCodes.append(row.httpStatusCode)
-        resourceIndices.append(row.resourceIndex)
-        scopeIndices.append(row.scopeIndex)
-        attributes.append(row.attributes)
-        extras.append(row.extras)
+        traceIDs.append(traceID)
+        spanIDs.append(spanID)
+        parentSpanIDs.append(parentSpanID)
+        names.append(name)
+        kinds.append(kind)
+        startTimes.append(startTime)
+        endTimes.append(endTime)
+        statusCodes.append(statusCode)
+        statusMessages.append(statusMessage)
+        httpStatusCodes.append(httpStatusCode)
+        resourceIndices.append(resourceIndex)
+        scopeIndices.append(scopeIndex ?? .max)
+        attributes.closeRow()
+        extras.closeRow()
+    }
+
+    /// Points `rows` at scope `scope` of the scope table.
+    public mutating func setScope(_ scope: UInt32, of rows: Range<Int>) {
+        precondition(Int(scope) < scopes.count, "scope outside this batch")
+        scopeIndices.replaceSubrange(rows, with: repeatElement(scope, count: rows.count))
     }
 
     /// The span at `index`, with indices into this batch's tables.

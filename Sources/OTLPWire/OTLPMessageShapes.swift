@@ -28,6 +28,7 @@ extension ProtobufCursor {
     /// `opentelemetry.proto.common.v1.KeyValue`.
     @inline(__always)
     func keyValue(_ range: Range<Int>, depth: Int) throws(OTLPDecodingError) -> KeyValueShape {
+        if let shape = commonKeyValue(range, depth: depth) { return shape }
         var cursor = try enter(range, depth: depth)
         var shape = KeyValueShape(key: range.lowerBound..<range.lowerBound, value: .none)
         while !cursor.isAtEnd {
@@ -47,6 +48,39 @@ extension ProtobufCursor {
             }
         }
         return shape
+    }
+
+    /// The `KeyValue` almost every attribute is, read without the general loop: an
+    /// ASCII key then a value holding an ASCII string or an integer, each field once,
+    /// every length one byte. Nil for any other shape, which the general reading then
+    /// takes.
+    @inline(__always)
+    private func commonKeyValue(_ range: Range<Int>, depth: Int) -> KeyValueShape? {
+        let count = range.count
+        guard count >= 4, depth &+ 1 <= Self.depthLimit else { return nil }
+        let bytes = base + range.lowerBound
+        let keyEnd = 2 &+ Int(bytes[1])
+        guard bytes[0] == 0x0A, bytes[1] < 0x80, keyEnd &+ 2 <= count, bytes[keyEnd] == 0x12, bytes[keyEnd &+ 1] < 0x80,
+              keyEnd &+ 2 &+ Int(bytes[keyEnd &+ 1]) == count
+        else { return nil }
+        let key = range.lowerBound &+ 2..<range.lowerBound &+ keyEnd
+        let value = range.lowerBound &+ keyEnd &+ 2..<range.upperBound
+        if value.isEmpty {
+            return isASCII(bytes, keyEnd) ? KeyValueShape(key: key, value: .none, lastValue: value) : nil
+        }
+        let valueBytes = base + value.lowerBound
+        switch valueBytes[0] {
+        case 0x0A where value.count >= 2 && 2 &+ Int(valueBytes[1]) == value.count:
+            // The key, the value's tag and length (under 0x80 when ASCII) and the text.
+            guard isASCII(bytes, count) else { return nil }
+            return KeyValueShape(key: key, value: .string(value.lowerBound &+ 2..<value.upperBound), lastValue: value)
+        case 0x18:
+            var integer = ProtobufCursor(base, value.lowerBound &+ 1..<value.upperBound)
+            guard let number = try? integer.varint(), integer.isAtEnd, isASCII(bytes, keyEnd) else { return nil }
+            return KeyValueShape(key: key, value: .int(Int64(bitPattern: number)), lastValue: value)
+        default:
+            return nil
+        }
     }
 
     /// `opentelemetry.proto.common.v1.AnyValue`; the last member of the oneof seen decides the shape.

@@ -1,3 +1,9 @@
+#if canImport(Glibc)
+import Glibc
+#elseif canImport(Darwin)
+import Darwin
+#endif
+import CCacheHints
 import MeshCore
 
 /// An OTLP trace export request decoded into columns, with the protobuf bytes the
@@ -23,7 +29,7 @@ public struct DecodedTraceExport: Sendable {
         encoded = bytes
         let result = bytes.withUnsafeBufferPointer { buffer -> Result<(SpanBatch, [RequestFacts], IngestOutcome), OTLPDecodingError> in
             guard let base = buffer.baseAddress, !buffer.isEmpty else { return .success((SpanBatch(), [], IngestOutcome())) }
-            var decoder = OTLPTraceDecoder(input: OTLPInput(base: base))
+            var decoder = OTLPTraceDecoder(input: OTLPInput(base: base, count: buffer.count))
             return Result { () throws(OTLPDecodingError) in
                 try decoder.decodeRequest(0..<buffer.count)
                 return (decoder.batch, decoder.facts, decoder.outcome)
@@ -42,19 +48,27 @@ public struct DecodedTraceExport: Sendable {
     }
 }
 
-/// Walks an `ExportTraceServiceRequest` once per nesting level: a message's
-/// resource or scope is read (and interned) before its children, wherever it lies in
-/// the bytes, and each span is read once, its attributes and other fields copied
-/// into their stored form as they are validated.
+/// Walks an `ExportTraceServiceRequest` in one pass over its spans: a resource is
+/// read (and interned) before its scopes, wherever it lies in the bytes; spans are
+/// read as they come and pointed at their scope once the scope's fields (which may
+/// follow them) are read; each span is read once, its attributes and other fields
+/// copied into the batch's columns as they are validated.
 struct OTLPTraceDecoder {
     var batch = SpanBatch()
     var facts: [RequestFacts] = []
     var outcome = IngestOutcome()
     let input: OTLPInput
-    /// A span's attributes, extras and status fields on their way into the batch.
-    private var attributeBuffer: [UInt8] = []
-    private var extraBuffer: [UInt8] = []
+    /// A span's status fields, kept with its extras when the columns cannot say them.
     private var statusBuffer: [UInt8] = []
+    /// Attributes lying end to end in the input, each a one-byte tag and a length in
+    /// its shortest form, copied into the batch at once: the input's bytes from
+    /// `attributeRunStart` to `attributeRunEnd`, with each tag turned from
+    /// `Span.attributes` into `KeyValueList.values`.
+    private var attributeRunStart = 0
+    private var attributeRunEnd = 0
+    /// Bytes of the span's stored attributes already copied into the batch.
+    private var attributesCopied = 0
+    private var names = SpanNames()
 
     init(input: OTLPInput) {
         self.input = input
@@ -93,20 +107,28 @@ struct OTLPTraceDecoder {
         }
     }
 
+    /// One `ScopeSpans`, in one pass: a first pass over the spans only to find the
+    /// scope's fields would fetch every span's bytes from memory one after another.
     private mutating func decodeScopeSpans(_ range: Range<Int>, resourceIndex: UInt32, depth: Int) throws(OTLPDecodingError) {
-        let scopeIndex = batch.intern(scope: try input.header(of: range, depth: depth) { cursor, scope throws(OTLPDecodingError) in
-            try cursor.instrumentationScope(scope, depth: depth + 1)
-        })
-
+        let firstRow = batch.count
+        var header: [UInt8] = []
         var cursor = try input.cursor(range, depth: depth)
         while !cursor.isAtEnd {
+            let fieldStart = cursor.position
             let (field, wireType) = try cursor.tag()
-            if field == 2 && wireType == 2 {
-                try decodeSpan(try cursor.lengthDelimited(), resourceIndex: resourceIndex, scopeIndex: scopeIndex, depth: depth + 1)
-            } else {
+            switch (field, wireType) {
+            case (2, 2):
+                try decodeSpan(try cursor.lengthDelimited(), resourceIndex: resourceIndex, depth: depth + 1)
+                continue
+            case (1, 2): try cursor.instrumentationScope(try cursor.lengthDelimited(), depth: depth + 1)
+            case (3, 2): try cursor.validateUTF8(try cursor.lengthDelimited())
+            default:
                 try cursor.skip(field: field, wireType: wireType, depth: depth)
+                continue
             }
+            header.append(contentsOf: input.buffer(fieldStart..<cursor.position))
         }
+        batch.setScope(batch.intern(scope: header), of: firstRow..<batch.count)
     }
 
     /// One `Span`. Fields the columns hold are read; attributes are copied into a
@@ -114,18 +136,18 @@ struct OTLPTraceDecoder {
     /// counts, unknown fields, and a status the columns cannot say) is copied as the
     /// fields of an extras `Span`. Repeated singular fields keep their last value, as
     /// protobuf decoding does.
-    private mutating func decodeSpan(
-        _ range: Range<Int>, resourceIndex: UInt32, scopeIndex: UInt32, depth: Int
-    ) throws(OTLPDecodingError) {
+    private mutating func decodeSpan(_ range: Range<Int>, resourceIndex: UInt32, depth: Int) throws(OTLPDecodingError) {
         var cursor = try input.cursor(range, depth: depth)
+        input.prefetch(range.upperBound..<range.upperBound + range.count)
         let empty = range.lowerBound..<range.lowerBound
         var traceID = empty, spanID = empty, parentSpanID = empty, name = empty
         var kind: UInt64 = 0, startTime: UInt64 = 0, endTime: UInt64 = 0
-        // Attributes, extras and status occurrences are copied as they are read; a
-        // refused span simply leaves them behind.
-        attributeBuffer.removeAll(keepingCapacity: true)
-        extraBuffer.removeAll(keepingCapacity: true)
+        // Attributes and extras are copied into the open rows of their columns as they
+        // are read; a refused span discards them.
         statusBuffer.removeAll(keepingCapacity: true)
+        attributeRunStart = range.lowerBound
+        attributeRunEnd = range.lowerBound
+        attributesCopied = 0
         var status = StatusFields(message: empty)
         var responseStatus = FirstAttribute<Int64>(), legacyStatus = FirstAttribute<Int64>()
         var requestFacts = RequestFacts()
@@ -145,10 +167,10 @@ struct OTLPTraceDecoder {
             case (9, 2):
                 let payload = try cursor.lengthDelimited()
                 let attribute = try cursor.keyValue(payload, depth: depth + 1)
-                appendListEntry(payload)
-                // The payload now ends the span's stored list: `shift` maps its offsets there.
+                // `shift` maps the attribute's offsets in the input to the span's stored list.
+                let shift = appendAttribute(fieldStart..<payload.upperBound, payload: payload)
                 requestFacts.observe(input.buffer(0..<payload.upperBound), key: attribute.key, value: attribute.lastValue,
-                                     storedAt: attributeBuffer.count - payload.upperBound)
+                                     storedAt: shift)
                 if !responseStatus.isDecided, cursor.equals(attribute.key, "http.response.status_code") {
                     responseStatus.decide(attribute.value.intValue)
                 } else if !legacyStatus.isDecided, cursor.equals(attribute.key, "http.status_code") {
@@ -159,35 +181,39 @@ struct OTLPTraceDecoder {
                 statusBuffer.append(contentsOf: input.buffer(fieldStart..<cursor.position))
             case (3, 2):
                 try cursor.validateUTF8(try cursor.lengthDelimited())
-                extraBuffer.append(contentsOf: input.buffer(fieldStart..<cursor.position))
+                batch.extras.appendToOpenRow(input.buffer(fieldStart..<cursor.position))
             case (11, 2):
                 try cursor.spanEvent(try cursor.lengthDelimited(), depth: depth + 1)
-                extraBuffer.append(contentsOf: input.buffer(fieldStart..<cursor.position))
+                batch.extras.appendToOpenRow(input.buffer(fieldStart..<cursor.position))
             case (13, 2):
                 try cursor.spanLink(try cursor.lengthDelimited(), depth: depth + 1)
-                extraBuffer.append(contentsOf: input.buffer(fieldStart..<cursor.position))
+                batch.extras.appendToOpenRow(input.buffer(fieldStart..<cursor.position))
             default:
                 // Dropped counts, flags, and fields this version does not know.
                 try cursor.skip(field: field, wireType: wireType, depth: depth)
-                extraBuffer.append(contentsOf: input.buffer(fieldStart..<cursor.position))
+                batch.extras.appendToOpenRow(input.buffer(fieldStart..<cursor.position))
             }
         }
 
-        let spanName = input.string(name)
+        let spanName = names.string(name, in: input)
         let trace = traceID.count == 16 ? TraceID(high: input.bigEndian64(at: traceID.lowerBound), low: input.bigEndian64(at: traceID.lowerBound + 8)) : .zero
-        guard trace != .zero else {
-            outcome.reject("span \(spanName.debugDescription) has an invalid trace id (\(traceID.count) bytes; 16 non-zero bytes required)")
-            return
-        }
         let span = spanID.count == 8 ? SpanID(input.bigEndian64(at: spanID.lowerBound)) : .zero
-        guard span != .zero else {
-            outcome.reject("span \(spanName.debugDescription) has an invalid span id (\(spanID.count) bytes; 8 non-zero bytes required)")
+        let refusal: String? = if trace == .zero {
+            "an invalid trace id (\(traceID.count) bytes; 16 non-zero bytes required)"
+        } else if span == .zero {
+            "an invalid span id (\(spanID.count) bytes; 8 non-zero bytes required)"
+        } else if !parentSpanID.isEmpty && parentSpanID.count != 8 {
+            "an invalid parent span id (\(parentSpanID.count) bytes; empty or 8 required)"
+        } else {
+            nil
+        }
+        if let refusal {
+            outcome.reject("span \(spanName.debugDescription) has \(refusal)")
+            batch.attributes.discardOpenRow()
+            batch.extras.discardOpenRow()
             return
         }
-        guard parentSpanID.isEmpty || parentSpanID.count == 8 else {
-            outcome.reject("span \(spanName.debugDescription) has an invalid parent span id (\(parentSpanID.count) bytes; empty or 8 required)")
-            return
-        }
+        flushAttributeRun()
         let parent = parentSpanID.isEmpty ? SpanID.zero : SpanID(input.bigEndian64(at: parentSpanID.lowerBound))
         let columnStatus = status.columnStatus
         let kind32 = Int32(truncatingIfNeeded: kind)
@@ -196,31 +222,106 @@ struct OTLPTraceDecoder {
         // A status the columns cannot say is kept whole with the extras (after the
         // other fields: field order carries no meaning, and the status's own
         // occurrences keep theirs).
-        if columnStatus == nil { extraBuffer.append(contentsOf: statusBuffer) }
+        if columnStatus == nil { batch.extras.appendToOpenRow(statusBuffer) }
         let statusMessage = columnStatus == nil ? "" : input.string(status.message)
-        batch.append(SpanBatch.Row(
+        batch.appendClosingOpenRows(
             traceID: trace, spanID: span, parentSpanID: parent, name: spanName,
             kind: (0...5).contains(kind32) ? SpanKind(rawValue: UInt8(kind32))! : .unspecified,
             startTime: startTime, endTime: endTime,
             statusCode: columnStatus ?? .unset, statusMessage: statusMessage,
             httpStatusCode: (0...999).contains(httpStatusCode) ? UInt16(httpStatusCode) : 0,
-            resourceIndex: resourceIndex, scopeIndex: scopeIndex,
-            attributes: attributeBuffer, extras: extraBuffer))
+            resourceIndex: resourceIndex, scopeIndex: nil)
         facts.append(requestFacts)
         outcome.accepted += 1
     }
 
-    /// Appends an attribute's `KeyValue` bytes as an entry of a `KeyValueList`
-    /// (field 1), the form the store keeps.
-    private mutating func appendListEntry(_ payload: Range<Int>) {
-        attributeBuffer.append(0x0A)
+    /// Adds the attribute field at `field` (its `KeyValue` at `payload`) to the span's
+    /// stored `KeyValueList`, and returns what added to an offset of the input gives
+    /// the offset of the same byte in that list.
+    ///
+    /// A field whose tag is the one byte `Span.attributes` is written in is the
+    /// list's entry but for that byte, so it joins the run of such fields before it
+    /// when it directly follows them; any other is written out whole.
+    private mutating func appendAttribute(_ field: Range<Int>, payload: Range<Int>) -> Int {
+        if payload.lowerBound - field.lowerBound == 1 + ProtobufCursor.varintSize(UInt64(payload.count)) {
+            if attributeRunEnd != field.lowerBound { flushAttributeRun() }
+            if attributeRunStart == attributeRunEnd { attributeRunStart = field.lowerBound }
+            let stored = attributesCopied + (field.lowerBound - attributeRunStart)
+            attributeRunEnd = field.upperBound
+            return stored - field.lowerBound
+        }
+        flushAttributeRun()
+        var entry: [UInt8] = [Self.listEntryTag]
         var length = UInt64(payload.count)
         while length >= 0x80 {
-            attributeBuffer.append(UInt8(truncatingIfNeeded: length) | 0x80)
+            entry.append(UInt8(truncatingIfNeeded: length) | 0x80)
             length >>= 7
         }
-        attributeBuffer.append(UInt8(length))
-        attributeBuffer.append(contentsOf: input.buffer(payload))
+        entry.append(UInt8(length))
+        batch.attributes.appendToOpenRow(entry)
+        batch.attributes.appendToOpenRow(input.buffer(payload))
+        attributesCopied += entry.count + payload.count
+        return attributesCopied - payload.upperBound
+    }
+
+    /// `KeyValueList.values` (field 1, length-delimited).
+    private static let listEntryTag: UInt8 = 0x0A
+
+    private mutating func flushAttributeRun() {
+        guard attributeRunStart != attributeRunEnd else { return }
+        batch.attributes.appendToOpenRow(input.buffer(attributeRunStart..<attributeRunEnd)) { run in
+            // Entry after entry: the tag, then the length (at most five bytes, each but
+            // the last with its high bit set), then as many bytes of `KeyValue`.
+            var tag = 0
+            while tag < run.count {
+                run[tag] = Self.listEntryTag
+                var length = 0, shift = 0, next = tag &+ 1
+                while true {
+                    let byte = run[next]
+                    length |= Int(byte & 0x7F) &<< shift
+                    next &+= 1
+                    if byte < 0x80 { break }
+                    shift &+= 7
+                }
+                tag = next &+ length
+            }
+        }
+        attributesCopied += attributeRunEnd - attributeRunStart
+        attributeRunStart = attributeRunEnd
+    }
+}
+
+/// Span names already made into strings in this request, so that a name repeated
+/// across its spans is one shared `String` instead of a new one for each span: a
+/// table of 256 slots, each holding the last name whose hash chose it.
+private struct SpanNames {
+    private struct Slot {
+        var start = 0
+        var count = -1
+        var string = ""
+    }
+
+    private var slots: [Slot] = []
+
+    mutating func string(_ range: Range<Int>, in input: OTLPInput) -> String {
+        guard !range.isEmpty else { return "" }
+        if slots.isEmpty { slots = Array(repeating: Slot(), count: 256) }
+        let bytes = UnsafeRawPointer(input.base + range.lowerBound)
+        let count = range.count
+        // The first and last eight bytes (overlapping when shorter), and the length.
+        var hash = UInt64(count) &* 0x9E37_79B9_7F4A_7C15
+        if count >= 8 {
+            hash = (hash ^ bytes.loadUnaligned(as: UInt64.self)) &* 0xBF58_476D_1CE4_E5B9
+            hash = (hash ^ bytes.loadUnaligned(fromByteOffset: count &- 8, as: UInt64.self)) &* 0x94D0_49BB_1331_11EB
+        } else {
+            for index in 0..<count { hash = (hash ^ UInt64(bytes.load(fromByteOffset: index, as: UInt8.self))) &* 0xBF58_476D_1CE4_E5B9 }
+        }
+        let index = Int(truncatingIfNeeded: hash >> 56)
+        let slot = slots[index]
+        if slot.count == count, memcmp(input.base + slot.start, bytes, count) == 0 { return slot.string }
+        let string = input.string(range)
+        slots[index] = Slot(start: range.lowerBound, count: count, string: string)
+        return string
     }
 }
 
@@ -228,6 +329,20 @@ struct OTLPTraceDecoder {
 /// reading them never copies the batch.
 struct OTLPInput {
     let base: UnsafePointer<UInt8>
+    let count: Int
+
+    /// Asks for the cache lines of `range` (clipped to the input, at most 2 KiB) ahead
+    /// of reading them: spans are read front to back, and the next span's bytes are
+    /// on their way while this one is decoded.
+    @inline(__always)
+    func prefetch(_ range: Range<Int>) {
+        var line = range.lowerBound
+        let end = min(range.upperBound, count, range.lowerBound &+ 2048)
+        while line < end {
+            meshtrace_prefetch_for_read(base + line)
+            line &+= 64
+        }
+    }
 
     func cursor(_ range: Range<Int>, depth: Int) throws(OTLPDecodingError) -> ProtobufCursor {
         guard depth <= ProtobufCursor.depthLimit else { throw OTLPDecodingError(reason: .tooDeep, offset: range.lowerBound) }

@@ -74,6 +74,12 @@ struct ProtobufCursor {
         }
     }
 
+    /// The bytes `value` takes as a varint in its shortest form.
+    @inline(__always)
+    static func varintSize(_ value: UInt64) -> Int {
+        (64 &- (value | 1).leadingZeroBitCount &+ 6) / 7
+    }
+
     /// The next field's number and wire type; an end-group tag here is malformed.
     @inline(__always)
     mutating func tag() throws(OTLPDecodingError) -> (field: Int, wireType: UInt8) {
@@ -172,8 +178,14 @@ struct ProtobufCursor {
 /// surrogates or code points above U+10FFFF).
 @inline(__always)
 func isValidUTF8(_ bytes: UnsafePointer<UInt8>, _ count: Int) -> Bool {
-    // ASCII, by far the commonest case, is checked a word at a time, the last word
-    // overlapping the one before so no byte-by-byte tail is needed.
+    isASCII(bytes, count) || isValidMultibyteUTF8(bytes, count)
+}
+
+/// Whether every one of `count` bytes at `bytes` is below 0x80. ASCII, by far the
+/// commonest text, is checked a word at a time, the last word overlapping the one
+/// before so no byte-by-byte tail is needed.
+@inline(__always)
+func isASCII(_ bytes: UnsafePointer<UInt8>, _ count: Int) -> Bool {
     let raw = UnsafeRawPointer(bytes)
     if count >= 8 {
         var index = 0
@@ -183,16 +195,15 @@ func isValidUTF8(_ bytes: UnsafePointer<UInt8>, _ count: Int) -> Bool {
             index &+= 8
         }
         high |= raw.loadUnaligned(fromByteOffset: count &- 8, as: UInt64.self)
-        if high & 0x8080_8080_8080_8080 == 0 { return true }
+        return high & 0x8080_8080_8080_8080 == 0
     } else if count >= 4 {
         let high = raw.loadUnaligned(as: UInt32.self) | raw.loadUnaligned(fromByteOffset: count &- 4, as: UInt32.self)
-        if high & 0x8080_8080 == 0 { return true }
+        return high & 0x8080_8080 == 0
     } else {
         var high: UInt8 = 0
         for index in 0..<count { high |= bytes[index] }
-        if high < 0x80 { return true }
+        return high < 0x80
     }
-    return isValidMultibyteUTF8(bytes, count)
 }
 
 /// The byte-by-byte check, for text that is not all ASCII.

@@ -93,6 +93,8 @@ final class OTLPDecoderTests: XCTestCase {
     func testDecodesMergedReorderedAndUnknownFieldsAsSwiftProtobufDoes() throws {
         var random = SeededGenerator(seed: 99)
         let traceID = [UInt8](repeating: 0xAB, count: 16)
+        let overlongTagged = field(1, Array("peer.service".utf8)) + field(2, field(1, Array("overlong-tag".utf8)))
+        let overlongLength = field(1, Array("k3".utf8)) + field(2, field(1, Array("overlong".utf8)))
         let pieces: [[UInt8]] = [
             field(1, traceID), field(2, [1, 2, 3, 4, 5, 6, 7, 8]), field(2, [9, 9, 9, 9, 9, 9, 9, 9]),
             field(1, [UInt8](repeating: 0, count: 15)), field(1, traceID),
@@ -117,6 +119,14 @@ final class OTLPDecoderTests: XCTestCase {
             field(9, field(1, Array("tls.established".utf8)) + field(2, varintField(2, 0))),
             field(9, field(1, Array("x".utf8)) + field(1, Array("peer.service".utf8)) + field(2, field(1, Array("second-key".utf8)))),
             varintField(9, 1),
+            // Attributes written with a two-byte tag, and with a length in more bytes than it needs.
+            [0xCA, 0x00] + varint(UInt64(overlongTagged.count)) + overlongTagged,
+            [0x4A, UInt8(overlongLength.count) | 0x80, 0x00] + overlongLength,
+            // Text that is not ASCII, and integers of every width.
+            field(9, field(1, Array("clé".utf8)) + field(2, field(1, Array("✓ ok".utf8)))),
+            field(9, field(1, Array("request_size".utf8)) + field(2, varintField(3, 300))),
+            field(9, field(1, Array("negative".utf8)) + field(2, varintField(3, UInt64(bitPattern: -2)))),
+            field(9, field(1, Array("".utf8)) + field(2, [])),
             field(15, varintField(3, 2)), field(15, field(2, Array("broken".utf8))), field(15, varintField(3, 0)),
             field(15, []), field(15, varintField(1, 1)), field(15, varintField(3, 1) + field(2, [])),
             field(3, Array("ot=th:8".utf8)), varintField(10, 3), varintField(12, 1), varintField(14, 2), fixed32Field(16, 0x301),
@@ -127,14 +137,19 @@ final class OTLPDecoderTests: XCTestCase {
         ]
         var accepted = 0
         for trial in 0..<2_000 {
-            var span: [UInt8] = []
-            for _ in 0..<Int(random.next() % 12) + 1 { span += pieces[Int(random.next() % UInt64(pieces.count))] }
-            if random.next() % 2 == 0 { span = field(1, traceID) + field(2, [1, 2, 3, 4, 5, 6, 7, 8]) + span }
+            // One to three spans a scope, so refused and accepted spans follow each other.
+            var spans: [UInt8] = []
+            for _ in 0..<Int(random.next() % 3) + 1 {
+                var span: [UInt8] = []
+                for _ in 0..<Int(random.next() % 12) + 1 { span += pieces[Int(random.next() % UInt64(pieces.count))] }
+                if random.next() % 2 == 0 { span = field(1, traceID) + field(2, [1, 2, 3, 4, 5, 6, 7, 8]) + span }
+                spans += field(2, span)
+            }
             let resource = field(1, field(1, Array("service.name".utf8)) + field(2, field(1, Array("svc-\(trial % 3)".utf8))))
                 + (trial % 5 == 0 ? field(1, field(1, Array("service.name".utf8)) + field(2, varintField(3, 1))) : [])
                 + (trial % 7 == 0 ? field(3, field(2, Array("k8s.pod".utf8)) + field(3, Array("k8s.pod.uid".utf8))) : [])
             let scope = field(1, Array("envoy".utf8)) + field(2, Array("1.31".utf8)) + (trial % 4 == 0 ? varintField(9, 1) : [])
-            let scopeSpans = (trial % 3 == 0 ? field(2, span) + field(1, scope) : field(1, scope) + field(2, span))
+            let scopeSpans = (trial % 3 == 0 ? spans + field(1, scope) : field(1, scope) + spans)
                 + field(3, Array("https://opentelemetry.io/schemas/1.27.0".utf8))
             let resourceSpans = (trial % 2 == 0 ? field(2, scopeSpans) + field(1, resource) : field(1, resource) + field(2, scopeSpans))
                 + (trial % 6 == 0 ? field(1, field(2, [0x7F]) + varintField(2, 1)) : [])
@@ -242,6 +257,26 @@ final class OTLPDecoderTests: XCTestCase {
         XCTAssertEqual(decoded.facts, decoded.spans.requestFacts())
         // Built from a message (JSON, Zipkin), the facts are read from the stored attributes.
         XCTAssertEqual(DecodedTraceExport(request).facts, decoded.facts)
+    }
+
+    /// The peer named by an Envoy cluster (`direction|port|subset|host`) is its host,
+    /// and only a name of exactly four parts with a host has one: checked against
+    /// splitting the name, for bars at every position of the words it is read in.
+    func testTheHostOfAnEnvoyClusterNameIsItsFourthPart() throws {
+        var random = SeededGenerator(seed: 7)
+        for trial in 0..<3_000 {
+            let length = Int(random.next() % 40)
+            let name = String((0..<length).map { _ in random.next() % 4 == 0 ? "|" : Character(UnicodeScalar(UInt8(97 + random.next() % 3))) })
+            let parts = name.split(separator: "|", omittingEmptySubsequences: false)
+            let expected = parts.count == 4 && !parts[3].isEmpty ? String(parts[3]) : nil
+            let span = field(1, [UInt8](repeating: 1, count: 16)) + field(2, [UInt8](repeating: 2, count: 8))
+                + field(9, field(1, Array("upstream_cluster".utf8)) + field(2, field(1, Array(name.utf8))))
+            let decoded = try DecodedTraceExport(protobuf: field(1, field(2, field(2, span))))
+            let peer = decoded.facts[0].peer.map { range in
+                String(decoding: decoded.spans.attributes.bytes[range], as: UTF8.self)
+            }
+            XCTAssertEqual(peer, expected, "trial \(trial): \(name)")
+        }
     }
 
     func testEmptyInputIsAnEmptyRequest() throws {

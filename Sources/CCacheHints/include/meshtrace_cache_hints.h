@@ -21,4 +21,10 @@ static inline void meshtrace_prefetch_for_write(const void *address) {
 #endif
 }
 
+/// Asks the CPU to bring the cache line at `address` into this core's cache for
+/// reading, without waiting for it. A hint: it never faults and may be ignored.
+static inline void meshtrace_prefetch_for_read(const void *address) {
+    __builtin_prefetch(address, 0, 3);
+}
+
 #endif
