@@ -354,7 +354,9 @@ struct OTLPInput {
     }
 
     /// The bytes of fields 1 (a message, checked by `validate`) and 3 (a schema URL)
-    /// of a `ResourceSpans` or `ScopeSpans`: the resource or scope its spans share.
+    /// of a `ResourceSpans`: the resource its spans share. It skips over the scopes,
+    /// a few per resource; a `ScopeSpans`, whose spans are many, is read in one pass
+    /// instead (`OTLPTraceDecoder.decodeScopeSpans`).
     func header(
         of range: Range<Int>, depth: Int,
         validate: (ProtobufCursor, Range<Int>) throws(OTLPDecodingError) -> Void
