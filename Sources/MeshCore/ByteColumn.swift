@@ -37,13 +37,10 @@ public struct ByteColumn: Sendable, Equatable, RandomAccessCollection {
         ends.append(bytes.count)
     }
 
-    /// Bytes appended since the last row ended: the open row, which `closeRow()` makes
-    /// a row and `discardOpenRow()` drops. A row is built this way when its bytes come
-    /// in pieces (a decoder copying fields as it validates them); the other appends
-    /// must wait until it is closed.
-    public var openRowCount: Int { bytes.count - (ends.last ?? 0) }
-
-    /// Adds `value` to the open row.
+    /// Adds `value` to the open row: the bytes appended since the last row ended, which
+    /// `closeRow()` makes a row and `discardOpenRow()` drops. A row is built this way
+    /// when its bytes come in pieces (a decoder copying fields as it validates them);
+    /// the other appends must wait until it is closed.
     public mutating func appendToOpenRow(_ value: some Collection<UInt8>) {
         bytes.append(contentsOf: value)
     }

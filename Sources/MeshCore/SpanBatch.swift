@@ -208,7 +208,7 @@ public struct SpanBatch: Sendable {
     }
 
     /// Appends one span whose attributes and extras are the rows open in those
-    /// columns (see `ByteColumn.openRowCount`), closing both. With `scopeIndex` nil
+    /// columns (see `ByteColumn.appendToOpenRow(_:)`), closing both. With `scopeIndex` nil
     /// the span belongs to no scope until `setScope(_:of:)` names one, which must
     /// happen before the batch is read.
     public mutating func appendClosingOpenRows(

@@ -251,14 +251,10 @@ struct OTLPTraceDecoder {
             return stored - field.lowerBound
         }
         flushAttributeRun()
-        var entry: [UInt8] = [Self.listEntryTag]
-        var length = UInt64(payload.count)
-        while length >= 0x80 {
-            entry.append(UInt8(truncatingIfNeeded: length) | 0x80)
-            length >>= 7
-        }
-        entry.append(UInt8(length))
-        batch.attributes.appendToOpenRow(entry)
+        var entry = ByteWriter()
+        entry.write(Self.listEntryTag)
+        entry.writeVarint(UInt64(payload.count))
+        batch.attributes.appendToOpenRow(entry.bytes)
         batch.attributes.appendToOpenRow(input.buffer(payload))
         attributesCopied += entry.count + payload.count
         return attributesCopied - payload.upperBound
@@ -270,20 +266,11 @@ struct OTLPTraceDecoder {
     private mutating func flushAttributeRun() {
         guard attributeRunStart != attributeRunEnd else { return }
         batch.attributes.appendToOpenRow(input.buffer(attributeRunStart..<attributeRunEnd)) { run in
-            // Entry after entry: the tag, then the length (at most five bytes, each but
-            // the last with its high bit set), then as many bytes of `KeyValue`.
-            var tag = 0
-            while tag < run.count {
-                run[tag] = Self.listEntryTag
-                var length = 0, shift = 0, next = tag &+ 1
-                while true {
-                    let byte = run[next]
-                    length |= Int(byte & 0x7F) &<< shift
-                    next &+= 1
-                    if byte < 0x80 { break }
-                    shift &+= 7
-                }
-                tag = next &+ length
+            // Entry after entry: its one-byte tag is rewritten, then the entry read past.
+            var entries = WireReader(UnsafeBufferPointer(run), 0..<run.count)
+            while !entries.isAtEnd {
+                run[entries.position] = Self.listEntryTag
+                guard entries.tag() != nil, entries.lengthDelimited() != nil else { return }
             }
         }
         attributesCopied += attributeRunEnd - attributeRunStart
