@@ -103,14 +103,26 @@ final class SpanRing: @unchecked Sendable {
             return body(&indices)
         }
 
+        /// Bytes mapped for the slots; 0 when they came from the heap instead.
+        private let mappedBytes: Int
+
+        /// The slots are anonymous pages mapped from the kernel, each taking memory only
+        /// once it is first written. An empty shard starts again at its first slot, so a
+        /// proxy whose exporter keeps up holds the pages of a few slots, not its whole
+        /// bound; a page's first write costs one page fault, once in the process's life.
         init(slots: Int, slotSize: Int) {
-            bytes = .allocate(byteCount: slots * slotSize, alignment: MemoryLayout<SlotHeader>.alignment)
-            // Touched now, so that recording never takes a page fault on a fresh page.
-            bytes.initializeMemory(as: UInt8.self, repeating: 0, count: slots * slotSize)
+            let byteCount = slots * slotSize
+            if let mapped = mmap(nil, byteCount, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0), mapped != MAP_FAILED {
+                bytes = mapped
+                mappedBytes = byteCount
+            } else {
+                bytes = .allocate(byteCount: byteCount, alignment: MemoryLayout<SlotHeader>.alignment)
+                mappedBytes = 0
+            }
         }
 
         deinit {
-            bytes.deallocate()
+            if mappedBytes > 0 { munmap(bytes, mappedBytes) } else { bytes.deallocate() }
         }
     }
 
