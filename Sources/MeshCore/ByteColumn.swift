@@ -4,7 +4,7 @@ public struct ByteColumn: Sendable, Equatable, RandomAccessCollection {
     /// Every row's bytes, end to end.
     public private(set) var bytes: [UInt8] = []
     /// Where each row ends in `bytes`.
-    private var ends: [Int] = []
+    @usableFromInline private(set) var ends: [Int] = []
 
     public init() {}
 
@@ -26,10 +26,10 @@ public struct ByteColumn: Sendable, Equatable, RandomAccessCollection {
     @inlinable
     public func range(of index: Int) -> Range<Int> { start(of: index)..<end(of: index) }
 
-    @usableFromInline
+    @inlinable
     func start(of index: Int) -> Int { index == 0 ? 0 : ends[index - 1] }
 
-    @usableFromInline
+    @inlinable
     func end(of index: Int) -> Int { ends[index] }
 
     public mutating func append(_ value: some Collection<UInt8>) {

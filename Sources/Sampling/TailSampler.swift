@@ -530,17 +530,17 @@ public final class TailSampler: Sendable {
         var randomness: UInt64?
         var upstream: Threshold?
         for span in trace.spans {
-            guard let traceState = TraceStateField.read(trace.extras(span)), traceState.contains("ot=") else { continue }
+            guard let traceState = trace.traceState(span), traceState.contains("ot=") else { continue }
             let ot = OTelTraceState(traceState: traceState)
             randomness = randomness ?? ot.randomness
             if let threshold = ot.threshold { upstream = max(upstream ?? .always, threshold) }
         }
         guard let first = trace.spans.first else { return (0, upstream) }
-        return (randomness ?? trace.shared[first.part].batch.traceIDs[first.row].randomness, upstream)
+        return (randomness ?? trace.traceID(first).randomness, upstream)
     }
 
     private static func randomness(_ batch: SpanBatch, row: Int) -> (UInt64, Threshold?) {
-        guard let traceState = TraceStateField.read(batch.extras[row]), traceState.contains("ot=") else {
+        guard let traceState = TraceStateField.read(batch.extras, row: row), traceState.contains("ot=") else {
             return (batch.traceIDs[row].randomness, nil)
         }
         let ot = OTelTraceState(traceState: traceState)
@@ -549,26 +549,75 @@ public final class TailSampler: Sendable {
 
     /// Appends the spans of `trace` to `kept`, each with its `tracestate` recording its threshold.
     private static func append(_ trace: TraceView, thresholds: [Threshold], _ state: inout State, into kept: inout SpanBatch) {
-        var resourceMap: [SpanRef: UInt32] = [:]
-        var scopeMap: [SpanRef: UInt32] = [:]
-        for (offset, span) in trace.spans.enumerated() {
-            let shared = trace.shared[span.part]
-            let old = shared.batch.extras[span.row]
+        // A trace's spans lie in runs of rows of the same batch: each run reads its batch
+        // once (not a copy of its columns per span), and maps the few resources and
+        // scopes its rows name to `kept`'s tables by a short search.
+        var index = 0
+        while index < trace.spans.count {
+            let part = trace.spans[index].part
+            var end = index + 1
+            while end < trace.spans.count && trace.spans[end].part == part { end += 1 }
+            appendRun(trace.shared[part].batch, trace.spans[index..<end], thresholds[index..<end], &state, into: &kept)
+            index = end
+        }
+    }
+
+    private static func appendRun(
+        _ batch: SpanBatch, _ spans: ArraySlice<SpanRef>, _ thresholds: ArraySlice<Threshold>, _ state: inout State,
+        into kept: inout SpanBatch
+    ) {
+        var resources = TableMap()
+        var scopes = TableMap()
+        for (span, threshold) in zip(spans, thresholds) {
+            let old = batch.extras[span.row]
             let traceState = TraceStateField.read(old) ?? ""
             var ot = OTelTraceState(traceState: traceState)
             // A span whose tracestate already says its threshold (none says probability 1) stays as it came.
-            let unchanged = (ot.threshold ?? .always) == thresholds[offset]
+            let unchanged = (ot.threshold ?? .always) == threshold
             if !unchanged {
-                ot.threshold = thresholds[offset]
+                ot.threshold = threshold
                 TraceStateField.replace(in: old, with: ot.applied(to: traceState), into: &state.scratch)
             }
-            let resourceKey = SpanRef(part: span.part, row: Int(shared.batch.resourceIndices[span.row]))
-            let scopeKey = SpanRef(part: span.part, row: Int(shared.batch.scopeIndices[span.row]))
-            let resource = resourceMap[resourceKey] ?? kept.intern(resource: shared.batch.resources[resourceKey.row])
-            let scope = scopeMap[scopeKey] ?? kept.intern(scope: shared.batch.scopes[scopeKey.row])
-            resourceMap[resourceKey] = resource
-            scopeMap[scopeKey] = scope
-            kept.append(row: span.row, of: shared.batch, resourceIndex: resource, scopeIndex: scope, extras: unchanged ? nil : state.scratch[...])
+            let resourceRow = batch.resourceIndices[span.row]
+            let scopeRow = batch.scopeIndices[span.row]
+            let resource: UInt32
+            if let known = resources[resourceRow] {
+                resource = known
+            } else {
+                resource = kept.intern(resource: batch.resources[Int(resourceRow)])
+                resources.insert(resourceRow, resource)
+            }
+            let scope: UInt32
+            if let known = scopes[scopeRow] {
+                scope = known
+            } else {
+                scope = kept.intern(scope: batch.scopes[Int(scopeRow)])
+                scopes.insert(scopeRow, scope)
+            }
+            kept.append(row: span.row, of: batch, resourceIndex: resource, scopeIndex: scope, extras: unchanged ? nil : state.scratch[...])
+        }
+    }
+}
+
+/// Rows of a batch's resource or scope table mapped to their index in another batch's:
+/// a linear search while there are few (as in one trace's run of spans), a table past that.
+private struct TableMap {
+    private var rows: [(from: UInt32, to: UInt32)] = []
+    private var table: [UInt32: UInt32] = [:]
+
+    subscript(row: UInt32) -> UInt32? {
+        if !table.isEmpty { return table[row] }
+        for entry in rows where entry.from == row { return entry.to }
+        return nil
+    }
+
+    /// Maps `row`, which is not mapped yet, to `index`.
+    mutating func insert(_ row: UInt32, _ index: UInt32) {
+        if rows.count < 16 {
+            rows.append((row, index))
+        } else {
+            if table.isEmpty { for entry in rows { table[entry.from] = entry.to } }
+            table[row] = index
         }
     }
 }

@@ -75,53 +75,67 @@ final class SharedBatch: @unchecked Sendable {
 
 /// The spans of one trace, read where they lie: rows of the batches they arrived in.
 struct TraceView {
+    /// The batches, kept alive by the view.
     let shared: [SharedBatch]
     let spans: [SpanRef]
+    /// The same batches, unretained: the policies read a trace span by span, and each
+    /// read through `shared` would retain and release its batch.
+    private let refs: [Unmanaged<SharedBatch>]
 
     init(parts: [SharedBatch], spans: [SpanRef]) {
         shared = parts
+        refs = parts.map { Unmanaged.passUnretained($0) }
         self.spans = spans
     }
 
     /// Rows of one batch.
     init(batch: SpanBatch, rows: [Int]) {
-        shared = [SharedBatch(batch)]
-        spans = rows.map { SpanRef(part: 0, row: $0) }
+        self.init(parts: [SharedBatch(batch)], spans: rows.map { SpanRef(part: 0, row: $0) })
+    }
+
+    /// `body` on the batch `span` lies in, without retaining it (`shared` does).
+    @inline(__always)
+    func reading<Result>(_ span: SpanRef, _ body: (SharedBatch) -> Result) -> Result {
+        refs[span.part]._withUnsafeGuaranteedRef(body)
     }
 
 
     var spanCount: Int { spans.count }
 
-    @inline(__always) func kind(_ span: SpanRef) -> SpanKind { shared[span.part].batch.kinds[span.row] }
-    @inline(__always) func spanID(_ span: SpanRef) -> SpanID { shared[span.part].batch.spanIDs[span.row] }
-    @inline(__always) func parentID(_ span: SpanRef) -> SpanID { shared[span.part].batch.parentSpanIDs[span.row] }
+    @inline(__always) func kind(_ span: SpanRef) -> SpanKind { reading(span) { $0.batch.kinds[span.row] } }
+    @inline(__always) func spanID(_ span: SpanRef) -> SpanID { reading(span) { $0.batch.spanIDs[span.row] } }
+    @inline(__always) func parentID(_ span: SpanRef) -> SpanID { reading(span) { $0.batch.parentSpanIDs[span.row] } }
+    @inline(__always) func traceID(_ span: SpanRef) -> TraceID { reading(span) { $0.batch.traceIDs[span.row] } }
     // Read field by field: calling a SpanBatch method here would copy the batch.
     @inline(__always) func service(_ span: SpanRef) -> String {
-        let part = shared[span.part]
-        return part.batch.resources[Int(part.batch.resourceIndices[span.row])].serviceName
+        reading(span) { $0.batch.resources[Int($0.batch.resourceIndices[span.row])].serviceName }
     }
 
     @inline(__always) func serviceKey(_ span: SpanRef) -> UInt64 {
-        let part = shared[span.part]
-        return part.serviceKeys[Int(part.batch.resourceIndices[span.row])]
+        reading(span) { $0.serviceKeys[Int($0.batch.resourceIndices[span.row])] }
     }
 
     @inline(__always) func duration(_ span: SpanRef) -> UInt64 {
-        let part = shared[span.part]
-        let start = part.batch.startTimes[span.row]
-        let end = part.batch.endTimes[span.row]
-        return end > start ? end - start : 0
+        reading(span) { part in
+            let start = part.batch.startTimes[span.row]
+            let end = part.batch.endTimes[span.row]
+            return end > start ? end - start : 0
+        }
     }
-    @inline(__always) func attributes(_ span: SpanRef) -> ArraySlice<UInt8> { shared[span.part].batch.attributes[span.row] }
-    @inline(__always) func extras(_ span: SpanRef) -> ArraySlice<UInt8> { shared[span.part].batch.extras[span.row] }
+    @inline(__always) func attributes(_ span: SpanRef) -> ArraySlice<UInt8> { reading(span) { $0.batch.attributes[span.row] } }
+    @inline(__always) func extras(_ span: SpanRef) -> ArraySlice<UInt8> { reading(span) { $0.batch.extras[span.row] } }
+    /// The span's `trace_state`, read in place.
+    @inline(__always) func traceState(_ span: SpanRef) -> String? { reading(span) { TraceStateField.read($0.batch.extras, row: span.row) } }
 
     /// From the first span's start to the last span's end.
     var duration: UInt64 {
         var first = UInt64.max
         var last: UInt64 = 0
         for span in spans {
-            first = min(first, shared[span.part].batch.startTimes[span.row])
-            last = max(last, shared[span.part].batch.endTimes[span.row])
+            reading(span) { part in
+                first = min(first, part.batch.startTimes[span.row])
+                last = max(last, part.batch.endTimes[span.row])
+            }
         }
         return last > first ? last - first : 0
     }
@@ -129,7 +143,7 @@ struct TraceView {
     func hasStatus(in codes: Set<StatusCode>) -> Bool {
         var mask: UInt8 = 0
         for code in codes { mask |= 1 << code.rawValue }
-        return spans.contains { mask & (1 << shared[$0.part].batch.statusCodes[$0.row].rawValue) != 0 }
+        return spans.contains { span in reading(span) { mask & (1 << $0.batch.statusCodes[span.row].rawValue) != 0 } }
     }
 
     /// Whether any span's (or its resource's) attribute `key` satisfies `test`.
@@ -137,9 +151,9 @@ struct TraceView {
         var resourcesSeen: Set<SpanRef> = []
         for span in spans {
             if AttributeValue.find(key, in: attributes(span), test) { return true }
-            let resource = Int(shared[span.part].batch.resourceIndices[span.row])
+            let resource = reading(span) { Int($0.batch.resourceIndices[span.row]) }
             if resourcesSeen.insert(SpanRef(part: span.part, row: resource)).inserted,
-               AttributeValue.find(key, inResourceSpans: shared[span.part].batch.resources[resource].encoded, test) { return true }
+               reading(span, { AttributeValue.find(key, inResourceSpans: $0.batch.resources[resource].encoded, test) }) { return true }
         }
         return false
     }
@@ -147,7 +161,7 @@ struct TraceView {
     /// The HTTP status codes the decoder took from the spans' attributes (0 when none).
     func httpStatus(in range: ClosedRange<Int64>) -> Bool {
         spans.contains { span in
-            let code = shared[span.part].batch.httpStatusCodes[span.row]
+            let code = reading(span) { $0.batch.httpStatusCodes[span.row] }
             return code != 0 && range.contains(Int64(code))
         }
     }
@@ -156,8 +170,9 @@ struct TraceView {
     /// of `none`, or `tls.established` false.
     var hasPlaintext: Bool {
         spans.contains { span in
-            AttributeValue.find(Self.securityPolicyKey, in: attributes(span)) { $0.string == "none" }
-                || AttributeValue.find(Self.tlsEstablishedKey, in: attributes(span)) { $0.bool == false }
+            AttributeValue.find(Self.securityPolicyKey, or: Self.tlsEstablishedKey, in: attributes(span)) { key, value in
+                key == 0 ? value.string == "none" : value.bool == false
+            }
         }
     }
 
@@ -186,32 +201,35 @@ struct TraceView {
         }
     }
 
-    /// The position in `spans` of the span whose id is `id`: found by a scan in small
-    /// traces, by a table in large ones.
-    private func finder() -> (SpanID) -> Int? {
-        if spans.count <= 48 {
-            return { id in spans.firstIndex { spanID($0) == id } }
-        }
-        var byID: [SpanID: Int] = [:]
-        byID.reserveCapacity(spans.count)
-        for (position, span) in spans.enumerated() { byID[spanID(span)] = position }
-        return { byID[$0] }
-    }
-
     /// Every call in the trace: each SERVER span (its caller is the CLIENT span it is a
     /// child of, when that is in the trace), and each CLIENT span no SERVER span answered.
     var calls: [Call] {
-        let find = finder()
+        // Ids and kinds read once into arrays of their own: each SERVER span's parent is
+        // looked for among them, by a scan in small traces and by a table in large ones.
+        var ids: [SpanID] = []
+        var kinds: [SpanKind] = []
+        ids.reserveCapacity(spans.count)
+        kinds.reserveCapacity(spans.count)
+        for span in spans {
+            ids.append(spanID(span))
+            kinds.append(kind(span))
+        }
+        var byID: [SpanID: Int] = [:]
+        if spans.count > 48 {
+            byID.reserveCapacity(spans.count)
+            for (position, id) in ids.enumerated() { byID[id] = position }
+        }
         var answered = [Bool](repeating: false, count: spans.count)
         var result: [Call] = []
         result.reserveCapacity(spans.count)
-        for span in spans where kind(span) == .server {
+        for (position, span) in spans.enumerated() where kinds[position] == .server {
             let parentID = parentID(span)
             let caller: String
             let callerKey: UInt64
+            let parent = parentID == .zero ? nil : byID.isEmpty ? ids.firstIndex(of: parentID) : byID[parentID]
             if parentID == .zero {
                 (caller, callerKey) = ("user", Self.userKey)
-            } else if let parent = find(parentID), kind(spans[parent]) == .client {
+            } else if let parent, kinds[parent] == .client {
                 (caller, callerKey) = (service(spans[parent]), serviceKey(spans[parent]))
                 answered[parent] = true
             } else {
@@ -220,7 +238,7 @@ struct TraceView {
             result.append(Call(edge: EdgeName(caller: caller, callee: service(span)),
                                key: EdgeName.key(caller: callerKey, callee: serviceKey(span)), duration: duration(span), serverSide: true))
         }
-        for (position, span) in spans.enumerated() where kind(span) == .client && !answered[position] {
+        for (position, span) in spans.enumerated() where kinds[position] == .client && !answered[position] {
             let peer = peerName(span)
             result.append(Call(edge: EdgeName(caller: service(span), callee: peer),
                                key: EdgeName.key(caller: serviceKey(span), callee: EdgeName.key(of: peer)), duration: duration(span), serverSide: false))
@@ -260,18 +278,27 @@ struct TraceView {
 /// an OTLP `Span` holding the fields the columns do not.
 enum TraceStateField {
     static func read(_ extras: ArraySlice<UInt8>) -> String? {
-        extras.withUnsafeBufferPointer { buffer in
-            var reader = WireReader(buffer, 0..<buffer.count)
-            var found: String?
-            while let (field, wireType) = reader.tag() {
-                if field == 3, wireType == 2, let range = reader.lengthDelimited() {
-                    found = String(decoding: UnsafeBufferPointer(rebasing: buffer[range]), as: UTF8.self)
-                } else if !reader.skip(wireType: wireType) {
-                    return found
-                }
+        extras.withUnsafeBufferPointer { read($0, 0..<$0.count) }
+    }
+
+    /// The `trace_state` of row `row` of an extras column, read in place.
+    static func read(_ column: ByteColumn, row: Int) -> String? {
+        let range = column.range(of: row)
+        return column.bytes.withUnsafeBufferPointer { read($0, range) }
+    }
+
+    /// The `trace_state` of the extras at `buffer[range]`; the last one when there are several.
+    static func read(_ buffer: UnsafeBufferPointer<UInt8>, _ range: Range<Int>) -> String? {
+        var reader = WireReader(buffer, range)
+        var found: String?
+        while let (field, wireType) = reader.tag() {
+            if field == 3, wireType == 2, let value = reader.lengthDelimited() {
+                found = String(decoding: UnsafeBufferPointer(rebasing: buffer[value]), as: UTF8.self)
+            } else if !reader.skip(wireType: wireType) {
+                return found
             }
-            return found
         }
+        return found
     }
 
     /// `extras` with every `trace_state` field removed and `traceState` written in their place.

@@ -249,6 +249,11 @@ final class SamplingTests: XCTestCase {
         tagged[0].traceState = "vendor=on"
         var slow = plain
         slow[0].duration = 900_000_000
+        // `plaintext` reads either of two attributes, in one walk of each span's list.
+        var unencrypted = plain
+        unencrypted[1].attributes = [KeyValue("tenant", "gold"), KeyValue("tls.established", false)]
+        var encrypted = plain
+        encrypted[1].attributes = [KeyValue("tls.established", true), KeyValue("connection_security_policy", "mutual_tls")]
 
         // (policy, trace, kept?)
         let cases: [(String, [TestSpan], Bool)] = [
@@ -277,6 +282,8 @@ final class SamplingTests: XCTestCase {
             ("  - {name: x, type: edge, edge: {caller: user, callee: a}}", plain, true),
             ("  - {name: x, type: plaintext}", tagged, true),
             ("  - {name: x, type: plaintext}", plain, false),
+            ("  - {name: x, type: plaintext}", unencrypted, true),
+            ("  - {name: x, type: plaintext}", encrypted, false),
             ("  - {name: x, type: new_edge, new_edge: {traces_per_edge: 1}}", plain, true),
             ("  - {name: x, type: and, and: {and_sub_policy: [{name: y, type: status_code, status_code: {status_codes: [ERROR]}}, {name: z, type: edge, edge: {callee: b}}]}}", failing, true),
             ("  - {name: x, type: and, and: {and_sub_policy: [{name: y, type: status_code, status_code: {status_codes: [ERROR]}}, {name: z, type: edge, edge: {callee: c}}]}}", failing, false),
@@ -303,6 +310,35 @@ final class SamplingTests: XCTestCase {
         let hopEdges = EdgeKnowledge(quantiles: [0.9: [EdgeName(caller: "a", callee: "b"): EdgeLatency(server: 600_000_000)]])
         XCTAssertEqual(try kept("  - {name: s, type: slow_for_edge, slow_for_edge: {quantile: 0.9, scope: any}}", slowHop, edges: hopEdges).count, 3)
         XCTAssertEqual(try kept("  - {name: s, type: slow_for_edge, slow_for_edge: {quantile: 0.9, scope: root}}", slowHop, edges: hopEdges).count, 0)
+    }
+
+    /// A kept trace whose spans arrived in two batches, from more workloads than the
+    /// short search that maps a run's resources holds: every span is kept once, with
+    /// its own resource and its own attributes.
+    func testAKeptTraceSpreadOverBatchesKeepsEachSpansResource() throws {
+        let policy = try PolicyFile.parse(yaml: "decision_wait: 1s\npolicies:\n  - {name: x, type: span_count, span_count: {min_spans: 2}}",
+                                          file: "test.yaml")
+        let sampler = TailSampler(policy: policy)
+        func spans(_ ids: ClosedRange<UInt8>) -> [TestSpan] {
+            ids.map { id in
+                TestSpan(service: "workload-\(id % 20)", id: id, parent: id == 1 ? 0 : 1, kind: id == 1 ? .server : .client,
+                         attributes: [KeyValue("position", Int64(id))])
+            }
+        }
+        var kept = SpanBatch()
+        sampler.admit(batch(spans(1...30)), now: 1, into: &kept)
+        sampler.admit(batch(spans(31...45)), now: 2, into: &kept)
+        XCTAssertEqual(kept.count, 0, "held until the decision is due")
+        sampler.release(now: 2_000_000_000, into: &kept)
+        XCTAssertEqual(kept.count, 45)
+        var seen: Set<UInt64> = []
+        for row in 0..<kept.count {
+            let id = kept.spanIDs[row].value
+            XCTAssertTrue(seen.insert(id).inserted, "span \(id) kept twice")
+            XCTAssertEqual(kept.resources[Int(kept.resourceIndices[row])].serviceName, "workload-\(id % 20)")
+            XCTAssertTrue(AttributeValue.find(Array("position".utf8), in: kept.attributes[row]) { $0.int == Int64(id) })
+        }
+        XCTAssertEqual(Set(kept.resources.map(\.serviceName)).count, 20, "each workload's resource once")
     }
 
     func testKeptSpansRecordTheirThresholdAndHonourUpstreamOnes() throws {
