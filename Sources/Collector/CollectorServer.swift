@@ -88,14 +88,14 @@ public struct CollectorServer: Sendable {
             } else {
                 server = .http1(configuration: http1)
             }
-            return Application(
+            return NamedListener(endpoint: endpoint, address: address, base: Application(
                 router: router,
                 server: server,
                 configuration: .init(address: .hostname(address.host, port: address.port)),
                 onServerRunning: { channel in
                     onListening(endpoint, ListenAddress(host: address.host, port: channel.localAddress?.port ?? 0))
                 },
-                logger: logger)
+                logger: logger))
         }
 
         var receivers: [any Service] = []
@@ -116,9 +116,9 @@ public struct CollectorServer: Sendable {
             })
         }
         if let address = configuration.otlpGRPC {
-            receivers.append(OTLPGRPCReceiver(
+            receivers.append(NamedListener(endpoint: .otlpGRPC, address: address, base: OTLPGRPCReceiver(
                 address: address, security: security, ingest: ingest, maxMessageBytes: configuration.maxGRPCMessageBytes, budget: budget, metrics: metrics,
-                onListening: { onListening(.otlpGRPC, $0) }))
+                onListening: { onListening(.otlpGRPC, $0) })))
         }
         let expiryWarning = configuration.tls.expiryWarning
         let query = httpListener(.query, at: configuration.query, gated: false) { (router: Router<BasicRequestContext>) in
@@ -197,6 +197,31 @@ struct CertificateWatcher: Service {
 
 /// Seals the head block when it is due, and once more at shutdown. Services in a
 /// group stop in reverse order, so this one (first) stops after the listeners.
+/// A listener whose failure (its address in use, say) names the listener and the address.
+struct NamedListener: Service {
+    let endpoint: CollectorServer.Endpoint
+    let address: ListenAddress
+    let base: any Service
+
+    struct Failure: Error, CustomStringConvertible {
+        let endpoint: CollectorServer.Endpoint
+        let address: ListenAddress
+        let reason: String
+
+        var description: String { "the \(endpoint.rawValue) listener on \(address) failed: \(reason)" }
+    }
+
+    func run() async throws {
+        do {
+            try await base.run()
+        } catch let error as CancellationError {
+            throw error
+        } catch {
+            throw Failure(endpoint: endpoint, address: address, reason: "\(error)")
+        }
+    }
+}
+
 struct SealService: Service {
     let store: SpanStore
     let golden: GoldenSignals
@@ -216,6 +241,8 @@ struct SealService: Service {
                 if rolledUp + expired > 0 {
                     logger.info("rolled up golden-signal series", metadata: ["rolled_up": "\(rolledUp)", "expired": "\(expired)"])
                 }
+            } catch is CancellationError {
+                break  // the service group was cancelled: on to sealing, below
             } catch {
                 logger.error("rolling up golden-signal series failed", metadata: ["error": "\(error)"])
             }
@@ -240,8 +267,13 @@ struct SealService: Service {
         }
         do {
             let store = self.store
-            // Traces still waiting for their sampling decision are decided now.
-            try await NIOThreadPool.singleton.runIfActive { try store.seal(decidingHeld: true) }
+            // Traces still waiting for their sampling decision are decided now. In a task
+            // of its own, which this service's cancellation does not reach: when the
+            // service group is cancelled (a listener could not start, say) rather than
+            // shut down gracefully, the head block is still sealed.
+            try await Task.detached {
+                try await NIOThreadPool.singleton.runIfActive { try store.seal(decidingHeld: true) }
+            }.value
             logger.info("sealed the head block at shutdown")
         } catch {
             logger.error("sealing at shutdown failed; spans stay in the WAL", metadata: ["error": "\(error)"])

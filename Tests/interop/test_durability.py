@@ -135,3 +135,35 @@ def test_sigterm_under_load_drains_syncs_and_seals(collector, tmp_path, protocol
             if line.startswith("meshtrace_head_spans ")]
     assert head == ["meshtrace_head_spans 0"], "nothing was left in the WAL to replay"
     assert_all_present(restarted, acknowledged)
+
+
+def test_a_listener_that_cannot_start_still_seals_what_the_wal_held(collector, tmp_path):
+    """A collector whose OTLP/HTTP address is taken exits with an error naming it; the
+    spans an earlier run left in the WAL, replayed at start, are sealed on the way out."""
+    import socket
+    import subprocess
+    from conftest import BIN, KEEP_ALL
+    c = collector(tmp_path / "store")
+    for n in range(1, 21):
+        response = requests.post(f"{c.otlp_url}/v1/traces", data=request_for(n).SerializeToString(),
+                                 headers={"Content-Type": "application/x-protobuf"}, timeout=10)
+        assert response.status_code == 200
+    c.kill()
+    assert not list((c.data_dir / "segments").glob("*.mts")), "the spans are in the WAL only"
+
+    taken = socket.socket()
+    taken.bind(("127.0.0.1", 0))
+    taken.listen()
+    address = f"127.0.0.1:{taken.getsockname()[1]}"
+    try:
+        run = subprocess.run([str(BIN / "meshtrace-collector"), "--data-dir", str(c.data_dir), "--policy", str(KEEP_ALL),
+                              "--otlp-http", address, "--otlp-grpc", "off", "--zipkin", "off", "--query", "127.0.0.1:0"],
+                             capture_output=True, text=True, timeout=60)
+    finally:
+        taken.close()
+    assert run.returncode != 0
+    assert address in run.stderr, run.stderr
+    assert "sealing at shutdown failed" not in run.stderr, run.stderr
+    stored = meshtrace("segments", "list", "--data-dir", c.data_dir, "-o", "json")
+    assert stored.returncode == 0, stored.stderr
+    assert sum(s["spans"] for s in json.loads(stored.stdout)) == 20 * SPANS_PER_TRACE
