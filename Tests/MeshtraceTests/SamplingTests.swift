@@ -14,6 +14,21 @@ final class SamplingTests: XCTestCase {
     /// slots are long enough for removal to shift entries back), for ids of every
     /// shape producers send (random, sharing a low half, 64-bit, all zero), across
     /// growth and shrinking.
+    /// `byteHash` keys the lookup tables of golden signals and of segment encoding: a
+    /// change to any one byte of a key, at any length, must change its hash.
+    func testEveryByteOfAKeyCountsInItsHash() {
+        for length in 1...40 {
+            let key = (0..<length).map { UInt8(truncatingIfNeeded: $0 &* 37 &+ 11) }
+            let base = key.withUnsafeBytes { byteHash($0) }
+            for position in 0..<length {
+                var changed = key
+                changed[position] ^= 0x20
+                XCTAssertNotEqual(changed.withUnsafeBytes { byteHash($0) }, base, "length \(length), byte \(position)")
+            }
+            XCTAssertNotEqual(Array(key.dropLast()).withUnsafeBytes { byteHash($0) }, base, "length \(length) against one shorter")
+        }
+    }
+
     func testTraceIDMapAnswersAsADictionaryThroughChurn() {
         var random = SeededGenerator(seed: 11)
         var map = TraceIDMap<Int>()
