@@ -17,37 +17,6 @@ public struct AttributeValue: Sendable, Equatable {
     /// Whether an entry of the `KeyValue` list in `bytes` (a `KeyValueList`, or a
     /// `Resource`, whose attributes are field 1 too) has `key` and a value satisfying `test`.
     public static func find(_ key: [UInt8], in bytes: ArraySlice<UInt8>, _ test: (AttributeValue) -> Bool) -> Bool {
-        key.withUnsafeBufferPointer { expected in
-            find(in: bytes, matching: { buffer, range in equal(expected, buffer, range) ? 0 : nil }, { _, value in test(value) })
-        }
-    }
-
-    /// Whether an entry of the `KeyValue` list in `bytes` has `first` or `second` as its
-    /// key and a value satisfying `test` (told which of the two it is: 0 or 1), in one
-    /// walk of the list.
-    public static func find(
-        _ first: [UInt8], or second: [UInt8], in bytes: ArraySlice<UInt8>, _ test: (Int, AttributeValue) -> Bool
-    ) -> Bool {
-        first.withUnsafeBufferPointer { one in
-            second.withUnsafeBufferPointer { two in
-                find(in: bytes, matching: { buffer, range in
-                    equal(one, buffer, range) ? 0 : equal(two, buffer, range) ? 1 : nil
-                }, test)
-            }
-        }
-    }
-
-    @inline(__always)
-    private static func equal(_ expected: UnsafeBufferPointer<UInt8>, _ buffer: UnsafeBufferPointer<UInt8>, _ range: Range<Int>) -> Bool {
-        range.count == expected.count && (expected.isEmpty || memcmp(expected.baseAddress!, buffer.baseAddress! + range.lowerBound, expected.count) == 0)
-    }
-
-    /// Walks the `KeyValue` entries of `bytes`: `matching` says which wanted key (if any)
-    /// an entry's key is, `test` whether that entry's value is the one looked for.
-    @inline(__always)
-    private static func find(
-        in bytes: ArraySlice<UInt8>, matching: (UnsafeBufferPointer<UInt8>, Range<Int>) -> Int?, _ test: (Int, AttributeValue) -> Bool
-    ) -> Bool {
         bytes.withUnsafeBufferPointer { buffer in
             var reader = WireReader(buffer, 0..<buffer.count)
             while let (field, wireType) = reader.tag() {
@@ -57,19 +26,21 @@ public struct AttributeValue: Sendable, Equatable {
                 }
                 guard let pair = reader.lengthDelimited() else { return false }
                 var inner = WireReader(buffer, pair)
-                var matched: Int?
+                var matches = false
                 var valueRange: Range<Int>?
                 while let (innerField, innerType) = inner.tag() {
                     if innerField == 1, innerType == 2, let range = inner.lengthDelimited() {
-                        matched = matching(buffer, range)
-                        if matched == nil { break }
+                        matches = range.count == key.count && key.withUnsafeBufferPointer { expected in
+                            memcmp(expected.baseAddress!, buffer.baseAddress! + range.lowerBound, key.count) == 0
+                        }
+                        if !matches { break }
                     } else if innerField == 2, innerType == 2, let range = inner.lengthDelimited() {
                         valueRange = range
                     } else if !inner.skip(wireType: innerType) {
                         break
                     }
                 }
-                if let matched, let valueRange, test(matched, value(buffer, valueRange)) { return true }
+                if matches, let valueRange, test(value(buffer, valueRange)) { return true }
             }
             return false
         }

@@ -163,8 +163,8 @@ public final class TailSampler: Sendable {
         var scratch: [UInt8] = []
     }
 
-    /// Bytes per row of a batch's fixed-width columns and offsets, and a span's place
-    /// in its trace's list.
+    /// Bytes per row of a batch's fixed-width columns and offsets, its plaintext flag,
+    /// and a span's place in its trace's list.
     static let bytesPerRow = 128
 
     /// The memory a held batch takes: its columns as allocated (capacity, not count),
@@ -233,9 +233,16 @@ public final class TailSampler: Sendable {
         return total
     }
 
-    /// Takes spans just received; appends to `kept` those whose trace is already
-    /// decided to be kept, and every trace that came due (`now`: monotonic nanoseconds).
+    /// Takes spans just received, reading their facts first (the collector passes the
+    /// facts its decoder read: `admit(_:facts:now:into:)`).
     public func admit(_ batch: SpanBatch, now: UInt64, into kept: inout SpanBatch) {
+        admit(batch, facts: batch.requestFacts(), now: now, into: &kept)
+    }
+
+    /// Takes spans just received, with their facts (row for row); appends to `kept` those
+    /// whose trace is already decided to be kept, and every trace that came due (`now`:
+    /// monotonic nanoseconds).
+    public func admit(_ batch: SpanBatch, facts: [RequestFacts], now: UInt64, into kept: inout SpanBatch) {
         // What holding the batch costs, reckoned once for all the shards that hold some of it.
         var footprint: Int?
         shards.forEach(batch.rowsByShard(shards.count), isEmpty: { _ in false }) { _, rows, state in
@@ -244,7 +251,7 @@ public final class TailSampler: Sendable {
                 Self.decideByTraceID(batch, rows: rows, &state, into: &kept)
             } else {
                 footprint = footprint ?? Self.footprint(of: batch)
-                Self.hold(batch, rows: rows, footprint: footprint!, now: now, &state, into: &kept)
+                Self.hold(batch, facts: facts, rows: rows, footprint: footprint!, now: now, &state, into: &kept)
                 Self.enforceBounds(&state, now: now, into: &kept)
             }
             Self.release(&state, now: now, into: &kept)
@@ -317,7 +324,7 @@ public final class TailSampler: Sendable {
 
     /// Holds the spans of `batch` at `rows`; `footprint` is what holding the whole batch costs.
     private static func hold(
-        _ batch: SpanBatch, rows: [Int], footprint: Int, now: UInt64, _ state: inout State, into kept: inout SpanBatch
+        _ batch: SpanBatch, facts: [RequestFacts], rows: [Int], footprint: Int, now: UInt64, _ state: inout State, into kept: inout SpanBatch
     ) {
         let wait = nanoseconds(state.file.decisionWait)
         let rootWait = nanoseconds(state.file.rootWait)
@@ -380,7 +387,7 @@ public final class TailSampler: Sendable {
             // The batch is held whole while any shard holds some of it; each shard is
             // charged its share.
             let bytes = rows.count == batch.count ? footprint : footprint * rows.count / max(1, batch.count)
-            state.chunks.append(Chunk(batch: SharedBatch(batch), waiting: waiting, bytes: bytes))
+            state.chunks.append(Chunk(batch: SharedBatch(batch, facts: facts), waiting: waiting, bytes: bytes))
             state.chunkBytes += bytes
             state.waitingSpans += waiting
         }

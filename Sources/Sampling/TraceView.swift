@@ -66,10 +66,14 @@ final class SharedBatch: @unchecked Sendable {
     let batch: SpanBatch
     /// The key of each resource's `service.name` (`EdgeName.key(of:)`).
     let serviceKeys: [UInt64]
+    /// Row by row, whether the span's traffic went without TLS, as its request facts
+    /// say (the golden signals read the same); empty when no facts were given.
+    let plaintext: [Bool]
 
-    init(_ batch: SpanBatch) {
+    init(_ batch: SpanBatch, facts: [RequestFacts] = []) {
         self.batch = batch
         serviceKeys = batch.resources.map { EdgeName.key(of: $0.serviceName) }
+        plaintext = facts.count == batch.count ? facts.map { $0.security == .plaintext } : []
     }
 }
 
@@ -166,18 +170,19 @@ struct TraceView {
         }
     }
 
-    /// Whether a span's traffic went without TLS: Istio's `connection_security_policy`
-    /// of `none`, or `tls.established` false.
+    /// Whether a span's traffic went without TLS, as the decoder read it from the span's
+    /// attributes (`RequestFacts.security`): Istio's `connection_security_policy` of
+    /// `none`, or `tls.established` false where nothing says mutual TLS.
     var hasPlaintext: Bool {
         spans.contains { span in
-            AttributeValue.find(Self.securityPolicyKey, or: Self.tlsEstablishedKey, in: attributes(span)) { key, value in
-                key == 0 ? value.string == "none" : value.bool == false
+            reading(span) { part in
+                if !part.plaintext.isEmpty { return part.plaintext[span.row] }
+                return part.batch.attributes.bytes.withUnsafeBufferPointer { bytes in
+                    RequestFacts(attributes: bytes, part.batch.attributes.range(of: span.row)).security == .plaintext
+                }
             }
         }
     }
-
-    private static let securityPolicyKey = Array("connection_security_policy".utf8)
-    private static let tlsEstablishedKey = Array("tls.established".utf8)
 
     /// The `tracestate` of each span, where it has one.
     var traceStates: [String] {

@@ -175,7 +175,7 @@ public final class SpanStore: Sendable {
                             problems.append(Problem(file: path, reason: "a record holds an undecodable request; skipped"))
                             continue
                         }
-                        if toHead { Self.admit(export.spans, through: admission, into: &state.head) }
+                        if toHead { Self.admit(export, through: admission, into: &state.head) }
                         if toFollower && record.type == .traceExport { follower?.follow(export) }
                     case .metricsExport:
                         guard toFollower, let follower else { continue }
@@ -222,7 +222,7 @@ public final class SpanStore: Sendable {
             follower?.follow(export)
             if let admission {
                 var kept = SpanBatch()
-                admission.admit(export.spans, now: Self.monotonicNow(), into: &kept)
+                admission.admit(export.spans, facts: export.facts, now: Self.monotonicNow(), into: &kept)
                 addToHead(kept, logged: true)
             } else {
                 addToHead(export.spans, logged: true)
@@ -268,8 +268,12 @@ public final class SpanStore: Sendable {
     /// Monotonic nanoseconds, the clock a sampler's waits run on.
     public static func monotonicNow() -> UInt64 { DispatchTime.now().uptimeNanoseconds }
 
-    private static func admit(_ batch: SpanBatch, through admission: (any SpanAdmission)?, into head: inout SpanBatch) {
-        if let admission { admission.admit(batch, now: monotonicNow(), into: &head) } else { head.append(contentsOf: batch) }
+    private static func admit(_ export: DecodedTraceExport, through admission: (any SpanAdmission)?, into head: inout SpanBatch) {
+        if let admission {
+            admission.admit(export.spans, facts: export.facts, now: monotonicNow(), into: &head)
+        } else {
+            head.append(contentsOf: export.spans)
+        }
     }
 
     /// Moves the spans of traces whose sampling decision came due into the head block.

@@ -33,6 +33,8 @@ struct SamplingBench: ParsableCommand {
                 yaml: "policies: [{name: p, type: probabilistic, probabilistic: {sampling_percentage: 1}}]", file: "bench")),
         ]
         let edges = Self.edges(traffic)
+        // The facts the collector's decoder reads from each span as it decodes it.
+        let facts = traffic.map { $0.batch.requestFacts() }
         for (name, policy) in policies {
             var fastest = Double.infinity
             var kept = 0
@@ -41,7 +43,7 @@ struct SamplingBench: ParsableCommand {
                 sampler.update(edges: edges)
                 var output = SpanBatch()
                 let (_, measured) = Measurement.run {
-                    for (batch, at) in traffic { sampler.admit(batch, now: at, into: &output) }
+                    for ((batch, at), facts) in zip(traffic, facts) { sampler.admit(batch, facts: facts, now: at, into: &output) }
                     sampler.releaseAll(now: .max, into: &output)
                 }
                 fastest = min(fastest, measured.cpuSeconds)
@@ -69,9 +71,9 @@ struct SamplingBench: ParsableCommand {
                 .map { try $0.batch.exportRequestBytes() }
             trimAllocator()
             for bytes in requests {
-                let batch = try DecodedTraceExport(protobuf: bytes).spans
-                heldSpans += batch.count
-                sampler!.admit(batch, now: 1, into: &output)
+                let export = try DecodedTraceExport(protobuf: bytes)
+                heldSpans += export.spans.count
+                sampler!.admit(export.spans, facts: export.facts, now: 1, into: &output)
             }
         }
         trimAllocator()

@@ -33,8 +33,9 @@ extension WALFollower {
 /// holds undecided when a WAL file closes are logged again in the next file, so a
 /// crash loses none of them.
 public protocol SpanAdmission: AnyObject, Sendable {
-    /// Takes spans just logged (or replayed); appends to `kept` the spans decided to be kept.
-    func admit(_ batch: SpanBatch, now: UInt64, into kept: inout SpanBatch)
+    /// Takes spans just logged (or replayed), with the facts the decoder read from each;
+    /// appends to `kept` the spans decided to be kept.
+    func admit(_ batch: SpanBatch, facts: [RequestFacts], now: UInt64, into kept: inout SpanBatch)
     /// Appends to `kept` the spans of every trace whose decision came due.
     func release(now: UInt64, into kept: inout SpanBatch)
     /// Decides everything held, now (at shutdown).
