@@ -195,8 +195,6 @@ struct CertificateWatcher: Service {
     }
 }
 
-/// Seals the head block when it is due, and once more at shutdown. Services in a
-/// group stop in reverse order, so this one (first) stops after the listeners.
 /// A listener whose failure (its address in use, say) names the listener and the address.
 struct NamedListener: Service {
     let endpoint: CollectorServer.Endpoint
@@ -222,6 +220,8 @@ struct NamedListener: Service {
     }
 }
 
+/// Seals the head block when it is due, and once more at shutdown. Services in a
+/// group stop in reverse order, so this one (first) stops after the listeners.
 struct SealService: Service {
     let store: SpanStore
     let golden: GoldenSignals
