@@ -8,12 +8,6 @@ import SegmentStore
 import XCTest
 
 final class SamplingTests: XCTestCase {
-    /// The sampler's trace table (and the golden signals' pairing room, the same map
-    /// with other keys) answers as a dictionary does through inserts, updates in
-    /// place and removals (at up to three quarters full, where runs of occupied
-    /// slots are long enough for removal to shift entries back), for ids of every
-    /// shape producers send (random, sharing a low half, 64-bit, all zero), across
-    /// growth and shrinking.
     /// `byteHash` keys the lookup tables of golden signals and of segment encoding: a
     /// change to any one byte of a key, at any length, must change its hash.
     func testEveryByteOfAKeyCountsInItsHash() {
@@ -29,6 +23,12 @@ final class SamplingTests: XCTestCase {
         }
     }
 
+    /// The sampler's trace table (and the golden signals' pairing room, the same map
+    /// with other keys) answers as a dictionary does through inserts, updates in
+    /// place and removals (at up to three quarters full, where runs of occupied
+    /// slots are long enough for removal to shift entries back), for ids of every
+    /// shape producers send (random, sharing a low half, 64-bit, all zero), across
+    /// growth and shrinking.
     func testTraceIDMapAnswersAsADictionaryThroughChurn() {
         var random = SeededGenerator(seed: 11)
         var map = TraceIDMap<Int>()
@@ -264,7 +264,8 @@ final class SamplingTests: XCTestCase {
         tagged[0].traceState = "vendor=on"
         var slow = plain
         slow[0].duration = 900_000_000
-        // `plaintext` reads either of two attributes, in one walk of each span's list.
+        // `plaintext` as the decoder reads it: `tls.established: false`, unless another
+        // attribute says mutual TLS.
         var unencrypted = plain
         unencrypted[1].attributes = [KeyValue("tenant", "gold"), KeyValue("tls.established", false)]
         var encrypted = plain
