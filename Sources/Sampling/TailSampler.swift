@@ -233,25 +233,29 @@ public final class TailSampler: Sendable {
         return total
     }
 
-    /// Takes spans just received, reading their facts first (the collector passes the
-    /// facts its decoder read: `admit(_:facts:now:into:)`).
+    /// Takes spans just received without their facts: `plaintext` reads a span's
+    /// attributes when it asks (the collector passes the facts its decoder read:
+    /// `admit(_:facts:now:into:)`).
     public func admit(_ batch: SpanBatch, now: UInt64, into kept: inout SpanBatch) {
-        admit(batch, facts: batch.requestFacts(), now: now, into: &kept)
+        admit(batch, facts: [], now: now, into: &kept)
     }
 
-    /// Takes spans just received, with their facts (row for row); appends to `kept` those
-    /// whose trace is already decided to be kept, and every trace that came due (`now`:
-    /// monotonic nanoseconds).
+    /// Takes spans just received, with their facts (row for row, or none); appends to
+    /// `kept` those whose trace is already decided to be kept, and every trace that came
+    /// due (`now`: monotonic nanoseconds).
     public func admit(_ batch: SpanBatch, facts: [RequestFacts], now: UInt64, into kept: inout SpanBatch) {
-        // What holding the batch costs, reckoned once for all the shards that hold some of it.
+        // What holding the batch costs, and its rows' plaintext flags: reckoned once for
+        // all the shards that hold some of it.
         var footprint: Int?
+        var plaintext: [Bool]?
         shards.forEach(batch.rowsByShard(shards.count), isEmpty: { _ in false }) { _, rows, state in
             state.statistics.spansReceived += UInt64(rows.count)
             if !state.evaluator.readsContent {
                 Self.decideByTraceID(batch, rows: rows, &state, into: &kept)
             } else {
                 footprint = footprint ?? Self.footprint(of: batch)
-                Self.hold(batch, facts: facts, rows: rows, footprint: footprint!, now: now, &state, into: &kept)
+                plaintext = plaintext ?? (facts.count == batch.count ? facts.map { $0.security == .plaintext } : [])
+                Self.hold(batch, plaintext: plaintext!, rows: rows, footprint: footprint!, now: now, &state, into: &kept)
                 Self.enforceBounds(&state, now: now, into: &kept)
             }
             Self.release(&state, now: now, into: &kept)
@@ -324,7 +328,7 @@ public final class TailSampler: Sendable {
 
     /// Holds the spans of `batch` at `rows`; `footprint` is what holding the whole batch costs.
     private static func hold(
-        _ batch: SpanBatch, facts: [RequestFacts], rows: [Int], footprint: Int, now: UInt64, _ state: inout State, into kept: inout SpanBatch
+        _ batch: SpanBatch, plaintext: [Bool], rows: [Int], footprint: Int, now: UInt64, _ state: inout State, into kept: inout SpanBatch
     ) {
         let wait = nanoseconds(state.file.decisionWait)
         let rootWait = nanoseconds(state.file.rootWait)
@@ -387,7 +391,7 @@ public final class TailSampler: Sendable {
             // The batch is held whole while any shard holds some of it; each shard is
             // charged its share.
             let bytes = rows.count == batch.count ? footprint : footprint * rows.count / max(1, batch.count)
-            state.chunks.append(Chunk(batch: SharedBatch(batch, facts: facts), waiting: waiting, bytes: bytes))
+            state.chunks.append(Chunk(batch: SharedBatch(batch, plaintext: plaintext), waiting: waiting, bytes: bytes))
             state.chunkBytes += bytes
             state.waitingSpans += waiting
         }

@@ -70,10 +70,10 @@ final class SharedBatch: @unchecked Sendable {
     /// say (the golden signals read the same); empty when no facts were given.
     let plaintext: [Bool]
 
-    init(_ batch: SpanBatch, facts: [RequestFacts] = []) {
+    init(_ batch: SpanBatch, plaintext: [Bool] = []) {
         self.batch = batch
         serviceKeys = batch.resources.map { EdgeName.key(of: $0.serviceName) }
-        plaintext = facts.count == batch.count ? facts.map { $0.security == .plaintext } : []
+        self.plaintext = plaintext
     }
 }
 

@@ -39,47 +39,51 @@ struct GoldenBench: ParsableCommand {
         return path
     }
 
+    /// `body` with golden signals over a scratch directory of their own (removed after),
+    /// one 10-second resolution kept for good.
+    private func withFreshGoldenSignals(_ body: (GoldenSignals) throws -> Void) throws {
+        let directory = scratch()
+        defer { try? FileManager.default.removeItem(atPath: directory) }
+        var configuration = GoldenSignals.Configuration(directory: directory)
+        configuration.resolutions = [.init(width: .seconds(10), retention: .seconds(100 * 365 * 86400))]
+        try body(try GoldenSignals(configuration: configuration))
+    }
+
     /// Every span of a MeshSim corpus through the aggregator (decoded beforehand: the
     /// decoder gathers each span's facts, see `decode`).
     private func aggregationCost() throws {
         let (corpus, simulator, _) = simulatedCorpus(spans: spans, seed: 42)
-        let exports = try corpus.map { try DecodedTraceExport(protobuf: try $0.serializedBytes()) }
+        let requests = try corpus.map { try $0.serializedBytes() as [UInt8] }
+        let exports = try requests.map { try DecodedTraceExport(protobuf: $0) }
         let emitted = simulator.truth.spans
         var best = Double.infinity
         var statistics: PairingStatistics?
         for _ in 0..<passes {
-            let directory = scratch()
-            defer { try? FileManager.default.removeItem(atPath: directory) }
-            var configuration = GoldenSignals.Configuration(directory: directory)
-            configuration.resolutions = [.init(width: .seconds(10), retention: .seconds(100 * 365 * 86400))]
-            let golden = try GoldenSignals(configuration: configuration)
-            let (_, measured) = Measurement.run {
-                for export in exports { golden.follow(export) }
+            try withFreshGoldenSignals { golden in
+                let (_, measured) = Measurement.run {
+                    for export in exports { golden.follow(export) }
+                }
+                best = min(best, measured.cpuSeconds)
+                statistics = golden.pairingStatistics
             }
-            best = min(best, measured.cpuSeconds)
-            statistics = golden.pairingStatistics
         }
         print(String(format: "aggregation: %.0f ns/span over %d MeshSim spans (best of %d; RED per operation and edge, pairing, Prometheus totals)",
                      best / Double(emitted) * 1e9, emitted, passes))
         // As in the collector, where a request's spans are counted as soon as they are
         // decoded: each export decoded just before it is followed, only the following timed
         // (on this thread's CPU clock; `follow` runs on the calling thread).
-        let requests = try corpus.map { try $0.serializedBytes() as [UInt8] }
         var bestInPipeline = Double.infinity
         for _ in 0..<passes {
-            let directory = scratch()
-            defer { try? FileManager.default.removeItem(atPath: directory) }
-            var configuration = GoldenSignals.Configuration(directory: directory)
-            configuration.resolutions = [.init(width: .seconds(10), retention: .seconds(100 * 365 * 86400))]
-            let golden = try GoldenSignals(configuration: configuration)
-            var following = 0.0
-            for request in requests {
-                let export = try DecodedTraceExport(protobuf: request)
-                let before = ExporterBench.threadCPU()
-                golden.follow(export)
-                following += ExporterBench.threadCPU() - before
+            try withFreshGoldenSignals { golden in
+                var following = 0.0
+                for request in requests {
+                    let export = try DecodedTraceExport(protobuf: request)
+                    let before = ExporterBench.threadCPU()
+                    golden.follow(export)
+                    following += ExporterBench.threadCPU() - before
+                }
+                bestInPipeline = min(bestInPipeline, following)
             }
-            bestInPipeline = min(bestInPipeline, following)
         }
         print(String(format: "aggregation right after each request's decode, as in the collector: %.0f ns/span (best of %d)",
                      bestInPipeline / Double(emitted) * 1e9, passes))

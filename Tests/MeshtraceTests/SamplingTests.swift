@@ -241,12 +241,20 @@ final class SamplingTests: XCTestCase {
 
     /// Runs one trace through a sampler with `policies` (YAML list items) and says what it kept.
     func kept(_ policies: String, _ spans: [TestSpan], trace: TraceID = TraceID(high: 1, low: 0xFF_FFFF_FFFF_FFFF),
-              edges: EdgeKnowledge = EdgeKnowledge(), file: StaticString = #filePath, line: UInt = #line) throws -> SpanBatch {
+              edges: EdgeKnowledge = EdgeKnowledge(), withFacts: Bool = true,
+              file: StaticString = #filePath, line: UInt = #line) throws -> SpanBatch {
         let policy = try PolicyFile.parse(yaml: "decision_wait: 1s\npolicies:\n" + policies, file: "test.yaml")
         let sampler = TailSampler(policy: policy)
         sampler.update(edges: edges)
         var kept = SpanBatch()
-        sampler.admit(batch(spans, trace: trace), now: 1, into: &kept)
+        // As the collector admits a request: with the facts its decoder read (or, as a
+        // policy replay does, without).
+        let admitted = batch(spans, trace: trace)
+        if withFacts {
+            sampler.admit(admitted, facts: admitted.requestFacts(), now: 1, into: &kept)
+        } else {
+            sampler.admit(admitted, now: 1, into: &kept)
+        }
         sampler.release(now: 2_000_000_000, into: &kept)
         let statistics = sampler.statistics
         XCTAssertEqual(statistics.spansKept + statistics.spansDropped, UInt64(spans.count), file: file, line: line)
@@ -314,6 +322,10 @@ final class SamplingTests: XCTestCase {
         for (policy, spans, expected) in cases {
             let result = try kept(policy, spans)
             XCTAssertEqual(result.count, expected ? spans.count : 0, policy)
+        }
+        // Admitted without facts, `plaintext` reads each span's attributes: the same answers.
+        for (spans, expected) in [(tagged, true), (plain, false), (unencrypted, true), (encrypted, false)] {
+            XCTAssertEqual(try kept("  - {name: x, type: plaintext}", spans, withFacts: false).count, expected ? spans.count : 0)
         }
 
         // slow_for_edge compares with the edge's live quantile.
