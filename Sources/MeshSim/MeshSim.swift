@@ -184,19 +184,64 @@ public struct MeshSim: Sendable {
             while offset < podSpans.count {
                 let chunk = podSpans[offset..<min(offset + maxSpansPerRequest, podSpans.count)]
                 offset += chunk.count
-                var scopeSpans = ScopeSpans()
-                scopeSpans.scope.name = "meshtrace.sidecar"
-                scopeSpans.scope.version = "0.1.0"
-                scopeSpans.spans = Array(chunk)
-                var resourceSpans = ResourceSpans()
-                resourceSpans.resource = resource(of: pod)
-                resourceSpans.scopeSpans = [scopeSpans]
-                var request = ExportTraceServiceRequest()
-                request.resourceSpans = [resourceSpans]
-                requests.append(request)
+                requests.append(exportRequest(pod: pod, spans: Array(chunk)))
             }
         }
         return requests
+    }
+
+    /// Export requests in the order a collector receives them from the sidecars: each
+    /// pod's sidecar batches its spans as they end and sends a batch once it holds
+    /// `maxSpansPerRequest` spans or its first span ended `flushInterval` nanoseconds
+    /// ago (simulated time), as an exporter's batch processor does. A trace's spans
+    /// thus arrive within about a flush interval of each other, each pod's in the
+    /// order they ended.
+    public func proxyExports(
+        _ spans: [EmittedSpan], maxSpansPerRequest: Int = 512, flushInterval: UInt64 = 1_000_000_000
+    ) -> [ExportTraceServiceRequest] {
+        let ordered = spans.enumerated().sorted {
+            ($0.element.span.endTimeUnixNano, $0.offset) < ($1.element.span.endTimeUnixNano, $1.offset)
+        }
+        var batches: [Int: (firstEnd: UInt64, spans: [OTLPSpan])] = [:]
+        // Pods in the order their current batch began: the batch due first leads.
+        var waiting: [(pod: Int, firstEnd: UInt64)] = []
+        var waitingNext = 0
+        var requests: [ExportTraceServiceRequest] = []
+        func send(_ pod: Int) {
+            guard let batch = batches.removeValue(forKey: pod) else { return }
+            requests.append(exportRequest(pod: pod, spans: batch.spans))
+        }
+        for (_, emitted) in ordered {
+            let end = emitted.span.endTimeUnixNano
+            while waitingNext < waiting.count, waiting[waitingNext].firstEnd + flushInterval <= end {
+                let (pod, firstEnd) = waiting[waitingNext]
+                waitingNext += 1
+                // A batch sent when it filled up has left; a newer one waits its own turn.
+                if batches[pod]?.firstEnd == firstEnd { send(pod) }
+            }
+            if batches[emitted.pod] == nil {
+                batches[emitted.pod] = (end, [])
+                waiting.append((emitted.pod, end))
+            }
+            batches[emitted.pod]!.spans.append(emitted.span)
+            if batches[emitted.pod]!.spans.count >= maxSpansPerRequest { send(emitted.pod) }
+        }
+        for (pod, firstEnd) in waiting[waitingNext...] where batches[pod]?.firstEnd == firstEnd { send(pod) }
+        return requests
+    }
+
+    /// One export request of a pod's spans.
+    private func exportRequest(pod: Int, spans: [OTLPSpan]) -> ExportTraceServiceRequest {
+        var scopeSpans = ScopeSpans()
+        scopeSpans.scope.name = "meshtrace.sidecar"
+        scopeSpans.scope.version = "0.1.0"
+        scopeSpans.spans = spans
+        var resourceSpans = ResourceSpans()
+        resourceSpans.resource = resource(of: pod)
+        resourceSpans.scopeSpans = [scopeSpans]
+        var request = ExportTraceServiceRequest()
+        request.resourceSpans = [resourceSpans]
+        return request
     }
 
     /// The OTLP resource of a pod's sidecar.

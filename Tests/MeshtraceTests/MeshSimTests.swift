@@ -60,6 +60,51 @@ final class MeshSimTests: XCTestCase {
         XCTAssertGreaterThan(checkout.percentile(0.99), checkout.percentile(0.50) * 2, "latency has a heavy tail")
     }
 
+    func testProxyExportsSendEachPodsSpansAsTheyEndInBatchesBySizeOrTime() throws {
+        var simulator = MeshSim(configuration: MeshSim.Configuration(seed: 5))
+        var emitted: [MeshSim.EmittedSpan] = []
+        var time: UInt64 = 1_800_000_000_000_000_000
+        for _ in 0..<3_000 {
+            emitted += simulator.request(at: time)
+            time += 1_000_000
+        }
+        let flushInterval: UInt64 = 200_000_000
+        let requests = simulator.proxyExports(emitted, maxSpansPerRequest: 64, flushInterval: flushInterval)
+
+        // Every span once, each request one pod's, none over the size.
+        let sent = requests.flatMap { $0.resourceSpans.flatMap { $0.scopeSpans.flatMap(\.spans) } }
+        XCTAssertEqual(sent.count, emitted.count)
+        XCTAssertEqual(Set(sent.map { [UInt8]($0.spanID) }).count, emitted.count)
+        XCTAssertTrue(requests.allSatisfy { $0.resourceSpans.count == 1 })
+        XCTAssertTrue(requests.allSatisfy { $0.resourceSpans[0].scopeSpans[0].spans.count <= 64 })
+        let full = requests.filter { $0.resourceSpans[0].scopeSpans[0].spans.count == 64 }.count
+        XCTAssertGreaterThan(full, 0, "busy pods fill batches")
+        XCTAssertGreaterThan(requests.count, full, "quiet pods send by time")
+
+        // A batch's spans ended within a flush interval of its first; each pod sends in end order;
+        // a request leaves no earlier than its last span ended and none later than a flush after its first.
+        var lastEndByPod: [String: UInt64] = [:]
+        var departures: [UInt64] = []
+        for request in requests {
+            let pod = try XCTUnwrap(request.resourceSpans[0].resource.attributes.string("k8s.pod.name"))
+            let ends = request.resourceSpans[0].scopeSpans[0].spans.map(\.endTimeUnixNano)
+            XCTAssertEqual(ends, ends.sorted())
+            XCTAssertLessThan(ends.last! - ends.first!, flushInterval)
+            XCTAssertGreaterThanOrEqual(ends.first!, lastEndByPod[pod] ?? 0)
+            lastEndByPod[pod] = ends.last!
+            departures.append(ends.last!)
+        }
+        // Requests come in about the order they left: a trace's spans arrive close together,
+        // not one pod's whole share of the traffic after another's.
+        let outOfOrder = zip(departures, departures.dropFirst()).filter { $0.0 > $0.1 + 2 * flushInterval }.count
+        XCTAssertEqual(outOfOrder, 0)
+        let byPodOrder = simulator.exportRequests(emitted, maxSpansPerRequest: 64).map {
+            $0.resourceSpans[0].scopeSpans[0].spans.last!.endTimeUnixNano
+        }
+        XCTAssertGreaterThan(zip(byPodOrder, byPodOrder.dropFirst()).filter { $0.0 > $0.1 + 2 * flushInterval }.count, 0,
+                             "the pod-by-pod grouping is what this order replaces")
+    }
+
     func testTopologyFromStoredSpansEqualsGroundTruth() throws {
         let (requests, simulator) = simulatedRequests(count: 500)
         let store = try SpanStore(configuration: .init(dataDirectory: temporaryDirectory(self)))

@@ -178,7 +178,9 @@ struct LoadgenCommand: AsyncParsableCommand {
         if final.requestsFailed > 0 && final.spansAcknowledged == 0 { throw ExitCode(2) }
     }
 
-    /// MeshSim traffic as serialized export requests of about `perRequest` spans each.
+    /// MeshSim traffic as serialized export requests of up to `perRequest` spans each,
+    /// in the order sidecars send them: a pod's batch leaves when full or a second
+    /// (simulated) after its first span ended, so a trace's spans arrive close together.
     private static func traffic(spans: Int, perRequest: Int, seed: UInt64) throws -> [([UInt8], Int)] {
         var simulator = MeshSim(configuration: MeshSim.Configuration(seed: seed))
         var emitted: [MeshSim.EmittedSpan] = []
@@ -187,7 +189,7 @@ struct LoadgenCommand: AsyncParsableCommand {
             emitted += simulator.request(at: time)
             time += 1_000_000
         }
-        return try simulator.exportRequests(emitted, maxSpansPerRequest: perRequest).map { request in
+        return try simulator.proxyExports(emitted, maxSpansPerRequest: perRequest).map { request in
             (try request.serializedBytes(), request.resourceSpans.reduce(0) { $0 + $1.scopeSpans.reduce(0) { $0 + $1.spans.count } })
         }
     }
