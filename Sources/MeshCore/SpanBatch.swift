@@ -38,18 +38,31 @@ public enum StatusCode: UInt8, Sendable {
 /// A resource (the pod or process that emitted spans) as the store keeps it.
 public struct ResourceEntry: Hashable, Sendable {
     /// The resource's `service.name`, or `unknown_service` when it has none.
-    public var serviceName: String
+    public var serviceName: String { didSet { fingerprint = Self.fingerprint(serviceName, encoded) } }
     /// The OTLP `ResourceSpans` message with its resource and schema URL but no spans, protobuf-encoded.
-    public var encoded: [UInt8]
+    public var encoded: [UInt8] { didSet { fingerprint = Self.fingerprint(serviceName, encoded) } }
+    /// A hash of both, made once: a batch that interns a resource per span it takes
+    /// from another (a sampler's kept spans, say) hashes a word, not the resource's bytes.
+    private var fingerprint: UInt64
 
     public init(serviceName: String, encoded: [UInt8]) {
         self.serviceName = serviceName
         self.encoded = encoded
+        fingerprint = Self.fingerprint(serviceName, encoded)
+    }
+
+    private static func fingerprint(_ serviceName: String, _ encoded: [UInt8]) -> UInt64 {
+        var name = serviceName
+        let nameHash = name.withUTF8 { byteHash(UnsafeRawBufferPointer($0)) }
+        return encoded.withUnsafeBytes { byteHash($0, seed: nameHash) }
+    }
+
+    public static func == (lhs: ResourceEntry, rhs: ResourceEntry) -> Bool {
+        lhs.fingerprint == rhs.fingerprint && lhs.encoded == rhs.encoded && lhs.serviceName == rhs.serviceName
     }
 
     public func hash(into hasher: inout Hasher) {
-        hasher.combine(serviceName)
-        encoded.withUnsafeBytes { hasher.combine(bytes: $0) }
+        hasher.combine(fingerprint)
     }
 }
 

@@ -185,7 +185,7 @@ struct Evaluator {
             return threshold
         case .edge(let caller, let callee):
             return when(context.allCalls().contains { call in
-                (caller == "*" || call.edge.caller == caller) && (callee == "*" || call.edge.callee == callee)
+                (caller == "*" || trace.name(call.caller) == caller) && (callee == "*" || trace.name(call.callee) == callee)
             })
         case .newEdge(let perEdge, let maxEdges):
             let calls = context.allCalls()

@@ -22,9 +22,9 @@ public struct EdgeLatencyHistograms: Sendable {
     mutating func record(_ trace: TraceView) {
         for call in trace.calls {
             if call.serverSide {
-                server[call.edge, default: ExponentialHistogram()].record(Double(call.duration))
+                server[trace.edge(of: call), default: ExponentialHistogram()].record(Double(call.duration))
             } else {
-                client[call.edge, default: ExponentialHistogram()].record(Double(call.duration))
+                client[trace.edge(of: call), default: ExponentialHistogram()].record(Double(call.duration))
             }
         }
     }
@@ -96,7 +96,7 @@ public struct PolicyReplay {
         for rows in byTrace.values {
             let view = TraceView(batch: all, rows: rows)
             histograms.record(view)
-            if let entry = view.entryCall { entryDurations[entry.edge, default: []].append(entry.duration) }
+            if let entry = view.entryCall { entryDurations[view.edge(of: entry), default: []].append(entry.duration) }
         }
         var exactP99: [EdgeName: UInt64] = [:]
         for (edge, durations) in entryDurations {
@@ -137,7 +137,7 @@ public struct PolicyReplay {
                 report.estimatedErrorTraces += weights[traceID] ?? 0
                 if keptCount == rows.count { report.errorTracesKept += 1 }
             }
-            if let entry = view.entryCall, let bound = exactP99[entry.edge], entry.duration > bound {
+            if let entry = view.entryCall, let bound = exactP99[view.edge(of: entry)], entry.duration > bound {
                 report.slowTraces += 1
                 if keptCount == rows.count { report.slowTracesKept += 1 }
             }

@@ -46,12 +46,21 @@ public struct EdgeLatency: Sendable, Equatable {
 
 /// One call found in a trace.
 struct Call {
-    var edge: EdgeName
-    /// `edge.key`, found from keys each batch keeps for its services.
+    /// The calling and the called side, named only when a policy asks (`TraceView.edge(of:)`).
+    var caller: Party
+    var callee: Party
+    /// The key of the edge's names, found from keys each batch keeps for its services.
     var key: UInt64
     /// The duration to compare with the edge's quantile, and which side measured it.
     var duration: UInt64
     var serverSide: Bool
+}
+
+/// A side of a call: a name known already (`user`, `unknown`, a peer the CLIENT span
+/// names), or the service of a span, read from its resource when asked.
+enum Party {
+    case named(String)
+    case service(of: SpanRef)
 }
 
 /// One span of a trace: a row of one of the trace view's batches.
@@ -198,10 +207,10 @@ struct TraceView {
         switch kind(root) {
         case .client:
             let peer = peerName(root)
-            return Call(edge: EdgeName(caller: service(root), callee: peer),
+            return Call(caller: .service(of: root), callee: .named(peer),
                         key: EdgeName.key(caller: serviceKey(root), callee: EdgeName.key(of: peer)), duration: duration(root), serverSide: false)
         default:
-            return Call(edge: EdgeName(caller: "user", callee: service(root)),
+            return Call(caller: .named("user"), callee: .service(of: root),
                         key: EdgeName.key(caller: Self.userKey, callee: serviceKey(root)), duration: duration(root), serverSide: true)
         }
     }
@@ -209,46 +218,55 @@ struct TraceView {
     /// Every call in the trace: each SERVER span (its caller is the CLIENT span it is a
     /// child of, when that is in the trace), and each CLIENT span no SERVER span answered.
     var calls: [Call] {
-        // Ids and kinds read once into arrays of their own: each SERVER span's parent is
-        // looked for among them, by a scan in small traces and by a table in large ones.
-        var ids: [SpanID] = []
-        var kinds: [SpanKind] = []
-        ids.reserveCapacity(spans.count)
-        kinds.reserveCapacity(spans.count)
+        // Ids and kinds read once into an array of their own: each SERVER span's parent
+        // is looked for among them, by a scan in small traces and by a table in large ones.
+        var read: [(id: SpanID, kind: SpanKind, answered: Bool)] = []
+        read.reserveCapacity(spans.count)
         for span in spans {
-            ids.append(spanID(span))
-            kinds.append(kind(span))
+            read.append(reading(span) { ($0.batch.spanIDs[span.row], $0.batch.kinds[span.row], false) })
         }
         var byID: [SpanID: Int] = [:]
         if spans.count > 48 {
             byID.reserveCapacity(spans.count)
-            for (position, id) in ids.enumerated() { byID[id] = position }
+            for (position, entry) in read.enumerated() { byID[entry.id] = position }
         }
-        var answered = [Bool](repeating: false, count: spans.count)
         var result: [Call] = []
         result.reserveCapacity(spans.count)
-        for (position, span) in spans.enumerated() where kinds[position] == .server {
+        for (position, span) in spans.enumerated() where read[position].kind == .server {
             let parentID = parentID(span)
-            let caller: String
+            let caller: Party
             let callerKey: UInt64
-            let parent = parentID == .zero ? nil : byID.isEmpty ? ids.firstIndex(of: parentID) : byID[parentID]
+            let parent = parentID == .zero ? nil : byID.isEmpty ? read.firstIndex { $0.id == parentID } : byID[parentID]
             if parentID == .zero {
-                (caller, callerKey) = ("user", Self.userKey)
-            } else if let parent, kinds[parent] == .client {
-                (caller, callerKey) = (service(spans[parent]), serviceKey(spans[parent]))
-                answered[parent] = true
+                (caller, callerKey) = (.named("user"), Self.userKey)
+            } else if let parent, read[parent].kind == .client {
+                (caller, callerKey) = (.service(of: spans[parent]), serviceKey(spans[parent]))
+                read[parent].answered = true
             } else {
-                (caller, callerKey) = ("unknown", Self.unknownKey)
+                (caller, callerKey) = (.named("unknown"), Self.unknownKey)
             }
-            result.append(Call(edge: EdgeName(caller: caller, callee: service(span)),
+            result.append(Call(caller: caller, callee: .service(of: span),
                                key: EdgeName.key(caller: callerKey, callee: serviceKey(span)), duration: duration(span), serverSide: true))
         }
-        for (position, span) in spans.enumerated() where kinds[position] == .client && !answered[position] {
+        for (position, span) in spans.enumerated() where read[position].kind == .client && !read[position].answered {
             let peer = peerName(span)
-            result.append(Call(edge: EdgeName(caller: service(span), callee: peer),
+            result.append(Call(caller: .service(of: span), callee: .named(peer),
                                key: EdgeName.key(caller: serviceKey(span), callee: EdgeName.key(of: peer)), duration: duration(span), serverSide: false))
         }
         return result
+    }
+
+    /// The name of one side of a call.
+    func name(_ party: Party) -> String {
+        switch party {
+        case .named(let name): name
+        case .service(let span): service(span)
+        }
+    }
+
+    /// The names of a call's two sides.
+    func edge(of call: Call) -> EdgeName {
+        EdgeName(caller: name(call.caller), callee: name(call.callee))
     }
 
     /// The callee a CLIENT span names: `peer.service`, `db.namespace`/`db.name`,
