@@ -114,6 +114,12 @@ struct OTLPGRPCReceiver: Service {
         // it with RESOURCE_EXHAUSTED; the transport resets streams beyond that.
         config.rpc.maxRequestPayloadSize = maxMessageBytes <= Int.max / 4 ? maxMessageBytes * 4 : Int.max
         config.compression.enabledAlgorithms = [.gzip, .deflate]
+        // An export is tens to hundreds of KiB: with HTTP/2's default 64 KiB window and
+        // 16 KiB frames, a sender stops for window updates several times per request,
+        // and each stop and frame wakes both sides. The request size limit and the
+        // memory budget bound what is buffered, not the window.
+        config.http2.targetWindowSize = 1 << 20
+        config.http2.maxFrameSize = 1 << 18
         let transport = HTTP2ServerTransport.Custom(
             listenerFactory: GatedGRPCListener(address: try NIOCore.SocketAddress.makeAddressResolvingHost(address.host, port: address.port), security: security),
             config: config)
