@@ -5,12 +5,16 @@ import CLZ4
 /// Frames record their content size and carry LZ4's own content checksum, so a
 /// truncated or altered frame is detected on decompression.
 public enum LZ4Frame {
-    /// Compresses `input` into one LZ4 frame.
-    public static func compress(_ input: [UInt8]) throws -> [UInt8] {
+    /// Compresses `input` into one LZ4 frame. `acceleration` above 1 trades ratio for
+    /// speed (LZ4's fast modes); `contentChecksum` adds LZ4's checksum of the content,
+    /// which a reader verifies (leave it off where the frame sits under a checksum of
+    /// its own).
+    public static func compress(_ input: [UInt8], acceleration: Int32 = 1, contentChecksum: Bool = true) throws -> [UInt8] {
         try input.withUnsafeBytes { (source: UnsafeRawBufferPointer) throws -> [UInt8] in
             var preferences = LZ4F_preferences_t()
             preferences.frameInfo.contentSize = UInt64(source.count)
-            preferences.frameInfo.contentChecksumFlag = LZ4F_contentChecksumEnabled
+            preferences.frameInfo.contentChecksumFlag = contentChecksum ? LZ4F_contentChecksumEnabled : LZ4F_noContentChecksum
+            preferences.compressionLevel = acceleration > 1 ? -acceleration : 0
             let bound = LZ4F_compressFrameBound(source.count, &preferences)
             var output = [UInt8](repeating: 0, count: bound)
             let written = output.withUnsafeMutableBytes { destination in

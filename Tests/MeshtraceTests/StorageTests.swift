@@ -1,3 +1,4 @@
+import Compression
 import Foundation
 import MeshCore
 import MeshSim
@@ -238,6 +239,33 @@ final class StorageTests: XCTestCase {
         XCTAssertEqual(reopened.unsealedSpanCount, batch(requests).count)
         XCTAssertEqual(reopened.problems.count, 1)
         XCTAssertTrue(reopened.problems[0].reason.contains("7 trailing bytes"), reopened.problems[0].reason)
+    }
+
+    func testWALRecordsWhoseFramesCarryLZ4sContentChecksumStillReplay() throws {
+        // Records are written without LZ4's content checksum (their CRC32C covers them);
+        // files written with it, as before, replay all the same.
+        let directory = temporaryDirectory(self)
+        let (requests, _) = simulatedRequests(count: 10)
+        try FileManager.default.createDirectory(atPath: directory + "/wal", withIntermediateDirectories: true)
+        var file: [UInt8] = Array("MTWAL".utf8) + [0, 0, 1]
+        for request in requests {
+            let payload = try LZ4Frame.compress([1] + (try request.serializedBytes() as [UInt8]), contentChecksum: true)
+            var header = ByteWriter(capacity: 12)
+            header.write(UInt32(0x4C52_544D))
+            header.write(UInt32(payload.count))
+            header.write(CRC32C.checksum(payload))
+            file += header.bytes + payload
+        }
+        try Data(file).write(to: URL(fileURLWithPath: directory + "/wal/wal-0000000000000001.log"))
+
+        let store = try SpanStore(configuration: .init(dataDirectory: directory))
+        XCTAssertEqual(store.unsealedSpanCount, batch(requests).count)
+        XCTAssertEqual(store.problems.count, 0, "\(store.problems)")
+        // And what the store writes now replays beside them.
+        let more = simulatedRequests(count: 5, seed: 9).0
+        for request in more { _ = try store.append(try received(request)) }
+        let reopened = try SpanStore(configuration: .init(dataDirectory: directory))
+        XCTAssertEqual(reopened.unsealedSpanCount, batch(requests + more).count)
     }
 
     func testGarbageInTheSegmentFolderIsReportedAndTheStoreStillAnswers() throws {
