@@ -2,8 +2,8 @@ import CLZ4
 
 /// LZ4 frame-format compression of whole buffers, over the system liblz4.
 ///
-/// Frames record their content size and carry LZ4's own content checksum, so a
-/// truncated or altered frame is detected on decompression.
+/// Frames record their content size and, unless asked not to, carry LZ4's own
+/// content checksum, so a truncated or altered frame is detected on decompression.
 public enum LZ4Frame {
     /// Compresses `input` into one LZ4 frame. `acceleration` above 1 trades ratio for
     /// speed (LZ4's fast modes); `contentChecksum` adds LZ4's checksum of the content,

@@ -81,8 +81,7 @@ final class MeshSimTests: XCTestCase {
         XCTAssertGreaterThan(full, 0, "busy pods fill batches")
         XCTAssertGreaterThan(requests.count, full, "quiet pods send by time")
 
-        // A batch's spans ended within a flush interval of its first; each pod sends in end order;
-        // a request leaves no earlier than its last span ended and none later than a flush after its first.
+        // A batch's spans ended within a flush interval of its first; each pod sends in end order.
         var lastEndByPod: [String: UInt64] = [:]
         var departures: [UInt64] = []
         for request in requests {
