@@ -591,20 +591,8 @@ public final class TailSampler: Sendable {
             }
             let resourceRow = batch.resourceIndices[span.row]
             let scopeRow = batch.scopeIndices[span.row]
-            let resource: UInt32
-            if let known = resources[resourceRow] {
-                resource = known
-            } else {
-                resource = kept.intern(resource: batch.resources[Int(resourceRow)])
-                resources.insert(resourceRow, resource)
-            }
-            let scope: UInt32
-            if let known = scopes[scopeRow] {
-                scope = known
-            } else {
-                scope = kept.intern(scope: batch.scopes[Int(scopeRow)])
-                scopes.insert(scopeRow, scope)
-            }
+            let resource = resources.index(of: resourceRow) { kept.intern(resource: batch.resources[Int(resourceRow)]) }
+            let scope = scopes.index(of: scopeRow) { kept.intern(scope: batch.scopes[Int(scopeRow)]) }
             kept.append(row: span.row, of: batch, resourceIndex: resource, scopeIndex: scope, extras: unchanged ? nil : state.scratch[...])
         }
     }
@@ -616,20 +604,23 @@ private struct TableMap {
     private var rows: [(from: UInt32, to: UInt32)] = []
     private var table: [UInt32: UInt32] = [:]
 
-    subscript(row: UInt32) -> UInt32? {
-        if !table.isEmpty { return table[row] }
-        for entry in rows where entry.from == row { return entry.to }
-        return nil
-    }
-
-    /// Maps `row`, which is not mapped yet, to `index`.
-    mutating func insert(_ row: UInt32, _ index: UInt32) {
+    /// The index `row` maps to; when it maps to none yet, `make()`'s, from now on.
+    mutating func index(of row: UInt32, orMake make: () -> UInt32) -> UInt32 {
+        if let known = self[row] { return known }
+        let index = make()
         if rows.count < 16 {
             rows.append((row, index))
         } else {
             if table.isEmpty { for entry in rows { table[entry.from] = entry.to } }
             table[row] = index
         }
+        return index
+    }
+
+    private subscript(row: UInt32) -> UInt32? {
+        if !table.isEmpty { return table[row] }
+        for entry in rows where entry.from == row { return entry.to }
+        return nil
     }
 }
 

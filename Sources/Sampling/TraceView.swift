@@ -112,7 +112,6 @@ struct TraceView {
         refs[span.part]._withUnsafeGuaranteedRef(body)
     }
 
-
     var spanCount: Int { spans.count }
 
     @inline(__always) func kind(_ span: SpanRef) -> SpanKind { reading(span) { $0.batch.kinds[span.row] } }
@@ -223,7 +222,7 @@ struct TraceView {
         var read: [(id: SpanID, kind: SpanKind, answered: Bool)] = []
         read.reserveCapacity(spans.count)
         for span in spans {
-            read.append(reading(span) { ($0.batch.spanIDs[span.row], $0.batch.kinds[span.row], false) })
+            read.append((spanID(span), kind(span), false))
         }
         var byID: [SpanID: Int] = [:]
         if spans.count > 48 {
