@@ -7,17 +7,41 @@ public enum Zstd {
 
     /// Compresses `input` into a single zstd frame that records its decompressed size.
     public static func compress(_ input: [UInt8], level: Int32 = defaultLevel) throws -> [UInt8] {
-        try input.withUnsafeBytes { (source: UnsafeRawBufferPointer) throws -> [UInt8] in
-            let bound = ZSTD_compressBound(source.count)
-            var output = [UInt8](repeating: 0, count: bound)
-            let written = output.withUnsafeMutableBytes { destination in
-                ZSTD_compress(destination.baseAddress, bound, source.baseAddress, source.count, level)
+        try Compressor(level: level).compress(input)
+    }
+
+    /// A compression context kept from one buffer to the next. Compressing many small
+    /// buffers (a segment's column chunks) through one context sets up zstd's working
+    /// memory once instead of once per buffer. Not for use by two threads at once.
+    public final class Compressor {
+        private let context: OpaquePointer
+        public let level: Int32
+
+        public init(level: Int32 = defaultLevel) throws {
+            guard let context = ZSTD_createCCtx() else {
+                throw CompressionError.compressionFailed(codec: "zstd", reason: "cannot allocate a context")
             }
-            if ZSTD_isError(written) != 0 {
-                throw CompressionError.compressionFailed(codec: "zstd", reason: String(cString: ZSTD_getErrorName(written)))
+            self.context = context
+            self.level = level
+        }
+
+        deinit { ZSTD_freeCCtx(context) }
+
+        /// Compresses `input` into a single zstd frame that records its decompressed size.
+        public func compress(_ input: [UInt8]) throws -> [UInt8] {
+            try input.withUnsafeBytes { (source: UnsafeRawBufferPointer) throws -> [UInt8] in
+                let bound = ZSTD_compressBound(source.count)
+                var written = 0
+                // zstd writes every byte it reports, so the buffer needs no zeroing first.
+                let output = [UInt8](unsafeUninitializedCapacity: bound) { destination, initialized in
+                    written = ZSTD_compressCCtx(context, destination.baseAddress, bound, source.baseAddress, source.count, level)
+                    initialized = ZSTD_isError(written) != 0 ? 0 : written
+                }
+                if ZSTD_isError(written) != 0 {
+                    throw CompressionError.compressionFailed(codec: "zstd", reason: String(cString: ZSTD_getErrorName(written)))
+                }
+                return output
             }
-            output.removeSubrange(written...)
-            return output
         }
     }
 

@@ -1,3 +1,5 @@
+import CCacheHints
+
 /// Variable-length byte strings, one per row, kept end to end in one buffer: a
 /// column of a `SpanBatch` costs no allocation per row.
 public struct ByteColumn: Sendable, Equatable, RandomAccessCollection {
@@ -22,9 +24,40 @@ public struct ByteColumn: Sendable, Equatable, RandomAccessCollection {
         bytes[start(of: index)..<end(of: index)]
     }
 
+    /// Calls `body` with the bytes of row `index`, in place: unlike the subscript's
+    /// slice, no reference to the column's storage is taken.
+    @inlinable
+    public func withUnsafeBytes<Result>(ofRow index: Int, _ body: (UnsafeBufferPointer<UInt8>) throws -> Result) rethrows -> Result {
+        let range = range(of: index)
+        return try bytes.withUnsafeBufferPointer { try body(UnsafeBufferPointer(rebasing: $0[range])) }
+    }
+
     /// Where row `index` lies in `bytes`.
     @inlinable
     public func range(of index: Int) -> Range<Int> { start(of: index)..<end(of: index) }
+
+    /// Asks the CPU to start loading row `index`'s bytes (up to `limit` of them) into
+    /// its cache without waiting: a reader visiting rows out of order asks for a row a
+    /// few visits ahead, so it is there when the reader arrives. A hint; it never faults.
+    public func prefetch(row index: Int, limit: Int = 1024) {
+        let range = self.range(of: index)
+        bytes.withUnsafeBufferPointer { stored in
+            guard let base = stored.baseAddress, !range.isEmpty else { return }
+            // Every cache line the row touches, from the one its first byte is in.
+            var line = UInt(bitPattern: base + range.lowerBound) & ~63
+            let end = UInt(bitPattern: base + Swift.min(range.upperBound, range.lowerBound + limit))
+            while line < end {
+                meshtrace_prefetch_for_read(UnsafeRawPointer(bitPattern: line))
+                line += 64
+            }
+        }
+    }
+
+    /// Asks the CPU to start loading where row `index` starts and ends (what
+    /// `prefetch(row:)` reads first), without waiting.
+    public func prefetchEnd(of index: Int) {
+        ends.withUnsafeBufferPointer { meshtrace_prefetch_for_read($0.baseAddress! + Swift.max(0, index - 1)) }
+    }
 
     @inlinable
     func start(of index: Int) -> Int { index == 0 ? 0 : ends[index - 1] }

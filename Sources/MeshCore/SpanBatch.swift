@@ -1,3 +1,5 @@
+import CCacheHints
+
 /// The kind of a span, with OTLP's numbering.
 public enum SpanKind: UInt8, Sendable, CaseIterable {
     case unspecified = 0
@@ -168,6 +170,31 @@ public struct SpanBatch: Sendable {
     /// Duration of the span at `row`, in nanoseconds (0 if it ends before it starts).
     public func duration(at row: Int) -> UInt64 {
         endTimes[row] >= startTimes[row] ? endTimes[row] - startTimes[row] : 0
+    }
+
+    /// Asks the CPU to start loading every fixed-width column's entry for `row`, and
+    /// where its attributes and extras end, without waiting. A reader that visits rows
+    /// out of arrival order (a segment writer in trace order, say) asks for a row a
+    /// few visits ahead: a batch held for seconds is no longer in cache, and one
+    /// visit's work is too long for the CPU to run ahead to the next row's loads.
+    public func prefetchColumns(row: Int) {
+        func prefetch<Element>(_ column: [Element]) {
+            column.withUnsafeBufferPointer { meshtrace_prefetch_for_read($0.baseAddress! + row) }
+        }
+        prefetch(traceIDs)
+        prefetch(spanIDs)
+        prefetch(parentSpanIDs)
+        prefetch(names)
+        prefetch(kinds)
+        prefetch(startTimes)
+        prefetch(endTimes)
+        prefetch(statusCodes)
+        prefetch(statusMessages)
+        prefetch(httpStatusCodes)
+        prefetch(resourceIndices)
+        prefetch(scopeIndices)
+        attributes.prefetchEnd(of: row)
+        extras.prefetchEnd(of: row)
     }
 
     /// One span's fields, for appending a row.

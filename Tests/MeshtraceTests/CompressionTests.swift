@@ -13,6 +13,18 @@ final class CompressionTests: XCTestCase {
         XCTAssertEqual(try Zstd.decompress(try Zstd.compress([])), [])
     }
 
+    func testOneZstdCompressorWritesEachBufferAsItsOwnFrame() throws {
+        // A segment's chunks go through one context, large and small, empty and not:
+        // each frame must stand alone, exactly as a fresh context would write it.
+        let compressor = try Zstd.Compressor(level: 3)
+        let buffers: [[UInt8]] = [sample, [], Array(sample.prefix(100)), Array(sample.reversed()), [42]]
+        for buffer in buffers {
+            let frame = try compressor.compress(buffer)
+            XCTAssertEqual(frame, try Zstd.compress(buffer, level: 3))
+            XCTAssertEqual(try Zstd.decompress(frame), buffer)
+        }
+    }
+
     func testZstdReportsCorruptAndTruncatedFrames() throws {
         let compressed = try Zstd.compress(sample)
         XCTAssertThrowsError(try Zstd.decompress(Array(compressed.prefix(compressed.count / 2)))) { error in

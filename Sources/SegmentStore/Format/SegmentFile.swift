@@ -176,8 +176,9 @@ public enum SegmentWriter {
         var file = ByteWriter(capacity: batch.count * 32)
         file.write(raw: SegmentFile.headerMagicPrefix + [UInt8(SegmentFormatV2.version)])
         var chunks: [ColumnChunkInfo] = []
+        let compressor = try Zstd.Compressor(level: level)
         func append(_ name: String, _ bytes: [UInt8]) throws {
-            let compressed = try Zstd.compress(bytes, level: level)
+            let compressed = try compressor.compress(bytes)
             chunks.append(ColumnChunkInfo(
                 column: name, offset: file.count, compressedSize: compressed.count,
                 rawSize: bytes.count, checksum: CRC32C.checksum(compressed)))

@@ -187,11 +187,19 @@ enum SegmentFormatV2 {
             blockRow += range.count
         }
         var runOffsets: [[Int]] = []
+        // Rows are visited in trace order, not in the order they arrived: each trace
+        // asks for the columns of the rows up to `rowsAhead` past its own.
+        var prefetched = rows.lowerBound
+        let rowsAhead = 16
 
         for (traceIndex, range) in traces.enumerated() {
             if runOffsets.count < runTraces.count && runTraces[runOffsets.count] == traceIndex {
                 runOffsets.append(columns.rowColumnSizes())
                 traceStates.restart()
+            }
+            while prefetched < min(range.upperBound + rowsAhead, rows.upperBound) {
+                batch.prefetchColumns(row: order[prefetched])
+                prefetched += 1
             }
             trace.reset(batch: batch, order: order, range: range)
             let first = order[range.lowerBound]
@@ -253,7 +261,7 @@ enum SegmentFormatV2 {
                     kindStatus |= hasStatusMessage
                     columns.statusMessage.write(string: batch.statusMessages[row])
                 }
-                batch.extras[row].withUnsafeBufferPointer { extras in
+                batch.extras.withUnsafeBytes(ofRow: row) { extras in
                     let split = ExtrasSplit(extras)
                     if !split.rest.isEmpty {
                         kindStatus |= hasExtras
@@ -478,6 +486,8 @@ struct AttributeDictionary {
 
     /// Rows sampled to choose the dedicated columns.
     static let sampleRows = 8192
+    /// How many rows ahead of the one being encoded its attributes are asked for.
+    static let prefetchDistance = 8
 
     /// Chooses the dedicated columns: the most frequent (key, type) pairs among a
     /// sample of rows spread over the batch.
@@ -485,7 +495,7 @@ struct AttributeDictionary {
         var frequency: [Pair: Int] = [:]
         let step = max(1, order.count / Self.sampleRows)
         for row in stride(from: 0, to: order.count, by: step).map({ order[$0] }) {
-            batch.attributes[row].withUnsafeBufferPointer { bytes in
+            batch.attributes.withUnsafeBytes(ofRow: row) { bytes in
                 guard AttributeCoding.scan(bytes, into: &scanned) else { return }
                 for attribute in scanned where attribute.type != .absent {
                     let key = keys.index(of: UnsafeBufferPointer(rebasing: bytes[attribute.key]))
@@ -517,6 +527,9 @@ struct AttributeDictionary {
         var integers = [IntegerValueWriter](repeating: IntegerValueWriter(), count: chosen.count)
         var runOffsets: [[Int]] = []
         for (position, row) in rows.enumerated() {
+            // Rows are visited in trace order, not in the order they arrived: ask for
+            // the attributes of a row a few visits ahead so they are in cache by then.
+            if position + Self.prefetchDistance < rows.count { batch.attributes.prefetch(row: rows[position + Self.prefetchDistance]) }
             if runOffsets.count < runStarts.count && runStarts[runOffsets.count] == position {
                 runOffsets.append([layout.count, fallback.count, generic.count] + values.map(\.count))
                 for column in chosen.indices {
@@ -524,7 +537,7 @@ struct AttributeDictionary {
                     integers[column].restart()
                 }
             }
-            batch.attributes[row].withUnsafeBufferPointer { bytes in
+            batch.attributes.withUnsafeBytes(ofRow: row) { bytes in
                 if bytes.isEmpty {
                     layout.writeVarint(0)
                     return
