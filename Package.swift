@@ -67,7 +67,7 @@ let package = Package(
         .target(name: "SegmentStore", dependencies: ["MeshCore", "Compression", "OTLPWire"]),
         .target(name: "GoldenSignals", dependencies: ["SegmentStore", "MeshCore", "Compression", "OTLPWire"]),
         .target(name: "QueryEngine", dependencies: ["SegmentStore", "GoldenSignals", "Sampling", "MeshCore", "OTLPWire"]),
-        .target(name: "Sampling", dependencies: ["MeshCore", "SegmentStore", .product(name: "Yams", package: "Yams")]),
+        .target(name: "Sampling", dependencies: ["MeshCore", "SegmentStore", "CCacheHints", .product(name: "Yams", package: "Yams")]),
         .target(name: "MeshSim", dependencies: ["MeshCore", "OTLPWire"]),
         // SPIFFE IDs, the dev CA, and verification of workload certificates.
         .target(
