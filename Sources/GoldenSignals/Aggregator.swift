@@ -156,6 +156,7 @@ struct Aggregator {
         // The pairing room outgrows the cache when partners arrive far apart (each
         // proxy batches its own spans): its slots are fetched a few spans ahead.
         let lookahead = 8
+        var operations = OperationMemo()
         let first = rows.startIndex
         let end = rows.endIndex
         for index in first..<min(first + lookahead, end) {
@@ -176,7 +177,9 @@ struct Aggregator {
                     failed: failed, clientError: !failed && http >= 400 && http < 500,
                     requestBytes: facts.requestBytes, responseBytes: facts.responseBytes, security: facts.security,
                     duration: duration, serverDuration: nil)
-                let operation = operationID(workload: workload, kind: kind, name: batch.names[row])
+                let operation = operations.id(ofRow: row, in: batch.names, workload: workload, kind: kind) {
+                    operationID(workload: workload, kind: kind, name: batch.names[row])
+                }
                 count(request, series: operation, bucket: end / bucketNanos * bucketNanos)
 
                 switch kind {
@@ -347,6 +350,46 @@ struct PendingHalf {
     /// Nanoseconds since it arrived, and left until its window closes.
     var age: UInt64
     var remaining: UInt64
+}
+
+/// The operation ids of one batch's spans, found by the bits of the span name's
+/// `String` value. A decoder gives the spans of a request that share a name one
+/// string (and a short name is held in those bits whole), so most spans find their
+/// operation without hashing or comparing the name's text. Equal bits mean equal
+/// strings only while the strings live: a memo serves one batch.
+struct OperationMemo {
+    private struct Entry {
+        var first: UInt64 = 0
+        var second: UInt64 = 0
+        var workload: Int32 = 0
+        var kind: SpanKind = .unspecified
+        /// -1 for an empty entry.
+        var id: Int32 = -1
+    }
+
+    /// The memo holds 2^slotBits entries, one per slot the key's top bits choose.
+    private static let slotBits: UInt64 = 6
+    private static let bitsAreTheValue = MemoryLayout<String>.size == 16 && MemoryLayout<String>.stride == 16
+    private var entries = [Entry](repeating: Entry(), count: 1 << OperationMemo.slotBits)
+
+    /// The operation of the span at `row`, whose name is `names[row]`; `find` looks
+    /// it up when the memo does not hold it.
+    mutating func id(
+        ofRow row: Int, in names: [String], workload: Int32, kind: SpanKind, orFind find: () -> Int32
+    ) -> Int32 {
+        guard Self.bitsAreTheValue else { return find() }
+        let (first, second) = names.withUnsafeBytes { $0.load(fromByteOffset: row * 16, as: (UInt64, UInt64).self) }
+        let mixed = (first ^ second &* 0xC2B2_AE3D_27D4_EB4F ^ UInt64(UInt32(bitPattern: workload)) << 8 ^ UInt64(kind.rawValue))
+            &* 0x9E37_79B9_7F4A_7C15
+        let slot = Int(truncatingIfNeeded: mixed >> (64 - Self.slotBits))
+        let entry = entries[slot]
+        if entry.id >= 0 && entry.first == first && entry.second == second && entry.workload == workload && entry.kind == kind {
+            return entry.id
+        }
+        let id = find()
+        entries[slot] = Entry(first: first, second: second, workload: workload, kind: kind, id: id)
+        return id
+    }
 }
 
 /// Per series since the process started, in the shape Prometheus histograms take.

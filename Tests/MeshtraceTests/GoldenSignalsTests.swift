@@ -188,7 +188,17 @@ final class GoldenSignalsTests: XCTestCase {
     func testEdgesAreExactAgainstMeshSimGroundTruth() throws {
         let (requests, simulator) = simulatedRequests(count: 2_000, errorRate: 0.03)
         let golden = try signals(self)
-        for request in requests { golden.follow(try received(request)) }
+        // What each operation (service, kind, span name) should count, from the spans themselves.
+        struct Operation: Hashable { var service: String; var kind: SpanKind; var name: String }
+        var expected: [Operation: UInt64] = [:]
+        for request in requests {
+            let decoded = try received(request)
+            for row in 0..<decoded.spans.count {
+                let batch = decoded.spans
+                expected[Operation(service: batch.serviceName(at: row), kind: batch.kinds[row], name: batch.names[row]), default: 0] += 1
+            }
+            golden.follow(decoded)
+        }
         let graph = golden.serviceGraph(in: everything)
         assertMatchesTruth(graph, simulator.truth)
         let statistics = golden.pairingStatistics
@@ -198,6 +208,13 @@ final class GoldenSignalsTests: XCTestCase {
         // Every span counted once per operation series.
         let operations = golden.signals(in: everything).filter { if case .operation = $0.key { return true } else { return false } }
         XCTAssertEqual(operations.values.reduce(0) { $0 + $1.requests }, UInt64(simulator.truth.spans))
+        var counted: [Operation: UInt64] = [:]
+        for (key, signals) in operations {
+            guard case .operation(let workload, let kind, let name) = key else { continue }
+            counted[Operation(service: workload.service, kind: kind, name: name), default: 0] += signals.requests
+        }
+        XCTAssertGreaterThan(expected.count, 10)
+        XCTAssertEqual(counted, expected, "each span counted under its own operation")
         // The stated bound is the target's: MeshSim's edges fit a scale of at least 4 (2.17 %).
         XCTAssertTrue(graph.edges.allSatisfy { $0.signals.latency.relativeError <= 0.022 })
     }
