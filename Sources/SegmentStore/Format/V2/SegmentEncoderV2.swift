@@ -483,6 +483,11 @@ struct AttributeDictionary {
     /// Scratch space reused for every row.
     private var scanned: [RawAttribute] = []
     private var shape: [UInt64] = []
+    /// The layout of the last row written of each resource and kind
+    /// (`resource << 3 | kind`), -1 for none: the spans one proxy reports of one kind
+    /// list the same keys in the same order, so a row is first checked against it,
+    /// which compares its keys rather than hashing them and then its layout.
+    private var lastLayouts: [Int] = []
 
     /// Rows sampled to choose the dedicated columns.
     static let sampleRows = 8192
@@ -547,22 +552,33 @@ struct AttributeDictionary {
                     fallback.write(lengthPrefixed: bytes)
                     return
                 }
-                shape.removeAll(keepingCapacity: true)
-                for attribute in scanned {
-                    let code = keys.index(of: UnsafeBufferPointer(rebasing: bytes[attribute.key])) << 3 | Int(attribute.type.rawValue)
-                    shape.append(UInt64(code))
-                    let column = code < columnOf.count ? Int(columnOf[code]) : -1
-                    guard column >= 0 else {
-                        Self.writePlain(attribute, bytes, to: &generic)
-                        continue
+                let memo = Int(batch.resourceIndices[row]) << 3 | Int(batch.kinds[row].rawValue)
+                if memo >= lastLayouts.count { lastLayouts += repeatElement(-1, count: memo + 1 - lastLayouts.count) }
+                var index = lastLayouts[memo]
+                if index < 0 || !scannedKeys(match: index, bytes) {
+                    shape.removeAll(keepingCapacity: true)
+                    for attribute in scanned {
+                        let key = keys.index(of: UnsafeBufferPointer(rebasing: bytes[attribute.key]))
+                        shape.append(UInt64(key << 3 | Int(attribute.type.rawValue)))
                     }
-                    switch attribute.type {
-                    case .string: strings[column].write(UnsafeBufferPointer(rebasing: bytes[attribute.value]), to: &values[column])
-                    case .int: integers[column].write(attribute.scalar, to: &values[column])
-                    default: Self.writePlain(attribute, bytes, to: &values[column])
+                    index = shape.withUnsafeBufferPointer { layouts.index(of: $0) }
+                    lastLayouts[memo] = index
+                }
+                layouts.withElements(of: index) { codes in
+                    for (position, attribute) in scanned.enumerated() {
+                        let code = Int(codes[position])
+                        let column = code < columnOf.count ? Int(columnOf[code]) : -1
+                        guard column >= 0 else {
+                            Self.writePlain(attribute, bytes, to: &generic)
+                            continue
+                        }
+                        switch attribute.type {
+                        case .string: strings[column].write(UnsafeBufferPointer(rebasing: bytes[attribute.value]), to: &values[column])
+                        case .int: integers[column].write(attribute.scalar, to: &values[column])
+                        default: Self.writePlain(attribute, bytes, to: &values[column])
+                        }
                     }
                 }
-                let index = shape.withUnsafeBufferPointer { layouts.index(of: $0) }
                 layout.writeVarint(UInt64(index + 2))
             }
         }
@@ -570,6 +586,21 @@ struct AttributeDictionary {
             (SegmentFormatV2.attributeColumnName(key: Array(keys[pair.key]), type: pair.type), values[index].bytes)
         }
         return (layout, fallback, generic, dedicated, runOffsets)
+    }
+
+    /// Whether the attributes just scanned from `bytes` have exactly the keys and
+    /// types of layout `index`, in its order.
+    private func scannedKeys(match index: Int, _ bytes: UnsafeBufferPointer<UInt8>) -> Bool {
+        layouts.withElements(of: index) { codes in
+            guard codes.count == scanned.count else { return false }
+            for (position, attribute) in scanned.enumerated() {
+                let code = codes[position]
+                guard code & 7 == UInt64(attribute.type.rawValue),
+                      keys.holds(Int(code >> 3), exactly: UnsafeBufferPointer(rebasing: bytes[attribute.key]))
+                else { return false }
+            }
+            return true
+        }
     }
 
     /// Keys, dedicated pairs and layouts, as the `dict.attributes` chunk.

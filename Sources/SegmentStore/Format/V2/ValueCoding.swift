@@ -170,6 +170,20 @@ struct SequenceInterner<Element: FixedWidthInteger> {
 
     subscript(index: Int) -> ArraySlice<Element> { pool[starts[index]..<starts[index + 1]] }
 
+    /// Calls `body` with sequence `index` where it is stored.
+    func withElements<Result>(of index: Int, _ body: (UnsafeBufferPointer<Element>) throws -> Result) rethrows -> Result {
+        let range = starts[index]..<starts[index + 1]
+        return try pool.withUnsafeBufferPointer { try body(UnsafeBufferPointer(rebasing: $0[range])) }
+    }
+
+    /// Whether sequence `index` is exactly `value`.
+    func holds(_ index: Int, exactly value: UnsafeBufferPointer<Element>) -> Bool {
+        withElements(of: index) { stored in
+            stored.count == value.count
+                && (value.isEmpty || memcmp(stored.baseAddress!, value.baseAddress!, value.count * MemoryLayout<Element>.stride) == 0)
+        }
+    }
+
     /// The index of `value`, adding it if new.
     mutating func index(of value: UnsafeBufferPointer<Element>) -> Int {
         let raw = UnsafeRawBufferPointer(value)
