@@ -63,6 +63,7 @@ enum AttributeCoding {
         return true
     }
 
+    @inline(__always)
     private static func scanKeyValue(_ bytes: UnsafeBufferPointer<UInt8>, _ range: Range<Int>) -> RawAttribute? {
         var reader = WireReader(bytes, range)
         var key: Range<Int>?
