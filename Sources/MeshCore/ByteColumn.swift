@@ -56,7 +56,7 @@ public struct ByteColumn: Sendable, Equatable, RandomAccessCollection {
     /// Asks the CPU to start loading where row `index` starts and ends (what
     /// `prefetch(row:)` reads first), without waiting.
     public func prefetchEnd(of index: Int) {
-        ends.withUnsafeBufferPointer { meshtrace_prefetch_for_read($0.baseAddress! + Swift.max(0, index - 1)) }
+        ends.withUnsafeBufferPointer { if index < $0.count { meshtrace_prefetch_for_read($0.baseAddress! + Swift.max(0, index - 1)) } }
     }
 
     @inlinable

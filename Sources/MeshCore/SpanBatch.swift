@@ -179,7 +179,7 @@ public struct SpanBatch: Sendable {
     /// visit's work is too long for the CPU to run ahead to the next row's loads.
     public func prefetchColumns(row: Int) {
         func prefetch<Element>(_ column: [Element]) {
-            column.withUnsafeBufferPointer { meshtrace_prefetch_for_read($0.baseAddress! + row) }
+            column.withUnsafeBufferPointer { if row < $0.count { meshtrace_prefetch_for_read($0.baseAddress! + row) } }
         }
         prefetch(traceIDs)
         prefetch(spanIDs)
