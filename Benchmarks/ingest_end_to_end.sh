@@ -19,7 +19,7 @@ PID=$!
 sleep 2
 if [ "$PROTO" = grpc ]; then TARGET=http://127.0.0.1:34317; else TARGET=http://127.0.0.1:34318; fi
 $BIN/meshtrace loadgen --target $TARGET --protocol $PROTO --rate $RATE --duration $DURATION --connections 8 --spans-per-request $SPANS_PER_REQUEST -o json | tee $DIR/report.json
-curl -s 127.0.0.1:36686/metrics | grep -E '^meshtrace_(wal_syncs|wal_records|segments|receiver_spans_total\{receiver="otlp_(grpc|http)",outcome="stored"|wal_written_bytes_total|sampling_decisions_total|sampling_late_spans_total|pairing_total)|^traces_service_graph_unpaired_spans_total' | grep -v ' 0$' || true
+curl -s 127.0.0.1:36686/metrics | grep -E '^meshtrace_(wal_syncs|wal_sync_seconds|wal_records|segments|receiver_spans_total\{receiver="otlp_(grpc|http)",outcome="stored"|wal_written_bytes_total|sampling_decisions_total|sampling_late_spans_total|pairing_total)|^traces_service_graph_unpaired_spans_total' | grep -v ' 0$' || true
 pkill -TERM -f "^$BIN/meshtrace-collector --data-dir $DIR/data"   # SIGTERM seals the head block: that encode is counted too
 wait $PID || true
 cat $DIR/time

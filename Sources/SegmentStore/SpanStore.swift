@@ -295,7 +295,7 @@ public final class SpanStore: Sendable {
                 return try log.syncTarget()
             }
             defer { close(target.fd) }
-            try FileIO.sync(fd: target.fd, path: target.path)
+            try FileIO.syncData(fd: target.fd, path: target.path)
             return target.upTo
         }
     }
@@ -350,7 +350,7 @@ public final class SpanStore: Sendable {
                     return try log.syncTarget()
                 }
                 defer { close(target.fd) }
-                try FileIO.sync(fd: target.fd, path: target.path)
+                try FileIO.syncData(fd: target.fd, path: target.path)
             }
             // The follower's checkpoint stands on its own: when the segment fails, the
             // WAL file stays and a restart replays it into the head block alone.

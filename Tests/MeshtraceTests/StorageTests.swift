@@ -229,16 +229,28 @@ final class StorageTests: XCTestCase {
             let store = try SpanStore(configuration: .init(dataDirectory: directory))
             for request in requests { _ = try store.append(try received(request)) }
         }
-        let walFile = try XCTUnwrap(FileManager.default.contentsOfDirectory(atPath: directory + "/wal").sorted().first)
-        let handle = try FileHandle(forWritingTo: URL(fileURLWithPath: directory + "/wal/" + walFile))
-        try handle.seekToEnd()
-        try handle.write(contentsOf: Data([0x4D, 0x54, 0x52, 0x4C, 0xFF, 0x00, 0x00]))
+        let walPath = directory + "/wal/" + (try XCTUnwrap(FileManager.default.contentsOfDirectory(atPath: directory + "/wal").sorted().first))
+        // The file was grown ahead of its records with zero bytes; a crash tears the
+        // next record there, after the last whole one.
+        let file = [UInt8](try Data(contentsOf: URL(fileURLWithPath: walPath)))
+        var recordsEnd = 8
+        while recordsEnd + 12 <= file.count, file[recordsEnd..<recordsEnd + 4].elementsEqual([0x4D, 0x54, 0x52, 0x4C]) {
+            let length = file[recordsEnd + 4..<recordsEnd + 8].reversed().reduce(0) { $0 << 8 | Int($1) }
+            recordsEnd += 12 + length
+        }
+        XCTAssertGreaterThan(file.count, recordsEnd, "zero bytes follow the records")
+        XCTAssertTrue(file[recordsEnd...].allSatisfy { $0 == 0 })
+        let handle = try FileHandle(forWritingTo: URL(fileURLWithPath: walPath))
+        try handle.seek(toOffset: UInt64(recordsEnd))
+        // A record header claiming 255 bytes and three bytes of its checksum.
+        try handle.write(contentsOf: Data([0x4D, 0x54, 0x52, 0x4C, 0xFF, 0x00, 0x00, 0x00, 0xAB, 0xCD, 0xEF]))
         try handle.close()
 
         let reopened = try SpanStore(configuration: .init(dataDirectory: directory))
         XCTAssertEqual(reopened.unsealedSpanCount, batch(requests).count)
         XCTAssertEqual(reopened.problems.count, 1)
-        XCTAssertTrue(reopened.problems[0].reason.contains("7 trailing bytes"), reopened.problems[0].reason)
+        XCTAssertTrue(reopened.problems[0].reason.contains("11 trailing bytes"), reopened.problems[0].reason)
+        XCTAssertEqual(try FileManager.default.attributesOfItem(atPath: walPath)[.size] as? Int, recordsEnd, "cut back to its records")
     }
 
     func testWALRecordsWhoseFramesCarryLZ4sContentChecksumStillReplay() throws {

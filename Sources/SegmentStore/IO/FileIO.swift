@@ -83,6 +83,37 @@ public enum FileIO {
         return try read(fd: fd, path: path, offset: offset, count: count)
     }
 
+    /// Writes `bytes` at `offset`, whatever the file's position.
+    public static func writeAll(fd: Int32, path: String, _ bytes: [UInt8], at offset: Int) throws(StoreError) {
+        var done = 0
+        while done < bytes.count {
+            let wrote = bytes.withUnsafeBytes { raw in
+                pwrite(fd, raw.baseAddress! + done, bytes.count - done, off_t(offset + done))
+            }
+            if wrote < 0 {
+                if errno == EINTR { continue }
+                throw .io(path: path, operation: "write", errno: errno)
+            }
+            done += wrote
+        }
+    }
+
+    /// Writes zero bytes over `range` of the file, growing it if the range ends past its end.
+    public static func writeZeros(fd: Int32, path: String, range: Range<Int>) throws(StoreError) {
+        var offset = range.lowerBound
+        while offset < range.upperBound {
+            let count = min(zeros.count, range.upperBound - offset)
+            let wrote = zeros.withUnsafeBytes { raw in pwrite(fd, raw.baseAddress!, count, off_t(offset)) }
+            if wrote < 0 {
+                if errno == EINTR { continue }
+                throw .io(path: path, operation: "write", errno: errno)
+            }
+            offset += wrote
+        }
+    }
+
+    private static let zeros = [UInt8](repeating: 0, count: 64 << 10)
+
     public static func writeAll(fd: Int32, path: String, _ bytes: [UInt8]) throws(StoreError) {
         var done = 0
         while done < bytes.count {
@@ -99,6 +130,16 @@ public enum FileIO {
 
     public static func sync(fd: Int32, path: String) throws(StoreError) {
         guard fsync(fd) == 0 else { throw .io(path: path, operation: "fsync", errno: errno) }
+    }
+
+    /// Makes a file's data durable with only the metadata needed to read it back
+    /// (`fdatasync`): its size when that changed, not its times.
+    public static func syncData(fd: Int32, path: String) throws(StoreError) {
+        #if os(Linux)
+        guard fdatasync(fd) == 0 else { throw .io(path: path, operation: "fdatasync", errno: errno) }
+        #else
+        try sync(fd: fd, path: path)
+        #endif
     }
 
     public static func syncDirectory(_ path: String) throws(StoreError) {

@@ -15,7 +15,12 @@ import MeshCore
 /// little-endian, where the payload is one LZ4 frame holding `type u8 | body`.
 /// `write` appends a record without syncing and returns its number; a record is
 /// durable once a sync that covers its number has finished (`GroupCommit` shares
-/// one fsync among the records written meanwhile). See storage/FORMAT.md.
+/// one sync among the records written meanwhile). See storage/FORMAT.md.
+///
+/// The file is grown ahead of its records in steps of zero bytes, so a record
+/// lands in blocks the file already has and a sync (`fdatasync`) writes the
+/// record's pages alone, not the file's size and block map with them. Replay ends
+/// cleanly where only zero bytes remain.
 final class WriteAheadLog {
     static let fileMagic: [UInt8] = Array("MTWAL".utf8) + [0, 0, 1]
     static let recordMagic: UInt32 = 0x4C52_544D  // "MTRL" little-endian
@@ -39,8 +44,12 @@ final class WriteAheadLog {
     private(set) var sequence: UInt64
     private var fd: Int32
     private var path: String
-    /// Bytes in the current file.
+    /// Bytes of records (and the file magic) in the current file.
     private(set) var fileSize: Int
+    /// Bytes the current file holds: its records and the zero bytes written ahead of them.
+    private var allocatedSize: Int
+    /// How far the file grows at a time, in zero bytes.
+    static let growthStep = 1 << 20
     /// Records written since the log was opened, across files: the number of the last one.
     private(set) var recordsWritten: UInt64 = 0
     /// Bytes appended since the log was opened, across files.
@@ -52,6 +61,7 @@ final class WriteAheadLog {
         self.sequence = sequence
         (fd, path) = try Self.create(directory: directory, sequence: sequence)
         fileSize = Self.fileMagic.count
+        allocatedSize = fileSize
     }
 
     deinit { close(fd) }
@@ -69,7 +79,7 @@ final class WriteAheadLog {
 
     private static func create(directory: String, sequence: UInt64) throws(StoreError) -> (Int32, String) {
         let path = directory + "/" + fileName(sequence: sequence)
-        let fd = open(path, O_WRONLY | O_CREAT | O_TRUNC | O_APPEND | O_CLOEXEC, 0o644)
+        let fd = open(path, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0o644)
         guard fd >= 0 else { throw .io(path: path, operation: "create", errno: errno) }
         do {
             try FileIO.writeAll(fd: fd, path: path, fileMagic)
@@ -83,7 +93,7 @@ final class WriteAheadLog {
     }
 
     /// Appends one record, not yet synced; returns its number (see `recordsWritten`).
-    /// A write that fails is cut off again, so no torn record sits before later ones.
+    /// A write that fails is zeroed again, so no torn record sits before later ones.
     func write(type: RecordType, body: [UInt8]) throws(StoreError) -> UInt64 {
         var plain = [UInt8]()
         plain.reserveCapacity(body.count + 1)
@@ -103,16 +113,26 @@ final class WriteAheadLog {
         record.write(UInt32(payload.count))
         record.write(CRC32C.checksum(payload))
         record.write(raw: payload)
+        if fileSize + record.count > allocatedSize { try grow(toHold: fileSize + record.count) }
         do {
-            try FileIO.writeAll(fd: fd, path: path, record.bytes)
+            try FileIO.writeAll(fd: fd, path: path, record.bytes, at: fileSize)
         } catch {
-            _ = ftruncate(fd, off_t(fileSize))
+            try? FileIO.writeZeros(fd: fd, path: path, range: fileSize..<(fileSize + record.count))
             throw error
         }
         fileSize += record.count
         bytesWritten += UInt64(record.count)
         recordsWritten += 1
         return recordsWritten
+    }
+
+    /// Writes zero bytes past the end of the file, in whole steps, until it holds
+    /// `size` bytes. The sync after it writes the new blocks and the file's new size
+    /// once; the records written into them later change neither.
+    private func grow(toHold size: Int) throws(StoreError) {
+        let target = (size + Self.growthStep - 1) / Self.growthStep * Self.growthStep
+        try FileIO.writeZeros(fd: fd, path: path, range: allocatedSize..<target)
+        allocatedSize = target
     }
 
     /// What a sync needs: a duplicate of the current file's descriptor (so the file
@@ -135,6 +155,7 @@ final class WriteAheadLog {
         path = newPath
         sequence = next
         fileSize = Self.fileMagic.count
+        allocatedSize = fileSize
     }
 
     /// One record read back.
@@ -146,7 +167,8 @@ final class WriteAheadLog {
     /// What replaying one file found.
     struct Replay {
         var records: [Record] = []
-        /// Bytes at the end of the file that do not form a whole, valid record.
+        /// Bytes at the end of the file that do not form a whole, valid record, up to
+        /// its last non-zero byte (zero bytes after it are the file's growth).
         var damagedTailBytes = 0
         /// Why the tail was cut, when it was.
         var damage: String?
@@ -154,7 +176,8 @@ final class WriteAheadLog {
         var validLength = 0
     }
 
-    /// Reads every valid record of a log file, stopping at the first damaged one.
+    /// Reads every valid record of a log file, stopping at the first damaged one or
+    /// where only zero bytes remain.
     static func replay(path: String) throws(StoreError) -> Replay {
         let bytes = try FileIO.readAll(path)
         var result = Replay()
@@ -195,7 +218,13 @@ final class WriteAheadLog {
                 break
             }
         }
-        result.damagedTailBytes = bytes.count - result.validLength
+        // Past the last record, a file grown ahead of its records holds zero bytes:
+        // a clean end, not damage.
+        let contentEnd = (bytes.lastIndex { $0 != 0 } ?? -1) + 1
+        if contentEnd <= result.validLength {
+            result.damage = nil
+        }
+        result.damagedTailBytes = max(0, contentEnd - result.validLength)
         return result
     }
 }
