@@ -160,12 +160,12 @@ struct Aggregator {
         let first = rows.startIndex
         let end = rows.endIndex
         for index in first..<min(first + lookahead, end) {
-            if let key = pairingKey(rows[index]) { pairer.pending.prefetch(key) }
+            if let key = pairingKey(rows[index]) { pairer.prefetch(key) }
         }
         batch.attributes.bytes.withUnsafeBufferPointer { attributeBytes in
             for index in first..<end {
                 let row = rows[index]
-                if index + lookahead < end, let key = pairingKey(rows[index + lookahead]) { pairer.pending.prefetch(key) }
+                if index + lookahead < end, let key = pairingKey(rows[index + lookahead]) { pairer.prefetch(key) }
                 let workload = resourceWorkloads[Int(batch.resourceIndices[row])]
                 let kind = batch.kinds[row]
                 let facts = facts[row]
@@ -212,13 +212,14 @@ struct Aggregator {
     }
 
     private mutating func offer(_ half: EdgePairer.Half, key: EdgePairer.Key, now: UInt64) {
-        switch pairer.offer(half, key: key, now: now) {
+        var other = half
+        switch pairer.offer(half, key: key, now: now, other: &other) {
         case .pending, .late:
             break
-        case .paired(let client, let server):
-            observe(client: client, server: server)
-        case .evicted(let oldest):
-            observe(expired: oldest)
+        case .paired:
+            if other.isClient { observe(client: other, server: half) } else { observe(client: half, server: other) }
+        case .evicted:
+            observe(expired: other)
         }
     }
 

@@ -62,14 +62,16 @@ struct EdgePairer {
         }
     }
 
-    /// What happened to a half offered.
+    /// What happened to a half offered. The half it concerns, when another, is handed
+    /// back through `offer`'s `other`: an enum carrying two halves is copied out of the
+    /// call whole, for every span.
     enum Outcome {
         /// It waits for its partner.
         case pending
-        /// Its partner was waiting: one request over the edge.
-        case paired(client: Half, server: Half)
-        /// It waits, and the room was full: this half left early, unpaired.
-        case evicted(Half)
+        /// Its partner was waiting (now in `other`): one request over the edge.
+        case paired
+        /// It waits, and the room was full: the half in `other` left early, unpaired.
+        case evicted
         /// Its partner already left unpaired and was counted; this half is not.
         case late
     }
@@ -145,12 +147,24 @@ struct EdgePairer {
         WindowGroup(workload: half.workload, peer: half.peer, isClient: half.isClient)
     }
 
-    mutating func offer(_ half: Half, key: Key, now: UInt64) -> Outcome {
+    /// Starts bringing the slot `key` would wait in into the cache (see `IDMap.prefetch(_:)`).
+    /// Mutating, though it changes nothing: the aggregator calls it while it holds
+    /// itself for writing, and a non-mutating call there (or one through `pending`)
+    /// copies the pairer (or the map) for the call, retaining all it holds.
+    @inline(__always)
+    mutating func prefetch(_ key: Key) {
+        pending.prefetch(key)
+    }
+
+    /// Offers `half`, waiting under `key`; `other` receives the partner it pairs with
+    /// or the half it pushes out.
+    mutating func offer(_ half: Half, key: Key, now: UInt64, other: inout Half) -> Outcome {
         if let waiting = pending[key], waiting.isClient != half.isClient {
             pending.removeValue(forKey: key)
             statistics.paired += 1
             learn(gap: now >= waiting.arrival ? now - waiting.arrival : 0, group: Self.group(of: waiting), now: now)
-            return waiting.isClient ? .paired(client: waiting, server: half) : .paired(client: half, server: waiting)
+            other = waiting
+            return .paired
         }
         if let arrival = expired.removeValue(forKey: key) {
             // Its partner waited in vain; widen this edge's window for the next ones.
@@ -173,7 +187,8 @@ struct EdgePairer {
         if pending.count > settings.maxPending, let oldest = popEarliest() {
             statistics.evicted += 1
             countExpired(oldest)
-            return .evicted(oldest.half)
+            other = oldest.half
+            return .evicted
         }
         return .pending
     }

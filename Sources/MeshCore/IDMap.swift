@@ -80,12 +80,26 @@ public struct IDMap<Key: IDMapKey, Value> {
         slots.withUnsafeBufferPointer { meshtrace_prefetch_for_write($0.baseAddress! + home(key)) }
     }
 
+    /// The key in `slot`, read where it lies: through the array's subscript a slot
+    /// is copied whole, its value (with every reference the value holds retained and
+    /// released again) along with its key.
+    @inlinable @inline(__always)
+    func key(at slot: Int) -> Key {
+        slots.withUnsafeBufferPointer { $0[slot].key }
+    }
+
+    /// Whether `slot` holds a value, read where it lies (see `key(at:)`).
+    @inlinable @inline(__always)
+    func holdsValue(at slot: Int) -> Bool {
+        slots.withUnsafeBufferPointer { $0[slot].value != nil }
+    }
+
     /// The slot holding `key`, or nil.
     @inlinable @inline(__always)
     func slot(of key: Key) -> Int? {
         var slot = home(key)
         while true {
-            let held = slots[slot].key
+            let held = self.key(at: slot)
             if held == key { return slot }
             if held == .zero { return nil }
             slot = (slot + 1) & mask
@@ -96,7 +110,8 @@ public struct IDMap<Key: IDMapKey, Value> {
     public subscript(key: Key) -> Value? {
         get {
             if key == .zero { return zeroValue }
-            return slot(of: key).flatMap { slots[$0].value }
+            guard let slot = slot(of: key) else { return nil }
+            return slots.withUnsafeBufferPointer { $0[slot].value }
         }
         set {
             if let newValue { update(newValue, for: key) } else { removeValue(forKey: key) }
@@ -118,7 +133,7 @@ public struct IDMap<Key: IDMapKey, Value> {
     mutating func insertionSlot(for key: Key) -> Int {
         var slot = home(key)
         while true {
-            let held = slots[slot].key
+            let held = self.key(at: slot)
             if held == key { return slot }
             if held == .zero { break }
             slot = (slot + 1) & mask
@@ -146,7 +161,7 @@ public struct IDMap<Key: IDMapKey, Value> {
             return body(&zeroValue!)
         }
         let slot = insertionSlot(for: key)
-        if slots[slot].value == nil { slots[slot].value = defaultValue() }
+        if !holdsValue(at: slot) { slots[slot].value = defaultValue() }
         return body(&slots[slot].value!)
     }
 
@@ -159,7 +174,7 @@ public struct IDMap<Key: IDMapKey, Value> {
             return zeroValue
         }
         guard let slot = slot(of: key) else { return nil }
-        let value = slots[slot].value
+        let value = slots.withUnsafeBufferPointer { $0[slot].value }
         removeSlot(slot)
         return value
     }
@@ -171,14 +186,15 @@ public struct IDMap<Key: IDMapKey, Value> {
         entryCount -= 1
         // Move back every entry after the hole, up to the next free slot, that the
         // hole lies between the entry's home and where it sits: a lookup for it would
-        // otherwise stop at the hole.
+        // otherwise stop at the hole. Entries are swapped, not copied, so the removed
+        // one travels to the last hole and is cleared there.
         var next = hole
         while true {
             next = (next + 1) & mask
-            let moved = slots[next].key
+            let moved = key(at: next)
             if moved == .zero { break }
             if (next &- home(moved)) & mask >= (next &- hole) & mask {
-                slots[hole] = slots[next]
+                slots.swapAt(hole, next)
                 hole = next
             }
         }
@@ -189,7 +205,7 @@ public struct IDMap<Key: IDMapKey, Value> {
     @inlinable @inline(__always)
     func freeSlot(for key: Key) -> Int {
         var slot = home(key)
-        while slots[slot].key != .zero { slot = (slot + 1) & mask }
+        while self.key(at: slot) != .zero { slot = (slot + 1) & mask }
         return slot
     }
 

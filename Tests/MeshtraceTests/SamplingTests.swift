@@ -28,11 +28,12 @@ final class SamplingTests: XCTestCase {
     /// place and removals (at up to three quarters full, where runs of occupied
     /// slots are long enough for removal to shift entries back), for ids of every
     /// shape producers send (random, sharing a low half, 64-bit, all zero), across
-    /// growth and shrinking.
+    /// growth and shrinking. The values hold references (arrays): each must come back
+    /// intact however often removals have moved it.
     func testTraceIDMapAnswersAsADictionaryThroughChurn() {
         var random = SeededGenerator(seed: 11)
-        var map = TraceIDMap<Int>()
-        var expected: [TraceID: Int] = [:]
+        var map = TraceIDMap<[Int]>()
+        var expected: [TraceID: [Int]] = [:]
         // A small pool, so that ids are removed and come back.
         let pool: [TraceID] = (0..<3_000).map { index in
             switch index % 4 {
@@ -46,11 +47,11 @@ final class SamplingTests: XCTestCase {
             let traceID = pool[Int(random.next() % UInt64(pool.count))]
             switch random.next() % 10 {
             case 0..<3:
-                map[traceID] = step
-                expected[traceID] = step
+                map[traceID] = [step]
+                expected[traceID] = [step]
             case 3..<5:
-                map.modify(traceID, default: -1) { $0 += step }
-                expected[traceID, default: -1] += step
+                map.modify(traceID, default: [-1]) { $0.append(step) }
+                expected[traceID, default: [-1]].append(step)
             case 5..<7:
                 map[traceID] = nil
                 expected[traceID] = nil
@@ -71,7 +72,7 @@ final class SamplingTests: XCTestCase {
         }
         for traceID in pool { XCTAssertEqual(map[traceID], expected[traceID], "\(traceID)") }
         XCTAssertEqual(Dictionary(uniqueKeysWithValues: map.entries.map { ($0.0, $0.1) }), expected)
-        var visited: [TraceID: Int] = [:]
+        var visited: [TraceID: [Int]] = [:]
         map.forEach { visited[$0] = $1 }
         XCTAssertEqual(visited, expected)
     }
