@@ -43,6 +43,8 @@ struct Aggregator {
         }
     }
     private(set) var pairer: EdgePairer
+    /// Operation ids by the bits of span names, across batches.
+    private var operations = OperationMemo()
     /// Proxies' OTLP metrics, folded into `.reported` series.
     var metrics: ProxyMetricsFolder
 
@@ -156,7 +158,11 @@ struct Aggregator {
         // The pairing room outgrows the cache when partners arrive far apart (each
         // proxy batches its own spans): its slots are fetched a few spans ahead.
         let lookahead = 8
+        // The memo is taken out while the batch is counted: a miss looks the operation
+        // up through `self`.
         var operations = OperationMemo()
+        swap(&operations, &self.operations)
+        defer { swap(&operations, &self.operations) }
         let first = rows.startIndex
         let end = rows.endIndex
         for index in first..<min(first + lookahead, end) {
@@ -353,11 +359,13 @@ struct PendingHalf {
     var remaining: UInt64
 }
 
-/// The operation ids of one batch's spans, found by the bits of the span name's
-/// `String` value. A decoder gives the spans of a request that share a name one
-/// string (and a short name is held in those bits whole), so most spans find their
-/// operation without hashing or comparing the name's text. Equal bits mean equal
-/// strings only while the strings live: a memo serves one batch.
+/// The operation ids of spans, found by the bits of the span name's `String` value.
+/// The decoder gives the spans that share a name one string, request after request
+/// (`SpanNames`), and a short name is held in those bits whole, so most spans find
+/// their operation without hashing or comparing the name's text. Equal bits mean
+/// equal strings only while the string lives: each entry holds its string, so the
+/// memory its bits point to cannot be freed and reused for another, and the memo
+/// lasts as long as the aggregator (whose operation ids never change).
 struct OperationMemo {
     private struct Entry {
         var first: UInt64 = 0
@@ -366,12 +374,15 @@ struct OperationMemo {
         var kind: SpanKind = .unspecified
         /// -1 for an empty entry.
         var id: Int32 = -1
+        /// Held, never read: it keeps `first` and `second` this string's alone.
+        var name = ""
     }
 
     /// The memo holds 2^slotBits entries, one per slot the key's top bits choose.
     private static let slotBits: UInt64 = 6
     private static let bitsAreTheValue = MemoryLayout<String>.size == 16 && MemoryLayout<String>.stride == 16
-    private var entries = [Entry](repeating: Entry(), count: 1 << OperationMemo.slotBits)
+    /// Empty until the first lookup, so that an unused memo costs nothing.
+    private var entries: [Entry] = []
 
     /// The operation of the span at `row`, whose name is `names[row]`; `find` looks
     /// it up when the memo does not hold it.
@@ -379,16 +390,21 @@ struct OperationMemo {
         ofRow row: Int, in names: [String], workload: Int32, kind: SpanKind, orFind find: () -> Int32
     ) -> Int32 {
         guard Self.bitsAreTheValue else { return find() }
+        if entries.isEmpty { entries = [Entry](repeating: Entry(), count: 1 << OperationMemo.slotBits) }
         let (first, second) = names.withUnsafeBytes { $0.load(fromByteOffset: row * 16, as: (UInt64, UInt64).self) }
         let mixed = (first ^ second &* 0xC2B2_AE3D_27D4_EB4F ^ UInt64(UInt32(bitPattern: workload)) << 8 ^ UInt64(kind.rawValue))
             &* 0x9E37_79B9_7F4A_7C15
         let slot = Int(truncatingIfNeeded: mixed >> (64 - Self.slotBits))
-        let entry = entries[slot]
-        if entry.id >= 0 && entry.first == first && entry.second == second && entry.workload == workload && entry.kind == kind {
-            return entry.id
+        // Read in place: a copy of the entry would retain and release its name.
+        let held: Int32 = entries.withUnsafeBufferPointer { entries in
+            let entry = UnsafePointer(entries.baseAddress! + slot)
+            guard entry.pointee.id >= 0, entry.pointee.first == first, entry.pointee.second == second,
+                  entry.pointee.workload == workload, entry.pointee.kind == kind else { return -1 }
+            return entry.pointee.id
         }
+        if held >= 0 { return held }
         let id = find()
-        entries[slot] = Entry(first: first, second: second, workload: workload, kind: kind, id: id)
+        entries[slot] = Entry(first: first, second: second, workload: workload, kind: kind, id: id, name: names[row])
         return id
     }
 }

@@ -5,6 +5,7 @@ import Darwin
 #endif
 import CCacheHints
 import MeshCore
+import Synchronization
 
 /// An OTLP trace export request decoded into columns, with the protobuf bytes the
 /// WAL logs.
@@ -30,6 +31,12 @@ public struct DecodedTraceExport: Sendable {
         let result = bytes.withUnsafeBufferPointer { buffer -> Result<(SpanBatch, [RequestFacts], IngestOutcome), OTLPDecodingError> in
             guard let base = buffer.baseAddress, !buffer.isEmpty else { return .success((SpanBatch(), [], IngestOutcome())) }
             var decoder = OTLPTraceDecoder(input: OTLPInput(base: base, count: buffer.count))
+            defer {
+                // Moved out first, so that the pool holds the only reference to it.
+                var names = SpanNames()
+                swap(&names, &decoder.names)
+                SpanNames.giveBack(names)
+            }
             return Result { () throws(OTLPDecodingError) in
                 try decoder.decodeRequest(0..<buffer.count)
                 return (decoder.batch, decoder.facts, decoder.outcome)
@@ -68,7 +75,7 @@ struct OTLPTraceDecoder {
     private var attributeRunEnd = 0
     /// Bytes of the span's stored attributes already copied into the batch.
     private var attributesCopied = 0
-    private var names = SpanNames()
+    var names = SpanNames.take()
 
     init(input: OTLPInput) {
         self.input = input
@@ -278,23 +285,48 @@ struct OTLPTraceDecoder {
     }
 }
 
-/// Span names already made into strings in this request, so that a name repeated
-/// across its spans is one shared `String` instead of a new one for each span: a
-/// table of 256 slots, each holding the last name whose hash chose it.
-private struct SpanNames {
+/// Span names already made into strings, kept from request to request, so that the
+/// spans of one name share one `String` instead of a new one per request: a table of
+/// 1,024 slots, each holding the last name whose hash chose it. Sharing the string
+/// lets the golden signals, the sampler and the segment writer tell equal names by
+/// the string's bits, without reading its bytes (which, for a string of each request,
+/// lie in memory no longer in the cache), and saves an allocation per name and request.
+///
+/// A decoder takes a table from a pool for one request and gives it back after, so
+/// tables are never shared between threads; there are at most as many as requests
+/// decoded at once. Names longer than `longestName` bytes are not kept.
+struct SpanNames {
     private struct Slot {
-        var start = 0
-        var count = -1
-        var string = ""
+        var hash: UInt64 = 0
+        var string: String?
     }
 
+    private static let slotCount = 1024
+    static let longestName = 256
+    private static let pool = Mutex<[SpanNames]>([])
+    private static let poolLimit = 16
+
+    /// Empty until the first name is looked up.
     private var slots: [Slot] = []
+
+    /// A table from the pool, or a new one.
+    static func take() -> SpanNames {
+        pool.withLock { $0.popLast() } ?? SpanNames()
+    }
+
+    /// Gives a table back to the pool (dropped when the pool is full).
+    static func giveBack(_ names: SpanNames) {
+        pool.withLock { pool in
+            if pool.count < poolLimit { pool.append(names) }
+        }
+    }
 
     mutating func string(_ range: Range<Int>, in input: OTLPInput) -> String {
         guard !range.isEmpty else { return "" }
-        if slots.isEmpty { slots = Array(repeating: Slot(), count: 256) }
-        let bytes = UnsafeRawPointer(input.base + range.lowerBound)
         let count = range.count
+        guard count <= Self.longestName else { return input.string(range) }
+        if slots.isEmpty { slots = Array(repeating: Slot(), count: Self.slotCount) }
+        let bytes = UnsafeRawPointer(input.base + range.lowerBound)
         // The first and last eight bytes (overlapping when shorter), and the length.
         var hash = UInt64(count) &* 0x9E37_79B9_7F4A_7C15
         if count >= 8 {
@@ -303,11 +335,17 @@ private struct SpanNames {
         } else {
             for index in 0..<count { hash = (hash ^ UInt64(bytes.load(fromByteOffset: index, as: UInt8.self))) &* 0xBF58_476D_1CE4_E5B9 }
         }
-        let index = Int(truncatingIfNeeded: hash >> 56)
-        let slot = slots[index]
-        if slot.count == count, memcmp(input.base + slot.start, bytes, count) == 0 { return slot.string }
+        let index = Int(truncatingIfNeeded: hash >> 54)
+        let found: String? = slots.withUnsafeBufferPointer { slots in
+            guard slots[index].hash == hash, let string = slots[index].string else { return nil }
+            let equal = string.utf8.withContiguousStorageIfAvailable { stored in
+                stored.count == count && memcmp(stored.baseAddress!, bytes, count) == 0
+            }
+            return equal == true ? string : nil
+        }
+        if let found { return found }
         let string = input.string(range)
-        slots[index] = Slot(start: range.lowerBound, count: count, string: string)
+        slots[index] = Slot(hash: hash, string: string)
         return string
     }
 }

@@ -3,6 +3,7 @@ import MeshCore
 import MeshSim
 import OTLPWire
 import SwiftProtobuf
+import Synchronization
 import XCTest
 
 /// The direct OTLP decoder against swift-protobuf's generated messages: on every
@@ -68,6 +69,38 @@ final class OTLPDecoderTests: XCTestCase {
         for (index, request) in requests.enumerated() {
             XCTAssertTrue(try assertAgree(try request.serializedBytes(), "request \(index)"))
         }
+    }
+
+    /// Spans of one name share one string from request to request (the golden signals
+    /// and the segment writer tell names apart by the string's bits), and decoders on
+    /// several threads at once, each with a table of its own, still yield every name as
+    /// swift-protobuf does.
+    func testSpanNamesAreSharedAcrossRequestsAndThreads() throws {
+        let (requests, _) = simulatedRequests(count: 200)
+        let encoded = try requests.map { try $0.serializedBytes() as [UInt8] }
+        func bits(_ string: String) -> (UInt64, UInt64) { unsafeBitCast(string, to: (UInt64, UInt64).self) }
+        // One thread: a long name (held out of line) decoded again is the same string.
+        let first = try DecodedTraceExport(protobuf: encoded[0]).spans
+        let again = try DecodedTraceExport(protobuf: encoded[0]).spans
+        let long = try XCTUnwrap(first.names.indices.first { first.names[$0].utf8.count > 15 }, "MeshSim names a span with more than 15 bytes")
+        XCTAssertEqual(first.names[long], again.names[long])
+        XCTAssertTrue(bits(first.names[long]) == bits(again.names[long]), "the second request's span got a string of its own")
+
+        let expected = requests.map { request in
+            var batch = SpanBatch()
+            batch.append(request)
+            return batch.names
+        }
+        let mismatches = Mutex(0)
+        DispatchQueue.concurrentPerform(iterations: 4) { worker in
+            for round in 0..<3 {
+                for index in stride(from: (worker + round) % 4, to: encoded.count, by: 4) {
+                    let names = (try? DecodedTraceExport(protobuf: encoded[index]).spans.names) ?? []
+                    if names != expected[index] { mismatches.withLock { $0 += 1 } }
+                }
+            }
+        }
+        XCTAssertEqual(mismatches.withLock { $0 }, 0)
     }
 
     func testDecodesRandomRequestsAsSwiftProtobufDoes() throws {
