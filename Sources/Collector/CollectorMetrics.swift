@@ -107,9 +107,9 @@ final class CollectorMetrics: Sendable {
                [("", "\(counts.waiting)")])
         family("meshtrace_wal_written_bytes_total", "counter", "Bytes appended to the write-ahead log.", [("", "\(wal.bytes)")])
         family("meshtrace_wal_records_total", "counter", "Records appended to the write-ahead log.", [("", "\(wal.records)")])
-        family("meshtrace_wal_syncs_total", "counter", "fsyncs of the write-ahead log (concurrent requests share one).",
+        family("meshtrace_wal_syncs_total", "counter", "Syncs (fdatasync) of the write-ahead log (concurrent requests share one).",
                [("", "\(wal.syncs)")])
-        family("meshtrace_wal_sync_seconds_total", "counter", "Time spent in write-ahead log fsyncs.",
+        family("meshtrace_wal_sync_seconds_total", "counter", "Time spent in write-ahead log syncs.",
                [("", String(wal.syncSeconds))])
         family("meshtrace_memory_budget_bytes", "gauge", "The memory budget for request data in flight, and its use.",
                [("state=\"limit\"", "\(budget.limit)"), ("state=\"in_use\"", "\(budget.inUse)")])

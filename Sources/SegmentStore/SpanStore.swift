@@ -7,7 +7,7 @@ import Synchronization
 /// The span store of one data directory: a write-ahead log, an in-memory head
 /// block, and sealed segments.
 ///
-/// Spans are acknowledged only once their WAL record is fsynced. The head block is
+/// Spans are acknowledged only once their WAL record is synced (fdatasync). The head block is
 /// sealed into a segment when it reaches `maxHeadSpans` or `maxHeadAge`, or when
 /// asked (at shutdown). A crash at any instant leaves a store that reopens with
 /// every acknowledged span exactly once: a segment records the last WAL file it

@@ -9,7 +9,7 @@ import Darwin
 /// Makes WAL records durable in groups. A writer that needs its record synced
 /// either runs the sync itself, covering every record written so far, or, when a
 /// sync is already running, waits for it and then for the next one, which covers
-/// the records written meanwhile. N concurrent requests thus cost about two fsyncs
+/// the records written meanwhile. N concurrent requests thus cost about two syncs
 /// rather than N, and no request is answered before its record is on disk.
 ///
 /// With a minimum interval, a sync starts no sooner than that after the one before
