@@ -67,8 +67,10 @@ struct StorageBench: ParsableCommand {
         var otlpBytes = 0
         var corpusFile = ByteWriter(capacity: emitted * 500)
         for request in requests {
-            corpus.append(request)
             let bytes: [UInt8] = try request.serializedBytes()
+            // Decoded as the collector's receivers decode them, so that the batch holds
+            // what a sealed head block holds (the decoder's strings and encodings).
+            corpus.append(contentsOf: try DecodedTraceExport(protobuf: bytes).spans)
             otlpBytes += bytes.count
             corpusFile.write(UInt32(bytes.count))
             corpusFile.write(raw: bytes)
