@@ -288,9 +288,10 @@ struct OTLPTraceDecoder {
 /// Span names already made into strings, kept from request to request, so that the
 /// spans of one name share one `String` instead of a new one per request: a table of
 /// 1,024 slots, each holding the last name whose hash chose it. Sharing the string
-/// lets the golden signals, the sampler and the segment writer tell equal names by
-/// the string's bits, without reading its bytes (which, for a string of each request,
-/// lie in memory no longer in the cache), and saves an allocation per name and request.
+/// lets the golden signals tell equal names by the string's bits, without reading
+/// its bytes (which, for a string of each request, lie in memory no longer in the
+/// cache), lets string comparisons settle on those bits, and saves an allocation per
+/// name and request.
 ///
 /// A decoder takes a table from a pool for one request and gives it back after, so
 /// tables are never shared between threads; there are at most as many as requests

@@ -72,7 +72,7 @@ final class OTLPDecoderTests: XCTestCase {
     }
 
     /// Spans of one name share one string from request to request (the golden signals
-    /// and the segment writer tell names apart by the string's bits), and decoders on
+    /// tell names apart by the string's bits), and decoders on
     /// several threads at once, each with a table of its own, still yield every name as
     /// swift-protobuf does.
     func testSpanNamesAreSharedAcrossRequestsAndThreads() throws {
