@@ -83,19 +83,11 @@ public enum FileIO {
         return try read(fd: fd, path: path, offset: offset, count: count)
     }
 
-    /// Writes `bytes` at `offset`, whatever the file's position.
-    public static func writeAll(fd: Int32, path: String, _ bytes: [UInt8], at offset: Int) throws(StoreError) {
-        var done = 0
-        while done < bytes.count {
-            let wrote = bytes.withUnsafeBytes { raw in
-                pwrite(fd, raw.baseAddress! + done, bytes.count - done, off_t(offset + done))
-            }
-            if wrote < 0 {
-                if errno == EINTR { continue }
-                throw .io(path: path, operation: "write", errno: errno)
-            }
-            done += wrote
-        }
+    /// Writes `bytes` at `offset` (the start of the file unless given), whatever the
+    /// file's position.
+    public static func writeAll(fd: Int32, path: String, _ bytes: [UInt8], at offset: Int = 0) throws(StoreError) {
+        let failure = bytes.withUnsafeBytes { write(fd: fd, $0, at: offset) }
+        if failure != 0 { throw .io(path: path, operation: "write", errno: failure) }
     }
 
     /// Writes zero bytes over `range` of the file, growing it if the range ends past its end.
@@ -103,29 +95,26 @@ public enum FileIO {
         var offset = range.lowerBound
         while offset < range.upperBound {
             let count = min(zeros.count, range.upperBound - offset)
-            let wrote = zeros.withUnsafeBytes { raw in pwrite(fd, raw.baseAddress!, count, off_t(offset)) }
-            if wrote < 0 {
-                if errno == EINTR { continue }
-                throw .io(path: path, operation: "write", errno: errno)
-            }
-            offset += wrote
+            let failure = zeros.withUnsafeBytes { write(fd: fd, UnsafeRawBufferPointer(rebasing: $0[..<count]), at: offset) }
+            if failure != 0 { throw .io(path: path, operation: "write", errno: failure) }
+            offset += count
         }
     }
 
     private static let zeros = [UInt8](repeating: 0, count: 64 << 10)
 
-    public static func writeAll(fd: Int32, path: String, _ bytes: [UInt8]) throws(StoreError) {
+    /// Writes all of `bytes` at `offset`; returns 0, or the errno of the write that failed.
+    private static func write(fd: Int32, _ bytes: UnsafeRawBufferPointer, at offset: Int) -> Int32 {
         var done = 0
         while done < bytes.count {
-            let wrote = bytes.withUnsafeBytes { raw in
-                write(fd, raw.baseAddress! + done, bytes.count - done)
-            }
+            let wrote = pwrite(fd, bytes.baseAddress! + done, bytes.count - done, off_t(offset + done))
             if wrote < 0 {
                 if errno == EINTR { continue }
-                throw .io(path: path, operation: "write", errno: errno)
+                return errno
             }
             done += wrote
         }
+        return 0
     }
 
     public static func sync(fd: Int32, path: String) throws(StoreError) {
