@@ -37,6 +37,41 @@ final class StorageTests: XCTestCase {
         XCTAssertEqual(canonicalSpans(try restored.tracesData()), canonicalSpans(tracesData(requests)))
     }
 
+    /// A segment's rows follow `traceOrder()`: every row once, in the order a plain
+    /// comparison sort gives — for random 128-bit ids, for 64-bit ids (every high half
+    /// zero, as Zipkin and Envoy send them), for traces longer than a run the radix
+    /// pass leaves to a comparison sort, and for spans equal in trace, start and id.
+    func testTraceOrderMatchesAComparisonSort() {
+        var random = SystemRandomNumberGenerator()
+        for (highs, traces, spansPerTrace) in [(UInt64.max, 500, 1...12), (0, 300, 1...12), (7, 20, 30...90)] as [(UInt64, Int, ClosedRange<Int>)] {
+            var batch = SpanBatch()
+            let resource = batch.intern(resource: ResourceEntry(serviceName: "a", encoded: []))
+            let scope = batch.intern(scope: [])
+            let ids = (0..<traces).map { _ in TraceID(high: UInt64.random(in: 0...highs, using: &random), low: random.next()) }
+            var rows: [SpanBatch.Row] = []
+            for trace in ids {
+                for _ in 0..<Int.random(in: spansPerTrace, using: &random) {
+                    let start = UInt64.random(in: 1...4, using: &random)
+                    rows.append(SpanBatch.Row(
+                        traceID: trace, spanID: SpanID(UInt64.random(in: 1...3, using: &random)), parentSpanID: .zero,
+                        name: "op", kind: .server, startTime: start, endTime: start + 1, statusCode: .unset,
+                        statusMessage: "", httpStatusCode: 200, resourceIndex: resource, scopeIndex: scope,
+                        attributes: [], extras: []))
+                }
+            }
+            rows.shuffle(using: &random)
+            for row in rows { batch.append(row) }
+            let expected = (0..<batch.count).sorted { a, b in
+                (batch.traceIDs[a], batch.startTimes[a], batch.spanIDs[a].value, a)
+                    < (batch.traceIDs[b], batch.startTimes[b], batch.spanIDs[b].value, b)
+            }
+            let order = batch.traceOrder()
+            XCTAssertEqual(order.count, expected.count)
+            let firstDifference = expected.indices.first { $0 >= order.count || order[$0] != expected[$0] }
+            XCTAssertNil(firstDifference, "high halves up to \(highs): the orders part at this position")
+        }
+    }
+
     func testSegmentRoundTripKeepsEveryOTLPField() throws {
         let request = try wireFixture()
         let original = batch([request])

@@ -93,11 +93,7 @@ enum SegmentFormatV2 {
     }
 
     static func encode(_ batch: SpanBatch, blockSpans: Int = defaultBlockSpans, runSpans: Int = defaultRunSpans) -> Encoded {
-        let order = (0..<batch.count).sorted { a, b in
-            if batch.traceIDs[a] != batch.traceIDs[b] { return batch.traceIDs[a] < batch.traceIDs[b] }
-            if batch.startTimes[a] != batch.startTimes[b] { return batch.startTimes[a] < batch.startTimes[b] }
-            return batch.spanIDs[a] < batch.spanIDs[b]
-        }
+        let order = batch.traceOrder()
         var traceRanges: [Range<Int>] = []
         var runStart = 0
         for position in 0..<order.count where position + 1 == order.count
@@ -199,6 +195,8 @@ enum SegmentFormatV2 {
             }
             while prefetched < min(range.upperBound + rowsAhead, rows.upperBound) {
                 batch.prefetchColumns(row: order[prefetched])
+                // That asked for where each row's extras lie; half as far ahead, the bytes there.
+                if prefetched - rowsAhead / 2 >= rows.lowerBound { batch.extras.prefetch(row: order[prefetched - rowsAhead / 2], limit: 64) }
                 prefetched += 1
             }
             trace.reset(batch: batch, order: order, range: range)
@@ -499,7 +497,13 @@ struct AttributeDictionary {
     init(batch: SpanBatch, order: [Int]) {
         var frequency: [Pair: Int] = [:]
         let step = max(1, order.count / Self.sampleRows)
-        for row in stride(from: 0, to: order.count, by: step).map({ order[$0] }) {
+        let sample = stride(from: 0, to: order.count, by: step).map { order[$0] }
+        for (position, row) in sample.enumerated() {
+            // The sample is spread over the batch, so each row is asked for ahead, as in `encode`.
+            if position + 2 * Self.prefetchDistance < sample.count {
+                batch.attributes.prefetchEnd(of: sample[position + 2 * Self.prefetchDistance])
+            }
+            if position + Self.prefetchDistance < sample.count { batch.attributes.prefetch(row: sample[position + Self.prefetchDistance]) }
             batch.attributes.withUnsafeBytes(ofRow: row) { bytes in
                 guard AttributeCoding.scan(bytes, into: &scanned) else { return }
                 for attribute in scanned where attribute.type != .absent {
@@ -527,65 +531,92 @@ struct AttributeDictionary {
         var layout = ByteWriter(capacity: rows.count)
         var fallback = ByteWriter()
         var generic = ByteWriter()
-        var values = [ByteWriter](repeating: ByteWriter(), count: chosen.count)
-        var strings = [StringValueWriter](repeating: StringValueWriter(), count: chosen.count)
-        var integers = [IntegerValueWriter](repeating: IntegerValueWriter(), count: chosen.count)
+        var columns = [DedicatedColumn](repeating: DedicatedColumn(), count: chosen.count)
         var runOffsets: [[Int]] = []
-        for (position, row) in rows.enumerated() {
-            // Rows are visited in trace order, not in the order they arrived: ask for
-            // the attributes of a row a few visits ahead so they are in cache by then.
-            if position + Self.prefetchDistance < rows.count { batch.attributes.prefetch(row: rows[position + Self.prefetchDistance]) }
-            if runOffsets.count < runStarts.count && runStarts[runOffsets.count] == position {
-                runOffsets.append([layout.count, fallback.count, generic.count] + values.map(\.count))
-                for column in chosen.indices {
-                    strings[column].restart()
-                    integers[column].restart()
-                }
-            }
-            batch.attributes.withUnsafeBytes(ofRow: row) { bytes in
-                if bytes.isEmpty {
-                    layout.writeVarint(0)
-                    return
-                }
-                guard AttributeCoding.scan(bytes, into: &scanned) else {
-                    layout.writeVarint(1)
-                    fallback.write(lengthPrefixed: bytes)
-                    return
-                }
-                let memo = Int(batch.resourceIndices[row]) << 3 | Int(batch.kinds[row].rawValue)
-                if memo >= lastLayouts.count { lastLayouts += repeatElement(-1, count: memo + 1 - lastLayouts.count) }
-                var index = lastLayouts[memo]
-                if index < 0 || !scannedKeys(match: index, bytes) {
-                    shape.removeAll(keepingCapacity: true)
-                    for attribute in scanned {
-                        let key = keys.index(of: UnsafeBufferPointer(rebasing: bytes[attribute.key]))
-                        shape.append(UInt64(key << 3 | Int(attribute.type.rawValue)))
+        // The column's whole buffer is borrowed once: a closure per row would copy the
+        // batch into its context, and each dedicated column is reached through one pointer.
+        batch.attributes.bytes.withUnsafeBufferPointer { stored in
+            columns.withUnsafeMutableBufferPointer { columns in
+                for (position, row) in rows.enumerated() {
+                    // Rows are visited in trace order, not in the order they arrived: ask
+                    // for where a row's attributes lie well ahead, and for the bytes there
+                    // a few visits ahead, so both are in cache by then.
+                    if position + 2 * Self.prefetchDistance < rows.count {
+                        batch.attributes.prefetchEnd(of: rows[position + 2 * Self.prefetchDistance])
                     }
-                    index = shape.withUnsafeBufferPointer { layouts.index(of: $0) }
-                    lastLayouts[memo] = index
-                }
-                layouts.withElements(of: index) { codes in
-                    for (position, attribute) in scanned.enumerated() {
-                        let code = Int(codes[position])
-                        let column = code < columnOf.count ? Int(columnOf[code]) : -1
-                        guard column >= 0 else {
-                            Self.writePlain(attribute, bytes, to: &generic)
-                            continue
-                        }
-                        switch attribute.type {
-                        case .string: strings[column].write(UnsafeBufferPointer(rebasing: bytes[attribute.value]), to: &values[column])
-                        case .int: integers[column].write(attribute.scalar, to: &values[column])
-                        default: Self.writePlain(attribute, bytes, to: &values[column])
+                    if position + Self.prefetchDistance < rows.count {
+                        batch.attributes.prefetch(row: rows[position + Self.prefetchDistance])
+                    }
+                    if runOffsets.count < runStarts.count && runStarts[runOffsets.count] == position {
+                        runOffsets.append([layout.count, fallback.count, generic.count] + columns.map(\.values.count))
+                        for column in columns.indices { columns[column].restart() }
+                    }
+                    let bytes = UnsafeBufferPointer(rebasing: stored[batch.attributes.range(of: row)])
+                    if bytes.isEmpty {
+                        layout.writeVarint(0)
+                        continue
+                    }
+                    guard AttributeCoding.scan(bytes, into: &scanned) else {
+                        layout.writeVarint(1)
+                        fallback.write(lengthPrefixed: bytes)
+                        continue
+                    }
+                    let index = layoutIndex(of: bytes, memo: Int(batch.resourceIndices[row]) << 3 | Int(batch.kinds[row].rawValue))
+                    layouts.withElements(of: index) { codes in
+                        for (position, attribute) in scanned.enumerated() {
+                            let code = Int(codes[position])
+                            let column = code < columnOf.count ? Int(columnOf[code]) : -1
+                            guard column >= 0 else {
+                                Self.writePlain(attribute, bytes, to: &generic)
+                                continue
+                            }
+                            columns[column].write(attribute, bytes)
                         }
                     }
+                    layout.writeVarint(UInt64(index + 2))
                 }
-                layout.writeVarint(UInt64(index + 2))
             }
         }
         let dedicated = chosen.enumerated().map { index, pair in
-            (SegmentFormatV2.attributeColumnName(key: Array(keys[pair.key]), type: pair.type), values[index].bytes)
+            (SegmentFormatV2.attributeColumnName(key: Array(keys[pair.key]), type: pair.type), columns[index].values.bytes)
         }
         return (layout, fallback, generic, dedicated, runOffsets)
+    }
+
+    /// The layout of the attributes just scanned from `bytes`, interned if new. The
+    /// last row of the same resource and kind (`memo`) is tried first.
+    private mutating func layoutIndex(of bytes: UnsafeBufferPointer<UInt8>, memo: Int) -> Int {
+        if memo >= lastLayouts.count { lastLayouts += repeatElement(-1, count: memo + 1 - lastLayouts.count) }
+        let last = lastLayouts[memo]
+        if last >= 0 && scannedKeys(match: last, bytes) { return last }
+        shape.removeAll(keepingCapacity: true)
+        for attribute in scanned {
+            let key = keys.index(of: UnsafeBufferPointer(rebasing: bytes[attribute.key]))
+            shape.append(UInt64(key << 3 | Int(attribute.type.rawValue)))
+        }
+        let index = shape.withUnsafeBufferPointer { layouts.index(of: $0) }
+        lastLayouts[memo] = index
+        return index
+    }
+
+    /// One dedicated column's values and the lists its strings and integers are coded against.
+    private struct DedicatedColumn {
+        var values = ByteWriter()
+        var strings = StringValueWriter()
+        var integers = IntegerValueWriter()
+
+        mutating func restart() {
+            strings.restart()
+            integers.restart()
+        }
+
+        mutating func write(_ attribute: RawAttribute, _ bytes: UnsafeBufferPointer<UInt8>) {
+            switch attribute.type {
+            case .string: strings.write(UnsafeBufferPointer(rebasing: bytes[attribute.value]), to: &values)
+            case .int: integers.write(attribute.scalar, to: &values)
+            default: AttributeDictionary.writePlain(attribute, bytes, to: &values)
+            }
+        }
     }
 
     /// Whether the attributes just scanned from `bytes` have exactly the keys and
@@ -625,7 +656,7 @@ struct AttributeDictionary {
     /// Writes one value plainly: strings as byte strings, integers as zig-zag
     /// varints, doubles as 8 bytes, booleans as a byte, other values as protobuf
     /// `AnyValue` bytes.
-    private static func writePlain(_ attribute: RawAttribute, _ bytes: UnsafeBufferPointer<UInt8>, to writer: inout ByteWriter) {
+    fileprivate static func writePlain(_ attribute: RawAttribute, _ bytes: UnsafeBufferPointer<UInt8>, to writer: inout ByteWriter) {
         switch attribute.type {
         case .absent:
             break
