@@ -259,19 +259,26 @@ public typealias TraceIDMap<Value> = IDMap<TraceID, Value>
 /// entry it finds is for the same bytes.
 @inlinable
 public func byteHash(_ bytes: UnsafeRawBufferPointer, seed: UInt64 = 0) -> UInt64 {
-    var hash: UInt64 = 0x9E37_79B9_7F4A_7C15 ^ UInt64(bytes.count) ^ seed &* 0xC2B2_AE3D_27D4_EB4F
+    let count = bytes.count
+    var hash: UInt64 = 0x9E37_79B9_7F4A_7C15 ^ UInt64(count) ^ seed &* 0xC2B2_AE3D_27D4_EB4F
     var offset = 0
-    while offset + 8 <= bytes.count {
+    while offset + 8 < count {
         hash = (hash ^ bytes.loadUnaligned(fromByteOffset: offset, as: UInt64.self)) &* 0xFF51_AFD7_ED55_8CCD
         hash ^= hash >> 32
         offset += 8
     }
-    var tail: UInt64 = 0
-    var shift: UInt64 = 0
-    while offset < bytes.count {
-        tail |= UInt64(bytes[offset]) << shift
-        shift += 8
-        offset += 1
+    // The last one to eight bytes, read in at most two loads (which may overlap bytes
+    // already mixed in; the length, mixed in first, tells lengths apart).
+    let tail: UInt64
+    if count >= 8 {
+        tail = bytes.loadUnaligned(fromByteOffset: count - 8, as: UInt64.self)
+    } else if count >= 4 {
+        tail = UInt64(bytes.loadUnaligned(fromByteOffset: count - 4, as: UInt32.self)) << 32
+            | UInt64(bytes.loadUnaligned(fromByteOffset: 0, as: UInt32.self))
+    } else if count > 0 {
+        tail = UInt64(bytes[0]) | UInt64(bytes[count / 2]) << 8 | UInt64(bytes[count - 1]) << 16
+    } else {
+        tail = 0
     }
     hash = (hash ^ tail) &* 0xC4CE_B9FE_1A85_EC53
     return hash ^ (hash >> 29)

@@ -18,8 +18,18 @@ public struct WireReader {
     @inlinable
     public var isAtEnd: Bool { offset >= end }
 
-    @inlinable
+    @inlinable @inline(__always)
     public mutating func varint() -> UInt64? {
+        // Tags, lengths and most values fit one byte: read that here, the rest out of line.
+        if offset < end && bytes[offset] < 0x80 {
+            offset += 1
+            return UInt64(bytes[offset - 1])
+        }
+        return longVarint()
+    }
+
+    @inlinable
+    mutating func longVarint() -> UInt64? {
         var value: UInt64 = 0
         var shift: UInt64 = 0
         while offset < end {
