@@ -621,6 +621,10 @@ public final class TailSampler: Sendable {
     ) {
         var resources = TableMap()
         var scopes = TableMap()
+        // The tables the closures below read, taken once: a closure that named `batch`
+        // would copy the whole batch into its context for every span.
+        let batchResources = batch.resources
+        let batchScopes = batch.scopes
         for (span, threshold) in zip(spans, thresholds) {
             let old = batch.extras[span.row]
             let traceState = TraceStateField.read(old) ?? ""
@@ -633,8 +637,8 @@ public final class TailSampler: Sendable {
             }
             let resourceRow = batch.resourceIndices[span.row]
             let scopeRow = batch.scopeIndices[span.row]
-            let resource = resources.index(of: resourceRow) { kept.intern(resource: batch.resources[Int(resourceRow)]) }
-            let scope = scopes.index(of: scopeRow) { kept.intern(scope: batch.scopes[Int(scopeRow)]) }
+            let resource = resources.index(of: resourceRow) { kept.intern(resource: batchResources[Int(resourceRow)]) }
+            let scope = scopes.index(of: scopeRow) { kept.intern(scope: batchScopes[Int(scopeRow)]) }
             kept.append(row: span.row, of: batch, resourceIndex: resource, scopeIndex: scope, extras: unchanged ? nil : state.scratch[...])
         }
     }
