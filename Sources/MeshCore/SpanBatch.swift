@@ -408,17 +408,18 @@ public struct SpanBatch: Sendable {
         traceIDs.withUnsafeBufferPointer { traceIDs in
             startTimes.withUnsafeBufferPointer { startTimes in
                 spanIDs.withUnsafeBufferPointer { spanIDs in
+                    // Whether row `a` goes before row `b`, whose high halves are equal.
+                    let precedes = { (a: Int, b: Int) -> Bool in
+                        if traceIDs[a].low != traceIDs[b].low { return traceIDs[a].low < traceIDs[b].low }
+                        if startTimes[a] != startTimes[b] { return startTimes[a] < startTimes[b] }
+                        if spanIDs[a] != spanIDs[b] { return spanIDs[a] < spanIDs[b] }
+                        return a < b
+                    }
                     order.withUnsafeMutableBufferPointer { order in
                         var first = 0
                         while first < count {
                             var end = first + 1
                             while end < count && entries[end].key == entries[first].key { end += 1 }
-                            let precedes = { (a: Int, b: Int) -> Bool in
-                                if traceIDs[a].low != traceIDs[b].low { return traceIDs[a].low < traceIDs[b].low }
-                                if startTimes[a] != startTimes[b] { return startTimes[a] < startTimes[b] }
-                                if spanIDs[a] != spanIDs[b] { return spanIDs[a] < spanIDs[b] }
-                                return a < b
-                            }
                             if end - first > 32 {
                                 var run = UnsafeMutableBufferPointer(rebasing: order[first..<end])
                                 run.sort(by: precedes)
