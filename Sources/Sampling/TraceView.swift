@@ -78,11 +78,17 @@ final class SharedBatch: @unchecked Sendable {
     /// Row by row, whether the span's traffic went without TLS, as its request facts
     /// say (the golden signals read the same); empty when no facts were given.
     let plaintext: [Bool]
+    /// False when no span of the batch has a `trace_state`: a decision then reads none
+    /// (a batch held for seconds is out of cache, and each read would wait on memory).
+    let carriesTraceState: Bool
 
-    init(_ batch: SpanBatch, plaintext: [Bool] = []) {
+    /// `checkTraceState` looks through the spans' extras now, while they are likely in
+    /// cache; without it, every span is taken to carry a `trace_state`.
+    init(_ batch: SpanBatch, plaintext: [Bool] = [], checkTraceState: Bool = false) {
         self.batch = batch
         serviceKeys = batch.resources.map { EdgeName.key(of: $0.serviceName) }
         self.plaintext = plaintext
+        carriesTraceState = !checkTraceState || TraceStateField.anySet(in: batch.extras)
     }
 
     /// Asks the CPU to start loading what a decision reads of span `row`.
@@ -142,7 +148,9 @@ struct TraceView {
     @inline(__always) func attributes(_ span: SpanRef) -> ArraySlice<UInt8> { reading(span) { $0.batch.attributes[span.row] } }
     @inline(__always) func extras(_ span: SpanRef) -> ArraySlice<UInt8> { reading(span) { $0.batch.extras[span.row] } }
     /// The span's `trace_state`, read in place.
-    @inline(__always) func traceState(_ span: SpanRef) -> String? { reading(span) { TraceStateField.read($0.batch.extras, row: span.row) } }
+    @inline(__always) func traceState(_ span: SpanRef) -> String? {
+        reading(span) { $0.carriesTraceState ? TraceStateField.read($0.batch.extras, row: span.row) : nil }
+    }
 
     /// From the first span's start to the last span's end.
     var duration: UInt64 {
@@ -326,6 +334,24 @@ enum TraceStateField {
             }
         }
         return found
+    }
+
+    /// Whether any row of an extras column has a `trace_state` field that is not empty.
+    static func anySet(in column: ByteColumn) -> Bool {
+        column.bytes.withUnsafeBufferPointer { buffer in
+            column.indices.contains { row in
+                var reader = WireReader(buffer, column.range(of: row))
+                while let (field, wireType) = reader.tag() {
+                    if field == 3, wireType == 2 {
+                        guard let value = reader.lengthDelimited() else { return false }
+                        if !value.isEmpty { return true }
+                    } else if !reader.skip(wireType: wireType) {
+                        return false
+                    }
+                }
+                return false
+            }
+        }
     }
 
     /// `extras` with every `trace_state` field removed and `traceState` written in their place.
