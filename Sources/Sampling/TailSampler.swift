@@ -405,7 +405,7 @@ public final class TailSampler: Sendable {
             // The batch is held whole while any shard holds some of it; each shard is
             // charged its share.
             let bytes = rows.count == batch.count ? footprint : footprint * rows.count / max(1, batch.count)
-            state.chunks.append(Chunk(batch: SharedBatch(batch, plaintext: plaintext, checkTraceState: true), waiting: waiting, bytes: bytes))
+            state.chunks.append(Chunk(batch: SharedBatch(batch, plaintext: plaintext, traceStateRows: rows), waiting: waiting, bytes: bytes))
             state.chunkBytes += bytes
             state.waitingSpans += waiting
         }

@@ -82,13 +82,14 @@ final class SharedBatch: @unchecked Sendable {
     /// (a batch held for seconds is out of cache, and each read would wait on memory).
     let carriesTraceState: Bool
 
-    /// `checkTraceState` looks through the spans' extras now, while they are likely in
-    /// cache; without it, every span is taken to carry a `trace_state`.
-    init(_ batch: SpanBatch, plaintext: [Bool] = [], checkTraceState: Bool = false) {
+    /// `traceStateRows`, the rows a decision will read, have their extras looked
+    /// through now, while they are likely in cache; without them, every span is taken
+    /// to carry a `trace_state`.
+    init(_ batch: SpanBatch, plaintext: [Bool] = [], traceStateRows: [Int]? = nil) {
         self.batch = batch
         serviceKeys = batch.resources.map { EdgeName.key(of: $0.serviceName) }
         self.plaintext = plaintext
-        carriesTraceState = !checkTraceState || TraceStateField.anySet(in: batch.extras)
+        carriesTraceState = traceStateRows.map { TraceStateField.anySet(in: batch.extras, rows: $0) } ?? true
     }
 
     /// Asks the CPU to start loading what a decision reads of span `row`.
@@ -324,34 +325,29 @@ enum TraceStateField {
 
     /// The `trace_state` of the extras at `buffer[range]`; the last one when there are several.
     static func read(_ buffer: UnsafeBufferPointer<UInt8>, _ range: Range<Int>) -> String? {
+        valueRange(buffer, range).map { String(decoding: UnsafeBufferPointer(rebasing: buffer[$0]), as: UTF8.self) }
+    }
+
+    /// Whether any of `rows` of an extras column has a `trace_state` (as `read` finds
+    /// it) that is not empty.
+    static func anySet(in column: ByteColumn, rows: [Int]) -> Bool {
+        column.bytes.withUnsafeBufferPointer { buffer in
+            rows.contains { valueRange(buffer, column.range(of: $0))?.isEmpty == false }
+        }
+    }
+
+    /// Where the value of the last `trace_state` field of the extras at `buffer[range]` lies.
+    private static func valueRange(_ buffer: UnsafeBufferPointer<UInt8>, _ range: Range<Int>) -> Range<Int>? {
         var reader = WireReader(buffer, range)
-        var found: String?
+        var found: Range<Int>?
         while let (field, wireType) = reader.tag() {
             if field == 3, wireType == 2, let value = reader.lengthDelimited() {
-                found = String(decoding: UnsafeBufferPointer(rebasing: buffer[value]), as: UTF8.self)
+                found = value
             } else if !reader.skip(wireType: wireType) {
                 return found
             }
         }
         return found
-    }
-
-    /// Whether any row of an extras column has a `trace_state` field that is not empty.
-    static func anySet(in column: ByteColumn) -> Bool {
-        column.bytes.withUnsafeBufferPointer { buffer in
-            column.indices.contains { row in
-                var reader = WireReader(buffer, column.range(of: row))
-                while let (field, wireType) = reader.tag() {
-                    if field == 3, wireType == 2 {
-                        guard let value = reader.lengthDelimited() else { return false }
-                        if !value.isEmpty { return true }
-                    } else if !reader.skip(wireType: wireType) {
-                        return false
-                    }
-                }
-                return false
-            }
-        }
     }
 
     /// `extras` with every `trace_state` field removed and `traceState` written in their place.

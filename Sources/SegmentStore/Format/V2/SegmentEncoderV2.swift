@@ -499,11 +499,8 @@ struct AttributeDictionary {
         let step = max(1, order.count / Self.sampleRows)
         let sample = stride(from: 0, to: order.count, by: step).map { order[$0] }
         for (position, row) in sample.enumerated() {
-            // The sample is spread over the batch, so each row is asked for ahead, as in `encode`.
-            if position + 2 * Self.prefetchDistance < sample.count {
-                batch.attributes.prefetchEnd(of: sample[position + 2 * Self.prefetchDistance])
-            }
-            if position + Self.prefetchDistance < sample.count { batch.attributes.prefetch(row: sample[position + Self.prefetchDistance]) }
+            // The sample is spread over the batch: its rows are asked for ahead, as in `encode`.
+            Self.prefetchAttributes(of: sample, ahead: position, in: batch)
             batch.attributes.withUnsafeBytes(ofRow: row) { bytes in
                 guard AttributeCoding.scan(bytes, into: &scanned) else { return }
                 for attribute in scanned where attribute.type != .absent {
@@ -538,15 +535,8 @@ struct AttributeDictionary {
         batch.attributes.bytes.withUnsafeBufferPointer { stored in
             columns.withUnsafeMutableBufferPointer { columns in
                 for (position, row) in rows.enumerated() {
-                    // Rows are visited in trace order, not in the order they arrived: ask
-                    // for where a row's attributes lie well ahead, and for the bytes there
-                    // a few visits ahead, so both are in cache by then.
-                    if position + 2 * Self.prefetchDistance < rows.count {
-                        batch.attributes.prefetchEnd(of: rows[position + 2 * Self.prefetchDistance])
-                    }
-                    if position + Self.prefetchDistance < rows.count {
-                        batch.attributes.prefetch(row: rows[position + Self.prefetchDistance])
-                    }
+                    // Rows are visited in trace order, not in the order they arrived.
+                    Self.prefetchAttributes(of: rows, ahead: position, in: batch)
                     if runOffsets.count < runStarts.count && runStarts[runOffsets.count] == position {
                         runOffsets.append([layout.count, fallback.count, generic.count] + columns.map(\.values.count))
                         for column in columns.indices { columns[column].restart() }
@@ -581,6 +571,14 @@ struct AttributeDictionary {
             (SegmentFormatV2.attributeColumnName(key: Array(keys[pair.key]), type: pair.type), columns[index].values.bytes)
         }
         return (layout, fallback, generic, dedicated, runOffsets)
+    }
+
+    /// Asks for where the attributes of the row `2 × prefetchDistance` visits past
+    /// `position` in `rows` lie, and for the bytes of the row `prefetchDistance` past
+    /// it (where they lie was asked for earlier), so both are in cache when visited.
+    private static func prefetchAttributes(of rows: [Int], ahead position: Int, in batch: SpanBatch) {
+        if position + 2 * prefetchDistance < rows.count { batch.attributes.prefetchEnd(of: rows[position + 2 * prefetchDistance]) }
+        if position + prefetchDistance < rows.count { batch.attributes.prefetch(row: rows[position + prefetchDistance]) }
     }
 
     /// The layout of the attributes just scanned from `bytes`, interned if new. The
