@@ -28,19 +28,13 @@ struct Aggregator {
     private var peersByBits = IDMap<UInt64, (id: Int32, name: String)>()
     private var edgeIDs = IDMap<EdgeCacheKey, Int32>()
     /// Signals counted since the last checkpoint, by bucket start and series id.
-    private(set) var delta = IDMap<BucketSeriesID, Signals>()
+    private(set) var delta = BucketedSignals()
     /// Everything counted since the process started, for Prometheus, by series id.
     private(set) var totals: [PrometheusTotals] = []
 
-    struct BucketSeriesID: Hashable, IDMapKey {
+    struct BucketSeriesID: Hashable {
         var bucket: UInt64
         var series: Int32
-
-        static var zero: BucketSeriesID { BucketSeriesID(bucket: 0, series: 0) }
-
-        var mixedBits: UInt64 {
-            (bucket ^ UInt64(UInt32(bitPattern: series)) &* 0xC2B2_AE3D_27D4_EB4F) &* 0x9E37_79B9_7F4A_7C15
-        }
     }
     private(set) var pairer: EdgePairer
     /// Operation ids by the bits of span names, across batches.
@@ -177,7 +171,7 @@ struct Aggregator {
                 let facts = facts[row]
                 let http = batch.httpStatusCodes[row]
                 let failed = batch.statusCodes[row] == .error || http >= 500
-                let duration = batch.duration(at: row)
+                let duration = Signals.Latency(nanoseconds: batch.duration(at: row))
                 let end = batch.endTimes[row]
                 let request = Signals.Request(
                     failed: failed, clientError: !failed && http >= 400 && http < 500,
@@ -234,7 +228,7 @@ struct Aggregator {
         for reported in metrics.fold(request) {
             let id = seriesID(reported.key)
             let bucket = reported.bucketTime / settings.bucketNanos * settings.bucketNanos
-            delta.modify(BucketSeriesID(bucket: bucket, series: id), default: Signals()) { $0.merge(reported.signals) }
+            delta.modify(bucket: bucket, series: id) { $0.merge(reported.signals) }
         }
     }
 
@@ -299,7 +293,7 @@ struct Aggregator {
     }
 
     private mutating func count(_ request: Signals.Request, series: Int32, bucket: UInt64) {
-        delta.modify(BucketSeriesID(bucket: bucket, series: series), default: Signals()) { $0.count(request) }
+        delta.modify(bucket: bucket, series: series) { $0.count(request) }
         let index = Int(series)
         if index >= totals.count { totals.append(contentsOf: repeatElement(PrometheusTotals(), count: index + 1 - totals.count)) }
         totals[index].count(request)
@@ -310,8 +304,8 @@ struct Aggregator {
         var taken: [BucketedSeries: Signals] = [:]
         taken.reserveCapacity(delta.count)
         delta.forEach { key, signals in taken[BucketedSeries(bucket: key.bucket, series: series[Int(key.series)])] = signals }
-        // As many series-buckets come in the next interval as in this one.
-        delta = IDMap(minimumCapacity: delta.count)
+        // As many series come in the next interval as in this one.
+        delta = delta.emptied
         return taken
     }
 
@@ -319,7 +313,7 @@ struct Aggregator {
     mutating func restore(_ taken: [BucketedSeries: Signals]) {
         for (key, signals) in taken {
             let id = seriesID(key.series)
-            delta.modify(BucketSeriesID(bucket: key.bucket, series: id), default: Signals()) { $0.merge(signals) }
+            delta.modify(bucket: key.bucket, series: id) { $0.merge(signals) }
         }
     }
 
@@ -420,30 +414,41 @@ struct PrometheusTotals {
     var serverLatency = Buckets()
 
     struct Buckets {
-        /// Non-cumulative counts per bound, and one more for +Inf.
-        var counts = [UInt64](repeating: 0, count: PrometheusTotals.bounds.count + 1)
-        var sum: Double = 0
+        /// Non-cumulative counts per bound, and one more for +Inf: held in line, so
+        /// counting a request in a series' totals touches no other allocation.
+        var counts = InlineArray<17, UInt64>(repeating: 0)
+        /// Summed in nanoseconds: no division waits in each request's count.
+        var nanoseconds: Double = 0
         var count: UInt64 = 0
 
-        mutating func record(nanoseconds: UInt64) {
-            let seconds = Double(nanoseconds) / 1e9
-            var low = 0
-            var high = PrometheusTotals.bounds.count
-            while low < high {
-                let middle = (low + high) / 2
-                if PrometheusTotals.bounds[middle] < seconds { low = middle + 1 } else { high = middle }
-            }
-            counts[low] += 1
-            sum += seconds
+        /// Seconds in all.
+        var sum: Double { nanoseconds / 1e9 }
+
+        mutating func record(_ duration: Signals.Latency) {
+            counts[Int(duration.prometheusBucket)] += 1
+            nanoseconds += Double(duration.nanoseconds)
             count += 1
         }
+    }
+
+    /// The bucket a duration falls in: the first whose bound it does not exceed, or
+    /// `bounds.count` (+Inf) past them all.
+    static func bucket(ofNanoseconds nanoseconds: UInt64) -> Int {
+        let seconds = Double(nanoseconds) / 1e9
+        var low = 0
+        var high = bounds.count
+        while low < high {
+            let middle = (low + high) / 2
+            if bounds[middle] < seconds { low = middle + 1 } else { high = middle }
+        }
+        return low
     }
 
     mutating func count(_ request: Signals.Request) {
         requests += 1
         if request.failed { failed += 1 }
-        if let duration = request.duration { latency.record(nanoseconds: duration) }
-        if let duration = request.serverDuration { serverLatency.record(nanoseconds: duration) }
+        if let duration = request.duration { latency.record(duration) }
+        if let duration = request.serverDuration { serverLatency.record(duration) }
     }
 }
 

@@ -159,14 +159,18 @@ struct EdgePairer {
     /// Offers `half`, waiting under `key`; `other` receives the partner it pairs with
     /// or the half it pushes out.
     mutating func offer(_ half: Half, key: Key, now: UInt64, other: inout Half) -> Outcome {
-        if let waiting = pending[key], waiting.isClient != half.isClient {
-            pending.removeValue(forKey: key)
+        // One probe of the room for all that follows: nothing below changes it before
+        // the half is placed.
+        let position = pending.position(of: key)
+        let waiting = position.found ? pending.value(at: position) : nil
+        if let waiting, waiting.isClient != half.isClient {
+            pending.remove(at: position)
             statistics.paired += 1
             learn(gap: now >= waiting.arrival ? now - waiting.arrival : 0, group: Self.group(of: waiting), now: now)
             other = waiting
             return .paired
         }
-        if let arrival = expired.removeValue(forKey: key) {
+        if !expired.isEmpty, let arrival = expired.removeValue(forKey: key) {
             // Its partner waited in vain; widen this edge's window for the next ones.
             statistics.late += 1
             learn(gap: now >= arrival ? now - arrival : 0, group: Self.group(of: half), now: now)
@@ -174,14 +178,14 @@ struct EdgePairer {
         }
         var half = half
         half.arrival = now
-        half.deadline = now + window(for: Self.group(of: half), now: now)
-        if let replaced = pending[key] {
+        if let waiting {
             // A second half of the same side under one key (a retried export): keep one.
-            half.deadline = replaced.deadline
-            pending[key] = half
+            half.deadline = waiting.deadline
+            pending.setValue(half, at: position)
             return .pending
         }
-        pending[key] = half
+        half.deadline = now + window(for: Self.group(of: half), now: now)
+        pending.insert(half, for: key, at: position)
         deadlines.push(half.deadline, key)
         compactDeadlinesIfStale()
         if pending.count > settings.maxPending, let oldest = popEarliest() {

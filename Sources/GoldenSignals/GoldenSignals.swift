@@ -395,7 +395,7 @@ public final class GoldenSignals: WALFollower {
         var writing: [Aggregator.BucketSeriesID: Signals]
         /// Signals counted since the last checkpoint: the metrics' and each span
         /// shard's, with the shard's series ids mapped to `series`.
-        var deltas: [(delta: IDMap<Aggregator.BucketSeriesID, Signals>, ids: [Int32]?)]
+        var deltas: [(delta: BucketedSignals, ids: [Int32]?)]
         var series: [SeriesKey]
         var bucketNanos: UInt64
 

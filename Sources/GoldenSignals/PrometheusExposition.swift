@@ -134,7 +134,7 @@ extension PrometheusTotals {
 extension PrometheusTotals.Buckets {
     mutating func add(_ other: PrometheusTotals.Buckets) {
         for index in counts.indices { counts[index] += other.counts[index] }
-        sum += other.sum
+        nanoseconds += other.nanoseconds
         count += other.count
     }
 }

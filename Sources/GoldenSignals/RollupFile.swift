@@ -120,7 +120,7 @@ struct RollupFile {
             pendingSection.write(half.request.security.rawValue)
             pendingSection.writeVarint(half.request.requestBytes)
             pendingSection.writeVarint(half.request.responseBytes)
-            pendingSection.writeVarint(half.request.duration ?? 0)
+            pendingSection.writeVarint(half.request.duration?.nanoseconds ?? 0)
             pendingSection.writeVarint(half.end)
             pendingSection.writeVarint(saved.age)
             pendingSection.writeVarint(saved.remaining)
@@ -278,7 +278,7 @@ struct RollupFile {
             let request = Signals.Request(
                 failed: flags & 4 != 0, clientError: flags & 8 != 0, requestBytes: try pendingReader.readVarint(),
                 responseBytes: try pendingReader.readVarint(), security: security,
-                duration: try pendingReader.readVarint(), serverDuration: nil)
+                duration: Signals.Latency(nanoseconds: try pendingReader.readVarint()), serverDuration: nil)
             let half = EdgePairer.Half(
                 isClient: flags & 1 != 0, isRoot: flags & 2 != 0, workload: 0, peer: -1, connection: connection,
                 request: request, end: try pendingReader.readVarint())

@@ -49,8 +49,8 @@ public struct Signals: Sendable, Equatable {
         case .plaintext: plaintext += 1
         case .unknown: break
         }
-        if let duration = request.duration { latency.record(Double(duration)) }
-        if let duration = request.serverDuration { serverLatency.record(Double(duration)) }
+        if let duration = request.duration { duration.record(in: &latency) }
+        if let duration = request.serverDuration { duration.record(in: &serverLatency) }
     }
 
     /// One request as a series counts it.
@@ -60,9 +60,35 @@ public struct Signals: Sendable, Equatable {
         var requestBytes: UInt64
         var responseBytes: UInt64
         var security: Security
-        /// Nanoseconds; nil when this side was not seen (an edge to an uninstrumented callee has no server side).
-        var duration: UInt64?
-        var serverDuration: UInt64?
+        /// Nil when this side was not seen (an edge to an uninstrumented callee has no server side).
+        var duration: Latency?
+        var serverDuration: Latency?
+    }
+
+    /// A span's duration with the buckets it falls in, found once: the duration is
+    /// counted in its operation's series and again in its edge's, each with an
+    /// exponential histogram and a Prometheus one.
+    struct Latency {
+        let nanoseconds: UInt64
+        /// The exponential histograms' bucket at `ExponentialHistogram.tableScale`; 0 for a zero duration.
+        let tableIndex: Int32
+        /// The Prometheus bucket: an index into `PrometheusTotals.bounds`, or their count for +Inf.
+        let prometheusBucket: UInt8
+
+        init(nanoseconds: UInt64) {
+            self.nanoseconds = nanoseconds
+            tableIndex = nanoseconds == 0
+                ? 0 : Int32(ExponentialHistogram.index(of: Double(nanoseconds), scale: ExponentialHistogram.tableScale))
+            prometheusBucket = UInt8(PrometheusTotals.bucket(ofNanoseconds: nanoseconds))
+        }
+
+        func record(in histogram: inout ExponentialHistogram) {
+            if nanoseconds == 0 {
+                histogram.record(0)
+            } else {
+                histogram.record(Double(nanoseconds), tableIndex: Int(tableIndex))
+            }
+        }
     }
 }
 

@@ -84,14 +84,68 @@ public struct ExponentialHistogram: Sendable, Equatable {
 
     /// The bucket index of a positive `value` at `scale`.
     public static func index(of value: Double, scale: Int8) -> Int {
-        let exponentBits = value.exponent
-        if value.significand == 1 {
+        // A normal number's exponent, mantissa and whether it is a power of two,
+        // from its bits; a subnormal one's through the slower properties.
+        let bits = value.bitPattern
+        let biased = Int(truncatingIfNeeded: bits >> 52 & 0x7FF)
+        let mantissa = bits & (1 << 52 - 1)
+        let exponent = biased != 0 ? biased - 1023 : Int(value.exponent)
+        let powerOfTwo = biased != 0 ? mantissa == 0 : value.significand == 1
+        if powerOfTwo {
             // An exact power of two is the upper boundary of its bucket.
-            return scale >= 0 ? (Int(exponentBits) << Int(scale)) - 1 : ((Int(exponentBits) - 1) >> Int(-scale))
+            return scale >= 0 ? (exponent << Int(scale)) - 1 : ((exponent - 1) >> Int(-scale))
         }
-        if scale <= 0 { return Int(exponentBits) >> Int(-scale) }
+        if scale <= 0 { return exponent >> Int(-scale) }
+        if scale <= tableScale, biased != 0 {
+            return (exponent << Int(tableScale) + Boundaries.shared.step(of: mantissa)) >> Int(tableScale - scale)
+        }
         let scaled = Foundation.log2(value) * Double(1 << Int(scale))
-        return Int(scaled.rounded(.up)) - 1
+        // ⌈scaled⌉ − 1, without a call: truncation rounds up below zero and down above.
+        let truncated = Int(scaled)
+        return (Double(truncated) < scaled ? truncated + 1 : truncated) - 1
+    }
+
+    /// The finest scale whose bucket indices come from a number's bits by a table
+    /// lookup, without a logarithm; every coarser scale's follow from them by a shift.
+    public static let tableScale: Int8 = 8
+
+    /// Where the bucket boundaries at `tableScale` fall within an octave.
+    private struct Boundaries: Sendable {
+        static let shared = Boundaries()
+        static let steps = 1 << Int(tableScale)
+        /// Slices of the octave by the mantissa's top bits: narrower than the least
+        /// distance between two boundaries, so a slice holds at most one.
+        static let sliceBits = Int(tableScale) + 1
+
+        /// The 52-bit mantissa of each boundary 2^(k/2^tableScale), k = 0 through
+        /// 2^tableScale (that one past any mantissa).
+        let mantissas: [UInt64]
+        /// For each slice, the last boundary below the slice's start.
+        let below: [UInt8]
+
+        init() {
+            var mantissas = (0..<Self.steps).map {
+                Foundation.exp2(Double($0) / Double(Self.steps)).bitPattern & (1 << 52 - 1)
+            }
+            mantissas.append(1 << 52)
+            var below = [UInt8](repeating: 0, count: 1 << Self.sliceBits)
+            var step = 0
+            for slice in 1..<below.count {
+                let start = UInt64(slice) << (52 - Self.sliceBits)
+                while mantissas[step + 1] < start { step += 1 }
+                below[slice] = UInt8(step)
+            }
+            self.mantissas = mantissas
+            self.below = below
+        }
+
+        /// The index within the octave of the bucket a (non-zero) mantissa falls in:
+        /// the boundaries below it, less the octave's own.
+        @inline(__always)
+        func step(of mantissa: UInt64) -> Int {
+            let step = Int(below[Int(truncatingIfNeeded: mantissa >> (52 - Self.sliceBits))])
+            return mantissas[step + 1] < mantissa ? step + 1 : step
+        }
     }
 
     /// The lower boundary of bucket `index` at this histogram's scale.
@@ -102,7 +156,21 @@ public struct ExponentialHistogram: Sendable, Equatable {
     /// Counts `value` (negative values count as zero) `times` times.
     public mutating func record(_ value: Double, times: UInt64 = 1) {
         guard times > 0, value.isFinite else { return }
-        let value = Swift.max(0, value)
+        tally(Swift.max(0, value), times: times, tableIndex: nil)
+    }
+
+    /// Counts a positive, finite `value` whose bucket index at `tableScale` is
+    /// `tableIndex` (`index(of: value, scale: tableScale)`). At that scale and below,
+    /// where a histogram of more than a fraction of an octave of values lies, the
+    /// index follows from it by a shift: a value counted in several histograms has
+    /// its bucket found once.
+    public mutating func record(_ value: Double, tableIndex: Int) {
+        precondition(value > 0 && value.isFinite, "a positive, finite value")
+        tally(value, times: 1, tableIndex: tableIndex)
+    }
+
+    @inline(__always)
+    private mutating func tally(_ value: Double, times: UInt64, tableIndex: Int?) {
         widen(toInclude: value, value)
         count += times
         sum += value * Double(times)
@@ -110,13 +178,17 @@ public struct ExponentialHistogram: Sendable, Equatable {
             zeroCount += times
             return
         }
-        var index = Self.index(of: value, scale: scale)
+        func bucketIndex() -> Int {
+            if let tableIndex, scale <= Self.tableScale { return tableIndex >> Int(Self.tableScale - scale) }
+            return Self.index(of: value, scale: scale)
+        }
+        var index = bucketIndex()
         if !counts.isEmpty {
             let low = Swift.min(offset, index)
             let high = Swift.max(offset + counts.count - 1, index)
             if high - low + 1 > maxBuckets {
                 downscale(by: Self.downscaleNeeded(low: low, high: high, maxBuckets: maxBuckets))
-                index = Self.index(of: value, scale: scale)
+                index = bucketIndex()
             }
         }
         add(times, at: index)

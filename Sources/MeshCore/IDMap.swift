@@ -165,6 +165,83 @@ public struct IDMap<Key: IDMapKey, Value> {
         return body(&slots[slot].value!)
     }
 
+    /// Where a key is held, or where it would be put: from `position(of:)`, valid
+    /// until the map next changes. A caller that reads a key's value and then
+    /// replaces, removes or inserts it probes the table once instead of once per step.
+    public struct Position {
+        /// -1 for `Key.zero`, held apart.
+        @usableFromInline let slot: Int
+        /// Whether the map holds the key.
+        public let found: Bool
+
+        @inlinable
+        init(slot: Int, found: Bool) {
+            self.slot = slot
+            self.found = found
+        }
+    }
+
+    /// Where `key` is held or would be put.
+    @inlinable @inline(__always)
+    public func position(of key: Key) -> Position {
+        if key == .zero { return Position(slot: -1, found: zeroValue != nil) }
+        var slot = home(key)
+        while true {
+            let held = self.key(at: slot)
+            if held == key { return Position(slot: slot, found: true) }
+            if held == .zero { return Position(slot: slot, found: false) }
+            slot = (slot + 1) & mask
+        }
+    }
+
+    /// The value at a position that was found.
+    @inlinable @inline(__always)
+    public func value(at position: Position) -> Value {
+        precondition(position.found, "no value where the key was not found")
+        if position.slot < 0 { return zeroValue! }
+        return slots.withUnsafeBufferPointer { $0[position.slot].value! }
+    }
+
+    /// Replaces the value at a position that was found.
+    @inlinable @inline(__always)
+    public mutating func setValue(_ value: Value, at position: Position) {
+        precondition(position.found, "no value where the key was not found")
+        if position.slot < 0 {
+            zeroValue = value
+        } else {
+            slots[position.slot].value = value
+        }
+    }
+
+    /// Removes the key at a position that was found.
+    @inlinable
+    public mutating func remove(at position: Position) {
+        precondition(position.found, "nothing to remove where the key was not found")
+        if position.slot < 0 {
+            zeroValue = nil
+            entryCount -= 1
+        } else {
+            removeSlot(position.slot)
+        }
+    }
+
+    /// Puts `value` under `key` at a position of it that was not found.
+    @inlinable
+    public mutating func insert(_ value: Value, for key: Key, at position: Position) {
+        precondition(!position.found, "the key is held already")
+        entryCount += 1
+        if position.slot < 0 {
+            zeroValue = value
+            return
+        }
+        var slot = position.slot
+        if count > capacity {
+            grow()
+            slot = freeSlot(for: key)
+        }
+        slots[slot] = (key, value)
+    }
+
     /// Removes `key`, returning the value it had.
     @inlinable @discardableResult
     public mutating func removeValue(forKey key: Key) -> Value? {

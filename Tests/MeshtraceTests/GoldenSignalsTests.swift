@@ -130,6 +130,40 @@ final class GoldenSignalsTests: XCTestCase {
         XCTAssertEqual(ExponentialHistogram.index(of: 1.4, scale: 1), 0)
     }
 
+    /// Scales up to `tableScale` index by table, not by logarithm: both sides of
+    /// every boundary, and random values, land where the logarithm puts them, and a
+    /// histogram recording through indices found once equals one recording values.
+    func testTableIndicesMatchLogarithmsAndRecordAsValuesDo() {
+        func byLogarithm(_ value: Double, _ scale: Int8) -> Int {
+            Int((Foundation.log2(value) * Double(1 << Int(scale))).rounded(.up)) - 1
+        }
+        for scale in Int8(1)...ExponentialHistogram.tableScale {
+            let steps = 1 << Int(scale)
+            for exponent in [-3, 0, 10, 29, 40] {
+                for step in 0..<steps {
+                    let boundary = Foundation.exp2(Double(exponent) + Double(step) / Double(steps))
+                    for value in [boundary * (1 - 1e-12), boundary * (1 + 1e-12)] {
+                        XCTAssertEqual(ExponentialHistogram.index(of: value, scale: scale), byLogarithm(value, scale), "\(value) at \(scale)")
+                    }
+                }
+            }
+        }
+        var generator = SeededGenerator(seed: 17)
+        var plain = ExponentialHistogram()
+        var indexed = ExponentialHistogram()
+        for _ in 0..<50_000 {
+            // Seven decades of nanoseconds: scales from 20 down past the table's.
+            let value = Foundation.pow(10, 2 + 7 * generator.unit()).rounded()
+            for scale in Int8(1)...ExponentialHistogram.tableScale {
+                XCTAssertEqual(ExponentialHistogram.index(of: value, scale: scale), byLogarithm(value, scale), "\(value) at \(scale)")
+            }
+            plain.record(value)
+            indexed.record(value, tableIndex: ExponentialHistogram.index(of: value, scale: ExponentialHistogram.tableScale))
+        }
+        XCTAssertLessThan(plain.scale, ExponentialHistogram.tableScale)
+        XCTAssertEqual(indexed, plain)
+    }
+
     // MARK: Golden signals from MeshSim traffic
 
     private func signals(_ test: XCTestCase, minimumWindow: Duration = .seconds(10)) throws -> GoldenSignals {
@@ -488,6 +522,15 @@ final class GoldenSignalsTests: XCTestCase {
             XCTAssertEqual(line.flatMap { $0.split(separator: " ").last.map(String.init) }, String(stats.requests))
             let failed = text.split(separator: "\n").first { $0.hasPrefix("traces_service_graph_request_failed_total{\(labels)") }
             XCTAssertEqual(failed.flatMap { $0.split(separator: " ").last.map(String.init) }, String(stats.errors))
+            // Each cumulative bucket holds exactly the client-side durations at or under its bound.
+            for bound in PrometheusTotals.bounds + [.infinity] {
+                let le = bound.isInfinite ? "+Inf" : "\(bound)"
+                let bucket = text.split(separator: "\n").first {
+                    $0.hasPrefix("traces_service_graph_request_client_seconds_bucket{\(labels)") && $0.contains("le=\"\(le)\"")
+                }
+                let expected = stats.durations.filter { Double($0) / 1e9 <= bound }.count
+                XCTAssertEqual(bucket.flatMap { $0.split(separator: " ").last.map(String.init) }, String(expected), "\(edge) le \(le)")
+            }
         }
         for name in ["traces_service_graph_request_server_seconds_bucket", "traces_service_graph_request_client_seconds_sum",
                      "traces_spanmetrics_calls_total", "traces_spanmetrics_latency_bucket", "span_kind=\"SPAN_KIND_SERVER\"",
@@ -690,8 +733,9 @@ final class GoldenSignalsTests: XCTestCase {
                 for _ in 0..<requests {
                     row.count(Signals.Request(
                         failed: generator.unit() < 0.05, clientError: false, requestBytes: 100, responseBytes: 2_000,
-                        security: .mutualTLS, duration: UInt64(generator.logNormal(median: Double(series + 1) * 1e6, sigma: 0.8)),
-                        serverDuration: series % 2 == 0 ? UInt64(generator.logNormal(median: 1e6, sigma: 0.3)) : nil))
+                        security: .mutualTLS,
+                        duration: Signals.Latency(nanoseconds: UInt64(generator.logNormal(median: Double(series + 1) * 1e6, sigma: 0.8))),
+                        serverDuration: series % 2 == 0 ? Signals.Latency(nanoseconds: UInt64(generator.logNormal(median: 1e6, sigma: 0.3))) : nil))
                 }
                 if series == 5 { row.latency.record(3e6, times: 100_000) }
                 tiers.add(row, series: series, bucket: bucket, resolution: 10 * second, now: now)

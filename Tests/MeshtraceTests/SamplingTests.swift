@@ -28,8 +28,9 @@ final class SamplingTests: XCTestCase {
     /// place and removals (at up to three quarters full, where runs of occupied
     /// slots are long enough for removal to shift entries back), for ids of every
     /// shape producers send (random, sharing a low half, 64-bit, all zero), across
-    /// growth and shrinking. The values hold references (arrays): each must come back
-    /// intact however often removals have moved it.
+    /// growth and shrinking, through keyed calls and through positions found once.
+    /// The values hold references (arrays): each must come back intact however often
+    /// removals have moved it.
     func testTraceIDMapAnswersAsADictionaryThroughChurn() {
         var random = SeededGenerator(seed: 11)
         var map = TraceIDMap<[Int]>()
@@ -45,7 +46,7 @@ final class SamplingTests: XCTestCase {
         }
         for step in 0..<200_000 {
             let traceID = pool[Int(random.next() % UInt64(pool.count))]
-            switch random.next() % 10 {
+            switch random.next() % 12 {
             case 0..<3:
                 map[traceID] = [step]
                 expected[traceID] = [step]
@@ -57,6 +58,23 @@ final class SamplingTests: XCTestCase {
                 expected[traceID] = nil
             case 7..<9:
                 XCTAssertEqual(map.removeValue(forKey: traceID), expected.removeValue(forKey: traceID))
+            case 9..<11:
+                // Read, then replace, remove or insert at the one position found.
+                let position = map.position(of: traceID)
+                XCTAssertEqual(position.found, expected[traceID] != nil)
+                if position.found {
+                    XCTAssertEqual(map.value(at: position), expected[traceID])
+                    if step % 2 == 0 {
+                        map.setValue([step, 1], at: position)
+                        expected[traceID] = [step, 1]
+                    } else {
+                        map.remove(at: position)
+                        expected[traceID] = nil
+                    }
+                } else {
+                    map.insert([step, 2], for: traceID, at: position)
+                    expected[traceID] = [step, 2]
+                }
             default:
                 XCTAssertEqual(map[traceID], expected[traceID])
             }
