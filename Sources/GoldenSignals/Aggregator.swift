@@ -32,9 +32,15 @@ struct Aggregator {
     /// Everything counted since the process started, for Prometheus, by series id.
     private(set) var totals: [PrometheusTotals] = []
 
-    struct BucketSeriesID: Hashable {
+    struct BucketSeriesID: Hashable, IDMapKey {
         var bucket: UInt64
         var series: Int32
+
+        static var zero: BucketSeriesID { BucketSeriesID(bucket: 0, series: 0) }
+
+        var mixedBits: UInt64 {
+            (bucket ^ UInt64(UInt32(bitPattern: series)) &* 0xC2B2_AE3D_27D4_EB4F) &* 0x9E37_79B9_7F4A_7C15
+        }
     }
     private(set) var pairer: EdgePairer
     /// Operation ids by the bits of span names, across batches.
@@ -303,9 +309,17 @@ struct Aggregator {
     mutating func takeDelta() -> [BucketedSeries: Signals] {
         var taken: [BucketedSeries: Signals] = [:]
         taken.reserveCapacity(delta.count)
-        delta.forEach { key, signals in taken[BucketedSeries(bucket: key.bucket, series: series[Int(key.series)])] = signals }
-        // As many series come in the next interval as in this one.
-        delta = delta.emptied
+        delta.forEach { key, signals in
+            // Each pair comes once; merged all the same should a bucket's signals lie in two places.
+            let keyed = BucketedSeries(bucket: key.bucket, series: series[Int(key.series)])
+            if var held = taken[keyed] {
+                held.merge(signals)
+                taken[keyed] = held
+            } else {
+                taken[keyed] = signals
+            }
+        }
+        delta = BucketedSignals()
         return taken
     }
 

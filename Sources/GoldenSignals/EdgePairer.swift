@@ -14,7 +14,7 @@ struct EdgePairer {
     struct Settings {
         var minimumWindow: UInt64 = 10_000_000_000
         var maximumWindow: UInt64 = 600_000_000_000
-        /// Halves that may wait at once (each costs about 200 bytes).
+        /// Halves that may wait at once (each costs about 150 bytes).
         var maxPending = 200_000
         /// Keys of halves that left unpaired, remembered so a late partner is not counted again.
         var rememberedExpired = 100_000
@@ -32,33 +32,62 @@ struct EdgePairer {
         }
     }
 
-    /// One side of a request.
+    /// One side of a request, as it waits in the room: its fields packed into 64
+    /// bytes (a slot of the room is 88), since the room can hold a great many.
     struct Half {
-        var isClient: Bool
-        /// A SERVER span without a parent: the entry of the mesh.
-        var isRoot = false
         var workload: Int32
         /// For a CLIENT span: the workload its attributes name as the peer (a virtual
         /// one, by service name), or -1 when they name none.
         var peer: Int32
-        /// What the edge is if this half stays alone.
-        var connection: ConnectionType
-        var request: Signals.Request
         /// The span's end, nanoseconds since the epoch (it picks the bucket).
         var end: UInt64
         /// Monotonic nanoseconds: when it arrived and when its window closes.
         var arrival: UInt64 = 0
         var deadline: UInt64 = 0
+        private let requestBytes: UInt64
+        private let responseBytes: UInt64
+        /// A half's request always has a duration: its own span's.
+        private let duration: Signals.Latency
+        private let flags: Flags
+        /// What the edge is if this half stays alone.
+        let connection: ConnectionType
+        private let security: Security
+
+        private struct Flags: OptionSet {
+            let rawValue: UInt8
+            static let client = Flags(rawValue: 1)
+            static let root = Flags(rawValue: 2)
+            static let failed = Flags(rawValue: 4)
+            static let clientError = Flags(rawValue: 8)
+        }
 
         init(isClient: Bool, isRoot: Bool = false, workload: Int32, peer: Int32, connection: ConnectionType,
              request: Signals.Request, end: UInt64) {
-            self.isClient = isClient
-            self.isRoot = isRoot
             self.workload = workload
             self.peer = peer
-            self.connection = connection
-            self.request = request
             self.end = end
+            requestBytes = request.requestBytes
+            responseBytes = request.responseBytes
+            duration = request.duration ?? Signals.Latency(nanoseconds: 0)
+            var flags: Flags = []
+            if isClient { flags.insert(.client) }
+            if isRoot { flags.insert(.root) }
+            if request.failed { flags.insert(.failed) }
+            if request.clientError { flags.insert(.clientError) }
+            self.flags = flags
+            self.connection = connection
+            security = request.security
+        }
+
+        var isClient: Bool { flags.contains(.client) }
+        /// A SERVER span without a parent: the entry of the mesh.
+        var isRoot: Bool { flags.contains(.root) }
+
+        /// The request as its own side saw it.
+        var request: Signals.Request {
+            Signals.Request(
+                failed: flags.contains(.failed), clientError: flags.contains(.clientError), requestBytes: requestBytes,
+                responseBytes: responseBytes, security: security, duration: duration, serverDuration: nil)
         }
     }
 

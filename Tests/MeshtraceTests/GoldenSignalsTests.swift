@@ -164,6 +164,41 @@ final class GoldenSignalsTests: XCTestCase {
         XCTAssertEqual(indexed, plain)
     }
 
+    /// Signals counted by bucket and series come back as a dictionary holds them,
+    /// whether their bucket had a row, lost it to later ones, or never had one (a
+    /// late span's): time moves on through many buckets while some spans arrive
+    /// from older ones.
+    func testBucketedSignalsCountAsADictionaryThroughRowsAndLateBuckets() {
+        var random = SeededGenerator(seed: 23)
+        var bucketed = BucketedSignals()
+        var expected: [Aggregator.BucketSeriesID: Signals] = [:]
+        var now: UInt64 = 1_000
+        for step in 0..<20_000 {
+            if step % 700 == 0 { now += 10 }
+            let late = random.next() % 8 == 0
+            let bucket = late ? now - 10 * (1 + random.next() % 12) : now
+            let series = Int32(random.next() % (step < 10_000 ? 40 : 300))
+            let request = Signals.Request(
+                failed: random.next() % 10 == 0, clientError: false, requestBytes: random.next() % 1_000, responseBytes: 7,
+                security: .mutualTLS, duration: Signals.Latency(nanoseconds: 1 + random.next() % 50_000_000), serverDuration: nil)
+            bucketed.modify(bucket: bucket, series: series) { $0.count(request) }
+            expected[Aggregator.BucketSeriesID(bucket: bucket, series: series), default: Signals()].count(request)
+        }
+        var seen: [Aggregator.BucketSeriesID: Signals] = [:]
+        bucketed.forEach { key, signals in
+            XCTAssertNil(seen[key], "\(key) came twice")
+            seen[key] = signals
+        }
+        XCTAssertEqual(bucketed.count, expected.count)
+        XCTAssertEqual(Set(seen.keys), Set(expected.keys))
+        for (key, signals) in expected {
+            XCTAssertEqual(seen[key]?.requests, signals.requests, "\(key)")
+            XCTAssertEqual(seen[key]?.errors, signals.errors, "\(key)")
+            XCTAssertEqual(seen[key]?.requestBytes, signals.requestBytes, "\(key)")
+            XCTAssertEqual(seen[key]?.latency.counts, signals.latency.counts, "\(key)")
+        }
+    }
+
     // MARK: Golden signals from MeshSim traffic
 
     private func signals(_ test: XCTestCase, minimumWindow: Duration = .seconds(10)) throws -> GoldenSignals {
