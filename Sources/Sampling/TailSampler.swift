@@ -469,23 +469,59 @@ public final class TailSampler: Sendable {
     /// the cache, through a chain of loads: the trace's slot, its span list, then the
     /// spans' columns. Each link is asked for a step before it is needed: the slot
     /// four decisions ahead, the span list two ahead, the columns one ahead.
+    ///
+    /// The span list and the batches are reached through their references' bits
+    /// (`Reach`), not through the arrays that hold them: reading a reference out of
+    /// an array retains it, an atomic write to the object that waits for the very
+    /// cache line the prefetch asks for.
     private static func prefetch(_ upcoming: Upcoming, _ state: inout State) {
         let slotCount = state.slots.count
-        if let due = upcoming.fourth, Int(due.slot) < slotCount {
-            state.slots.withUnsafeBufferPointer { meshtrace_prefetch_for_read($0.baseAddress! + Int(due.slot)) }
-        }
-        if let due = upcoming.second, Int(due.slot) < slotCount {
-            state.slots[Int(due.slot)].spans.withUnsafeBufferPointer { spans in
-                if let base = spans.baseAddress { meshtrace_prefetch_for_read(base) }
+        state.slots.withUnsafeBufferPointer { slots in
+            if let due = upcoming.fourth, Int(due.slot) < slotCount {
+                meshtrace_prefetch_for_read(slots.baseAddress! + Int(due.slot))
+            }
+            if let due = upcoming.second, Int(due.slot) < slotCount, let storage = Reach.spanStorage(of: slots.baseAddress! + Int(due.slot)) {
+                meshtrace_prefetch_for_read(storage)
+                meshtrace_prefetch_for_read(storage + 64)
+            }
+            guard let due = upcoming.next, Int(due.slot) < slotCount else { return }
+            let trace = slots.baseAddress! + Int(due.slot)
+            guard trace.pointee.generation == due.generation else { return }
+            let firstChunk = state.firstChunk
+            state.chunks.withUnsafeBufferPointer { chunks in
+                trace.pointee.spans.withUnsafeBufferPointer { spans in
+                    for held in spans {
+                        let position = Int(held.chunk) - firstChunk
+                        guard position >= 0, position < chunks.count else { continue }
+                        Reach.batch(of: chunks.baseAddress! + position)?._withUnsafeGuaranteedRef { $0.prefetch(row: Int(held.row)) }
+                    }
+                }
             }
         }
-        guard let due = upcoming.next, Int(due.slot) < slotCount, state.slots[Int(due.slot)].generation == due.generation else { return }
-        state.slots[Int(due.slot)].spans.withUnsafeBufferPointer { spans in
-            for held in spans {
-                let position = Int(held.chunk) - state.firstChunk
-                guard position >= 0, position < state.chunks.count else { continue }
-                state.chunks[position]?.batch.prefetch(row: Int(held.row))
-            }
+    }
+
+    /// References read from where they lie without retaining them, for prefetching
+    /// only: nil wherever the layout is not the one assumed (a reference is one word,
+    /// an array is its storage's reference, a chunk begins with its batch and an
+    /// absent chunk is a null reference), so that prefetching then does nothing.
+    private enum Reach {
+        static let spansOffset: Int? = MemoryLayout<[Held]>.size == MemoryLayout<UnsafeRawPointer>.size
+            ? MemoryLayout<OpenTrace>.offset(of: \OpenTrace.spans) : nil
+        static let chunkLayoutHolds = MemoryLayout<Chunk?>.size == MemoryLayout<Chunk>.size
+            && MemoryLayout<Chunk>.offset(of: \Chunk.batch) == 0 && MemoryLayout<SharedBatch>.size == MemoryLayout<UnsafeRawPointer>.size
+
+        /// The storage of a trace's span list (its header and first spans).
+        @inline(__always)
+        static func spanStorage(of trace: UnsafePointer<OpenTrace>) -> UnsafeRawPointer? {
+            guard let spansOffset else { return nil }
+            return (UnsafeRawPointer(trace) + spansOffset).load(as: UnsafeRawPointer?.self)
+        }
+
+        /// The batch of a chunk, unretained; nil for a released chunk.
+        @inline(__always)
+        static func batch(of chunk: UnsafePointer<Chunk?>) -> Unmanaged<SharedBatch>? {
+            guard chunkLayoutHolds, let object = UnsafeRawPointer(chunk).load(as: UnsafeRawPointer?.self) else { return nil }
+            return Unmanaged.fromOpaque(object)
         }
     }
 
