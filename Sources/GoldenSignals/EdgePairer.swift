@@ -157,7 +157,9 @@ struct EdgePairer {
     /// Halves the longest recent gap after 10 minutes.
     private static let gapHalfLife: UInt64 = 600_000_000_000
 
-    private func window(for group: WindowGroup, now: UInt64) -> UInt64 {
+    /// Mutating, though it changes nothing: called from `offer`, which holds the
+    /// pairer for writing, a non-mutating call copies the whole pairer for the call.
+    private mutating func window(for group: WindowGroup, now: UInt64) -> UInt64 {
         guard let (gap, seen) = gaps[group.packed] else { return settings.minimumWindow }
         let halvings = min(63, (now >= seen ? now - seen : 0) / Self.gapHalfLife)
         let recent = gap >> halvings
