@@ -446,16 +446,29 @@ struct PrometheusTotals {
     }
 
     /// The bucket a duration falls in: the first whose bound it does not exceed, or
-    /// `bounds.count` (+Inf) past them all.
+    /// `bounds.count` (+Inf) past them all. Found from the duration's octave, which
+    /// holds at most two bounds, without a division or a search.
     static func bucket(ofNanoseconds nanoseconds: UInt64) -> Int {
-        let seconds = Double(nanoseconds) / 1e9
-        var low = 0
-        var high = bounds.count
-        while low < high {
-            let middle = (low + high) / 2
-            if bounds[middle] < seconds { low = middle + 1 } else { high = middle }
-        }
-        return low
+        let octave = octaves[Int(truncatingIfNeeded: UInt64.bitWidth - nanoseconds.leadingZeroBitCount)]
+        return Int(octave.below) + (nanoseconds > octave.first ? 1 : 0) + (nanoseconds > octave.second ? 1 : 0)
+    }
+
+    /// Each bound as the most nanoseconds that do not exceed it (`Double(n) / 1e9 <= bound`).
+    static let boundNanoseconds: [UInt64] = bounds.map { bound in
+        var nanoseconds = UInt64((bound * 1e9).rounded(.down))
+        while Double(nanoseconds + 1) / 1e9 <= bound { nanoseconds += 1 }
+        while nanoseconds > 0 && Double(nanoseconds) / 1e9 > bound { nanoseconds -= 1 }
+        return nanoseconds
+    }
+
+    /// By bit length of a duration in nanoseconds (0 through 64): the bounds below the
+    /// octave, and the ones within it (`UInt64.max` for none).
+    private static let octaves: [(below: UInt8, first: UInt64, second: UInt64)] = (0...UInt64.bitWidth).map { length in
+        let low: UInt64 = length == 0 ? 0 : 1 << (length - 1)
+        let high: UInt64 = length == 0 ? 0 : length == UInt64.bitWidth ? .max : 1 << length - 1
+        let within = boundNanoseconds.filter { $0 >= low && $0 < high }
+        precondition(within.count <= 2, "at most two Prometheus bounds in an octave")
+        return (UInt8(boundNanoseconds.filter { $0 < low }.count), within.first ?? .max, within.dropFirst().first ?? .max)
     }
 
     mutating func count(_ request: Signals.Request) {

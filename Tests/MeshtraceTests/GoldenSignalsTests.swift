@@ -546,6 +546,10 @@ final class GoldenSignalsTests: XCTestCase {
     }
 
     func testPrometheusExpositionCarriesGrafanasServiceGraphNames() throws {
+        for nanoseconds in PrometheusTotals.boundNanoseconds.flatMap({ [$0 - 1, $0, $0 + 1] }) + [0, 1, 1 << 40, .max] {
+            let seconds = Double(nanoseconds) / 1e9
+            XCTAssertEqual(PrometheusTotals.bucket(ofNanoseconds: nanoseconds), PrometheusTotals.bounds.filter { $0 < seconds }.count, "\(nanoseconds)")
+        }
         let (requests, simulator) = simulatedRequests(count: 300, errorRate: 0.05)
         let golden = try signals(self)
         for request in requests { golden.follow(try received(request)) }
@@ -557,7 +561,8 @@ final class GoldenSignalsTests: XCTestCase {
             XCTAssertEqual(line.flatMap { $0.split(separator: " ").last.map(String.init) }, String(stats.requests))
             let failed = text.split(separator: "\n").first { $0.hasPrefix("traces_service_graph_request_failed_total{\(labels)") }
             XCTAssertEqual(failed.flatMap { $0.split(separator: " ").last.map(String.init) }, String(stats.errors))
-            // Each cumulative bucket holds exactly the client-side durations at or under its bound.
+            // Each cumulative bucket holds exactly the client-side durations at or under its bound
+            // (the nanoseconds on either side of each bound are placed as seconds compare).
             for bound in PrometheusTotals.bounds + [.infinity] {
                 let le = bound.isInfinite ? "+Inf" : "\(bound)"
                 let bucket = text.split(separator: "\n").first {
