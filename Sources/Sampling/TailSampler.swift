@@ -661,7 +661,12 @@ public final class TailSampler: Sendable {
         // would copy the whole batch into its context for every span.
         let batchResources = batch.resources
         let batchScopes = batch.scopes
-        for (span, threshold) in zip(spans, thresholds) {
+        // A kept span's attribute bytes are copied from a batch held for the decision
+        // wait, long out of cache: each run asks for them two spans ahead.
+        let lookahead = 2
+        for span in spans.prefix(lookahead) { batch.attributes.prefetch(row: span.row) }
+        for (position, (span, threshold)) in zip(spans, thresholds).enumerated() {
+            if position + lookahead < spans.count { batch.attributes.prefetch(row: spans[spans.startIndex + position + lookahead].row) }
             let old = batch.extras[span.row]
             let traceState = TraceStateField.read(old) ?? ""
             var ot = OTelTraceState(traceState: traceState)
