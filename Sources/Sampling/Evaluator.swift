@@ -45,8 +45,8 @@ struct PolicyState {
     }
 
     var rates: [Int: RateWindow] = [:]
-    /// Per `new_edge` policy: how many traces each edge (by key) has been in.
-    var edgeCounts: [Int: [UInt64: Int]] = [:]
+    /// Per `new_edge` policy, by its slot: how many traces each edge (by key) has been in.
+    var edgeCounts: [IDMap<UInt64, Int>?] = []
 }
 
 /// Evaluates a policy file's policies over one trace.
@@ -190,13 +190,17 @@ struct Evaluator {
         case .newEdge(let perEdge, let maxEdges):
             let calls = context.allCalls()
             let isNew = memory.state.withLock { state -> Bool in
-                if state.edgeCounts[policy.slot] == nil {
-                    state.edgeCounts[policy.slot] = Dictionary(edges.known.map { ($0.key, perEdge) }, uniquingKeysWith: { first, _ in first })
+                if state.edgeCounts.count <= policy.slot {
+                    state.edgeCounts.append(contentsOf: repeatElement(nil, count: policy.slot + 1 - state.edgeCounts.count))
                 }
+                // The table taken out while the trace's calls are counted in it, so that
+                // each count is made in place, not in a copy.
+                var counts = state.edgeCounts[policy.slot] ?? Self.edgeCounts(known: edges.known, perEdge: perEdge)
+                state.edgeCounts[policy.slot] = nil
+                defer { state.edgeCounts[policy.slot] = counts }
                 var isNew = false
                 for (position, call) in calls.enumerated() where !calls[..<position].contains(where: { $0.key == call.key }) {
-                    // Counted in place: the table is not copied per trace.
-                    state.edgeCounts[policy.slot]!.withCount(of: call.key, limit: maxEdges) { count in
+                    counts.withCount(of: call.key, limit: maxEdges) { count in
                         if count < perEdge {
                             isNew = true
                             count += 1
@@ -222,6 +226,13 @@ struct Evaluator {
     }
 
     private static let httpStatusKeys: Set<String> = ["http.response.status_code", "http.status_code"]
+
+    /// A `new_edge` table that counts the edges known before the sampler started as seen enough.
+    private static func edgeCounts(known: Set<EdgeName>, perEdge: Int) -> IDMap<UInt64, Int> {
+        var counts = IDMap<UInt64, Int>(minimumCapacity: known.count)
+        for edge in known where counts[edge.key] == nil { counts[edge.key] = perEdge }
+        return counts
+    }
 }
 
 /// What the golden signals say of the mesh's edges, as of the last refresh.
@@ -246,16 +257,19 @@ public struct EdgeKnowledge: Sendable {
     }
 }
 
-extension Dictionary where Key == UInt64, Value == Int {
-    /// Runs `update` on the count of `edge` in place (a new edge starts at 0, while
-    /// fewer than `limit` edges are known; past that, new edges count as seen).
+extension IDMap where Key == UInt64, Value == Int {
+    /// Runs `update` on the count of `edge` (a new edge starts at 0, while fewer than
+    /// `limit` edges are known; past that, new edges count as seen).
     mutating func withCount(of edge: UInt64, limit: Int, _ update: (inout Int) -> Void) {
-        if let index = index(forKey: edge) {
-            update(&values[index])
-        } else if count < limit {
+        let position = position(of: edge)
+        if position.found {
+            var count = value(at: position)
+            update(&count)
+            setValue(count, at: position)
+        } else if self.count < limit {
             var count = 0
             update(&count)
-            self[edge] = count
+            insert(count, for: edge, at: position)
         }
     }
 }
