@@ -56,8 +56,11 @@ struct Evaluator {
     let readsContent: Bool
     /// The quantiles `slow_for_edge` policies compare with.
     let quantiles: Set<Double>
-    /// Each `and` policy's sub-policies, those that read only the trace id first.
-    let andOrder: [Int: [Policy]]
+    /// By slot: each `and` policy's sub-policies, those that read only the trace id first.
+    let andOrder: [[Policy]?]
+    /// By slot: whether a `numeric_attribute` policy's key is an HTTP status code,
+    /// which the decoder took into a column.
+    let readsHTTPStatusColumn: [Bool]
 
     init(file: PolicyFile) {
         self.file = file
@@ -67,13 +70,21 @@ struct Evaluator {
             if case let .slowForEdge(quantile, _) = policy.rule { quantiles.insert(quantile) }
         }
         self.quantiles = quantiles
-        var andOrder: [Int: [Policy]] = [:]
+        let slots = (file.allPolicies.map(\.slot).max() ?? -1) + 1
+        var andOrder = [[Policy]?](repeating: nil, count: slots)
+        var readsHTTPStatusColumn = [Bool](repeating: false, count: slots)
         for policy in file.allPolicies {
-            if case let .and(children) = policy.rule {
+            switch policy.rule {
+            case let .and(children):
                 andOrder[policy.slot] = children.filter { !$0.readsContent } + children.filter(\.readsContent)
+            case let .numericAttribute(key, _, _, _):
+                readsHTTPStatusColumn[policy.slot] = Self.httpStatusKeys.contains(key)
+            default:
+                break
             }
         }
         self.andOrder = andOrder
+        self.readsHTTPStatusColumn = readsHTTPStatusColumn
     }
 
     /// The verdict of every policy on `trace`, whose randomness is `randomness`.
@@ -81,14 +92,14 @@ struct Evaluator {
     /// is lower), except `drop` ones.
     func evaluate(_ trace: TraceView, randomness: UInt64, memory: PolicyMemory, edges: EdgeKnowledge, now: UInt64) -> Verdict {
         var verdict = Verdict()
-        var context = Context(trace: trace, randomness: randomness, edges: edges, now: now)
+        var context = Context(randomness: randomness, now: now)
         for (index, policy) in file.policies.enumerated() {
             if case .drop = policy.rule {
-                if evaluate(policy, &context, memory) < .never { verdict.dropped = true }
+                if evaluate(policy, trace, edges, &context, memory) < .never { verdict.dropped = true }
                 continue
             }
             guard verdict.threshold > .always else { continue }
-            let threshold = evaluate(policy, &context, memory)
+            let threshold = evaluate(policy, trace, edges, &context, memory)
             if threshold < verdict.threshold {
                 verdict.threshold = threshold
                 verdict.policy = index
@@ -97,15 +108,14 @@ struct Evaluator {
         return verdict
     }
 
-    /// What one evaluation reads, and the calls of the trace once found.
+    /// What one evaluation reads besides the trace and the edges, and the trace's
+    /// calls once found.
     struct Context {
-        let trace: TraceView
         let randomness: UInt64
-        let edges: EdgeKnowledge
         let now: UInt64
         var calls: [Call]?
 
-        mutating func allCalls() -> [Call] {
+        mutating func allCalls(of trace: TraceView) -> [Call] {
             if let calls { return calls }
             let found = trace.calls
             calls = found
@@ -114,11 +124,13 @@ struct Evaluator {
     }
 
     /// The threshold `policy` gives the trace (`.never` when it does not keep it; for
-    /// `drop`, anything else when all its sub-policies match).
-    private func evaluate(_ policy: Policy, _ context: inout Context, _ memory: PolicyMemory) -> Threshold {
+    /// `drop`, anything else when all its sub-policies match). The trace and the
+    /// edges come as arguments, borrowed: read out of the context, each would be
+    /// copied for every policy, retaining and releasing every array they hold.
+    private func evaluate(
+        _ policy: Policy, _ trace: TraceView, _ edges: EdgeKnowledge, _ context: inout Context, _ memory: PolicyMemory
+    ) -> Threshold {
         func when(_ condition: Bool) -> Threshold { condition ? .always : .never }
-        let trace = context.trace
-        let edges = context.edges
         let now = context.now
         switch policy.rule {
         case .alwaysSample:
@@ -132,7 +144,7 @@ struct Evaluator {
             return when(trace.hasStatus(in: codes))
         case .numericAttribute(let key, let min, let max, let invert):
             let found: Bool
-            if Self.httpStatusKeys.contains(key) {
+            if readsHTTPStatusColumn[policy.slot] {
                 // The decoder took these into a column, as integers or decimal text.
                 found = trace.httpStatus(in: min...max)
             } else {
@@ -164,17 +176,17 @@ struct Evaluator {
             // Those that read only the trace id first: when they cannot keep it, the rest need not look.
             var threshold = Threshold.always
             for child in andOrder[policy.slot] ?? children {
-                threshold = Swift.max(threshold, evaluate(child, &context, memory))
+                threshold = Swift.max(threshold, evaluate(child, trace, edges, &context, memory))
                 if !threshold.keeps(context.randomness) { return .never }
             }
             return threshold
         case .drop(let children):
-            for child in children where evaluate(child, &context, memory) == .never { return .never }
+            for child in children where evaluate(child, trace, edges, &context, memory) == .never { return .never }
             return .always
         case .composite(let limit, let children):
             var threshold = Threshold.never
             for (index, child) in children.enumerated() {
-                let own = evaluate(child.policy, &context, memory)
+                let own = evaluate(child.policy, trace, edges, &context, memory)
                 guard own < .never else { continue }
                 let key = policy.slot << 8 | index
                 let share = memory.state.withLock {
@@ -184,11 +196,11 @@ struct Evaluator {
             }
             return threshold
         case .edge(let caller, let callee):
-            return when(context.allCalls().contains { call in
+            return when(context.allCalls(of: trace).contains { call in
                 (caller == "*" || trace.name(call.caller) == caller) && (callee == "*" || trace.name(call.callee) == callee)
             })
         case .newEdge(let perEdge, let maxEdges):
-            let calls = context.allCalls()
+            let calls = context.allCalls(of: trace)
             let isNew = memory.state.withLock { state -> Bool in
                 if state.edgeCounts.count <= policy.slot {
                     state.edgeCounts.append(contentsOf: repeatElement(nil, count: policy.slot + 1 - state.edgeCounts.count))
@@ -218,7 +230,7 @@ struct Evaluator {
             }
             switch scope {
             case .root: return when(trace.entryCall.map(slow) ?? false)
-            case .any: return when(context.allCalls().contains(where: slow))
+            case .any: return when(context.allCalls(of: trace).contains(where: slow))
             }
         case .plaintext:
             return when(trace.hasPlaintext)
