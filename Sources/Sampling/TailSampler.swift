@@ -528,21 +528,23 @@ public final class TailSampler: Sendable {
     /// The trace's spans where they lie: one part per batch they arrived in.
     private static func view(of trace: OpenTrace, _ state: State) -> TraceView {
         var parts: [SharedBatch] = []
-        var partOf: [Int32] = []
         var spans: [SpanRef] = []
         spans.reserveCapacity(trace.spans.count)
-        for held in trace.spans {
-            let part: Int
-            if let last = partOf.last, last == held.chunk {
-                part = partOf.count - 1
-            } else if let known = partOf.firstIndex(of: held.chunk) {
-                part = known
-            } else {
-                partOf.append(held.chunk)
-                parts.append(state.chunks[Int(held.chunk) - state.firstChunk]!.batch)
-                part = parts.count - 1
+        trace.spans.withUnsafeBufferPointer { held in
+            for position in held.indices {
+                let chunk = held[position].chunk
+                let part: Int
+                if position > 0, held[position - 1].chunk == chunk {
+                    // Spans arrive a batch at a time: mostly in the part of the span before.
+                    part = spans[position - 1].part
+                } else if let earlier = held[..<position].lastIndex(where: { $0.chunk == chunk }) {
+                    part = spans[earlier].part
+                } else {
+                    parts.append(state.chunks[Int(chunk) - state.firstChunk]!.batch)
+                    part = parts.count - 1
+                }
+                spans.append(SpanRef(part: part, row: Int(held[position].row)))
             }
-            spans.append(SpanRef(part: part, row: Int(held.row)))
         }
         return TraceView(parts: parts, spans: spans)
     }

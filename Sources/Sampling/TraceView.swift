@@ -103,13 +103,9 @@ struct TraceView {
     /// The batches, kept alive by the view.
     let shared: [SharedBatch]
     let spans: [SpanRef]
-    /// The same batches, unretained: the policies read a trace span by span, and each
-    /// read through `shared` would retain and release its batch.
-    private let refs: [Unmanaged<SharedBatch>]
 
     init(parts: [SharedBatch], spans: [SpanRef]) {
         shared = parts
-        refs = parts.map { Unmanaged.passUnretained($0) }
         self.spans = spans
     }
 
@@ -118,10 +114,12 @@ struct TraceView {
         self.init(parts: [SharedBatch(batch)], spans: rows.map { SpanRef(part: 0, row: $0) })
     }
 
-    /// `body` on the batch `span` lies in, without retaining it (`shared` does).
+    /// `body` on the batch `span` lies in, without retaining it (`shared` does): the
+    /// policies read a trace span by span, and each read of `shared[part]` would
+    /// retain and release its batch.
     @inline(__always)
     func reading<Result>(_ span: SpanRef, _ body: (SharedBatch) -> Result) -> Result {
-        refs[span.part]._withUnsafeGuaranteedRef(body)
+        shared.withUnsafeBufferPointer { Unmanaged.passUnretained($0[span.part]) }._withUnsafeGuaranteedRef(body)
     }
 
     var spanCount: Int { spans.count }
