@@ -534,10 +534,13 @@ public final class TailSampler: Sendable {
             for position in held.indices {
                 let chunk = held[position].chunk
                 let part: Int
+                // A trace's spans are held in the order their batches arrived, so its
+                // chunks never decrease: a chunk other than the span before's is new.
+                // (The search is for spans out of that order, which holding never makes.)
                 if position > 0, held[position - 1].chunk == chunk {
-                    // Spans arrive a batch at a time: mostly in the part of the span before.
                     part = spans[position - 1].part
-                } else if let earlier = held[..<position].lastIndex(where: { $0.chunk == chunk }) {
+                } else if position > 0, held[position - 1].chunk > chunk,
+                          let earlier = held[..<position].lastIndex(where: { $0.chunk == chunk }) {
                     part = spans[earlier].part
                 } else {
                     parts.append(state.chunks[Int(chunk) - state.firstChunk]!.batch)
