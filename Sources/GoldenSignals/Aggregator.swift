@@ -309,16 +309,7 @@ struct Aggregator {
     mutating func takeDelta() -> [BucketedSeries: Signals] {
         var taken: [BucketedSeries: Signals] = [:]
         taken.reserveCapacity(delta.count)
-        delta.forEach { key, signals in
-            // Each pair comes once; merged all the same should a bucket's signals lie in two places.
-            let keyed = BucketedSeries(bucket: key.bucket, series: series[Int(key.series)])
-            if var held = taken[keyed] {
-                held.merge(signals)
-                taken[keyed] = held
-            } else {
-                taken[keyed] = signals
-            }
-        }
+        delta.forEach { key, signals in taken[BucketedSeries(bucket: key.bucket, series: series[Int(key.series)])] = signals }
         delta = BucketedSignals()
         return taken
     }
@@ -454,12 +445,15 @@ struct PrometheusTotals {
     }
 
     /// Each bound as the most nanoseconds that do not exceed it (`Double(n) / 1e9 <= bound`).
-    static let boundNanoseconds: [UInt64] = bounds.map { bound in
-        var nanoseconds = UInt64((bound * 1e9).rounded(.down))
-        while Double(nanoseconds + 1) / 1e9 <= bound { nanoseconds += 1 }
-        while nanoseconds > 0 && Double(nanoseconds) / 1e9 > bound { nanoseconds -= 1 }
-        return nanoseconds
-    }
+    static let boundNanoseconds: [UInt64] = {
+        precondition(bounds.count + 1 == Buckets().counts.count, "a count per bound and one for +Inf")
+        return bounds.map { bound in
+            var nanoseconds = UInt64((bound * 1e9).rounded(.down))
+            while Double(nanoseconds + 1) / 1e9 <= bound { nanoseconds += 1 }
+            while nanoseconds > 0 && Double(nanoseconds) / 1e9 > bound { nanoseconds -= 1 }
+            return nanoseconds
+        }
+    }()
 
     /// By bit length of a duration in nanoseconds (0 through 64): the bounds below the
     /// octave, and the ones within it (`UInt64.max` for none).

@@ -14,7 +14,8 @@ struct EdgePairer {
     struct Settings {
         var minimumWindow: UInt64 = 10_000_000_000
         var maximumWindow: UInt64 = 600_000_000_000
-        /// Halves that may wait at once (each costs about 150 bytes).
+        /// Halves that may wait at once (each costs 150 bytes or more: an 88-byte slot in a
+        /// table at most three quarters full, and an entry among the deadlines).
         var maxPending = 200_000
         /// Keys of halves that left unpaired, remembered so a late partner is not counted again.
         var rememberedExpired = 100_000

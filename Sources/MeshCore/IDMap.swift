@@ -97,13 +97,35 @@ public struct IDMap<Key: IDMapKey, Value> {
     /// The slot holding `key`, or nil.
     @inlinable @inline(__always)
     func slot(of key: Key) -> Int? {
+        let (slot, found) = probe(key)
+        return found ? slot : nil
+    }
+
+    /// The slot holding `key` (not `Key.zero`), or the free slot where a probe for it
+    /// ends: where it would be put.
+    @inlinable @inline(__always)
+    func probe(_ key: Key) -> (slot: Int, found: Bool) {
         var slot = home(key)
         while true {
             let held = self.key(at: slot)
-            if held == key { return slot }
-            if held == .zero { return nil }
+            if held == key { return (slot, true) }
+            if held == .zero { return (slot, false) }
             slot = (slot + 1) & mask
         }
+    }
+
+    /// Claims `slot`, the free slot where a probe for `key` ended, for `key`,
+    /// growing the table first when it is full; returns the slot the key is in.
+    @inlinable @inline(__always)
+    mutating func claim(_ slot: Int, for key: Key) -> Int {
+        var slot = slot
+        if count + 1 > capacity {
+            grow()
+            slot = freeSlot(for: key)
+        }
+        slots[slot].key = key
+        entryCount += 1
+        return slot
     }
 
     @inlinable
@@ -131,20 +153,8 @@ public struct IDMap<Key: IDMapKey, Value> {
     /// The slot of `key`, claimed (its value still nil) when the map does not hold it.
     @inlinable @inline(__always)
     mutating func insertionSlot(for key: Key) -> Int {
-        var slot = home(key)
-        while true {
-            let held = self.key(at: slot)
-            if held == key { return slot }
-            if held == .zero { break }
-            slot = (slot + 1) & mask
-        }
-        if count + 1 > capacity {
-            grow()
-            slot = freeSlot(for: key)
-        }
-        slots[slot].key = key
-        entryCount += 1
-        return slot
+        let (slot, found) = probe(key)
+        return found ? slot : claim(slot, for: key)
     }
 
     /// Runs `body` on the value of `key` where it is stored, after storing
@@ -185,13 +195,8 @@ public struct IDMap<Key: IDMapKey, Value> {
     @inlinable @inline(__always)
     public func position(of key: Key) -> Position {
         if key == .zero { return Position(slot: -1, found: zeroValue != nil) }
-        var slot = home(key)
-        while true {
-            let held = self.key(at: slot)
-            if held == key { return Position(slot: slot, found: true) }
-            if held == .zero { return Position(slot: slot, found: false) }
-            slot = (slot + 1) & mask
-        }
+        let (slot, found) = probe(key)
+        return Position(slot: slot, found: found)
     }
 
     /// The value at a position that was found.
@@ -229,17 +234,12 @@ public struct IDMap<Key: IDMapKey, Value> {
     @inlinable
     public mutating func insert(_ value: Value, for key: Key, at position: Position) {
         precondition(!position.found, "the key is held already")
-        entryCount += 1
         if position.slot < 0 {
+            entryCount += 1
             zeroValue = value
             return
         }
-        var slot = position.slot
-        if count > capacity {
-            grow()
-            slot = freeSlot(for: key)
-        }
-        slots[slot] = (key, value)
+        slots[claim(position.slot, for: key)].value = value
     }
 
     /// Removes `key`, returning the value it had.

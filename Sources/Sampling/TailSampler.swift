@@ -534,14 +534,11 @@ public final class TailSampler: Sendable {
             for position in held.indices {
                 let chunk = held[position].chunk
                 let part: Int
-                // A trace's spans are held in the order their batches arrived, so its
-                // chunks never decrease: a chunk other than the span before's is new.
-                // (The search is for spans out of that order, which holding never makes.)
+                // A trace's spans are held in the order their batches arrived, so a
+                // chunk other than the span before's is a new part (were it not, a batch
+                // would only be listed twice).
                 if position > 0, held[position - 1].chunk == chunk {
                     part = spans[position - 1].part
-                } else if position > 0, held[position - 1].chunk > chunk,
-                          let earlier = held[..<position].lastIndex(where: { $0.chunk == chunk }) {
-                    part = spans[earlier].part
                 } else {
                     parts.append(state.chunks[Int(chunk) - state.firstChunk]!.batch)
                     part = parts.count - 1
