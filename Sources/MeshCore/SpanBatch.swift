@@ -1,3 +1,8 @@
+#if canImport(Glibc)
+import Glibc
+#elseif canImport(Darwin)
+import Darwin
+#endif
 import CCacheHints
 
 /// The kind of a span, with OTLP's numbering.
@@ -60,7 +65,16 @@ public struct ResourceEntry: Hashable, Sendable {
     }
 
     public static func == (lhs: ResourceEntry, rhs: ResourceEntry) -> Bool {
-        lhs.fingerprint == rhs.fingerprint && lhs.encoded == rhs.encoded && lhs.serviceName == rhs.serviceName
+        lhs.fingerprint == rhs.fingerprint && sameBytes(lhs.encoded, rhs.encoded) && lhs.serviceName == rhs.serviceName
+    }
+
+    /// Whether two byte arrays are equal, compared with `memcmp`: the same resource
+    /// decoded from two requests is two arrays, which `==` would compare byte by byte.
+    private static func sameBytes(_ lhs: [UInt8], _ rhs: [UInt8]) -> Bool {
+        guard lhs.count == rhs.count else { return false }
+        return lhs.withUnsafeBytes { left in
+            rhs.withUnsafeBytes { right in left.count == 0 || memcmp(left.baseAddress!, right.baseAddress!, left.count) == 0 }
+        }
     }
 
     public func hash(into hasher: inout Hasher) {

@@ -174,6 +174,7 @@ public final class TailSampler: Sendable {
 
         var statistics = Statistics()
         var scratch: [UInt8] = []
+        var traceStates = ThresholdedTraceState()
     }
 
     /// Bytes per row of a batch's fixed-width columns and offsets, its plaintext flag,
@@ -667,17 +668,14 @@ public final class TailSampler: Sendable {
         // wait, long out of cache: each run asks for them two spans ahead.
         let lookahead = 2
         for span in spans.prefix(lookahead) { batch.attributes.prefetch(row: span.row) }
-        for (position, (span, threshold)) in zip(spans, thresholds).enumerated() {
-            if position + lookahead < spans.count { batch.attributes.prefetch(row: spans[spans.startIndex + position + lookahead].row) }
+        for position in spans.indices {
+            if position + lookahead < spans.endIndex { batch.attributes.prefetch(row: spans[position + lookahead].row) }
+            let span = spans[position]
             let old = batch.extras[span.row]
-            let traceState = TraceStateField.read(old) ?? ""
-            var ot = OTelTraceState(traceState: traceState)
             // A span whose tracestate already says its threshold (none says probability 1) stays as it came.
-            let unchanged = (ot.threshold ?? .always) == threshold
-            if !unchanged {
-                ot.threshold = threshold
-                TraceStateField.replace(in: old, with: ot.applied(to: traceState), into: &state.scratch)
-            }
+            let rewritten = state.traceStates.rewrite(TraceStateField.valueBytes(old), to: thresholds[position])
+            let unchanged = rewritten == nil
+            if let rewritten { TraceStateField.replace(in: old, with: rewritten, into: &state.scratch) }
             let resourceRow = batch.resourceIndices[span.row]
             let scopeRow = batch.scopeIndices[span.row]
             let resource = resources.index(of: resourceRow) { kept.intern(resource: batchResources[Int(resourceRow)]) }

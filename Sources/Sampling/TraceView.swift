@@ -348,8 +348,15 @@ enum TraceStateField {
         return found
     }
 
+    /// The bytes of the `trace_state` of `extras` as `read` finds it; empty when it has none.
+    static func valueBytes(_ extras: ArraySlice<UInt8>) -> ArraySlice<UInt8> {
+        let range = extras.withUnsafeBufferPointer { valueRange($0, 0..<$0.count) }
+        guard let range else { return extras[extras.startIndex..<extras.startIndex] }
+        return extras[(extras.startIndex + range.lowerBound)..<(extras.startIndex + range.upperBound)]
+    }
+
     /// `extras` with every `trace_state` field removed and `traceState` written in their place.
-    static func replace(in extras: ArraySlice<UInt8>, with traceState: String, into output: inout [UInt8]) {
+    static func replace(in extras: ArraySlice<UInt8>, with traceState: some Collection<UInt8>, into output: inout [UInt8]) {
         output.removeAll(keepingCapacity: true)
         extras.withUnsafeBufferPointer { buffer in
             var reader = WireReader(buffer, 0..<buffer.count)
@@ -366,14 +373,41 @@ enum TraceStateField {
             // Anything the reader could not walk stays as it was.
             if start < buffer.count { output.append(contentsOf: buffer[start...]) }
         }
-        let text = Array(traceState.utf8)
         output.append(0x1A)  // field 3, length-delimited
-        var length = UInt64(text.count)
+        var length = UInt64(traceState.count)
         while length >= 0x80 {
             output.append(UInt8(length & 0x7F) | 0x80)
             length >>= 7
         }
         output.append(UInt8(length))
-        output.append(contentsOf: text)
+        output.append(contentsOf: traceState)
+    }
+}
+
+/// The `tracestate` a kept span's threshold makes of the one it came with, remembered
+/// for the last pair asked about: a trace's spans mostly carry the same `tracestate`
+/// (most often none) and share a threshold, so parsing and writing it happen about
+/// once per trace instead of once per span.
+struct ThresholdedTraceState {
+    private var value: [UInt8] = []
+    private var threshold: Threshold?
+    private var rewritten: [UInt8]?
+
+    /// The `tracestate` value (`value`, the bytes of the one a span came with, empty
+    /// for none) with its `ot` entry's threshold set to `threshold`; nil when the
+    /// value says that threshold already (none says probability 1), and stays as it is.
+    mutating func rewrite(_ value: ArraySlice<UInt8>, to threshold: Threshold) -> [UInt8]? {
+        if threshold == self.threshold && value.elementsEqual(self.value) { return rewritten }
+        let text = String(decoding: value, as: UTF8.self)
+        var ot = OTelTraceState(traceState: text)
+        if (ot.threshold ?? .always) == threshold {
+            rewritten = nil
+        } else {
+            ot.threshold = threshold
+            rewritten = Array(ot.applied(to: text).utf8)
+        }
+        self.value = Array(value)
+        self.threshold = threshold
+        return rewritten
     }
 }

@@ -390,9 +390,15 @@ final class SamplingTests: XCTestCase {
 
     func testKeptSpansRecordTheirThresholdAndHonourUpstreamOnes() throws {
         // Kept by an error (probability 1): th:0. Upstream head sampling at 1/4 stays on record.
-        var spans = [TestSpan(service: "a", id: 1, error: true, traceState: "ot=th:c;rv:ffffffffffffff,x=1"), TestSpan(service: "a", id: 2, parent: 1)]
+        // Each span's own other members stay its own, whatever its neighbours carry.
+        var spans = [TestSpan(service: "a", id: 1, error: true, traceState: "ot=th:c;rv:ffffffffffffff,x=1"), TestSpan(service: "a", id: 2, parent: 1),
+                     TestSpan(service: "a", id: 3, parent: 1, traceState: "v=2"), TestSpan(service: "a", id: 4, parent: 1)]
         var result = try kept("  - {name: e, type: status_code, status_code: {status_codes: [ERROR]}}", spans)
-        XCTAssertEqual(result.count, 2)
+        XCTAssertEqual(result.count, 4)
+        XCTAssertEqual(try OTLPSpanState(result, result.spanIDs.firstIndex(of: SpanID(2))!), "ot=th:c")
+        XCTAssertEqual(try OTLPSpanState(result, result.spanIDs.firstIndex(of: SpanID(3))!), "ot=th:c,v=2")
+        XCTAssertEqual(try OTLPSpanState(result, result.spanIDs.firstIndex(of: SpanID(4))!), "ot=th:c")
+        spans.removeLast(2)
         for row in 0..<result.count {
             let state = try XCTUnwrap(OTLPSpanState(result, row))
             XCTAssertTrue(state.hasPrefix("ot=th:c"), state)
