@@ -379,27 +379,30 @@ public final class TailSampler: Sendable {
                 }
                 continue
             }
-            // A new trace.
+            // A new trace, in a free slot whose span list (emptied, its storage kept) it
+            // takes over, or in a new one.
             waiting += 1
             let slot: Int32
             var generation: UInt32 = 0
             if let free = state.freeSlots.popLast() {
                 slot = free
                 generation = state.slots[Int(slot)].generation &+ 1
+                state.slots[Int(slot)].traceID = traceID
+                state.slots[Int(slot)].deadline = now + wait
+                state.slots[Int(slot)].generation = generation
+                state.slots[Int(slot)].rootSeen = false
             } else {
                 slot = Int32(state.slots.count)
-                state.slots.append(OpenTrace(traceID: traceID, deadline: 0, generation: 0))
+                state.slots.append(OpenTrace(traceID: traceID, deadline: now + wait, generation: 0))
+                state.slots[Int(slot)].spans.reserveCapacity(4)
             }
-            var trace = OpenTrace(traceID: traceID, deadline: now + wait, generation: generation)
-            trace.spans.reserveCapacity(4)
-            trace.spans.append(Held(chunk: chunk, row: Int32(row)))
+            state.slots[Int(slot)].spans.append(Held(chunk: chunk, row: Int32(row)))
             state.index[traceID] = slot
             state.byArrival.push(Due(slot: slot, generation: generation, deadline: now + wait))
             if isRoot {
-                trace.rootSeen = true
+                state.slots[Int(slot)].rootSeen = true
                 state.byRoot.push(Due(slot: slot, generation: generation, deadline: now + rootWait))
             }
-            state.slots[Int(slot)] = trace
             if cap == 1 { capped.append(slot) }
         }
         if waiting > 0 {
@@ -552,14 +555,14 @@ public final class TailSampler: Sendable {
 
     /// Decides the trace `due` names, unless it was decided already. Returns whether it decided.
     private static func decide(_ due: Due, _ state: inout State, now: UInt64, into kept: inout SpanBatch) -> Bool {
-        let trace = state.slots[Int(due.slot)]
-        guard trace.generation == due.generation, state.index[trace.traceID] == due.slot else { return false }
-        let view = view(of: trace, state)
+        let (traceID, generation) = (state.slots[Int(due.slot)].traceID, state.slots[Int(due.slot)].generation)
+        guard generation == due.generation, state.index[traceID] == due.slot else { return false }
+        let view = view(of: state.slots[Int(due.slot)], state)
         let (randomness, upstream) = Self.randomness(view)
         let verdict = evaluate(view, randomness: randomness, &state, now: now)
         let keep = !verdict.dropped && verdict.threshold.keeps(randomness)
         let threshold = max(verdict.threshold, upstream ?? .always)
-        let count = trace.spans.count
+        let count = view.spans.count
         if keep {
             append(view, thresholds: Array(repeating: threshold, count: count), &state, into: &kept)
             state.statistics.tracesKept += 1
@@ -573,19 +576,20 @@ public final class TailSampler: Sendable {
             state.statistics.tracesDropped += 1
             state.statistics.spansDropped += UInt64(count)
         }
-        remember(trace.traceID, CachedDecision(keep: keep, threshold: threshold), &state)
-        state.index[trace.traceID] = nil
-        state.slots[Int(due.slot)].spans = []
-        state.freeSlots.append(due.slot)
+        remember(traceID, CachedDecision(keep: keep, threshold: threshold), &state)
+        state.index[traceID] = nil
         state.waitingSpans -= count
-        for held in trace.spans {
-            let position = Int(held.chunk) - state.firstChunk
+        for index in 0..<count {
+            let position = Int(state.slots[Int(due.slot)].spans[index].chunk) - state.firstChunk
             state.chunks[position]!.waiting -= 1
             if state.chunks[position]!.waiting == 0 {
                 state.chunkBytes -= state.chunks[position]!.bytes
                 state.chunks[position] = nil
             }
         }
+        // The slot's span list is emptied, its storage kept for the trace that takes the slot next.
+        state.slots[Int(due.slot)].spans.removeAll(keepingCapacity: true)
+        state.freeSlots.append(due.slot)
         // Chunks are released from the front as their last span is decided.
         var released = 0
         while released < state.chunks.count && state.chunks[released] == nil { released += 1 }
