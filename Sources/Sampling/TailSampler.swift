@@ -53,6 +53,8 @@ public final class TailSampler: Sendable {
         public var heldSpans = 0
         public var heldBytes = 0
         public var maxHeldBytes = 0
+        /// Of `heldBytes`, the span-list storage free slots keep for the traces that take them next.
+        public var spareListBytes = 0
 
         /// Adds another shard's counters to these.
         mutating func add(_ other: Statistics) {
@@ -76,6 +78,7 @@ public final class TailSampler: Sendable {
             heldSpans += other.heldSpans
             heldBytes += other.heldBytes
             maxHeldBytes += other.maxHeldBytes
+            spareListBytes += other.spareListBytes
         }
     }
 
@@ -172,6 +175,9 @@ public final class TailSampler: Sendable {
         var cacheOrder: [TraceID] = []
         var cacheNext = 0
 
+        /// Storage the span lists of free slots keep (`decide(_:_:now:into:)`).
+        var spareListBytes = 0
+
         var statistics = Statistics()
         var scratch: [UInt8] = []
         var traceStates = ThresholdedTraceState()
@@ -194,6 +200,15 @@ public final class TailSampler: Sendable {
     }
     /// Bytes charged per open trace: its slot, index entry and queue entries.
     static let bytesPerTrace = 160
+    /// The most spans a decided trace's list may have room for and keep its storage for
+    /// the slot's next trace, and the most free slots of a shard that keep theirs.
+    public static let maxSpareList = 64
+    public static let maxSpareLists = 4096
+
+    /// The heap storage of a span list: its header and its room for spans.
+    private static func listBytes(_ list: [Held]) -> Int {
+        list.capacity == 0 ? 0 : 32 + list.capacity * MemoryLayout<Held>.stride
+    }
 
     /// The traces, sharded by trace id: requests whose spans fall in different shards
     /// are held and decided on different cores at once.
@@ -241,6 +256,7 @@ public final class TailSampler: Sendable {
                 statistics.openTraces = state.index.count
                 statistics.heldSpans = state.waitingSpans
                 statistics.heldBytes = Self.heldBytes(state)
+                statistics.spareListBytes = state.spareListBytes
                 return statistics
             })
         }
@@ -386,6 +402,7 @@ public final class TailSampler: Sendable {
             var generation: UInt32 = 0
             if let free = state.freeSlots.popLast() {
                 slot = free
+                state.spareListBytes -= listBytes(state.slots[Int(slot)].spans)
                 generation = state.slots[Int(slot)].generation &+ 1
                 state.slots[Int(slot)].traceID = traceID
                 state.slots[Int(slot)].deadline = now + wait
@@ -447,12 +464,13 @@ public final class TailSampler: Sendable {
     }
 
     /// Bytes the buffer holds: the batches its waiting spans arrived in (whole, until
-    /// none of their spans waits), its open traces, their span lists and its queues.
+    /// none of their spans waits), its open traces, their span lists, the lists free
+    /// slots keep, and its queues.
     private static func heldBytes(_ state: State) -> Int {
         state.chunkBytes + state.byArrival.bytes + state.byRoot.bytes
             + state.index.count * bytesPerTrace + state.chunks.capacity * MemoryLayout<Chunk?>.stride
             + state.index.allocatedBytes
-            + state.slots.capacity * MemoryLayout<OpenTrace>.stride
+            + state.slots.capacity * MemoryLayout<OpenTrace>.stride + state.spareListBytes
     }
 
     private static func release(_ state: inout State, now: UInt64, into kept: inout SpanBatch) {
@@ -587,8 +605,15 @@ public final class TailSampler: Sendable {
                 state.chunks[position] = nil
             }
         }
-        // The slot's span list is emptied, its storage kept for the trace that takes the slot next.
-        state.slots[Int(due.slot)].spans.removeAll(keepingCapacity: true)
+        // The slot's span list is emptied and, when small, its storage kept for the trace
+        // that takes the slot next, which then allocates none; a few thousand free slots
+        // keep theirs at most (not the many a burst of traces leaves), counted as held.
+        if state.slots[Int(due.slot)].spans.capacity <= maxSpareList && state.freeSlots.count < maxSpareLists {
+            state.slots[Int(due.slot)].spans.removeAll(keepingCapacity: true)
+            state.spareListBytes += listBytes(state.slots[Int(due.slot)].spans)
+        } else {
+            state.slots[Int(due.slot)].spans = []
+        }
         state.freeSlots.append(due.slot)
         // Chunks are released from the front as their last span is decided.
         var released = 0

@@ -666,6 +666,57 @@ final class SamplingTests: XCTestCase {
         XCTAssertEqual(steady, crashed)
     }
 
+    /// Decided traces leave their slots' small span lists behind for the next traces,
+    /// counted as held: the count neither drifts as slots are taken again round after
+    /// round, nor grows past a bound when a burst frees many slots at once.
+    func testSpareSpanListsAreCountedAndBounded() throws {
+        let policy = try PolicyFile.parse(yaml: """
+            decision_wait: 1h
+            policies: [{name: e, type: status_code, status_code: {status_codes: [ERROR]}}]
+            """, file: "t.yaml")
+        let sampler = TailSampler(policy: policy, shards: 1)
+        var template = SpanBatch()
+        let resource = template.intern(resource: ResourceEntry(serviceName: "a", encoded: []))
+        let scope = template.intern(scope: [])
+        var counter: UInt64 = 0
+        func admitTraces(_ traces: Int, spansEach: Int) {
+            var batch = template
+            for _ in 0..<traces {
+                counter += 1
+                for span in 0..<UInt64(spansEach) {
+                    batch.append(SpanBatch.Row(
+                        traceID: TraceID(high: counter, low: counter &* 0x9E37_79B9_7F4A_7C15), spanID: SpanID(counter << 8 | (span + 1)),
+                        parentSpanID: span == 0 ? .zero : SpanID(counter << 8 | 1), name: "op", kind: .server, startTime: 1, endTime: 2,
+                        statusCode: .unset, statusMessage: "", httpStatusCode: 200, resourceIndex: resource, scopeIndex: scope,
+                        attributes: [], extras: []))
+                }
+            }
+            var kept = SpanBatch()
+            sampler.admit(batch, now: 1, into: &kept)
+        }
+        var spare: [Int] = []
+        for round in 0..<4 {
+            admitTraces(2_000, spansEach: 5)
+            // Open, the traces hold every list (the first round's new, the others' taken back).
+            XCTAssertEqual(sampler.statistics.spareListBytes, 0, "round \(round)")
+            var kept = SpanBatch()
+            sampler.releaseAll(now: 2, into: &kept)
+            let statistics = sampler.statistics
+            XCTAssertEqual(statistics.openTraces, 0)
+            XCTAssertLessThanOrEqual(statistics.spareListBytes, statistics.heldBytes)
+            spare.append(statistics.spareListBytes)
+        }
+        // 2,000 lists, each with room for the five spans of its trace or more.
+        XCTAssertEqual(Set(spare).count, 1, "\(spare)")
+        XCTAssertGreaterThanOrEqual(spare[0], 2_000 * (32 + 5 * 8))
+        // A burst: 50,000 traces open at once, then all decided; at most 4,096 free slots keep their lists.
+        admitTraces(50_000, spansEach: 2)
+        var kept = SpanBatch()
+        sampler.releaseAll(now: 3, into: &kept)
+        XCTAssertLessThanOrEqual(sampler.statistics.spareListBytes, TailSampler.maxSpareLists * (32 + TailSampler.maxSpareList * 8))
+        XCTAssertGreaterThan(sampler.statistics.spareListBytes, 0)
+    }
+
     /// A burst of a million traces open at once stays within the buffer's byte budget:
     /// the oldest are decided early, and every span is accounted for.
     func testAMillionOpenTracesStayWithinTheByteBudget() throws {
