@@ -3,18 +3,20 @@
 # Prints loadgen's report, then the collector's whole-life CPU seconds, peak RSS, minor page
 # faults and voluntary and involuntary context switches (GNU time, Debian package `time`).
 # Usage: Benchmarks/ingest_end_to_end.sh grpc|http RATE DURATION after `swift build -c release`.
-# BIN=DIR runs the binaries in DIR instead; WAL_SYNC_INTERVAL=10ms spaces the WAL's fsyncs
-# (default 0: one per group); SPANS_PER_REQUEST sets loadgen's batch size (default 200);
+# BIN=DIR runs the binaries in DIR instead; WAL_SYNC_INTERVAL sets the least time between the
+# WAL's syncs (default: the collector's, 10ms; 0 syncs per group); SPANS_PER_REQUEST sets
+# loadgen's batch size (default 200);
 # SHARDS the collector's --shards (default: one per core).
 set -euo pipefail
 BIN=${BIN:-$(cd "$(dirname "$0")/.." && pwd)/.build/release}
-PROTO=${1:-grpc}; RATE=${2:-50000}; DURATION=${3:-20s}; WAL_SYNC_INTERVAL=${WAL_SYNC_INTERVAL:-0}
+PROTO=${1:-grpc}; RATE=${2:-50000}; DURATION=${3:-20s}
+WAL_SYNC_FLAG=${WAL_SYNC_INTERVAL:+--wal-sync-interval $WAL_SYNC_INTERVAL}
 SPANS_PER_REQUEST=${SPANS_PER_REQUEST:-200}
 SHARDS_FLAG=${SHARDS:+--shards $SHARDS}
 DIR=$(mktemp -d /tmp/e2e.XXXX)
 /usr/bin/time -f "collector cpu_user=%U cpu_sys=%S max_rss_kib=%M minor_faults=%R ctx_vol=%w ctx_invol=%c" -o $DIR/time \
   $BIN/meshtrace-collector --data-dir $DIR/data --otlp-grpc 127.0.0.1:34317 --otlp-http 127.0.0.1:34318 \
-  --zipkin off --query 127.0.0.1:36686 --wal-sync-interval $WAL_SYNC_INTERVAL $SHARDS_FLAG > $DIR/out 2>&1 &
+  --zipkin off --query 127.0.0.1:36686 $WAL_SYNC_FLAG $SHARDS_FLAG > $DIR/out 2>&1 &
 PID=$!
 sleep 2
 if [ "$PROTO" = grpc ]; then TARGET=http://127.0.0.1:34317; else TARGET=http://127.0.0.1:34318; fi
