@@ -4,7 +4,7 @@
 # faults and voluntary and involuntary context switches (GNU time, Debian package `time`).
 # Usage: Benchmarks/ingest_end_to_end.sh grpc|http RATE DURATION after `swift build -c release`.
 # BIN=DIR runs the binaries in DIR instead; WAL_SYNC_INTERVAL sets the least time between the
-# WAL's syncs (default: the collector's, 10ms; 0 syncs per group); SPANS_PER_REQUEST sets
+# WAL's syncs (default: the collector's, 0, a sync per group); SPANS_PER_REQUEST sets
 # loadgen's batch size (default 200);
 # SHARDS the collector's --shards (default: one per core).
 set -euo pipefail

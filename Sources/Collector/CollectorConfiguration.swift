@@ -68,14 +68,7 @@ public struct CollectorConfiguration: Sendable {
 
     public init(dataDirectory: String = "./meshtrace-data") {
         store = SpanStore.Configuration(dataDirectory: dataDirectory)
-        store.walSyncInterval = Self.defaultWALSyncInterval
     }
-
-    /// The collector's least time between two WAL syncs. A request that comes while
-    /// the collector is idle is synced at once; under load, the requests of up to 10 ms
-    /// share one sync, which at 1,000 requests a second takes a third off the
-    /// collector's CPU for at most that much more time to each answer (BENCHMARKS.md).
-    public static let defaultWALSyncInterval: Duration = .milliseconds(10)
 }
 
 /// Where the collector's sampling policy comes from.

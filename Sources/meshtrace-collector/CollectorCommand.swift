@@ -42,7 +42,7 @@ struct CollectorCommand: AsyncParsableCommand {
     @Option(name: .long, help: "Seal the head block once it is this old, in seconds (default 300).")
     var maxHeadAge: Int?
 
-    @Option(name: .long, help: "Least time between WAL syncs, e.g. 10ms; 0 syncs per group of waiting requests (default 10ms). Requests are answered only once synced either way.")
+    @Option(name: .long, help: "Least time between WAL syncs, e.g. 10ms; 0 syncs per group of waiting requests (default 0). Requests are answered only once synced either way.")
     var walSyncInterval: String?
 
     @Option(name: .long, help: "Delete segments older than this (e.g. 72h, 14d); unset keeps them.")
