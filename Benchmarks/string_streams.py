@@ -92,13 +92,16 @@ class MoveToFront:
 
 def split_number(value):
     """The text before the last run of digits, the number, and the text after, or None."""
+    def is_digit(byte):
+        return 0x30 <= byte <= 0x39  # ASCII only, as the writer reads digits
+
     last = len(value) - 1
-    while last >= 0 and not chr(value[last]).isdigit():
+    while last >= 0 and not is_digit(value[last]):
         last -= 1
     if last < 0:
         return None
     first = last
-    while first > 0 and chr(value[first - 1]).isdigit():
+    while first > 0 and is_digit(value[first - 1]):
         first -= 1
     digits = value[first:last + 1]
     if len(digits) > 18 or (len(digits) > 1 and digits[:1] == b"0"):
