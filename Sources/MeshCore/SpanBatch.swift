@@ -68,18 +68,36 @@ public struct ResourceEntry: Hashable, Sendable {
         lhs.fingerprint == rhs.fingerprint && sameBytes(lhs.encoded, rhs.encoded) && lhs.serviceName == rhs.serviceName
     }
 
-    /// Whether two byte arrays are equal, compared with `memcmp`: the same resource
-    /// decoded from two requests is two arrays, which `==` would compare byte by byte.
-    private static func sameBytes(_ lhs: [UInt8], _ rhs: [UInt8]) -> Bool {
-        guard lhs.count == rhs.count else { return false }
-        return lhs.withUnsafeBytes { left in
-            rhs.withUnsafeBytes { right in left.count == 0 || memcmp(left.baseAddress!, right.baseAddress!, left.count) == 0 }
-        }
-    }
-
     public func hash(into hasher: inout Hasher) {
         hasher.combine(fingerprint)
     }
+}
+
+/// Whether two byte arrays are equal, compared with `memcmp`: the same resource or
+/// scope decoded from two requests is two arrays, which `==` would compare byte by byte.
+func sameBytes(_ lhs: [UInt8], _ rhs: [UInt8]) -> Bool {
+    guard lhs.count == rhs.count else { return false }
+    return lhs.withUnsafeBytes { left in
+        rhs.withUnsafeBytes { right in
+            left.count == 0 || left.baseAddress == right.baseAddress || memcmp(left.baseAddress!, right.baseAddress!, left.count) == 0
+        }
+    }
+}
+
+/// A scope's bytes as a table key: hashed once, in words (an array of bytes as a
+/// key is hashed byte by byte, at each lookup).
+private struct ScopeKey: Hashable {
+    let bytes: [UInt8]
+    let hash: UInt64
+
+    init(_ bytes: [UInt8]) {
+        self.bytes = bytes
+        hash = bytes.withUnsafeBytes { byteHash($0) }
+    }
+
+    static func == (lhs: ScopeKey, rhs: ScopeKey) -> Bool { lhs.hash == rhs.hash && sameBytes(lhs.bytes, rhs.bytes) }
+
+    func hash(into hasher: inout Hasher) { hasher.combine(hash) }
 }
 
 /// Spans held column by column: the unit that flows from the receivers into the
@@ -117,7 +135,7 @@ public struct SpanBatch: Sendable {
     /// Distinct scopes as protobuf-encoded OTLP `ScopeSpans` messages without spans.
     public private(set) var scopes: [[UInt8]] = []
     private var resourceLookup: [ResourceEntry: UInt32] = [:]
-    private var scopeLookup: [[UInt8]: UInt32] = [:]
+    private var scopeLookup: [ScopeKey: UInt32] = [:]
 
     public init() {}
 
@@ -137,10 +155,11 @@ public struct SpanBatch: Sendable {
 
     /// Returns the index of `scope` in the scope table, adding it if new.
     public mutating func intern(scope: [UInt8]) -> UInt32 {
-        if let index = scopeLookup[scope] { return index }
+        let key = ScopeKey(scope)
+        if let index = scopeLookup[key] { return index }
         let index = UInt32(scopes.count)
         scopes.append(scope)
-        scopeLookup[scope] = index
+        scopeLookup[key] = index
         return index
     }
 
@@ -336,7 +355,7 @@ public struct SpanBatch: Sendable {
     /// Appends row `index` of `other` without building a `Row`; `resourceIndex` and
     /// `scopeIndex` point into this batch's tables. `extras`, when given, replaces the row's.
     public mutating func append(
-        row index: Int, of other: SpanBatch, resourceIndex: UInt32, scopeIndex: UInt32, extras replacement: ArraySlice<UInt8>? = nil
+        row index: Int, of other: SpanBatch, resourceIndex: UInt32, scopeIndex: UInt32, extras replacement: UnsafeBufferPointer<UInt8>? = nil
     ) {
         precondition(Int(resourceIndex) < resources.count && Int(scopeIndex) < scopes.count,
                      "row refers to a resource or scope outside this batch")
@@ -352,8 +371,14 @@ public struct SpanBatch: Sendable {
         httpStatusCodes.append(other.httpStatusCodes[index])
         resourceIndices.append(resourceIndex)
         scopeIndices.append(scopeIndex)
-        attributes.append(other.attributes[index])
-        extras.append(replacement ?? other.extras[index])
+        // The byte rows copied where they lie: a slice of the other column would
+        // retain its storage, which for a batch held a while is a miss of its own.
+        other.attributes.withUnsafeBytes(ofRow: index) { attributes.append($0) }
+        if let replacement {
+            extras.append(replacement)
+        } else {
+            other.extras.withUnsafeBytes(ofRow: index) { extras.append($0) }
+        }
     }
 
     /// The batch with its rows ordered by trace id, then start time, then span id

@@ -671,72 +671,44 @@ public final class TailSampler: Sendable {
     /// Appends the spans of `trace` to `kept`, each with its `tracestate` recording its threshold.
     private static func append(_ trace: TraceView, thresholds: [Threshold], _ state: inout State, into kept: inout SpanBatch) {
         // A trace's spans lie in runs of rows of the same batch: each run reads its batch
-        // once (not a copy of its columns per span), and maps the few resources and
-        // scopes its rows name to `kept`'s tables by a short search.
+        // in place (not a copy of its columns per span).
         var index = 0
         while index < trace.spans.count {
             let part = trace.spans[index].part
             var end = index + 1
             while end < trace.spans.count && trace.spans[end].part == part { end += 1 }
-            appendRun(trace.shared[part].batch, trace.spans[index..<end], thresholds[index..<end], &state, into: &kept)
+            appendRun(trace.shared[part], trace.spans[index..<end], thresholds[index..<end], &state, into: &kept)
             index = end
         }
     }
 
     private static func appendRun(
-        _ batch: SpanBatch, _ spans: ArraySlice<SpanRef>, _ thresholds: ArraySlice<Threshold>, _ state: inout State,
+        _ shared: SharedBatch, _ spans: ArraySlice<SpanRef>, _ thresholds: ArraySlice<Threshold>, _ state: inout State,
         into kept: inout SpanBatch
     ) {
-        var resources = TableMap()
-        var scopes = TableMap()
-        // The tables the closures below read, taken once: a closure that named `batch`
-        // would copy the whole batch into its context for every span.
-        let batchResources = batch.resources
-        let batchScopes = batch.scopes
         // A kept span's attribute bytes are copied from a batch held for the decision
         // wait, long out of cache: each run asks for them two spans ahead.
         let lookahead = 2
-        for span in spans.prefix(lookahead) { batch.attributes.prefetch(row: span.row) }
+        for span in spans.prefix(lookahead) { shared.batch.attributes.prefetch(row: span.row) }
         for position in spans.indices {
-            if position + lookahead < spans.endIndex { batch.attributes.prefetch(row: spans[position + lookahead].row) }
-            let span = spans[position]
-            let old = batch.extras[span.row]
+            if position + lookahead < spans.endIndex { shared.batch.attributes.prefetch(row: spans[position + lookahead].row) }
+            let row = spans[position].row
+            let resource = shared.resourceIndex(of: shared.batch.resourceIndices[row], in: &kept)
+            let scope = shared.scopeIndex(of: shared.batch.scopeIndices[row], in: &kept)
             // A span whose tracestate already says its threshold (none says probability 1) stays as it came.
-            let rewritten = state.traceStates.rewrite(TraceStateField.valueBytes(old), to: thresholds[position])
-            let unchanged = rewritten == nil
-            if let rewritten { TraceStateField.replace(in: old, with: rewritten, into: &state.scratch) }
-            let resourceRow = batch.resourceIndices[span.row]
-            let scopeRow = batch.scopeIndices[span.row]
-            let resource = resources.index(of: resourceRow) { kept.intern(resource: batchResources[Int(resourceRow)]) }
-            let scope = scopes.index(of: scopeRow) { kept.intern(scope: batchScopes[Int(scopeRow)]) }
-            kept.append(row: span.row, of: batch, resourceIndex: resource, scopeIndex: scope, extras: unchanged ? nil : state.scratch[...])
+            let rewritten = shared.batch.extras.withUnsafeBytes(ofRow: row) { old in
+                guard let rewritten = state.traceStates.rewrite(TraceStateField.valueBytes(old), to: thresholds[position]) else { return false }
+                TraceStateField.replace(in: old, with: rewritten, into: &state.scratch)
+                return true
+            }
+            if rewritten {
+                state.scratch.withUnsafeBufferPointer { extras in
+                    kept.append(row: row, of: shared.batch, resourceIndex: resource, scopeIndex: scope, extras: extras)
+                }
+            } else {
+                kept.append(row: row, of: shared.batch, resourceIndex: resource, scopeIndex: scope)
+            }
         }
-    }
-}
-
-/// Rows of a batch's resource or scope table mapped to their index in another batch's:
-/// a linear search while there are few (as in one trace's run of spans), a table past that.
-private struct TableMap {
-    private var rows: [(from: UInt32, to: UInt32)] = []
-    private var table: [UInt32: UInt32] = [:]
-
-    /// The index `row` maps to; when it maps to none yet, `make()`'s, from now on.
-    mutating func index(of row: UInt32, orMake make: () -> UInt32) -> UInt32 {
-        if let known = self[row] { return known }
-        let index = make()
-        if rows.count < 16 {
-            rows.append((row, index))
-        } else {
-            if table.isEmpty { for entry in rows { table[entry.from] = entry.to } }
-            table[row] = index
-        }
-        return index
-    }
-
-    private subscript(row: UInt32) -> UInt32? {
-        if !table.isEmpty { return table[row] }
-        for entry in rows where entry.from == row { return entry.to }
-        return nil
     }
 }
 

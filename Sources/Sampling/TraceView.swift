@@ -96,6 +96,37 @@ final class SharedBatch: @unchecked Sendable {
     func prefetch(row: Int) {
         batch.prefetchColumns(row: row)
     }
+
+    /// Where each resource and scope of the batch was last interned into an output
+    /// batch (`UInt32.max` for none): a hint, compared with the output's entry before
+    /// use, since the output may be another batch by then. Used under the lock of the
+    /// shard that holds this batch.
+    private var resourcesInOutput: [UInt32] = []
+    private var scopesInOutput: [UInt32] = []
+
+    /// The index in `output`'s resource table of resource `row` of this batch, interned
+    /// there if new. Traces kept from one batch mostly name its same few resources, each
+    /// then found with one comparison instead of a table lookup.
+    func resourceIndex(of row: UInt32, in output: inout SpanBatch) -> UInt32 {
+        let row = Int(row)
+        if resourcesInOutput.isEmpty { resourcesInOutput = Array(repeating: .max, count: batch.resources.count) }
+        let hint = Int(resourcesInOutput[row])
+        if hint < output.resources.count && output.resources[hint] == batch.resources[row] { return UInt32(hint) }
+        let index = output.intern(resource: batch.resources[row])
+        resourcesInOutput[row] = index
+        return index
+    }
+
+    /// The index in `output`'s scope table of scope `row` of this batch, interned there if new.
+    func scopeIndex(of row: UInt32, in output: inout SpanBatch) -> UInt32 {
+        let row = Int(row)
+        if scopesInOutput.isEmpty { scopesInOutput = Array(repeating: .max, count: batch.scopes.count) }
+        let hint = Int(scopesInOutput[row])
+        if hint < output.scopes.count && output.scopes[hint] == batch.scopes[row] { return UInt32(hint) }
+        let index = output.intern(scope: batch.scopes[row])
+        scopesInOutput[row] = index
+        return index
+    }
 }
 
 /// The spans of one trace, read where they lie: rows of the batches they arrived in.
@@ -349,30 +380,27 @@ enum TraceStateField {
     }
 
     /// The bytes of the `trace_state` of `extras` as `read` finds it; empty when it has none.
-    static func valueBytes(_ extras: ArraySlice<UInt8>) -> ArraySlice<UInt8> {
-        let range = extras.withUnsafeBufferPointer { valueRange($0, 0..<$0.count) }
-        guard let range else { return extras[extras.startIndex..<extras.startIndex] }
-        return extras[(extras.startIndex + range.lowerBound)..<(extras.startIndex + range.upperBound)]
+    static func valueBytes(_ extras: UnsafeBufferPointer<UInt8>) -> UnsafeBufferPointer<UInt8> {
+        guard let range = valueRange(extras, 0..<extras.count) else { return UnsafeBufferPointer(rebasing: extras[0..<0]) }
+        return UnsafeBufferPointer(rebasing: extras[range])
     }
 
     /// `extras` with every `trace_state` field removed and `traceState` written in their place.
-    static func replace(in extras: ArraySlice<UInt8>, with traceState: some Collection<UInt8>, into output: inout [UInt8]) {
+    static func replace(in extras: UnsafeBufferPointer<UInt8>, with traceState: some Collection<UInt8>, into output: inout [UInt8]) {
         output.removeAll(keepingCapacity: true)
-        extras.withUnsafeBufferPointer { buffer in
-            var reader = WireReader(buffer, 0..<buffer.count)
-            var start = reader.position
-            while let (field, wireType) = reader.tag() {
-                if field == 3, wireType == 2 {
-                    guard reader.lengthDelimited() != nil else { break }
-                } else {
-                    guard reader.skip(wireType: wireType) else { break }
-                    output.append(contentsOf: buffer[start..<reader.position])
-                }
-                start = reader.position
+        var reader = WireReader(extras, 0..<extras.count)
+        var start = reader.position
+        while let (field, wireType) = reader.tag() {
+            if field == 3, wireType == 2 {
+                guard reader.lengthDelimited() != nil else { break }
+            } else {
+                guard reader.skip(wireType: wireType) else { break }
+                output.append(contentsOf: extras[start..<reader.position])
             }
-            // Anything the reader could not walk stays as it was.
-            if start < buffer.count { output.append(contentsOf: buffer[start...]) }
+            start = reader.position
         }
+        // Anything the reader could not walk stays as it was.
+        if start < extras.count { output.append(contentsOf: extras[start...]) }
         output.append(0x1A)  // field 3, length-delimited
         var length = UInt64(traceState.count)
         while length >= 0x80 {
@@ -396,7 +424,7 @@ struct ThresholdedTraceState {
     /// The `tracestate` value (`value`, the bytes of the one a span came with, empty
     /// for none) with its `ot` entry's threshold set to `threshold`; nil when the
     /// value says that threshold already (none says probability 1), and stays as it is.
-    mutating func rewrite(_ value: ArraySlice<UInt8>, to threshold: Threshold) -> [UInt8]? {
+    mutating func rewrite(_ value: UnsafeBufferPointer<UInt8>, to threshold: Threshold) -> [UInt8]? {
         if threshold == self.threshold && value.elementsEqual(self.value) { return rewritten }
         let text = String(decoding: value, as: UTF8.self)
         var ot = OTelTraceState(traceState: text)

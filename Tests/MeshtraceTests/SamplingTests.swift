@@ -359,9 +359,8 @@ final class SamplingTests: XCTestCase {
         XCTAssertEqual(try kept("  - {name: s, type: slow_for_edge, slow_for_edge: {quantile: 0.9, scope: root}}", slowHop, edges: hopEdges).count, 0)
     }
 
-    /// A kept trace whose spans arrived in two batches, from more workloads than the
-    /// short search that maps a run's resources holds: every span is kept once, with
-    /// its own resource and its own attributes.
+    /// A kept trace whose spans arrived in two batches, from twenty workloads: every
+    /// span is kept once, with its own resource and its own attributes.
     func testAKeptTraceSpreadOverBatchesKeepsEachSpansResource() throws {
         let policy = try PolicyFile.parse(yaml: "decision_wait: 1s\npolicies:\n  - {name: x, type: span_count, span_count: {min_spans: 2}}",
                                           file: "test.yaml")
@@ -386,6 +385,52 @@ final class SamplingTests: XCTestCase {
             XCTAssertTrue(AttributeValue.find(Array("position".utf8), in: kept.attributes[row]) { $0.int == Int64(id) })
         }
         XCTAssertEqual(Set(kept.resources.map(\.serviceName)).count, 20, "each workload's resource once")
+    }
+
+    /// Two kept traces that share a batch and its resources, decided into two different
+    /// outputs: where the first put a resource says nothing about the second, whose
+    /// table holds others first. Each span keeps its own workload and scope.
+    func testTracesOfOneBatchKeptIntoDifferentOutputsKeepTheirResources() throws {
+        let policy = try PolicyFile.parse(yaml: "decision_wait: 1s\npolicies:\n  - {name: x, type: span_count, span_count: {min_spans: 2}}",
+                                          file: "test.yaml")
+        let sampler = TailSampler(policy: policy, shards: 1)
+        let first = TraceID(high: 1, low: 1)
+        let second = TraceID(high: 2, low: 2)
+        func spans(_ ids: ClosedRange<UInt8>) -> [TestSpan] {
+            ids.map { TestSpan(service: "workload-\($0 % 10)", id: $0, parent: $0 == ids.lowerBound ? 0 : ids.lowerBound) }
+        }
+        var held = SpanBatch()
+        sampler.admit(batch(spans(1...10), trace: first), now: 1, into: &held)
+        // Later: the rest of the first trace and all of the second, over the same workloads.
+        var shared = batch(spans(11...20), trace: first)
+        shared.append(contentsOf: batch(spans(21...30), trace: second))
+        sampler.admit(shared, now: 500_000_000, into: &held)
+        XCTAssertEqual(held.count, 0)
+
+        var firstOutput = SpanBatch()
+        sampler.release(now: 1_000_000_002, into: &firstOutput)
+        var secondOutput = SpanBatch()
+        for name in ["other-a", "other-b", "other-c", "workload-7"].reversed() {
+            _ = secondOutput.intern(resource: ResourceEntry(serviceName: name, encoded: Array(name.utf8)))
+        }
+        secondOutput.append(contentsOf: batch([TestSpan(service: "other-c", id: 99)], trace: TraceID(high: 3, low: 3)))
+        let before = secondOutput.count
+        sampler.release(now: 2_000_000_000, into: &secondOutput)
+
+        let resources = Dictionary(uniqueKeysWithValues: shared.resources.map { ($0.serviceName, $0) })
+        func check(_ output: SpanBatch, rows: Range<Int>, trace: TraceID, ids: ClosedRange<UInt64>) {
+            XCTAssertEqual(Set(rows.map { output.spanIDs[$0].value }), Set(ids))
+            for row in rows {
+                XCTAssertEqual(output.traceIDs[row], trace)
+                let id = output.spanIDs[row].value
+                XCTAssertEqual(output.resources[Int(output.resourceIndices[row])], resources["workload-\(id % 10)"], "span \(id)")
+                XCTAssertEqual(output.scopes[Int(output.scopeIndices[row])], shared.scopes[0], "span \(id)")
+            }
+        }
+        check(firstOutput, rows: 0..<firstOutput.count, trace: first, ids: 1...20)
+        check(secondOutput, rows: before..<secondOutput.count, trace: second, ids: 21...30)
+        XCTAssertEqual(secondOutput.resources.map(\.serviceName).filter { $0.hasPrefix("workload-") }.count, 11,
+                       "each workload's resource once more, beside the seeded one that only shares a name")
     }
 
     func testKeptSpansRecordTheirThresholdAndHonourUpstreamOnes() throws {
