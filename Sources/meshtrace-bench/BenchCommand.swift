@@ -9,7 +9,8 @@ struct BenchCommand: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "meshtrace-bench",
         abstract: "Benchmarks of meshtrace; prints figures with their units.",
-        subcommands: [StorageBench.self, DecodeBench.self, GoldenBench.self, SamplingBench.self, PipelineBench.self, QueryBench.self, ExporterBench.self, SidecarBench.self, TLSBench.self]
+        subcommands: [StorageBench.self, DecodeBench.self, GoldenBench.self, SamplingBench.self, PipelineBench.self, QueryBench.self, ExporterBench.self, SidecarBench.self, TLSBench.self,
+                      TransportFloorBench.self]
             + comparisons)
 
     #if SwiftOTelComparison
