@@ -154,7 +154,7 @@ let package = Package(
             name: "meshtrace-bench",
             dependencies: [
                 "SegmentStore", "QueryEngine", "GoldenSignals", "Sampling", "MeshSim", "OTLPWire", "MeshCore", "Compression",
-                "MeshExporter", "CAllocationCounter", "MeshIdentity",
+                "MeshExporter", "CAllocationCounter", "MeshIdentity", "Collector",
                 .product(name: "NIOSSL", package: "swift-nio-ssl"),
                 .product(name: "NIOTLS", package: "swift-nio"),
                 .product(name: "GRPCCore", package: "grpc-swift-2"),

@@ -1,4 +1,5 @@
 import ArgumentParser
+import Collector
 import GRPCCore
 import GRPCNIOTransportHTTP2
 import Hummingbird
@@ -6,9 +7,9 @@ import NIOCore
 import Synchronization
 
 /// `meshtrace-bench transport-floor`: an OTLP trace endpoint that does nothing with what it
-/// receives. It serves OTLP/gRPC with the collector's transport settings (grpc-swift over
-/// HTTP/2, the same window and frame sizes, the request copied out of the transport as the
-/// collector's deserializer copies it), or OTLP/HTTP on Hummingbird (the body read into one
+/// receives. It serves OTLP/gRPC as the collector serves it (grpc-swift over HTTP/2 in the
+/// receiver's lanes, with its window, frame and message sizes; the request copied out of
+/// the transport as the collector's deserializer copies it), or OTLP/HTTP on Hummingbird (the body read into one
 /// array, as the collector's receiver reads it), and answers each export with an empty
 /// response at once: no decode, no WAL, no sync, no sampling. The CPU it spends under a
 /// load is what the transport alone costs the collector for that load
@@ -42,15 +43,9 @@ struct TransportFloorBench: AsyncParsableCommand {
     }
 
     private func serveGRPC(_ received: Received) async throws {
-        var config = HTTP2ServerTransport.Posix.Config.defaults
-        // As the collector's OTLP/gRPC receiver sets them.
-        config.rpc.maxRequestPayloadSize = 16 << 20
-        config.compression.enabledAlgorithms = [.gzip, .deflate]
-        config.http2.targetWindowSize = 1 << 20
-        config.http2.maxFrameSize = 1 << 18
-        let transport = HTTP2ServerTransport.Posix(address: .ipv4(host: host, port: port), transportSecurity: .plaintext, config: config)
-        let server = GRPCServer(transport: transport, services: [DiscardingTraceService(received: received)])
-        try await server.serve()
+        try await GRPCLaneServer.serve(
+            at: ListenAddress(host: host, port: port), maxMessageBytes: 4 << 20, services: [DiscardingTraceService(received: received)],
+            onListening: { _ in })
     }
 
     private func serveHTTP(_ received: Received) async throws {
@@ -109,3 +104,4 @@ private struct EmptySerializer: MessageSerializer {
         Bytes(repeating: 0, count: 0)
     }
 }
+

@@ -1,6 +1,7 @@
 """OTLP/gRPC: the Python OpenTelemetry SDK's gRPC exporter and raw gRPC calls
 against a real meshtrace-collector."""
 import json
+import subprocess
 
 import grpc
 import pytest
@@ -10,7 +11,7 @@ from opentelemetry.exporter.otlp.proto.grpc.exporter import Compression
 from opentelemetry.proto.collector.trace.v1 import trace_service_pb2
 from opentelemetry.proto.trace.v1 import trace_pb2
 
-from conftest import meshtrace
+from conftest import BIN, meshtrace
 from test_sdk_interop import check_read_back, send_trace
 
 EXPORT = "/opentelemetry.proto.collector.trace.v1.TraceService/Export"
@@ -85,3 +86,28 @@ def test_each_receiver_can_be_switched_off(collector):
     d = collector(data_dir=c.data_dir.parent / "other", extra_args=["--otlp-http", "off"])
     assert d.otlp_url is None and d.otlp_grpc is not None
     read_back(d, send_trace(exporter=OTLPSpanExporter(endpoint=f"http://{d.otlp_grpc}", insecure=True, timeout=10)))
+
+
+def test_a_grpc_port_in_use_refuses_a_second_collector_and_every_connection_reaches_the_first(collector, tmp_path):
+    # The receiver listens on its port once per event loop (the sockets share it); a
+    # second collector asking for the same port must still be refused, not let in.
+    first = collector()
+    second = subprocess.run(
+        [str(BIN / "meshtrace-collector"), "--data-dir", str(tmp_path / "second"), "--otlp-grpc", first.otlp_grpc,
+         "--otlp-http", "127.0.0.1:0", "--zipkin", "off", "--query", "127.0.0.1:0"],
+        capture_output=True, text=True, timeout=60)
+    assert second.returncode != 0
+    assert "otlp-grpc" in second.stderr and "in use" in second.stderr, second.stderr[-400:]
+
+    # Connections opened one after another (the kernel spreads them over the
+    # receiver's sockets) are each answered by the first collector, and stored there.
+    for n in range(12):
+        with grpc.insecure_channel(first.otlp_grpc) as channel:
+            request = request_with([bytes([n + 1] * 8)], trace_id=bytes([0xC0, n]) + bytes(14), name=f"connection-{n}")
+            response = trace_service_pb2.ExportTraceServiceResponse.FromString(export(channel, request.SerializeToString()))
+            assert response.partial_success.rejected_spans == 0
+    for n in range(12):
+        trace_id = (bytes([0xC0, n]) + bytes(14)).hex()
+        answer = meshtrace("trace", trace_id, "--output", "json", "--server", first.query_url)
+        assert answer.returncode == 0, answer.stderr
+        assert f"connection-{n}" in answer.stdout

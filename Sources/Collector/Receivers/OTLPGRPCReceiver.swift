@@ -3,8 +3,10 @@ import GRPCNIOTransportHTTP2
 import GRPCProtobuf
 import Logging
 import NIOCore
+import NIOPosix
 import OTLPWire
 import ServiceLifecycle
+import Synchronization
 
 /// OTLP/gRPC: `opentelemetry.proto.collector.trace.v1.TraceService/Export` and
 /// `opentelemetry.proto.collector.metrics.v1.MetricsService/Export`.
@@ -109,6 +111,33 @@ struct OTLPGRPCReceiver: Service {
     let onListening: @Sendable (ListenAddress) -> Void
 
     func run() async throws {
+        try await GRPCLaneServer.serve(
+            at: address, security: security, maxMessageBytes: maxMessageBytes,
+            services: [OTLPGRPCService(ingest: ingest, maxMessageBytes: maxMessageBytes, budget: budget, metrics: metrics)],
+            onListening: onListening)
+    }
+}
+
+/// grpc-swift served as the OTLP/gRPC receiver serves it: one lane per event loop.
+/// Each lane listens on the same address (`SO_REUSEPORT`, so the kernel spreads
+/// connections over them) and runs grpc-swift's tasks for its connections on its own
+/// loop, where their bytes arrive. An RPC then stays on one thread from its first
+/// frame to its answer, except while its spans are written, instead of passing
+/// between the loop and Swift's global executor several times.
+public enum GRPCLaneServer {
+    /// Serves `services` without TLS until graceful shutdown (what
+    /// `meshtrace-bench transport-floor` measures the transport with).
+    public static func serve(
+        at address: ListenAddress, maxMessageBytes: Int, services: [any RegistrableRPCService],
+        onListening: @escaping @Sendable (ListenAddress) -> Void
+    ) async throws {
+        try await serve(at: address, security: nil, maxMessageBytes: maxMessageBytes, services: services, onListening: onListening)
+    }
+
+    static func serve(
+        at address: ListenAddress, security: ConnectionSecurity?, maxMessageBytes: Int, services: [any RegistrableRPCService],
+        onListening: @escaping @Sendable (ListenAddress) -> Void
+    ) async throws {
         var config = HTTP2ServerTransport.Custom<GatedGRPCListener>.Config.defaults
         // Messages up to 4× the limit reach the deserializer, which refuses those over
         // it with RESOURCE_EXHAUSTED; the transport resets streams beyond that.
@@ -120,24 +149,68 @@ struct OTLPGRPCReceiver: Service {
         // memory budget bound what is buffered, not the window.
         config.http2.targetWindowSize = 1 << 20
         config.http2.maxFrameSize = 1 << 18
-        let transport = HTTP2ServerTransport.Custom(
-            listenerFactory: GatedGRPCListener(address: try NIOCore.SocketAddress.makeAddressResolvingHost(address.host, port: address.port), security: security),
-            config: config)
-        let server = GRPCServer(
-            transport: transport, services: [OTLPGRPCService(ingest: ingest, maxMessageBytes: maxMessageBytes, budget: budget, metrics: metrics)])
+        if address.port != 0 {
+            // Lanes share their port with sockets that say so; a port someone already
+            // listens on must still refuse the receiver, as it would without lanes, and
+            // while the lanes listen a plain bind (another collector's) fails the same way.
+            let probe = try await ServerBootstrap(group: MultiThreadedEventLoopGroup.singleton)
+                .serverChannelOption(.socketOption(.so_reuseaddr), value: 1)
+                .bind(to: try NIOCore.SocketAddress.makeAddressResolvingHost(address.host, port: address.port)).get()
+            try await probe.close()
+        }
+        let lanes = GRPCLanes()
         try await withGracefulShutdownHandler {
             try await withThrowingDiscardingTaskGroup { group in
-                group.addTask { try await server.serve() }
-                if let bound = await transport.listeningAddress {
-                    if let ipv4 = bound.ipv4 {
+                var bound: NIOCore.SocketAddress?
+                for loop in MultiThreadedEventLoopGroup.singleton.makeIterator() {
+                    // The first lane binds the address asked for; the others the port it got
+                    // (which differs when port 0 asked for any).
+                    let laneAddress = try bound ?? NIOCore.SocketAddress.makeAddressResolvingHost(address.host, port: address.port)
+                    let transport = HTTP2ServerTransport.Custom(
+                        listenerFactory: GatedGRPCListener(address: laneAddress, security: security, loop: loop), config: config)
+                    let server = GRPCServer(transport: transport, services: services)
+                    guard lanes.add(server) else { break }
+                    group.addTask {
+                        try await withTaskExecutorPreference(EventLoopTaskExecutor(loop)) { try await server.serve() }
+                    }
+                    guard bound == nil else { continue }
+                    guard let listening = await transport.listeningAddress else { break }
+                    if let ipv4 = listening.ipv4 {
+                        bound = try .init(ipAddress: ipv4.host, port: ipv4.port)
                         onListening(ListenAddress(host: ipv4.host, port: ipv4.port))
-                    } else if let ipv6 = bound.ipv6 {
+                    } else if let ipv6 = listening.ipv6 {
+                        bound = try .init(ipAddress: ipv6.host, port: ipv6.port)
                         onListening(ListenAddress(host: ipv6.host, port: ipv6.port))
+                    } else {
+                        break
                     }
                 }
             }
         } onGracefulShutdown: {
-            server.beginGracefulShutdown()
+            lanes.shutDown()
         }
+    }
+}
+
+/// The gRPC servers of a receiver's lanes; once shutting down, every one started is
+/// told to finish and no more start.
+private final class GRPCLanes: Sendable {
+    private let state = Mutex((servers: [GRPCServer<HTTP2ServerTransport.Custom<GatedGRPCListener>>](), shuttingDown: false))
+
+    /// Adds a lane's server, unless the receiver is shutting down.
+    func add(_ server: GRPCServer<HTTP2ServerTransport.Custom<GatedGRPCListener>>) -> Bool {
+        state.withLock { state in
+            guard !state.shuttingDown else { return false }
+            state.servers.append(server)
+            return true
+        }
+    }
+
+    func shutDown() {
+        let servers = state.withLock { state in
+            state.shuttingDown = true
+            return state.servers
+        }
+        for server in servers { server.beginGracefulShutdown() }
     }
 }

@@ -10,8 +10,10 @@ import NIOPosix
 struct GatedGRPCListener: HTTP2ServerTransport.ListenerFactory {
     let address: NIOCore.SocketAddress
     let security: ConnectionSecurity?
+    /// The loop that accepts, and serves every connection accepted.
+    let loop: any EventLoop
 
-    var eventLoopGroup: any EventLoopGroup { MultiThreadedEventLoopGroup.singleton }
+    var eventLoopGroup: any EventLoopGroup { loop }
 
     func makeListeningChannel(
         listenerConfigurator: HTTP2ServerTransport.ListenerConfigurator,
@@ -20,6 +22,8 @@ struct GatedGRPCListener: HTTP2ServerTransport.ListenerFactory {
         let security = self.security
         return try await ServerBootstrap(group: eventLoopGroup)
             .serverChannelOption(.socketOption(.so_reuseaddr), value: 1)
+            // Each lane of the receiver listens on the address with a socket of its own.
+            .serverChannelOption(.socketOption(NIOBSDSocket.Option(rawValue: SO_REUSEPORT)), value: 1)
             .serverChannelInitializer { listenerConfigurator.configure(channel: $0) }
             .bind(to: address) { channel in
                 channel.eventLoop.makeCompletedFuture {
