@@ -9,10 +9,10 @@ import Synchronization
 /// `meshtrace-bench transport-floor`: an OTLP trace endpoint that does nothing with what it
 /// receives. It serves OTLP/gRPC as the collector serves it (grpc-swift over HTTP/2 in the
 /// receiver's lanes, with its window, frame and message sizes; the request copied out of
-/// the transport as the collector's deserializer copies it), or OTLP/HTTP on Hummingbird (the body read into one
-/// array, as the collector's receiver reads it), and answers each export with an empty
-/// response at once: no decode, no WAL, no sync, no sampling. The CPU it spends under a
-/// load is what the transport alone costs the collector for that load
+/// the transport as the collector's deserializer copies it), or OTLP/HTTP on Hummingbird
+/// (the body read into one array, as the collector's receiver reads it), and answers each
+/// export with an empty response at once: no decode, no WAL, no sync, no sampling. The CPU
+/// it spends under a load is what the transport alone costs the collector for that load
 /// (`Benchmarks/transport_floor.sh` runs loadgen against it and reads its CPU time).
 struct TransportFloorBench: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
