@@ -109,22 +109,28 @@ final class SharedBatch: @unchecked Sendable {
     /// then found with one comparison instead of a table lookup.
     func resourceIndex(of row: UInt32, in output: inout SpanBatch) -> UInt32 {
         let row = Int(row)
-        if resourcesInOutput.isEmpty { resourcesInOutput = Array(repeating: .max, count: batch.resources.count) }
-        let hint = Int(resourcesInOutput[row])
-        if hint < output.resources.count && output.resources[hint] == batch.resources[row] { return UInt32(hint) }
-        let index = output.intern(resource: batch.resources[row])
-        resourcesInOutput[row] = index
-        return index
+        return Self.index(of: row, hints: &resourcesInOutput, count: batch.resources.count,
+                          matches: { $0 < output.resources.count && output.resources[$0] == batch.resources[row] },
+                          intern: { output.intern(resource: batch.resources[row]) })
     }
 
     /// The index in `output`'s scope table of scope `row` of this batch, interned there if new.
     func scopeIndex(of row: UInt32, in output: inout SpanBatch) -> UInt32 {
         let row = Int(row)
-        if scopesInOutput.isEmpty { scopesInOutput = Array(repeating: .max, count: batch.scopes.count) }
-        let hint = Int(scopesInOutput[row])
-        if hint < output.scopes.count && output.scopes[hint] == batch.scopes[row] { return UInt32(hint) }
-        let index = output.intern(scope: batch.scopes[row])
-        scopesInOutput[row] = index
+        return Self.index(of: row, hints: &scopesInOutput, count: batch.scopes.count,
+                          matches: { $0 < output.scopes.count && output.scopes[$0] == batch.scopes[row] },
+                          intern: { output.intern(scope: batch.scopes[row]) })
+    }
+
+    /// Entry `row`'s index in an output table: its hint when `matches` says the output
+    /// holds the same entry there, else `intern`'s, which becomes the hint.
+    private static func index(
+        of row: Int, hints: inout [UInt32], count: Int, matches: (Int) -> Bool, intern: () -> UInt32
+    ) -> UInt32 {
+        if hints.isEmpty { hints = Array(repeating: .max, count: count) }
+        if matches(Int(hints[row])) { return hints[row] }
+        let index = intern()
+        hints[row] = index
         return index
     }
 }

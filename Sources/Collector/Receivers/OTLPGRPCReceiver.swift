@@ -174,16 +174,11 @@ public enum GRPCLaneServer {
                         try await withTaskExecutorPreference(EventLoopTaskExecutor(loop)) { try await server.serve() }
                     }
                     guard bound == nil else { continue }
-                    guard let listening = await transport.listeningAddress else { break }
-                    if let ipv4 = listening.ipv4 {
-                        bound = try .init(ipAddress: ipv4.host, port: ipv4.port)
-                        onListening(ListenAddress(host: ipv4.host, port: ipv4.port))
-                    } else if let ipv6 = listening.ipv6 {
-                        bound = try .init(ipAddress: ipv6.host, port: ipv6.port)
-                        onListening(ListenAddress(host: ipv6.host, port: ipv6.port))
-                    } else {
-                        break
-                    }
+                    guard let listening = await transport.listeningAddress,
+                          let (host, port) = listening.ipv4.map({ ($0.host, $0.port) }) ?? listening.ipv6.map({ ($0.host, $0.port) })
+                    else { break }
+                    bound = try .init(ipAddress: host, port: port)
+                    onListening(ListenAddress(host: host, port: port))
                 }
             }
         } onGracefulShutdown: {
