@@ -56,8 +56,11 @@ struct Evaluator {
     let readsContent: Bool
     /// The quantiles `slow_for_edge` policies compare with.
     let quantiles: Set<Double>
-    /// By slot: each `and` policy's sub-policies, those that read only the trace id first.
-    let andOrder: [[Policy]?]
+    /// By slot: each `and` policy's sub-policies, those that read only the trace id
+    /// first (empty for other policies).
+    let andOrder: [[Policy]]
+    /// By slot: each `status_code` policy's codes, as a mask of bits `1 << code`.
+    let statusMasks: [UInt8]
     /// By slot: whether a `numeric_attribute` policy's key is an HTTP status code,
     /// which the decoder took into a column.
     let readsHTTPStatusColumn: [Bool]
@@ -71,7 +74,8 @@ struct Evaluator {
         }
         self.quantiles = quantiles
         let slots = (file.allPolicies.map(\.slot).max() ?? -1) + 1
-        var andOrder = [[Policy]?](repeating: nil, count: slots)
+        var andOrder = [[Policy]](repeating: [], count: slots)
+        var statusMasks = [UInt8](repeating: 0, count: slots)
         var readsHTTPStatusColumn = [Bool](repeating: false, count: slots)
         for policy in file.allPolicies {
             switch policy.rule {
@@ -79,11 +83,14 @@ struct Evaluator {
                 andOrder[policy.slot] = children.filter { !$0.readsContent } + children.filter(\.readsContent)
             case let .numericAttribute(key, _, _, _):
                 readsHTTPStatusColumn[policy.slot] = Self.httpStatusKeys.contains(key)
+            case let .statusCode(codes):
+                statusMasks[policy.slot] = codes.reduce(0) { $0 | 1 << $1.rawValue }
             default:
                 break
             }
         }
         self.andOrder = andOrder
+        self.statusMasks = statusMasks
         self.readsHTTPStatusColumn = readsHTTPStatusColumn
     }
 
@@ -93,19 +100,34 @@ struct Evaluator {
     func evaluate(_ trace: TraceView, randomness: UInt64, memory: PolicyMemory, edges: EdgeKnowledge, now: UInt64) -> Verdict {
         var verdict = Verdict()
         var context = Context(randomness: randomness, now: now)
-        for (index, policy) in file.policies.enumerated() {
-            if case .drop = policy.rule {
-                if evaluate(policy, trace, edges, &context, memory) < .never { verdict.dropped = true }
-                continue
-            }
-            guard verdict.threshold > .always else { continue }
-            let threshold = evaluate(policy, trace, edges, &context, memory)
-            if threshold < verdict.threshold {
-                verdict.threshold = threshold
-                verdict.policy = index
+        for index in file.policies.indices {
+            Self.reading(file.policies, index) { policy in
+                if case .drop = policy.rule {
+                    if evaluate(policy, trace, edges, &context, memory) < .never { verdict.dropped = true }
+                    return
+                }
+                guard verdict.threshold > .always else { return }
+                let threshold = evaluate(policy, trace, edges, &context, memory)
+                if threshold < verdict.threshold {
+                    verdict.threshold = threshold
+                    verdict.policy = index
+                }
             }
         }
         return verdict
+    }
+
+    /// `body` on policy `index` of `policies`, not retained (the array holds it): a
+    /// policy read out of its array is retained and released again, twice per policy
+    /// and trace, where the rest of its evaluation may be a comparison or two.
+    @inline(__always)
+    private static func reading<Result>(_ policies: [Policy], _ index: Int, _ body: (Policy) -> Result) -> Result {
+        policies.withUnsafeBufferPointer { reading($0, index, body) }
+    }
+
+    @inline(__always)
+    private static func reading<Result>(_ policies: UnsafeBufferPointer<Policy>, _ index: Int, _ body: (Policy) -> Result) -> Result {
+        Unmanaged.passUnretained(policies[index])._withUnsafeGuaranteedRef(body)
     }
 
     /// What one evaluation reads besides the trace and the edges, and the trace's
@@ -140,19 +162,16 @@ struct Evaluator {
         case .latency(let threshold, let upper):
             let duration = trace.duration
             return when(duration >= threshold && upper.map { duration < $0 } ?? true)
-        case .statusCode(let codes):
-            return when(trace.hasStatus(in: codes))
+        case .statusCode:
+            return when(trace.hasStatus(mask: statusMasks[policy.slot]))
+        case .numericAttribute(_, let min, let max, let invert) where readsHTTPStatusColumn[policy.slot]:
+            // The decoder took these into a column, as integers or decimal text.
+            return when(trace.httpStatus(in: min...max) != invert)
         case .numericAttribute(let key, let min, let max, let invert):
-            let found: Bool
-            if readsHTTPStatusColumn[policy.slot] {
-                // The decoder took these into a column, as integers or decimal text.
-                found = trace.httpStatus(in: min...max)
-            } else {
-                found = trace.anyAttribute(Array(key.utf8)) { value in
-                    if let number = value.integer { return (min...max).contains(number) }
-                    if let number = value.double { return Double(min) <= number && number <= Double(max) }
-                    return false
-                }
+            let found = trace.anyAttribute(Array(key.utf8)) { value in
+                if let number = value.integer { return (min...max).contains(number) }
+                if let number = value.double { return Double(min) <= number && number <= Double(max) }
+                return false
             }
             return when(found != invert)
         case .stringAttribute(let key, let values, let patterns, let invert):
@@ -172,14 +191,19 @@ struct Evaluator {
             return when(trace.traceStates.contains { state in
                 state.split(separator: ",").contains { wanted.contains($0.trimmingCharacters(in: .whitespaces)) }
             })
-        case .and(let children):
+        case .and:
             // Those that read only the trace id first: when they cannot keep it, the rest need not look.
             var threshold = Threshold.always
-            for child in andOrder[policy.slot] ?? children {
-                threshold = Swift.max(threshold, evaluate(child, trace, edges, &context, memory))
-                if !threshold.keeps(context.randomness) { return .never }
+            let kept = andOrder.withUnsafeBufferPointer { orders in
+                orders[policy.slot].withUnsafeBufferPointer { children in
+                    for child in children.indices {
+                        threshold = Swift.max(threshold, Self.reading(children, child) { evaluate($0, trace, edges, &context, memory) })
+                        if !threshold.keeps(context.randomness) { return false }
+                    }
+                    return true
+                }
             }
-            return threshold
+            return kept ? threshold : .never
         case .drop(let children):
             for child in children where evaluate(child, trace, edges, &context, memory) == .never { return .never }
             return .always

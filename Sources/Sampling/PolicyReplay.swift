@@ -132,7 +132,7 @@ public struct PolicyReplay {
             let view = TraceView(batch: all, rows: rows)
             let keptCount = keptRows[traceID] ?? 0
             if keptCount > 0 && keptCount < rows.count { report.partialTraces += 1 }
-            if view.hasStatus(in: [.error]) || view.httpStatus(in: 500...599) {
+            if view.hasStatus(mask: 1 << StatusCode.error.rawValue) || view.httpStatus(in: 500...599) {
                 report.errorTraces += 1
                 report.estimatedErrorTraces += weights[traceID] ?? 0
                 if keptCount == rows.count { report.errorTracesKept += 1 }

@@ -100,9 +100,10 @@ final class SharedBatch: @unchecked Sendable {
     /// Where each resource and scope of the batch was last interned into an output
     /// batch (`UInt32.max` for none): a hint, compared with the output's entry before
     /// use, since the output may be another batch by then. Used under the lock of the
-    /// shard that holds this batch.
-    private var resourcesInOutput: [UInt32] = []
-    private var scopesInOutput: [UInt32] = []
+    /// shard that holds this batch, which keeps accesses apart (not checked at run
+    /// time: each check would cost a kept span more than the lookup it guards).
+    @exclusivity(unchecked) private var resourcesInOutput: [UInt32] = []
+    @exclusivity(unchecked) private var scopesInOutput: [UInt32] = []
 
     /// The index in `output`'s resource table of resource `row` of this batch, interned
     /// there if new. Traces kept from one batch mostly name its same few resources, each
@@ -110,7 +111,7 @@ final class SharedBatch: @unchecked Sendable {
     func resourceIndex(of row: UInt32, in output: inout SpanBatch) -> UInt32 {
         let row = Int(row)
         return Self.index(of: row, hints: &resourcesInOutput, count: batch.resources.count,
-                          matches: { $0 < output.resources.count && output.resources[$0] == batch.resources[row] },
+                          matches: { hint in Self.same(output.resources, hint, batch.resources, row) },
                           intern: { output.intern(resource: batch.resources[row]) })
     }
 
@@ -118,8 +119,18 @@ final class SharedBatch: @unchecked Sendable {
     func scopeIndex(of row: UInt32, in output: inout SpanBatch) -> UInt32 {
         let row = Int(row)
         return Self.index(of: row, hints: &scopesInOutput, count: batch.scopes.count,
-                          matches: { $0 < output.scopes.count && output.scopes[$0] == batch.scopes[row] },
+                          matches: { hint in Self.same(output.scopes, hint, batch.scopes, row) },
                           intern: { output.intern(scope: batch.scopes[row]) })
+    }
+
+    /// Whether `table[index]` (when there is one) equals `other[row]`, both compared
+    /// where they lie: entries read out of their arrays would be copied, retaining
+    /// and releasing what each holds.
+    @inline(__always)
+    private static func same<Entry: Equatable>(_ table: [Entry], _ index: Int, _ other: [Entry], _ row: Int) -> Bool {
+        table.withUnsafeBufferPointer { table in
+            other.withUnsafeBufferPointer { other in index < table.count && table[index] == other[row] }
+        }
     }
 
     /// Entry `row`'s index in an output table: its hint when `matches` says the output
@@ -201,10 +212,9 @@ struct TraceView {
         return last > first ? last - first : 0
     }
 
-    func hasStatus(in codes: Set<StatusCode>) -> Bool {
-        var mask: UInt8 = 0
-        for code in codes { mask |= 1 << code.rawValue }
-        return spans.contains { span in reading(span) { mask & (1 << $0.batch.statusCodes[span.row].rawValue) != 0 } }
+    /// Whether a span's status code is in `mask`, a bit `1 << code` for each code.
+    func hasStatus(mask: UInt8) -> Bool {
+        spans.contains { span in reading(span) { mask & (1 << $0.batch.statusCodes[span.row].rawValue) != 0 } }
     }
 
     /// Whether any span's (or its resource's) attribute `key` satisfies `test`.
