@@ -224,26 +224,27 @@ struct Evaluator {
                 (caller == "*" || trace.name(call.caller) == caller) && (callee == "*" || trace.name(call.callee) == callee)
             })
         case .newEdge(let perEdge, let maxEdges):
-            let calls = context.allCalls(of: trace)
-            let isNew = memory.state.withLock { state -> Bool in
-                if state.edgeCounts.count <= policy.slot {
-                    state.edgeCounts.append(contentsOf: repeatElement(nil, count: policy.slot + 1 - state.edgeCounts.count))
-                }
-                // The table taken out while the trace's calls are counted in it, so that
-                // each count is made in place, not in a copy.
-                var counts = state.edgeCounts[policy.slot] ?? Self.edgeCounts(known: edges.known, perEdge: perEdge)
-                state.edgeCounts[policy.slot] = nil
-                defer { state.edgeCounts[policy.slot] = counts }
-                var isNew = false
-                for (position, call) in calls.enumerated() where !calls[..<position].contains(where: { $0.key == call.key }) {
-                    counts.withCount(of: call.key, limit: maxEdges) { count in
-                        if count < perEdge {
-                            isNew = true
-                            count += 1
+            // Only the calls' edge keys are read: no call is built.
+            let isNew = trace.withEdgeKeys { keys in
+                memory.state.withLock { state -> Bool in
+                    if state.edgeCounts.count <= policy.slot {
+                        state.edgeCounts.append(contentsOf: repeatElement(nil, count: policy.slot + 1 - state.edgeCounts.count))
+                    }
+                    if state.edgeCounts[policy.slot] == nil {
+                        state.edgeCounts[policy.slot] = Self.edgeCounts(known: edges.known, perEdge: perEdge)
+                    }
+                    var isNew = false
+                    for key in keys {
+                        // Counted where the table lies, not in a copy of it.
+                        state.edgeCounts[policy.slot]!.withCount(of: key, limit: maxEdges) { count in
+                            if count < perEdge {
+                                isNew = true
+                                count += 1
+                            }
                         }
                     }
+                    return isNew
                 }
-                return isNew
             }
             return when(isNew)
         case .slowForEdge(let quantile, let scope):

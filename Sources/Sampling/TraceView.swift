@@ -259,59 +259,109 @@ struct TraceView {
     /// The trace's root span: the first without a parent.
     var root: SpanRef? { spans.first { parentID($0) == .zero } }
 
-    /// The call the request entered by: the root span, as a call from `user`.
+    /// The call the request entered by: the root span, as a call from `user` (or, for a
+    /// CLIENT root, to what it names).
     var entryCall: Call? {
         guard let root else { return nil }
-        switch kind(root) {
-        case .client:
-            let peer = peerName(root)
-            return Call(caller: .service(of: root), callee: .named(peer),
-                        key: EdgeName.key(caller: serviceKey(root), callee: EdgeName.key(of: peer)), duration: duration(root), serverSide: false)
-        default:
-            return Call(caller: .named("user"), callee: .service(of: root),
-                        key: EdgeName.key(caller: Self.userKey, callee: serviceKey(root)), duration: duration(root), serverSide: true)
-        }
+        return call(kind(root) == .client ? .unanswered(client: root) : .entry(server: root))
     }
 
     /// Every call in the trace: each SERVER span (its caller is the CLIENT span it is a
     /// child of, when that is in the trace), and each CLIENT span no SERVER span answered.
     var calls: [Call] {
-        // Ids and kinds read once into an array of their own: each SERVER span's parent
-        // is looked for among them, by a scan in small traces and by a table in large ones.
-        var read: [(id: SpanID, kind: SpanKind, answered: Bool)] = []
-        read.reserveCapacity(spans.count)
-        for span in spans {
-            read.append((spanID(span), kind(span), false))
-        }
-        var byID: [SpanID: Int] = [:]
-        if spans.count > 48 {
-            byID.reserveCapacity(spans.count)
-            for (position, entry) in read.enumerated() { byID[entry.id] = position }
-        }
         var result: [Call] = []
         result.reserveCapacity(spans.count)
-        for (position, span) in spans.enumerated() where read[position].kind == .server {
-            let parentID = parentID(span)
-            let caller: Party
-            let callerKey: UInt64
-            let parent = parentID == .zero ? nil : byID.isEmpty ? read.firstIndex { $0.id == parentID } : byID[parentID]
-            if parentID == .zero {
-                (caller, callerKey) = (.named("user"), Self.userKey)
-            } else if let parent, read[parent].kind == .client {
-                (caller, callerKey) = (.service(of: spans[parent]), serviceKey(spans[parent]))
-                read[parent].answered = true
-            } else {
-                (caller, callerKey) = (.named("unknown"), Self.unknownKey)
-            }
-            result.append(Call(caller: caller, callee: .service(of: span),
-                               key: EdgeName.key(caller: callerKey, callee: serviceKey(span)), duration: duration(span), serverSide: true))
-        }
-        for (position, span) in spans.enumerated() where read[position].kind == .client && !read[position].answered {
-            let peer = peerName(span)
-            result.append(Call(caller: .service(of: span), callee: .named(peer),
-                               key: EdgeName.key(caller: serviceKey(span), callee: EdgeName.key(of: peer)), duration: duration(span), serverSide: false))
-        }
+        forEachCall { result.append(call($0)) }
         return result
+    }
+
+    /// `body` on the edge key of each call in the trace (`calls`), each key once: no
+    /// call is built, and nothing allocated for a trace of up to a few hundred spans.
+    func withEdgeKeys<Result>(_ body: (UnsafeBufferPointer<UInt64>) -> Result) -> Result {
+        withUnsafeTemporaryAllocation(of: UInt64.self, capacity: max(1, spans.count)) { keys in
+            var count = 0
+            forEachCall { sides in
+                let key = key(of: sides)
+                if !keys[..<count].contains(key) {
+                    keys.initializeElement(at: count, to: key)
+                    count += 1
+                }
+            }
+            return body(UnsafeBufferPointer(rebasing: keys[..<count]))
+        }
+    }
+
+    /// How a call was found in a trace: the spans that say who called whom.
+    enum CallSides {
+        /// A root span: the request entered the mesh by it, called by `user`.
+        case entry(server: SpanRef)
+        /// A SERVER span whose parent, the CLIENT span `client`, is in the trace.
+        case answered(server: SpanRef, client: SpanRef)
+        /// A SERVER span whose parent is not a CLIENT span of the trace: its caller is `unknown`.
+        case fromOutside(server: SpanRef)
+        /// A CLIENT span no SERVER span of the trace answered: the callee is what it names.
+        case unanswered(client: SpanRef)
+    }
+
+    /// `body` on each call of the trace: first each SERVER span's, in span order, then
+    /// each CLIENT span's that no SERVER span answered.
+    func forEachCall(_ body: (CallSides) -> Void) {
+        // Ids and kinds read once into room of their own: each SERVER span's parent is
+        // looked for among them, by a scan in small traces and by a table in large ones.
+        withUnsafeTemporaryAllocation(of: (id: SpanID, kind: SpanKind, answered: Bool).self, capacity: max(1, spans.count)) { room in
+            for (position, span) in spans.enumerated() {
+                room.initializeElement(at: position, to: (spanID(span), kind(span), false))
+            }
+            let read = UnsafeMutableBufferPointer(rebasing: room[..<spans.count])
+            var byID: [SpanID: Int] = [:]
+            if spans.count > 48 {
+                byID.reserveCapacity(spans.count)
+                for (position, entry) in read.enumerated() { byID[entry.id] = position }
+            }
+            for (position, span) in spans.enumerated() where read[position].kind == .server {
+                let parentID = parentID(span)
+                if parentID == .zero {
+                    body(.entry(server: span))
+                    continue
+                }
+                let parent = byID.isEmpty ? read.firstIndex { $0.id == parentID } : byID[parentID]
+                if let parent, read[parent].kind == .client {
+                    read[parent].answered = true
+                    body(.answered(server: span, client: spans[parent]))
+                } else {
+                    body(.fromOutside(server: span))
+                }
+            }
+            for (position, span) in spans.enumerated() where read[position].kind == .client && !read[position].answered {
+                body(.unanswered(client: span))
+            }
+        }
+    }
+
+    /// The call `sides` found, its sides named only when asked (`edge(of:)`).
+    func call(_ sides: CallSides) -> Call {
+        switch sides {
+        case .entry(let server):
+            return Call(caller: .named("user"), callee: .service(of: server), key: key(of: sides), duration: duration(server), serverSide: true)
+        case .answered(let server, let client):
+            return Call(caller: .service(of: client), callee: .service(of: server), key: key(of: sides), duration: duration(server), serverSide: true)
+        case .fromOutside(let server):
+            return Call(caller: .named("unknown"), callee: .service(of: server), key: key(of: sides), duration: duration(server), serverSide: true)
+        case .unanswered(let client):
+            let peer = peerName(client)
+            return Call(caller: .service(of: client), callee: .named(peer), key: EdgeName.key(caller: serviceKey(client), callee: EdgeName.key(of: peer)),
+                        duration: duration(client), serverSide: false)
+        }
+    }
+
+    /// The edge key of the call `sides` found, from the keys each batch keeps for its services.
+    func key(of sides: CallSides) -> UInt64 {
+        switch sides {
+        case .entry(let server): EdgeName.key(caller: Self.userKey, callee: serviceKey(server))
+        case .answered(let server, let client): EdgeName.key(caller: serviceKey(client), callee: serviceKey(server))
+        case .fromOutside(let server): EdgeName.key(caller: Self.unknownKey, callee: serviceKey(server))
+        case .unanswered(let client): EdgeName.key(caller: serviceKey(client), callee: EdgeName.key(of: peerName(client)))
+        }
     }
 
     /// The name of one side of a call.
