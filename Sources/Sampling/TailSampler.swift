@@ -500,11 +500,16 @@ public final class TailSampler: Sendable {
         let slotCount = state.slots.count
         state.slots.withUnsafeBufferPointer { slots in
             if let due = upcoming.fourth, Int(due.slot) < slotCount {
-                meshtrace_prefetch_for_read(slots.baseAddress! + Int(due.slot))
+                // A slot may straddle two cache lines: both are asked for.
+                let slot = UnsafeRawPointer(slots.baseAddress! + Int(due.slot))
+                meshtrace_prefetch_for_read(slot)
+                meshtrace_prefetch_for_read(slot + MemoryLayout<OpenTrace>.size - 1)
             }
             if let due = upcoming.second, Int(due.slot) < slotCount, let storage = Reach.spanStorage(of: slots.baseAddress! + Int(due.slot)) {
+                // The list's header and, in three lines, up to 20 spans: most traces whole.
                 meshtrace_prefetch_for_read(storage)
                 meshtrace_prefetch_for_read(storage + 64)
+                meshtrace_prefetch_for_read(storage + 128)
             }
             guard let due = upcoming.next, Int(due.slot) < slotCount else { return }
             let trace = slots.baseAddress! + Int(due.slot)
