@@ -306,34 +306,44 @@ struct TraceView {
     /// `body` on each call of the trace: first each SERVER span's, in span order, then
     /// each CLIENT span's that no SERVER span answered.
     func forEachCall(_ body: (CallSides) -> Void) {
-        // Ids and kinds read once into room of their own: each SERVER span's parent is
-        // looked for among them, by a scan in small traces and by a table in large ones.
-        withUnsafeTemporaryAllocation(of: (id: SpanID, kind: SpanKind, answered: Bool).self, capacity: max(1, spans.count)) { room in
-            for (position, span) in spans.enumerated() {
-                room.initializeElement(at: position, to: (spanID(span), kind(span), false))
-            }
-            let read = UnsafeMutableBufferPointer(rebasing: room[..<spans.count])
-            var byID: [SpanID: Int] = [:]
-            if spans.count > 48 {
-                byID.reserveCapacity(spans.count)
-                for (position, entry) in read.enumerated() { byID[entry.id] = position }
-            }
-            for (position, span) in spans.enumerated() where read[position].kind == .server {
-                let parentID = parentID(span)
-                if parentID == .zero {
-                    body(.entry(server: span))
-                    continue
+        let count = spans.count
+        // The SERVER spans' positions and the CLIENT spans' ids, gathered in one pass that
+        // writes each span to both lists and keeps it in the one of its kind: each SERVER
+        // span's parent is then looked for among the CLIENT spans only, by a scan in small
+        // traces and by a table in large ones.
+        withUnsafeTemporaryAllocation(of: Int.self, capacity: count + 1) { servers in
+            withUnsafeTemporaryAllocation(of: (id: SpanID, position: Int, answered: Bool).self, capacity: count + 1) { clients in
+                var serverCount = 0
+                var clientCount = 0
+                for (position, span) in spans.enumerated() {
+                    let kind = kind(span)
+                    (servers.baseAddress! + serverCount).initialize(to: position)
+                    (clients.baseAddress! + clientCount).initialize(to: (spanID(span), position, false))
+                    serverCount += kind == .server ? 1 : 0
+                    clientCount += kind == .client ? 1 : 0
                 }
-                let parent = byID.isEmpty ? read.firstIndex { $0.id == parentID } : byID[parentID]
-                if let parent, read[parent].kind == .client {
-                    read[parent].answered = true
-                    body(.answered(server: span, client: spans[parent]))
-                } else {
-                    body(.fromOutside(server: span))
+                var byID: [SpanID: Int] = [:]
+                if clientCount > 48 {
+                    byID.reserveCapacity(clientCount)
+                    for client in 0..<clientCount { byID[clients[client].id] = client }
                 }
-            }
-            for (position, span) in spans.enumerated() where read[position].kind == .client && !read[position].answered {
-                body(.unanswered(client: span))
+                for server in 0..<serverCount {
+                    let span = spans[servers[server]]
+                    let parentID = parentID(span)
+                    if parentID == .zero {
+                        body(.entry(server: span))
+                        continue
+                    }
+                    if let parent = byID.isEmpty ? (0..<clientCount).first(where: { clients[$0].id == parentID }) : byID[parentID] {
+                        clients[parent].answered = true
+                        body(.answered(server: span, client: spans[clients[parent].position]))
+                    } else {
+                        body(.fromOutside(server: span))
+                    }
+                }
+                for client in 0..<clientCount where !clients[client].answered {
+                    body(.unanswered(client: spans[clients[client].position]))
+                }
             }
         }
     }

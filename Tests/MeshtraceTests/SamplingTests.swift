@@ -298,8 +298,23 @@ final class SamplingTests: XCTestCase {
         var encrypted = plain
         encrypted[1].attributes = [KeyValue("tls.established", true), KeyValue("connection_security_policy", "mutual_tls")]
 
+        // Every way a call is found: the entry (user → a), a CLIENT span answered by a
+        // SERVER span (a → b), a CLIENT span no one answered, named by what it calls
+        // (a → db), and a SERVER span whose caller is not in the trace (unknown → c).
+        let branching = [TestSpan(service: "a", id: 1), TestSpan(service: "a", id: 2, parent: 1, kind: .client),
+                         TestSpan(service: "b", id: 3, parent: 2),
+                         TestSpan(service: "a", id: 4, parent: 1, kind: .client, attributes: [KeyValue("peer.service", "db")]),
+                         TestSpan(service: "c", id: 5, parent: 99), TestSpan(service: "c", id: 6, parent: 5, kind: .internal)]
+
         // (policy, trace, kept?)
         let cases: [(String, [TestSpan], Bool)] = [
+            ("  - {name: x, type: edge, edge: {caller: user, callee: a}}", branching, true),
+            ("  - {name: x, type: edge, edge: {caller: a, callee: b}}", branching, true),
+            ("  - {name: x, type: edge, edge: {caller: a, callee: db}}", branching, true),
+            ("  - {name: x, type: edge, edge: {caller: unknown, callee: c}}", branching, true),
+            ("  - {name: x, type: edge, edge: {caller: a, callee: c}}", branching, false),
+            ("  - {name: x, type: edge, edge: {caller: c}}", branching, false),
+            ("  - {name: x, type: edge, edge: {callee: a}}", branching, true),
             ("  - {name: x, type: always_sample}", plain, true),
             ("  - {name: x, type: probabilistic, probabilistic: {sampling_percentage: 0}}", plain, false),
             ("  - {name: x, type: status_code, status_code: {status_codes: [ERROR]}}", plain, false),
