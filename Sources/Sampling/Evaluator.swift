@@ -118,8 +118,8 @@ struct Evaluator {
     }
 
     /// `body` on policy `index` of `policies`, not retained (the array holds it): a
-    /// policy read out of its array is retained and released again, twice per policy
-    /// and trace, where the rest of its evaluation may be a comparison or two.
+    /// policy read out of its array is retained and released for every trace, where
+    /// the rest of its evaluation may be a comparison or two.
     @inline(__always)
     private static func reading<Result>(_ policies: [Policy], _ index: Int, _ body: (Policy) -> Result) -> Result {
         policies.withUnsafeBufferPointer { reading($0, index, body) }

@@ -276,7 +276,8 @@ struct TraceView {
     }
 
     /// `body` on the edge key of each call in the trace (`calls`), each key once: no
-    /// call is built, and nothing allocated for a trace of up to a few hundred spans.
+    /// call is built, and the keys are gathered in temporary room (on the stack but
+    /// for large traces).
     func withEdgeKeys<Result>(_ body: (UnsafeBufferPointer<UInt64>) -> Result) -> Result {
         withUnsafeTemporaryAllocation(of: UInt64.self, capacity: max(1, spans.count)) { keys in
             var count = 0
