@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # The transport's own cost: meshtrace loadgen against `meshtrace-bench transport-floor`, an
 # OTLP endpoint served as the collector serves it (for gRPC, through the receiver's lanes)
-# that stores nothing, then the same load against the collector. Prints, for each, loadgen's report and the server's CPU time
-# while the load ran (from /proc/PID/stat), per span acknowledged.
+# that stores nothing, then the same load against the collector. Prints, for each,
+# loadgen's report and the server's CPU time while the load ran (from /proc/PID/stat),
+# per span acknowledged.
 # Usage: Benchmarks/transport_floor.sh grpc|http RATE DURATION after `swift build -c release`.
 # BIN=DIR runs the binaries in DIR; SPANS_PER_REQUEST sets loadgen's batch size (default 200).
 set -euo pipefail

@@ -44,8 +44,8 @@ struct TransportFloorBench: AsyncParsableCommand {
 
     private func serveGRPC(_ received: Received) async throws {
         try await GRPCLaneServer.serve(
-            at: ListenAddress(host: host, port: port), maxMessageBytes: 4 << 20, services: [DiscardingTraceService(received: received)],
-            onListening: { _ in })
+            at: ListenAddress(host: host, port: port), maxMessageBytes: CollectorConfiguration().maxGRPCMessageBytes,
+            services: [DiscardingTraceService(received: received)], onListening: { _ in })
     }
 
     private func serveHTTP(_ received: Received) async throws {
@@ -104,4 +104,3 @@ private struct EmptySerializer: MessageSerializer {
         Bytes(repeating: 0, count: 0)
     }
 }
-
