@@ -438,7 +438,14 @@ enum TraceStateField {
     /// it) that is not empty.
     static func anySet(in column: ByteColumn, rows: [Int]) -> Bool {
         column.bytes.withUnsafeBufferPointer { buffer in
-            rows.contains { valueRange(buffer, column.range(of: $0))?.isEmpty == false }
+            // A `trace_state` field begins with its tag, 0x1A in one byte (0x9A when
+            // written in more): where the column holds neither byte at all (spans
+            // without events, links or trace state carry a few bytes of flags), no
+            // row has one, and no row is walked.
+            guard let base = buffer.baseAddress,
+                  memchr(base, 0x1A, buffer.count) != nil || memchr(base, 0x9A, buffer.count) != nil
+            else { return false }
+            return rows.contains { valueRange(buffer, column.range(of: $0))?.isEmpty == false }
         }
     }
 

@@ -318,30 +318,3 @@ final class OTLPDecoderTests: XCTestCase {
         XCTAssertEqual(decoded.outcome, IngestOutcome())
     }
 }
-
-private func varint(_ value: UInt64) -> [UInt8] {
-    var bytes: [UInt8] = []
-    var rest = value
-    while rest >= 0x80 {
-        bytes.append(UInt8(truncatingIfNeeded: rest) | 0x80)
-        rest >>= 7
-    }
-    return bytes + [UInt8(rest)]
-}
-
-/// A length-delimited field.
-private func field(_ number: UInt64, _ payload: [UInt8]) -> [UInt8] {
-    varint(number << 3 | 2) + varint(UInt64(payload.count)) + payload
-}
-
-private func varintField(_ number: UInt64, _ value: UInt64) -> [UInt8] {
-    varint(number << 3) + varint(value)
-}
-
-private func fixed64Field(_ number: UInt64, _ value: UInt64) -> [UInt8] {
-    varint(number << 3 | 1) + withUnsafeBytes(of: value.littleEndian, Array.init)
-}
-
-private func fixed32Field(_ number: UInt64, _ value: UInt32) -> [UInt8] {
-    varint(number << 3 | 5) + withUnsafeBytes(of: value.littleEndian, Array.init)
-}

@@ -181,3 +181,32 @@ func mutations(of original: [UInt8], count: Int, seed: UInt64) -> [[UInt8]] {
 func received(_ request: ExportTraceServiceRequest) throws -> DecodedTraceExport {
     try DecodedTraceExport(protobuf: try request.serializedBytes())
 }
+
+// Protobuf written by hand: what no encoder writes, for decoders to meet.
+
+func varint(_ value: UInt64) -> [UInt8] {
+    var bytes: [UInt8] = []
+    var rest = value
+    while rest >= 0x80 {
+        bytes.append(UInt8(truncatingIfNeeded: rest) | 0x80)
+        rest >>= 7
+    }
+    return bytes + [UInt8(rest)]
+}
+
+/// A length-delimited field.
+func field(_ number: UInt64, _ payload: [UInt8]) -> [UInt8] {
+    varint(number << 3 | 2) + varint(UInt64(payload.count)) + payload
+}
+
+func varintField(_ number: UInt64, _ value: UInt64) -> [UInt8] {
+    varint(number << 3) + varint(value)
+}
+
+func fixed64Field(_ number: UInt64, _ value: UInt64) -> [UInt8] {
+    varint(number << 3 | 1) + withUnsafeBytes(of: value.littleEndian, Array.init)
+}
+
+func fixed32Field(_ number: UInt64, _ value: UInt32) -> [UInt8] {
+    varint(number << 3 | 5) + withUnsafeBytes(of: value.littleEndian, Array.init)
+}
