@@ -16,14 +16,16 @@ public enum LZ4Frame {
             preferences.frameInfo.contentChecksumFlag = contentChecksum ? LZ4F_contentChecksumEnabled : LZ4F_noContentChecksum
             preferences.compressionLevel = acceleration > 1 ? -acceleration : 0
             let bound = LZ4F_compressFrameBound(source.count, &preferences)
-            var output = [UInt8](repeating: 0, count: bound)
-            let written = output.withUnsafeMutableBytes { destination in
-                LZ4F_compressFrame(destination.baseAddress, bound, source.baseAddress, source.count, &preferences)
+            // Written into room left uninitialized: zeroing it first would cost a pass
+            // over as many bytes as the input.
+            var written = 0
+            let output = [UInt8](unsafeUninitializedCapacity: bound) { destination, count in
+                written = LZ4F_compressFrame(destination.baseAddress, bound, source.baseAddress, source.count, &preferences)
+                count = LZ4F_isError(written) != 0 ? 0 : written
             }
             if LZ4F_isError(written) != 0 {
                 throw CompressionError.compressionFailed(codec: "lz4", reason: String(cString: LZ4F_getErrorName(written)))
             }
-            output.removeSubrange(written...)
             return output
         }
     }
