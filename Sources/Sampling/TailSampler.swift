@@ -341,8 +341,9 @@ public final class TailSampler: Sendable {
         // No policy reads content: the verdict is the same for every trace. It is asked with
         // the highest randomness, so that no sub-policy stops early on it.
         let verdict = evaluate(TraceView(batch: batch, rows: []), randomness: Threshold.range - 1, &state, now: 0)
+        let readsTraceStates = TraceStateField.maybeSet(in: batch.extras)
         for row in rows {
-            let (randomness, upstream) = Self.randomness(batch, row: row)
+            let (randomness, upstream) = readsTraceStates ? Self.randomness(batch, row: row) : (batch.traceIDs[row].randomness, nil)
             guard !verdict.dropped, verdict.threshold.keeps(randomness) else { continue }
             spans.append(SpanRef(part: 0, row: row))
             thresholds.append(max(verdict.threshold, upstream ?? .always))

@@ -437,15 +437,20 @@ enum TraceStateField {
     /// Whether any of `rows` of an extras column has a `trace_state` (as `read` finds
     /// it) that is not empty.
     static func anySet(in column: ByteColumn, rows: [Int]) -> Bool {
+        guard maybeSet(in: column) else { return false }
+        return column.bytes.withUnsafeBufferPointer { buffer in
+            rows.contains { valueRange(buffer, column.range(of: $0))?.isEmpty == false }
+        }
+    }
+
+    /// False when no row of an extras column can have a `trace_state`, told without
+    /// walking the rows: the field begins with its tag, 0x1A in one byte (0x9A when
+    /// written in more), and a column that holds neither byte anywhere (spans without
+    /// events, links or trace state carry a few bytes of flags) holds no such field.
+    static func maybeSet(in column: ByteColumn) -> Bool {
         column.bytes.withUnsafeBufferPointer { buffer in
-            // A `trace_state` field begins with its tag, 0x1A in one byte (0x9A when
-            // written in more): where the column holds neither byte at all (spans
-            // without events, links or trace state carry a few bytes of flags), no
-            // row has one, and no row is walked.
-            guard let base = buffer.baseAddress,
-                  memchr(base, 0x1A, buffer.count) != nil || memchr(base, 0x9A, buffer.count) != nil
-            else { return false }
-            return rows.contains { valueRange(buffer, column.range(of: $0))?.isEmpty == false }
+            guard let base = buffer.baseAddress else { return false }
+            return memchr(base, 0x1A, buffer.count) != nil || memchr(base, 0x9A, buffer.count) != nil
         }
     }
 

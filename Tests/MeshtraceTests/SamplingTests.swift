@@ -485,15 +485,12 @@ final class SamplingTests: XCTestCase {
     }
 
     /// A `trace_state` whose tag is written in two bytes (protobuf allows it, and the
-    /// decoder keeps a span's extras as they came) still gives the trace its randomness.
+    /// decoder keeps a span's extras as they came) still gives the trace its randomness,
+    /// whether the trace is held for its decision or decided by its id alone.
     func testATraceStateWithATwoByteTagIsRead() throws {
-        // A policy that reads the spans, so that the trace is held and decided whole.
-        let policy = try PolicyFile.parse(yaml: """
-            decision_wait: 1s
-            policies:
-              - {name: e, type: status_code, status_code: {status_codes: [ERROR]}}
-              - {name: p, type: probabilistic, probabilistic: {sampling_percentage: 1}}
-            """, file: "t.yaml")
+        let probabilistic = "  - {name: p, type: probabilistic, probabilistic: {sampling_percentage: 1}}"
+        // A policy that reads the spans holds the trace and decides it whole.
+        let held = "  - {name: e, type: status_code, status_code: {status_codes: [ERROR]}}\n" + probabilistic
         // The trace id's randomness (its 56 low bits, 1) is below any threshold; rv ff… passes 1 %.
         let traceID = [UInt8](repeating: 0, count: 15) + [1]
         func span(_ id: UInt8, parent: UInt8?, traceStateTag: [UInt8]) -> [UInt8] {
@@ -503,16 +500,18 @@ final class SamplingTests: XCTestCase {
                 + field(5, Array("op".utf8)) + varintField(6, 2)
                 + fixed64Field(7, 1_700_000_000_000_000_000) + fixed64Field(8, 1_700_000_000_001_000_000)
         }
-        for tag: [UInt8] in [[0x1A], [0x9A, 0x00]] {
-            let resource = field(1, field(1, field(1, Array("service.name".utf8)) + field(2, field(1, Array("a".utf8)))))
-            let scope = field(2, field(2, span(1, parent: nil, traceStateTag: tag)) + field(2, span(2, parent: 1, traceStateTag: tag)))
-            let export = try DecodedTraceExport(protobuf: field(1, resource + scope))
-            XCTAssertEqual(export.spans.count, 2)
-            let sampler = TailSampler(policy: policy)
-            var kept = SpanBatch()
-            sampler.admit(export.spans, facts: export.facts, now: 1, into: &kept)
-            sampler.release(now: 5_000_000_000, into: &kept)
-            XCTAssertEqual(kept.count, 2, "tag \(tag)")
+        for policies in [held, probabilistic] {
+            for tag: [UInt8] in [[0x1A], [0x9A, 0x00]] {
+                let resource = field(1, field(1, field(1, Array("service.name".utf8)) + field(2, field(1, Array("a".utf8)))))
+                let scope = field(2, field(2, span(1, parent: nil, traceStateTag: tag)) + field(2, span(2, parent: 1, traceStateTag: tag)))
+                let export = try DecodedTraceExport(protobuf: field(1, resource + scope))
+                XCTAssertEqual(export.spans.count, 2)
+                let sampler = TailSampler(policy: try PolicyFile.parse(yaml: "decision_wait: 1s\npolicies:\n" + policies, file: "t.yaml"))
+                var kept = SpanBatch()
+                sampler.admit(export.spans, facts: export.facts, now: 1, into: &kept)
+                sampler.release(now: 5_000_000_000, into: &kept)
+                XCTAssertEqual(kept.count, 2, "tag \(tag), policies \(policies)")
+            }
         }
     }
 
