@@ -343,7 +343,7 @@ public final class TailSampler: Sendable {
         let verdict = evaluate(TraceView(batch: batch, rows: []), randomness: Threshold.range - 1, &state, now: 0)
         let readsTraceStates = TraceStateField.maybeSet(in: batch.extras)
         for row in rows {
-            let (randomness, upstream) = readsTraceStates ? Self.randomness(batch, row: row) : (batch.traceIDs[row].randomness, nil)
+            let (randomness, upstream) = Self.randomness(batch, row: row, readingTraceState: readsTraceStates)
             guard !verdict.dropped, verdict.threshold.keeps(randomness) else { continue }
             spans.append(SpanRef(part: 0, row: row))
             thresholds.append(max(verdict.threshold, upstream ?? .always))
@@ -666,8 +666,10 @@ public final class TailSampler: Sendable {
         return (randomness ?? trace.traceID(first).randomness, upstream)
     }
 
-    private static func randomness(_ batch: SpanBatch, row: Int) -> (UInt64, Threshold?) {
-        guard let traceState = TraceStateField.read(batch.extras, row: row), traceState.contains("ot=") else {
+    /// A span's randomness and upstream threshold, as `randomness(_:)` finds a trace's;
+    /// its `trace_state` is not read when `readingTraceState` is false (none can be set).
+    private static func randomness(_ batch: SpanBatch, row: Int, readingTraceState: Bool) -> (UInt64, Threshold?) {
+        guard readingTraceState, let traceState = TraceStateField.read(batch.extras, row: row), traceState.contains("ot=") else {
             return (batch.traceIDs[row].randomness, nil)
         }
         let ot = OTelTraceState(traceState: traceState)
