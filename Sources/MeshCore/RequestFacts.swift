@@ -40,17 +40,48 @@ public struct RequestFacts: Sendable, Equatable {
 
     /// Attributes whose values can name a peer, best first: OpenTelemetry's
     /// `peer.service`, the database, then the address the proxy dialled.
-    private enum PeerKey: UInt8 {
+    enum PeerKey: UInt8 {
         case peerService, databaseNamespace, databaseName, databaseSystem, messagingDestination, serverAddress, netPeerName, upstreamCluster
     }
 
-    private enum Key {
+    enum Key {
         case requestBytes, responseBytes, peer(PeerKey), securityPolicy, tlsClientSubject, tlsEstablished, messagingSystem
     }
 
+    /// Every key that says a fact (what `key` recognises).
+    static let factKeys: [StaticString] = [
+        "peer.service", "db.namespace", "db.name", "db.system", "messaging.destination.name", "server.address",
+        "net.peer.name", "upstream_cluster", "request_size", "http.request.body.size", "http.request_content_length",
+        "response_size", "http.response.body.size", "http.response_content_length", "connection_security_policy",
+        "tls.client.subject", "tls.established", "messaging.system",
+    ]
+
+    /// Whether the key of `count` bytes at `start` may say a fact; false for most keys
+    /// that do not. A key of eight bytes or more is told by one bit of
+    /// `factKeyHashes`, chosen by a hash of its length and its first and last eight
+    /// bytes, so that an attribute no fact needs costs neither a call nor a lookup.
+    @inlinable
+    public static func mayBeFactKey(_ start: UnsafePointer<UInt8>, count: Int) -> Bool {
+        guard count >= 8 else { return count == 7 }
+        return factKeyHashes & (1 &<< keyHash(start, count: count)) != 0
+    }
+
+    /// Which of 64 bits a key of at least eight bytes sets in `factKeyHashes`.
+    @inlinable
+    static func keyHash(_ start: UnsafePointer<UInt8>, count: Int) -> UInt64 {
+        let raw = UnsafeRawPointer(start)
+        let first = UInt64(littleEndian: raw.loadUnaligned(as: UInt64.self))
+        let last = UInt64(littleEndian: raw.loadUnaligned(fromByteOffset: count &- 8, as: UInt64.self))
+        return (((first ^ (last &* 0x0000_0100_0000_01B3)) &+ UInt64(count)) &* 0xBF58_476D_1CE4_E5B9) &>> 58
+    }
+
+    /// The bits `keyHash` gives the keys of `factKeys` (a test checks it against them).
+    @inlinable
+    static var factKeyHashes: UInt64 { 0x2904_04C5_4800_14A0 }
+
     /// The key at `bytes[range]`, if it says a fact: a switch on its length, then one
     /// comparison with a static string (no allocation, no reference counting).
-    private static func key(_ bytes: UnsafeBufferPointer<UInt8>, _ range: Range<Int>) -> Key? {
+    static func key(_ bytes: UnsafeBufferPointer<UInt8>, _ range: Range<Int>) -> Key? {
         @inline(__always) func equals(_ expected: StaticString) -> Bool {
             memcmp(bytes.baseAddress! + range.lowerBound, expected.utf8Start, range.count) == 0
         }
@@ -98,7 +129,8 @@ public struct RequestFacts: Sendable, Equatable {
                 let keyEnd = pair.lowerBound + 2 + Int(bytes[pair.lowerBound + 1])
                 if keyEnd + 2 <= pair.upperBound, bytes[keyEnd] == 0x12, bytes[keyEnd + 1] < 0x80,
                    keyEnd + 2 + Int(bytes[keyEnd + 1]) == pair.upperBound,
-                   Self.key(bytes, pair.lowerBound + 2..<keyEnd) == nil { continue }
+                   !Self.mayBeFactKey(bytes.baseAddress! + pair.lowerBound + 2, count: keyEnd - pair.lowerBound - 2)
+                    || Self.key(bytes, pair.lowerBound + 2..<keyEnd) == nil { continue }
             }
             guard let (key, value) = Self.keyValue(bytes, pair) else { return }
             if let key { observe(bytes, key: key, value: value, storedAt: -range.lowerBound) }
@@ -109,7 +141,14 @@ public struct RequestFacts: Sendable, Equatable {
     /// `bytes[value]` (the last `value` field of its `KeyValue`). `shift` added to an
     /// offset of `bytes` gives the offset of the same byte in the span's stored
     /// `KeyValueList`.
+    @inlinable
     public mutating func observe(_ bytes: UnsafeBufferPointer<UInt8>, key: Range<Int>, value: Range<Int>?, storedAt shift: Int) {
+        guard Self.mayBeFactKey(bytes.baseAddress! + key.lowerBound, count: key.count) else { return }
+        observeKnown(bytes, key: key, value: value, storedAt: shift)
+    }
+
+    @usableFromInline
+    mutating func observeKnown(_ bytes: UnsafeBufferPointer<UInt8>, key: Range<Int>, value: Range<Int>?, storedAt shift: Int) {
         guard let known = Self.key(bytes, key) else { return }
         apply(known, value: AnyValueView(bytes, value ?? 0..<0), shift: shift)
     }

@@ -151,15 +151,19 @@ struct OTLPTraceDecoder {
         var kind: UInt64 = 0, startTime: UInt64 = 0, endTime: UInt64 = 0
         // Attributes and extras are copied into the open rows of their columns as they
         // are read; a refused span discards them.
-        statusBuffer.removeAll(keepingCapacity: true)
+        if !statusBuffer.isEmpty { statusBuffer.removeAll(keepingCapacity: true) }
         attributeRunStart = range.lowerBound
         attributeRunEnd = range.lowerBound
         attributesCopied = 0
         var status = StatusFields(message: empty)
-        var responseStatus = FirstAttribute<Int64>(), legacyStatus = FirstAttribute<Int64>()
-        var requestFacts = RequestFacts()
+        var attributes = SpanAttributes()
         while !cursor.isAtEnd {
             let fieldStart = cursor.position
+            if cursor.peek() == Self.attributeTag {
+                // Attributes come many in a row: they are read in a loop of their own.
+                try decodeAttributes(&cursor, into: &attributes, depth: depth + 1)
+                continue
+            }
             let (field, wireType) = try cursor.tag()
             switch (field, wireType) {
             case (1, 2): traceID = try cursor.lengthDelimited()
@@ -172,17 +176,8 @@ struct OTLPTraceDecoder {
             case (7, 1): startTime = try cursor.fixed64()
             case (8, 1): endTime = try cursor.fixed64()
             case (9, 2):
-                let payload = try cursor.lengthDelimited()
-                let attribute = try cursor.keyValue(payload, depth: depth + 1)
-                // `shift` maps the attribute's offsets in the input to the span's stored list.
-                let shift = appendAttribute(fieldStart..<payload.upperBound, payload: payload)
-                requestFacts.observe(input.buffer(0..<payload.upperBound), key: attribute.key, value: attribute.lastValue,
-                                     storedAt: shift)
-                if !responseStatus.isDecided, cursor.equals(attribute.key, "http.response.status_code") {
-                    responseStatus.decide(attribute.value.intValue)
-                } else if !legacyStatus.isDecided, cursor.equals(attribute.key, "http.status_code") {
-                    legacyStatus.decide(attribute.value.intValue)
-                }
+                // An attribute whose tag is written in more than one byte.
+                try decodeAttribute(fieldStart, payload: try cursor.lengthDelimited(), cursor: cursor, into: &attributes, depth: depth + 1)
             case (15, 2):
                 try status.merge(try cursor.lengthDelimited(), cursor: cursor, depth: depth + 1)
                 statusBuffer.append(contentsOf: input.buffer(fieldStart..<cursor.position))
@@ -224,12 +219,12 @@ struct OTLPTraceDecoder {
         let parent = parentSpanID.isEmpty ? SpanID.zero : SpanID(input.bigEndian64(at: parentSpanID.lowerBound))
         let columnStatus = status.columnStatus
         let kind32 = Int32(truncatingIfNeeded: kind)
-        let httpStatusCode = responseStatus.value ?? legacyStatus.value ?? 0
+        let httpStatusCode = attributes.responseStatus.value ?? attributes.legacyStatus.value ?? 0
 
         // A status the columns cannot say is kept whole with the extras (after the
         // other fields: field order carries no meaning, and the status's own
         // occurrences keep theirs).
-        if columnStatus == nil { batch.extras.appendToOpenRow(statusBuffer) }
+        if columnStatus == nil && !statusBuffer.isEmpty { batch.extras.appendToOpenRow(statusBuffer) }
         let statusMessage = columnStatus == nil ? "" : input.string(status.message)
         batch.appendClosingOpenRows(
             traceID: trace, spanID: span, parentSpanID: parent, name: spanName,
@@ -238,8 +233,41 @@ struct OTLPTraceDecoder {
             statusCode: columnStatus ?? .unset, statusMessage: statusMessage,
             httpStatusCode: (0...999).contains(httpStatusCode) ? UInt16(httpStatusCode) : 0,
             resourceIndex: resourceIndex, scopeIndex: nil)
-        facts.append(requestFacts)
+        facts.append(attributes.facts)
         outcome.accepted += 1
+    }
+
+    /// `Span.attributes` (field 9, length-delimited) as its one-byte tag.
+    private static let attributeTag: UInt8 = 0x4A
+
+    /// The attribute fields starting at the cursor, up to the first field that is not
+    /// one (each tag the one byte `attributeTag`).
+    private mutating func decodeAttributes(
+        _ cursor: inout ProtobufCursor, into attributes: inout SpanAttributes, depth: Int
+    ) throws(OTLPDecodingError) {
+        repeat {
+            let fieldStart = cursor.position
+            cursor.skipByte()
+            let payload = try cursor.lengthDelimited()
+            try decodeAttribute(fieldStart, payload: payload, cursor: cursor, into: &attributes, depth: depth)
+        } while !cursor.isAtEnd && cursor.peek() == Self.attributeTag
+    }
+
+    /// One attribute: its `KeyValue` at `payload`, its field starting at `fieldStart`.
+    @inline(__always)
+    private mutating func decodeAttribute(
+        _ fieldStart: Int, payload: Range<Int>, cursor: ProtobufCursor, into attributes: inout SpanAttributes, depth: Int
+    ) throws(OTLPDecodingError) {
+        let attribute = try cursor.keyValue(payload, depth: depth)
+        // `shift` maps the attribute's offsets in the input to the span's stored list.
+        let shift = appendAttribute(fieldStart..<payload.upperBound, payload: payload)
+        attributes.facts.observe(input.buffer(0..<payload.upperBound), key: attribute.key, value: attribute.lastValue,
+                                 storedAt: shift)
+        if !attributes.responseStatus.isDecided, cursor.equals(attribute.key, "http.response.status_code") {
+            attributes.responseStatus.decide(attribute.value.intValue)
+        } else if !attributes.legacyStatus.isDecided, cursor.equals(attribute.key, "http.status_code") {
+            attributes.legacyStatus.decide(attribute.value.intValue)
+        }
     }
 
     /// Adds the attribute field at `field` (its `KeyValue` at `payload`) to the span's
@@ -249,6 +277,7 @@ struct OTLPTraceDecoder {
     /// A field whose tag is the one byte `Span.attributes` is written in is the
     /// list's entry but for that byte, so it joins the run of such fields before it
     /// when it directly follows them; any other is written out whole.
+    @inline(__always)
     private mutating func appendAttribute(_ field: Range<Int>, payload: Range<Int>) -> Int {
         if payload.lowerBound - field.lowerBound == 1 + ProtobufCursor.varintSize(UInt64(payload.count)) {
             if attributeRunEnd != field.lowerBound { flushAttributeRun() }
@@ -257,6 +286,12 @@ struct OTLPTraceDecoder {
             attributeRunEnd = field.upperBound
             return stored - field.lowerBound
         }
+        return appendAttributeWithLongTag(payload)
+    }
+
+    /// `appendAttribute` for a field whose tag takes more than one byte or whose
+    /// length is not in its shortest form.
+    private mutating func appendAttributeWithLongTag(_ payload: Range<Int>) -> Int {
         flushAttributeRun()
         var entry = ByteWriter()
         entry.write(Self.listEntryTag)
@@ -414,6 +449,14 @@ struct OTLPInput {
     func string(_ range: Range<Int>) -> String {
         range.isEmpty ? "" : String(decoding: buffer(range), as: UTF8.self)
     }
+}
+
+/// What a span's attributes say, gathered as they are read.
+private struct SpanAttributes {
+    var facts = RequestFacts()
+    /// The first `http.response.status_code`, and the first `http.status_code` (older conventions).
+    var responseStatus = FirstAttribute<Int64>()
+    var legacyStatus = FirstAttribute<Int64>()
 }
 
 /// A span's `Status`, merged over every occurrence of the field as protobuf does.

@@ -52,6 +52,14 @@ struct ProtobufCursor {
 
     var isAtEnd: Bool { position >= end }
 
+    /// The next byte, not read past; only when not `isAtEnd`.
+    @inline(__always)
+    func peek() -> UInt8 { base[position] }
+
+    /// Reads past the next byte; only when not `isAtEnd`.
+    @inline(__always)
+    mutating func skipByte() { position &+= 1 }
+
     func error(_ reason: OTLPDecodingError.Reason) -> OTLPDecodingError {
         OTLPDecodingError(reason: reason, offset: position)
     }

@@ -1,5 +1,5 @@
 import Foundation
-import MeshCore
+@testable import MeshCore
 import MeshSim
 import OTLPWire
 import SwiftProtobuf
@@ -290,6 +290,29 @@ final class OTLPDecoderTests: XCTestCase {
         XCTAssertEqual(decoded.facts, decoded.spans.requestFacts())
         // Built from a message (JSON, Zipkin), the facts are read from the stored attributes.
         XCTAssertEqual(DecodedTraceExport(request).facts, decoded.facts)
+    }
+
+    /// The filter that passes over attributes no fact needs lets every fact's key
+    /// through, and its bits are those of exactly the keys `key` knows.
+    func testEveryFactKeyPassesTheKeyFilter() {
+        var hashes: UInt64 = 0
+        for key in RequestFacts.factKeys {
+            let bytes = Array(UnsafeBufferPointer(start: key.utf8Start, count: key.utf8CodeUnitCount))
+            bytes.withUnsafeBufferPointer { buffer in
+                XCTAssertNotNil(RequestFacts.key(buffer, 0..<buffer.count), "\(key)")
+                XCTAssertTrue(RequestFacts.mayBeFactKey(buffer.baseAddress!, count: buffer.count), "\(key)")
+                if buffer.count >= 8 { hashes |= 1 << RequestFacts.keyHash(buffer.baseAddress!, count: buffer.count) }
+            }
+        }
+        XCTAssertEqual(String(hashes, radix: 16), String(RequestFacts.factKeyHashes, radix: 16))
+        // Keys of other lengths, and some of the same lengths, are passed over.
+        var passed = 0
+        for key in ["db.nam", "db.names", "http.request.method", "url.path", "peer.address", "component", "response_flags"] {
+            let bytes = Array(key.utf8)
+            XCTAssertNil(bytes.withUnsafeBufferPointer { RequestFacts.key($0, 0..<$0.count) }, key)
+            if bytes.withUnsafeBufferPointer({ RequestFacts.mayBeFactKey($0.baseAddress!, count: $0.count) }) { passed += 1 }
+        }
+        XCTAssertLessThan(passed, 4)
     }
 
     /// The peer named by an Envoy cluster (`direction|port|subset|host`) is its host,
