@@ -92,6 +92,16 @@ public struct ByteColumn: Sendable, Equatable, RandomAccessCollection {
         ends.append(bytes.count)
     }
 
+    /// Ends open rows at `rowEnds`, offsets in `bytes` in increasing order: as
+    /// `closeRow()` called as each row's last byte was appended would have.
+    public mutating func closeRows(endingAt rowEnds: some Collection<Int>) {
+        guard let first = rowEnds.first else { return }
+        let before = ends.count
+        ends.append(contentsOf: rowEnds)
+        precondition(first >= (before == 0 ? 0 : ends[before - 1]) && ends[ends.count - 1] <= bytes.count,
+                     "row ends outside the column's bytes")
+    }
+
     /// Drops the open row's bytes.
     public mutating func discardOpenRow() {
         bytes.removeSubrange((ends.last ?? 0)...)

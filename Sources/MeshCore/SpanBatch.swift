@@ -307,6 +307,106 @@ public struct SpanBatch: Sendable {
         extras.closeRow()
     }
 
+    /// Spans read but not yet in a batch, column by column in memory of their own,
+    /// each with its attributes and extras already in the batch's columns (their open
+    /// rows, up to the ends recorded here): a decoder adds them span by span, and
+    /// `append(_:)` moves them into the batch a group at a time, so that each column
+    /// is grown, and its storage checked for sharing, once per group rather than once
+    /// per span. The memory is its owner's to free (`free()`); copies share it.
+    public struct PendingRows {
+        public static let capacity = 64
+        private let traceIDs = UnsafeMutablePointer<TraceID>.allocate(capacity: capacity)
+        private let spanIDs = UnsafeMutablePointer<SpanID>.allocate(capacity: capacity)
+        private let parentSpanIDs = UnsafeMutablePointer<SpanID>.allocate(capacity: capacity)
+        private let names = UnsafeMutablePointer<String>.allocate(capacity: capacity)
+        private let kinds = UnsafeMutablePointer<SpanKind>.allocate(capacity: capacity)
+        private let startTimes = UnsafeMutablePointer<UInt64>.allocate(capacity: capacity)
+        private let endTimes = UnsafeMutablePointer<UInt64>.allocate(capacity: capacity)
+        private let statusCodes = UnsafeMutablePointer<StatusCode>.allocate(capacity: capacity)
+        private let statusMessages = UnsafeMutablePointer<String>.allocate(capacity: capacity)
+        private let httpStatusCodes = UnsafeMutablePointer<UInt16>.allocate(capacity: capacity)
+        private let resourceIndices = UnsafeMutablePointer<UInt32>.allocate(capacity: capacity)
+        private let attributeEnds = UnsafeMutablePointer<Int>.allocate(capacity: capacity)
+        private let extrasEnds = UnsafeMutablePointer<Int>.allocate(capacity: capacity)
+        public private(set) var count = 0
+
+        public init() {}
+
+        public var isFull: Bool { count == Self.capacity }
+
+        /// Adds a span whose attributes and extras end at `attributesEnd` and
+        /// `extrasEnd` of those columns' bytes; only when not `isFull`.
+        public mutating func append(
+            traceID: TraceID, spanID: SpanID, parentSpanID: SpanID, name: String, kind: SpanKind,
+            startTime: UInt64, endTime: UInt64, statusCode: StatusCode, statusMessage: String,
+            httpStatusCode: UInt16, resourceIndex: UInt32, attributesEnd: Int, extrasEnd: Int
+        ) {
+            precondition(count < Self.capacity, "pending rows full")
+            (traceIDs + count).initialize(to: traceID)
+            (spanIDs + count).initialize(to: spanID)
+            (parentSpanIDs + count).initialize(to: parentSpanID)
+            (names + count).initialize(to: name)
+            (kinds + count).initialize(to: kind)
+            (startTimes + count).initialize(to: startTime)
+            (endTimes + count).initialize(to: endTime)
+            (statusCodes + count).initialize(to: statusCode)
+            (statusMessages + count).initialize(to: statusMessage)
+            (httpStatusCodes + count).initialize(to: httpStatusCode)
+            (resourceIndices + count).initialize(to: resourceIndex)
+            (attributeEnds + count).initialize(to: attributesEnd)
+            (extrasEnds + count).initialize(to: extrasEnd)
+            count += 1
+        }
+
+        /// Moves the rows to the end of `batch`, with no scope (see
+        /// `appendClosingOpenRows`).
+        fileprivate mutating func move(into batch: inout SpanBatch) {
+            let rows = count
+            func buffer<Element>(_ start: UnsafeMutablePointer<Element>) -> UnsafeBufferPointer<Element> {
+                UnsafeBufferPointer(start: start, count: rows)
+            }
+            precondition(buffer(resourceIndices).allSatisfy { Int($0) < batch.resources.count },
+                         "row refers to a resource outside this batch")
+            batch.traceIDs.append(contentsOf: buffer(traceIDs))
+            batch.spanIDs.append(contentsOf: buffer(spanIDs))
+            batch.parentSpanIDs.append(contentsOf: buffer(parentSpanIDs))
+            batch.names.append(contentsOf: buffer(names))
+            batch.kinds.append(contentsOf: buffer(kinds))
+            batch.startTimes.append(contentsOf: buffer(startTimes))
+            batch.endTimes.append(contentsOf: buffer(endTimes))
+            batch.statusCodes.append(contentsOf: buffer(statusCodes))
+            batch.statusMessages.append(contentsOf: buffer(statusMessages))
+            batch.httpStatusCodes.append(contentsOf: buffer(httpStatusCodes))
+            batch.resourceIndices.append(contentsOf: buffer(resourceIndices))
+            batch.scopeIndices.append(contentsOf: repeatElement(.max, count: rows))
+            batch.attributes.closeRows(endingAt: buffer(attributeEnds))
+            batch.extras.closeRows(endingAt: buffer(extrasEnds))
+            names.deinitialize(count: rows)
+            statusMessages.deinitialize(count: rows)
+            count = 0
+        }
+
+        /// Frees the memory, with any rows not moved into a batch.
+        public func free() {
+            names.deinitialize(count: count)
+            statusMessages.deinitialize(count: count)
+            for pointer in [UnsafeMutableRawPointer(traceIDs), UnsafeMutableRawPointer(spanIDs), UnsafeMutableRawPointer(parentSpanIDs),
+                            UnsafeMutableRawPointer(names), UnsafeMutableRawPointer(kinds), UnsafeMutableRawPointer(startTimes),
+                            UnsafeMutableRawPointer(endTimes), UnsafeMutableRawPointer(statusCodes),
+                            UnsafeMutableRawPointer(statusMessages), UnsafeMutableRawPointer(httpStatusCodes),
+                            UnsafeMutableRawPointer(resourceIndices), UnsafeMutableRawPointer(attributeEnds),
+                            UnsafeMutableRawPointer(extrasEnds)] {
+                pointer.deallocate()
+            }
+        }
+    }
+
+    /// Moves `pending`'s rows to the end of the batch, leaving it empty.
+    public mutating func append(_ pending: inout PendingRows) {
+        guard pending.count > 0 else { return }
+        pending.move(into: &self)
+    }
+
     /// Points `rows` at scope `scope` of the scope table.
     public mutating func setScope(_ scope: UInt32, of rows: Range<Int>) {
         precondition(Int(scope) < scopes.count, "scope outside this batch")

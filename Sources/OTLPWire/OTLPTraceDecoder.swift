@@ -32,6 +32,7 @@ public struct DecodedTraceExport: Sendable {
             guard let base = buffer.baseAddress, !buffer.isEmpty else { return .success((SpanBatch(), [], IngestOutcome())) }
             var decoder = OTLPTraceDecoder(input: OTLPInput(base: base, count: buffer.count))
             defer {
+                decoder.pending.free()
                 // Moved out first, so that the pool holds the only reference to it.
                 var names = SpanNames()
                 swap(&names, &decoder.names)
@@ -76,6 +77,8 @@ struct OTLPTraceDecoder {
     /// Bytes of the span's stored attributes already copied into the batch.
     private var attributesCopied = 0
     var names = SpanNames.take()
+    /// Spans read, not yet in `batch`.
+    var pending = SpanBatch.PendingRows()
 
     init(input: OTLPInput) {
         self.input = input
@@ -135,6 +138,7 @@ struct OTLPTraceDecoder {
             }
             header.append(contentsOf: input.buffer(fieldStart..<cursor.position))
         }
+        flushPending()
         batch.setScope(batch.intern(scope: header), of: firstRow..<batch.count)
     }
 
@@ -211,6 +215,8 @@ struct OTLPTraceDecoder {
         }
         if let refusal {
             outcome.reject("span \(spanName.debugDescription) has \(refusal)")
+            // The open rows start where the last span read ends.
+            flushPending()
             batch.attributes.discardOpenRow()
             batch.extras.discardOpenRow()
             return
@@ -226,15 +232,21 @@ struct OTLPTraceDecoder {
         // occurrences keep theirs).
         if columnStatus == nil && !statusBuffer.isEmpty { batch.extras.appendToOpenRow(statusBuffer) }
         let statusMessage = columnStatus == nil ? "" : input.string(status.message)
-        batch.appendClosingOpenRows(
+        pending.append(
             traceID: trace, spanID: span, parentSpanID: parent, name: spanName,
             kind: (0...5).contains(kind32) ? SpanKind(rawValue: UInt8(kind32))! : .unspecified,
             startTime: startTime, endTime: endTime,
             statusCode: columnStatus ?? .unset, statusMessage: statusMessage,
             httpStatusCode: (0...999).contains(httpStatusCode) ? UInt16(httpStatusCode) : 0,
-            resourceIndex: resourceIndex, scopeIndex: nil)
+            resourceIndex: resourceIndex,
+            attributesEnd: batch.attributes.bytes.count, extrasEnd: batch.extras.bytes.count)
         facts.append(attributes.facts)
+        if pending.isFull { flushPending() }
         outcome.accepted += 1
+    }
+
+    private mutating func flushPending() {
+        batch.append(&pending)
     }
 
     /// `Span.attributes` (field 9, length-delimited) as its one-byte tag.
