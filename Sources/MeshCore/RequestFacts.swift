@@ -143,7 +143,7 @@ public struct RequestFacts: Sendable, Equatable {
     /// `KeyValueList`.
     @inlinable
     public mutating func observe(_ bytes: UnsafeBufferPointer<UInt8>, key: Range<Int>, value: Range<Int>?, storedAt shift: Int) {
-        guard Self.mayBeFactKey(bytes.baseAddress! + key.lowerBound, count: key.count) else { return }
+        guard let base = bytes.baseAddress, Self.mayBeFactKey(base + key.lowerBound, count: key.count) else { return }
         observeKnown(bytes, key: key, value: value, storedAt: shift)
     }
 

@@ -312,8 +312,8 @@ public struct SpanBatch: Sendable {
     /// rows, up to the ends recorded here): a decoder adds them span by span, and
     /// `append(_:)` moves them into the batch a group at a time, so that each column
     /// is grown, and its storage checked for sharing, once per group rather than once
-    /// per span. The memory is its owner's to free (`free()`); copies share it.
-    public struct PendingRows {
+    /// per span.
+    public struct PendingRows: ~Copyable {
         public static let capacity = 64
         private let traceIDs = UnsafeMutablePointer<TraceID>.allocate(capacity: capacity)
         private let spanIDs = UnsafeMutablePointer<SpanID>.allocate(capacity: capacity)
@@ -387,7 +387,7 @@ public struct SpanBatch: Sendable {
         }
 
         /// Frees the memory, with any rows not moved into a batch.
-        public func free() {
+        deinit {
             names.deinitialize(count: count)
             statusMessages.deinitialize(count: count)
             for pointer in [UnsafeMutableRawPointer(traceIDs), UnsafeMutableRawPointer(spanIDs), UnsafeMutableRawPointer(parentSpanIDs),

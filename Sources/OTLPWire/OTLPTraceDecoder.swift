@@ -32,7 +32,6 @@ public struct DecodedTraceExport: Sendable {
             guard let base = buffer.baseAddress, !buffer.isEmpty else { return .success((SpanBatch(), [], IngestOutcome())) }
             var decoder = OTLPTraceDecoder(input: OTLPInput(base: base, count: buffer.count))
             defer {
-                decoder.pending.free()
                 // Moved out first, so that the pool holds the only reference to it.
                 var names = SpanNames()
                 swap(&names, &decoder.names)
@@ -61,7 +60,7 @@ public struct DecodedTraceExport: Sendable {
 /// read as they come and pointed at their scope once the scope's fields (which may
 /// follow them) are read; each span is read once, its attributes and other fields
 /// copied into the batch's columns as they are validated.
-struct OTLPTraceDecoder {
+struct OTLPTraceDecoder: ~Copyable {
     var batch = SpanBatch()
     var facts: [RequestFacts] = []
     var outcome = IngestOutcome()
