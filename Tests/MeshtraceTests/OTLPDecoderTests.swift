@@ -294,7 +294,7 @@ final class OTLPDecoderTests: XCTestCase {
     }
 
     /// The filter that passes over attributes no fact needs lets every fact's key
-    /// through, and its bits are those of exactly the keys `key` knows.
+    /// through (each one `key` knows), and its mask holds the bits those keys set.
     func testEveryFactKeyPassesTheKeyFilter() {
         var hashes: UInt64 = 0
         for key in RequestFacts.factKeys {
