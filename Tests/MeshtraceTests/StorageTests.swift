@@ -4,7 +4,7 @@ import MeshCore
 import MeshSim
 import OTLPWire
 import QueryEngine
-import SegmentStore
+@testable import SegmentStore
 import SwiftProtobuf
 import Synchronization
 import XCTest
@@ -69,6 +69,79 @@ final class StorageTests: XCTestCase {
             XCTAssertEqual(order.count, expected.count)
             let firstDifference = expected.indices.first { $0 >= order.count || order[$0] != expected[$0] }
             XCTAssertNil(firstDifference, "high halves up to \(highs): the orders part at this position")
+        }
+    }
+
+    /// The attribute scanner reads an entry whose lengths each fit one byte without a
+    /// wire reader, and every other entry with one: both must find the same key, type
+    /// and value — integers of one to ten varint bytes, strings on either side of the
+    /// one-byte length, booleans, doubles, bytes and an empty value — and both must
+    /// refuse what the columns cannot reproduce.
+    func testAttributeScannerReadsShortAndLongEntriesAlike() throws {
+        func varint(_ value: UInt64) -> [UInt8] {
+            var bytes: [UInt8] = []
+            AttributeCoding.appendVarint(value, to: &bytes)
+            return bytes
+        }
+        func entry(_ key: [UInt8], _ anyValue: [UInt8]?) -> [UInt8] {
+            var keyValue = [0x0A] + varint(UInt64(key.count)) + key
+            if let anyValue { keyValue += [0x12] + varint(UInt64(anyValue.count)) + anyValue }
+            return [0x0A] + varint(UInt64(keyValue.count)) + keyValue
+        }
+        var list: [UInt8] = []
+        var expected: [(key: [UInt8], type: AttributeType, scalar: UInt64, bytes: [UInt8])] = []
+        let integers: [UInt64] = [0, 1, 127, 128, 300, 1 << 20, 1 << 35, (1 << 56) + 9, 1 << 62, UInt64.max]
+        for (index, number) in integers.enumerated() {
+            let key = Array("n\(index)".utf8)
+            list += entry(key, [0x18] + varint(number))
+            expected.append((key, .int, number, []))
+        }
+        for length in [0, 1, 60, 117, 118, 200] {
+            let key = Array("s\(length)".utf8)
+            let text = (0..<length).map { UInt8(ascii: "a") + UInt8($0 % 26) }
+            list += entry(key, [0x0A] + varint(UInt64(length)) + text)
+            expected.append((key, .string, 0, text))
+        }
+        let longKey = [UInt8](repeating: UInt8(ascii: "k"), count: 130)
+        list += entry(longKey, [0x0A, 0x01, UInt8(ascii: "v")])
+        expected.append((longKey, .string, 0, [UInt8(ascii: "v")]))
+        for flag: UInt64 in [0, 1] {
+            list += entry(Array("b\(flag)".utf8), [0x10, UInt8(flag)])
+            expected.append((Array("b\(flag)".utf8), .bool, flag, []))
+        }
+        let bits = (2.5).bitPattern
+        list += entry(Array("d".utf8), [0x21] + (0..<8).map { UInt8(truncatingIfNeeded: bits >> UInt64($0 * 8)) })
+        expected.append((Array("d".utf8), .double, bits, []))
+        let bytesValue: [UInt8] = [0x3A, 0x02, 0xFF, 0x00]
+        list += entry(Array("raw".utf8), bytesValue)
+        expected.append((Array("raw".utf8), .other, 0, bytesValue))
+        list += entry(Array("none".utf8), nil)
+        expected.append((Array("none".utf8), .absent, 0, []))
+        list += entry(Array("empty".utf8), [])
+        expected.append((Array("empty".utf8), .other, 0, []))
+
+        let scanned = try XCTUnwrap(AttributeCoding.scan(list))
+        XCTAssertEqual(scanned.count, expected.count)
+        for (attribute, want) in zip(scanned, expected) {
+            let name = String(decoding: want.key, as: UTF8.self)
+            XCTAssertEqual(Array(attribute.key), want.key)
+            XCTAssertEqual(attribute.type, want.type, name)
+            XCTAssertEqual(attribute.scalar, want.scalar, name)
+            XCTAssertEqual(Array(attribute.bytes), want.bytes, name)
+        }
+
+        // Refused on either path: a boolean of 2, an integer's varint cut short, a
+        // value with a second field, a value before its key, an entry past the end.
+        let refused: [[UInt8]] = [
+            entry(Array("b".utf8), [0x10, 0x02]),
+            entry(Array("n".utf8), [0x18, 0x80]),
+            entry(Array("n".utf8), [0x18, 0x01, 0x18, 0x01]),
+            [0x0A, 0x06, 0x12, 0x02, 0x10, 0x01, 0x0A, 0x00],
+            Array(entry(Array("s".utf8), [0x0A, 0x01, 0x41]).dropLast()),
+        ]
+        for (index, bad) in refused.enumerated() {
+            XCTAssertNil(AttributeCoding.scan(list + bad), "case \(index)")
+            XCTAssertNil(AttributeCoding.scan(bad + list), "case \(index), first")
         }
     }
 

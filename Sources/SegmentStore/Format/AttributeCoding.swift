@@ -52,15 +52,69 @@ enum AttributeCoding {
     /// the bytes hold anything the columns cannot reproduce exactly.
     static func scan(_ bytes: UnsafeBufferPointer<UInt8>, into attributes: inout [RawAttribute]) -> Bool {
         attributes.removeAll(keepingCapacity: true)
-        var reader = WireReader(bytes, 0..<bytes.count)
-        while !reader.isAtEnd {
+        var position = 0
+        while position < bytes.count {
+            if let (attribute, end) = scanShortKeyValue(bytes, at: position) {
+                attributes.append(attribute)
+                position = end
+                continue
+            }
+            var reader = WireReader(bytes, position..<bytes.count)
             guard let (field, wireType) = reader.tag(), field == 1, wireType == 2,
                   let keyValue = reader.lengthDelimited(),
                   let attribute = scanKeyValue(bytes, keyValue)
             else { return false }
             attributes.append(attribute)
+            position = reader.position
         }
         return true
+    }
+
+    /// The common case of `scanKeyValue`, read with no reader: an entry under 128
+    /// bytes with a key and a string, integer, boolean or double value, each length in
+    /// one byte. Nil for anything else, which the general path then reads (and refuses
+    /// if it must). Returns the attribute and where the entry ends.
+    @inline(__always)
+    private static func scanShortKeyValue(_ bytes: UnsafeBufferPointer<UInt8>, at start: Int) -> (RawAttribute, Int)? {
+        // 0x0A L  0x0A kl key  0x12 vl value: the shortest is 6 bytes (an empty key and a bool).
+        guard start + 6 <= bytes.count, bytes[start] == 0x0A, bytes[start + 2] == 0x0A else { return nil }
+        let length = Int(bytes[start + 1])
+        let keyLength = Int(bytes[start + 3])
+        let end = start + 2 + length
+        let keyStart = start + 4
+        let valueTag = keyStart + keyLength
+        guard length < 0x80, keyLength < 0x80, end <= bytes.count, valueTag + 3 <= end,
+              bytes[valueTag] == 0x12
+        else { return nil }
+        let valueLength = Int(bytes[valueTag + 1])
+        let valueStart = valueTag + 2
+        guard valueLength < 0x80, valueStart + valueLength == end, valueLength >= 2 else { return nil }
+        let key = keyStart..<valueTag
+        switch bytes[valueStart] {
+        case 0x0A:
+            let textLength = Int(bytes[valueStart + 1])
+            guard textLength + 2 == valueLength else { return nil }
+            return (RawAttribute(key: key, type: .string, value: valueStart + 2..<end, scalar: 0), end)
+        case 0x18:
+            // A varint to the entry's end: every byte but the last has its high bit set.
+            var number: UInt64 = 0
+            var shift: UInt64 = 0
+            var index = valueStart + 1
+            guard end - index <= 9 else { return nil }
+            while index < end {
+                let byte = bytes[index]
+                guard (byte & 0x80 != 0) == (index + 1 < end) else { return nil }
+                number |= UInt64(byte & 0x7F) << shift
+                shift += 7
+                index += 1
+            }
+            return (RawAttribute(key: key, type: .int, value: 0..<0, scalar: number), end)
+        case 0x10:
+            guard valueLength == 2, bytes[valueStart + 1] <= 1 else { return nil }
+            return (RawAttribute(key: key, type: .bool, value: 0..<0, scalar: UInt64(bytes[valueStart + 1])), end)
+        default:
+            return nil
+        }
     }
 
     @inline(__always)

@@ -382,9 +382,7 @@ enum SegmentFormatV2 {
     }
 
     static func writeBigEndian(_ value: UInt64, to writer: inout ByteWriter) {
-        for shift in stride(from: 56, through: 0, by: -8) {
-            writer.write(UInt8(truncatingIfNeeded: value >> UInt64(shift)))
-        }
+        withUnsafeBytes(of: value.bigEndian) { writer.write(raw: $0) }
     }
 }
 

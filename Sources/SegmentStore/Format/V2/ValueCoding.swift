@@ -87,33 +87,82 @@ extension UInt64: Fingerprinted {
     var fingerprint: UInt64 { self &* 0x9E37_79B9_7F4A_7C15 }
 }
 
-/// A move-to-front list a writer searches. A counting filter over the fingerprints
-/// in the list answers most misses (a value not seen recently) without a scan.
+/// A move-to-front list a writer searches. It holds its values and their
+/// fingerprints side by side, most recent last, so a search compares fingerprints
+/// in one contiguous array; a counting filter over the fingerprints in the list
+/// answers most misses (a value not seen recently) without a scan.
 struct SearchableMoveToFront<Value: Fingerprinted> {
-    private var list = MoveToFront<Value>()
-    private var present = [UInt8](repeating: 0, count: 1024)
+    /// The list is `values[low..<high]` (fingerprints likewise), oldest first;
+    /// position p is index `high - 1 - p`.
+    private var values: [Value] = []
+    private var prints: [UInt64] = []
+    private var low = 0
+    private var high = 0
+    private var present = [UInt8](repeating: 0, count: 256)
+    /// Entries the arrays hold before the list slides back to their start.
+    private static var windowSize: Int { 4 * MoveToFront<Value>.capacity }
 
-    private static func slot(_ fingerprint: UInt64) -> Int { Int(truncatingIfNeeded: fingerprint >> 54) }
+    private static func slot(_ fingerprint: UInt64) -> Int { Int(truncatingIfNeeded: fingerprint >> 56) }
 
     /// Empties the list.
     mutating func removeAll() {
-        list.removeAll()
+        values.removeAll(keepingCapacity: true)
+        prints.removeAll(keepingCapacity: true)
+        low = 0
+        high = 0
         present.withUnsafeMutableBufferPointer { $0.update(repeating: 0) }
     }
 
     /// The position of the value with `fingerprint` for which `matches` holds.
+    @inline(__always)
     func position(of fingerprint: UInt64, where matches: (Value) -> Bool) -> Int? {
         guard present[Self.slot(fingerprint)] > 0 else { return nil }
-        return list.position { $0.fingerprint == fingerprint && matches($0) }
+        return prints.withUnsafeBufferPointer { prints in
+            var index = high - 1
+            while index >= low {
+                if prints[index] == fingerprint && matches(values[index]) { return high - 1 - index }
+                index -= 1
+            }
+            return nil
+        }
     }
 
+    /// Moves the value at `position` to the front.
     mutating func use(at position: Int) {
-        list.use(at: position)
+        guard position > 0 else { return }
+        let index = high - 1 - position
+        Self.rotateToEnd(&values, from: index, through: high - 1)
+        Self.rotateToEnd(&prints, from: index, through: high - 1)
     }
 
+    /// Puts a new value at the front; the oldest falls off when the list is full.
     mutating func insert(_ value: Value) {
-        present[Self.slot(value.fingerprint)] += 1
-        if let evicted = list.insert(value) { present[Self.slot(evicted.fingerprint)] -= 1 }
+        let fingerprint = value.fingerprint
+        present[Self.slot(fingerprint)] += 1
+        if high == Self.windowSize {
+            values.removeSubrange(0..<low)
+            prints.removeSubrange(0..<low)
+            high -= low
+            low = 0
+        }
+        values.append(value)
+        prints.append(fingerprint)
+        high += 1
+        if high - low > MoveToFront<Value>.capacity {
+            present[Self.slot(prints[low])] -= 1
+            low += 1
+        }
+    }
+
+    /// Moves `array[index]` to `last`, shifting the entries between down by one.
+    @inline(__always)
+    private static func rotateToEnd<Element>(_ array: inout [Element], from index: Int, through last: Int) {
+        array.withUnsafeMutableBufferPointer { array in
+            let base = array.baseAddress!
+            let moved = (base + index).move()
+            (base + index).moveInitialize(from: base + index + 1, count: last - index)
+            (base + last).initialize(to: moved)
+        }
     }
 }
 
@@ -142,8 +191,35 @@ struct ByteStore {
         guard pooled.count == value.count else { return false }
         guard !value.isEmpty else { return true }
         return bytes.withUnsafeBufferPointer { stored in
-            memcmp(stored.baseAddress! + pooled.start, value.baseAddress!, value.count) == 0
+            Self.equal(stored.baseAddress! + pooled.start, value.baseAddress!, count: value.count)
         }
+    }
+
+    /// Whether `count` bytes at `a` and `b` are the same: short strings (most values)
+    /// in a few word loads, without a call.
+    @inline(__always)
+    static func equal(_ a: UnsafeRawPointer, _ b: UnsafeRawPointer, count: Int) -> Bool {
+        if count >= 8 {
+            guard count <= 32 else { return memcmp(a, b, count) == 0 }
+            var offset = 0
+            while offset + 8 < count {
+                if a.loadUnaligned(fromByteOffset: offset, as: UInt64.self) != b.loadUnaligned(fromByteOffset: offset, as: UInt64.self) {
+                    return false
+                }
+                offset += 8
+            }
+            return a.loadUnaligned(fromByteOffset: count - 8, as: UInt64.self) == b.loadUnaligned(fromByteOffset: count - 8, as: UInt64.self)
+        }
+        if count >= 4 {
+            return a.loadUnaligned(as: UInt32.self) == b.loadUnaligned(as: UInt32.self)
+                && a.loadUnaligned(fromByteOffset: count - 4, as: UInt32.self) == b.loadUnaligned(fromByteOffset: count - 4, as: UInt32.self)
+        }
+        var index = 0
+        while index < count {
+            if a.load(fromByteOffset: index, as: UInt8.self) != b.load(fromByteOffset: index, as: UInt8.self) { return false }
+            index += 1
+        }
+        return true
     }
 
     /// The position of `value` in `list` (moved to the front) when it is there, and
@@ -180,7 +256,7 @@ struct SequenceInterner<Element: FixedWidthInteger> {
     func holds(_ index: Int, exactly value: UnsafeBufferPointer<Element>) -> Bool {
         withElements(of: index) { stored in
             stored.count == value.count
-                && (value.isEmpty || memcmp(stored.baseAddress!, value.baseAddress!, value.count * MemoryLayout<Element>.stride) == 0)
+                && (value.isEmpty || ByteStore.equal(stored.baseAddress!, value.baseAddress!, count: value.count * MemoryLayout<Element>.stride))
         }
     }
 
