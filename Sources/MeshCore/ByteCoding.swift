@@ -196,7 +196,17 @@ public struct ByteReader: Sendable {
     public mutating func readCount(limit: Int) throws(ByteReaderError) -> Int {
         let start = position
         let value = try readVarint()
-        guard value <= UInt64(limit) else { throw .invalidLength(offset: start, length: value) }
+        guard limit >= 0, value <= UInt64(limit) else { throw .invalidLength(offset: start, length: value) }
+        return Int(value)
+    }
+
+    /// Reads a varint that indexes a table of `count` entries: below `count`, so an
+    /// empty table refuses every index.
+    @inlinable
+    public mutating func readIndex(below count: Int) throws(ByteReaderError) -> Int {
+        let start = position
+        let value = try readVarint()
+        guard value < UInt64(max(0, count)) else { throw .invalidLength(offset: start, length: value) }
         return Int(value)
     }
 

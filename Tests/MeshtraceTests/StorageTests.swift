@@ -200,6 +200,68 @@ final class StorageTests: XCTestCase {
         }
     }
 
+    /// Rewrites the segment at `path` with `transform` applied to the decompressed
+    /// bytes of chunk `name`, and every checksum made to match again: damage no
+    /// checksum can see, as a faulty writer would leave.
+    private func rewriteChunk(_ path: String, _ name: String, _ transform: ([UInt8]) -> [UInt8]) throws {
+        let reader = try SegmentReader(path: path)
+        var footer = reader.footer
+        var file = SegmentFile.headerMagicPrefix + [UInt8(footer.version)]
+        let compressor = try Zstd.Compressor(level: 3)
+        var columns: [ColumnChunkInfo] = []
+        for chunk in footer.columns {
+            var raw = try reader.columnBytes(named: chunk.column)
+            if chunk.column == name { raw = transform(raw) }
+            let compressed = try compressor.compress(raw)
+            columns.append(ColumnChunkInfo(
+                column: chunk.column, offset: file.count, compressedSize: compressed.count, rawSize: raw.count,
+                checksum: CRC32C.checksum(compressed)))
+            file += compressed
+        }
+        XCTAssertTrue(columns.contains { $0.column == name }, "no chunk \(name)")
+        footer.columns = columns
+        let footerBytes = footer.encode()
+        var trailer = ByteWriter()
+        trailer.write(UInt32(footerBytes.count))
+        trailer.write(CRC32C.checksum(footerBytes))
+        try Data(file + footerBytes + trailer.bytes + SegmentFile.trailerMagic).write(to: URL(fileURLWithPath: path))
+    }
+
+    /// A table index read from a segment must name an entry of its table: an empty
+    /// dictionary that rows still point into (checksums intact) is reported with the
+    /// file and column, in every format version, and does not stop the process.
+    func testIndexesIntoEmptyTablesAreReportedNotTrapped() throws {
+        let directory = temporaryDirectory(self)
+        let spans = batch(simulatedRequests(count: 5).0)
+        func refused(_ path: String, column: String, _ transform: @escaping ([UInt8]) -> [UInt8]) throws {
+            try rewriteChunk(path, column, transform)
+            XCTAssertThrowsError(try SegmentReader(path: path).readBatch(), column) { error in
+                guard case StoreError.corruptColumn(let file, _, _) = error else { return XCTFail("\(column): \(error)") }
+                XCTAssertEqual(file, path)
+            }
+        }
+        // The current version: no scopes, while every row names scope 0.
+        let scopes = directory + "/scopes.mts"
+        try SegmentWriter.write(spans, walSequence: 1, to: scopes)
+        XCTAssertNoThrow(try SegmentReader(path: scopes).readBatch(), "the segment reads before it is damaged")
+        try refused(scopes, column: "dict.scopes") { _ in [0] }
+        // No attribute keys, while a dedicated column names key 0 (and no layouts).
+        let keys = directory + "/keys.mts"
+        try SegmentWriter.write(spans, walSequence: 1, to: keys)
+        try refused(keys, column: "dict.attributes") { _ in [0, 1, 0, AttributeType.string.rawValue, 0] }
+
+        // Version 1: a name column whose dictionary is empty, and a scope column whose
+        // table is, each followed by an index of 0 for every row.
+        let golden = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent()
+            .deletingLastPathComponent().appendingPathComponent("storage/golden/v1/mesh.mts")
+        let rows = try SegmentReader(path: golden.path).footer.spanCount
+        for column in ["name", "scope"] {
+            let path = directory + "/v1-\(column).mts"
+            try FileManager.default.copyItem(atPath: golden.path, toPath: path)
+            try refused(path, column: column) { _ in [0] + [UInt8](repeating: 0, count: rows) }
+        }
+    }
+
     func testTruncatedAndGarbageSegmentsAreRefused() throws {
         let directory = temporaryDirectory(self)
         let path = directory + "/cut.mts"

@@ -50,7 +50,7 @@ struct SegmentDecoderV1 {
             var dictionary: [String] = []
             for _ in 0..<(try reader.readCount(limit: reader.remaining)) { dictionary.append(try reader.readString()) }
             for _ in 0..<rows {
-                let index = try reader.readCount(limit: dictionary.count - 1)
+                let index = try reader.readIndex(below: dictionary.count)
                 names.append(dictionary[index])
             }
 
@@ -90,13 +90,13 @@ struct SegmentDecoderV1 {
                 let service = try reader.readString()
                 resources.append(ResourceEntry(serviceName: service, encoded: Array(try reader.readLengthPrefixed())))
             }
-            for _ in 0..<rows { resourceIndices.append(UInt32(try reader.readCount(limit: max(0, resourceCount - 1)))) }
+            for _ in 0..<rows { resourceIndices.append(UInt32(try reader.readIndex(below: resourceCount))) }
 
             current = .scope
             reader = ByteReader(try columnBytes(.scope))
             let scopeCount = try reader.readCount(limit: reader.remaining)
             for _ in 0..<scopeCount { scopes.append(Array(try reader.readLengthPrefixed())) }
-            for _ in 0..<rows { scopeIndices.append(UInt32(try reader.readCount(limit: max(0, scopeCount - 1)))) }
+            for _ in 0..<rows { scopeIndices.append(UInt32(try reader.readIndex(below: scopeCount))) }
 
             current = .attributes
             reader = ByteReader(try columnBytes(.attributes))

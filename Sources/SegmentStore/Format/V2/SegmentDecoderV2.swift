@@ -35,7 +35,7 @@ struct DictionariesV2: Sendable {
             reader = ByteReader(try segment.columnBytes(named: Dictionary.attributes.rawValue))
             for _ in 0..<(try reader.readCount(limit: reader.remaining)) { keys.append(Array(try reader.readLengthPrefixed())) }
             for _ in 0..<(try reader.readCount(limit: reader.remaining)) {
-                let key = try reader.readCount(limit: max(0, keys.count - 1))
+                let key = try reader.readIndex(below: keys.count)
                 guard let type = AttributeType(rawValue: try reader.readUInt8()) else {
                     throw ByteReaderError.invalidLength(offset: reader.offset, length: 0)
                 }
@@ -239,7 +239,7 @@ struct SegmentDecoderV2 {
                     let resource = resourceCode == 0 ? traceResources[timingParent!] : resourceCode - 1
                     traceResources.append(resource)
                     current = Column.scope.rawValue
-                    let scope = try readers.scope.readCount(limit: max(0, dictionaries.scopes.count - 1))
+                    let scope = try readers.scope.readIndex(below: dictionaries.scopes.count)
                     current = Column.statusMessage.rawValue
                     let message = code & SegmentFormatV2.hasStatusMessage != 0 ? try readers.statusMessage.readLengthPrefixed() : []
                     current = Column.flags.rawValue
