@@ -201,7 +201,7 @@ struct SegmentDecoderV2 {
                         current = Column.parentExternal.rawValue
                         parentID = SpanID(try readers.parentExternal.readUInt64().byteSwapped)
                     default:
-                        let target = Int64(local) - SegmentDecoderV2.unzigzag(parentCode - 2)
+                        let target = Int64(local) &- SegmentDecoderV2.unzigzag(parentCode - 2)
                         guard target >= 0, target < Int64(count), target != Int64(local) else {
                             throw ByteReaderError.invalidLength(offset: readers.parent.offset, length: parentCode)
                         }

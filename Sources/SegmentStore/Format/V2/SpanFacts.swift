@@ -198,7 +198,7 @@ extension SegmentReader {
                     let parentCode = try parent.readVarint()
                     var timingParent: Int?
                     if parentCode >= 2 {
-                        let target = Int64(local) - SegmentDecoderV2.unzigzag(parentCode - 2)
+                        let target = Int64(local) &- SegmentDecoderV2.unzigzag(parentCode - 2)
                         guard target >= 0, target < Int64(count), target != Int64(local) else {
                             throw ByteReaderError.invalidLength(offset: parent.offset, length: parentCode)
                         }

@@ -452,9 +452,8 @@ struct StringValueReader {
         case 2:
             value = .uuid(try reader.readRange(count: 16))
         default:
-            let position = Int(code - 3)
-            guard position < recent.count else { throw .invalidLength(offset: start, length: code) }
-            return recent.use(at: position)
+            guard code - 3 < UInt64(recent.count) else { throw .invalidLength(offset: start, length: code) }
+            return recent.use(at: Int(code - 3))
         }
         recent.insert(value)
         return value
