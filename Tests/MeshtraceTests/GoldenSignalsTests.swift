@@ -1,3 +1,4 @@
+import Compression
 import Foundation
 @testable import GoldenSignals
 import MeshCore
@@ -286,6 +287,49 @@ final class GoldenSignalsTests: XCTestCase {
         XCTAssertEqual(counted, expected, "each span counted under its own operation")
         // The stated bound is the target's: MeshSim's edges fit a scale of at least 4 (2.17 %).
         XCTAssertTrue(graph.edges.allSatisfy { $0.signals.latency.relativeError <= 0.022 })
+    }
+
+    /// Seeded random mutations of a series file's body, with its size and checksum made
+    /// to match: reading the file answers or reports it, and a collector that opens a
+    /// directory holding a damaged file that still reads serves queries from it.
+    func testMutatedSeriesFilesWithMatchingChecksumsNeverCrash() throws {
+        let (requests, _) = simulatedRequests(count: 120, seed: 5)
+        let directory = temporaryDirectory(self)
+        do {
+            let (store, _) = try openStore(directory)
+            for request in requests { _ = try store.append(try received(request)) }
+            try store.seal()
+        }
+        let series = directory + "/series"
+        let name = try XCTUnwrap(try FileManager.default.contentsOfDirectory(atPath: series).first { $0.hasSuffix(".mtr") })
+        let original = [UInt8](try Data(contentsOf: URL(fileURLWithPath: series + "/" + name)))
+        let header = Array(original[0..<RollupFile.headerSize])
+        let body = try Zstd.decompress(original[RollupFile.headerSize...])
+        XCTAssertNoThrow(try RollupFile(bytes: original))
+        var refused = 0
+        var decoded = 0
+        for (seed, mutated) in mutations(of: body, count: 2_000, seed: 77).enumerated() {
+            let compressed = try Zstd.compress(mutated)
+            var bytes = Array(header[0..<24])
+            withUnsafeBytes(of: UInt32(mutated.count).littleEndian) { bytes += $0 }
+            withUnsafeBytes(of: CRC32C.checksum(compressed).littleEndian) { bytes += $0 }
+            bytes += compressed
+            guard (try? RollupFile(bytes: bytes)) != nil else {
+                refused += 1
+                continue
+            }
+            decoded += 1
+            guard decoded % 10 == 1 else { continue }
+            // A directory of its own holding the damaged file, opened as the collector would.
+            let copy = temporaryDirectory(self) + "/series-\(seed)"
+            try FileManager.default.createDirectory(atPath: copy, withIntermediateDirectories: true)
+            try Data(bytes).write(to: URL(fileURLWithPath: copy + "/" + name))
+            let golden = try GoldenSignals(configuration: keepingEverything(directory: copy))
+            _ = golden.signals(in: everything)
+            _ = golden.serviceGraph(in: everything)
+        }
+        XCTAssertGreaterThan(refused, 0)
+        XCTAssertGreaterThan(decoded, 0, "some mutations leave a file that still reads")
     }
 
     func testSignalsSurviveARestartWithoutCountingTwice() throws {
