@@ -68,6 +68,33 @@ final class MalformedInputTests: XCTestCase {
         XCTAssertGreaterThan(acceptedProto, 10)
     }
 
+    /// OTLP/JSON bodies: seeded mutations of a real export, and nesting far deeper
+    /// than any message (an array or object a million levels down, for Zipkin's JSON
+    /// too) — each decodes or is refused; what decodes is stored.
+    func testMutatedAndDeeplyNestedOTLPJSONNeverCrashes() throws {
+        let (requests, _) = simulatedRequests(count: 2)
+        let json = Array(try OTLPJSON.encode(requests[0]))
+        var accepted = 0
+        for bytes in mutations(of: json, count: 1_500, seed: 46) {
+            guard let request = try? OTLPJSON.decode(ExportTraceServiceRequest.self, from: bytes) else { continue }
+            accepted += 1
+            var batch = SpanBatch()
+            batch.append(request)
+        }
+        XCTAssertGreaterThan(accepted, 10)
+        let depth = 1_000_000
+        for nested in [
+            Array(repeating: UInt8(ascii: "["), count: depth) + Array(repeating: UInt8(ascii: "]"), count: depth),
+            Array(repeating: Array(#"{"a":"#.utf8), count: depth).flatMap { $0 } + Array("1".utf8)
+                + Array(repeating: UInt8(ascii: "}"), count: depth),
+            Array(#"{"resourceSpans":"#.utf8) + Array(repeating: UInt8(ascii: "["), count: depth)
+                + Array(repeating: UInt8(ascii: "]"), count: depth) + Array("}".utf8),
+        ] {
+            XCTAssertThrowsError(try OTLPJSON.decode(ExportTraceServiceRequest.self, from: nested))
+            XCTAssertThrowsError(try ZipkinSpan.decodeJSON(nested), "Zipkin's JSON door too")
+        }
+    }
+
     func testMutatedCompressedBodiesNeverCrashTheDecompressors() throws {
         let plain = Array(try simulatedRequests(count: 2).0[0].serializedBytes() as [UInt8])
         for bytes in mutations(of: try Zstd.compress(plain), count: 3_000, seed: 44) {
