@@ -71,8 +71,8 @@ enum AttributeCoding {
     }
 
     /// The common case of `scanKeyValue`, read with no reader: an entry under 128
-    /// bytes with a key and a string, integer, boolean or double value, each length in
-    /// one byte. Nil for anything else, which the general path then reads (and refuses
+    /// bytes with a key and a string, integer or boolean value, each length in one
+    /// byte. Nil for anything else, which the general path then reads (and refuses
     /// if it must). Returns the attribute and where the entry ends.
     @inline(__always)
     private static func scanShortKeyValue(_ bytes: UnsafeBufferPointer<UInt8>, at start: Int) -> (RawAttribute, Int)? {
