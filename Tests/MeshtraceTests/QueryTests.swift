@@ -215,8 +215,7 @@ final class QueryTests: XCTestCase {
         XCTAssertEqual(reports.withLock { $0 }, 1)
 
         // A segment of an earlier version stores none: reading a block's facts leaves its summary.
-        let golden = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent()
-            .deletingLastPathComponent().appendingPathComponent("storage/golden/v3/mesh.mts").path
+        let golden = goldenSegmentPath(version: 3, name: "mesh")
         let earlier = try SegmentReader(path: golden)
         XCTAssertEqual(try earlier.summaries().compactMap { $0 }.count, 0)
         let facts = try earlier.facts(block: 0)

@@ -78,15 +78,9 @@ final class StorageTests: XCTestCase {
     /// one-byte length, booleans, doubles, bytes and an empty value — and both must
     /// refuse what the columns cannot reproduce.
     func testAttributeScannerReadsShortAndLongEntriesAlike() throws {
-        func varint(_ value: UInt64) -> [UInt8] {
-            var bytes: [UInt8] = []
-            AttributeCoding.appendVarint(value, to: &bytes)
-            return bytes
-        }
+        // A `KeyValueList` entry: field 1, a KeyValue of key (1) and, when given, value (2).
         func entry(_ key: [UInt8], _ anyValue: [UInt8]?) -> [UInt8] {
-            var keyValue = [0x0A] + varint(UInt64(key.count)) + key
-            if let anyValue { keyValue += [0x12] + varint(UInt64(anyValue.count)) + anyValue }
-            return [0x0A] + varint(UInt64(keyValue.count)) + keyValue
+            field(1, field(1, key) + (anyValue.map { field(2, $0) } ?? []))
         }
         var list: [UInt8] = []
         var expected: [(key: [UInt8], type: AttributeType, scalar: UInt64, bytes: [UInt8])] = []
@@ -266,12 +260,11 @@ final class StorageTests: XCTestCase {
 
         // Version 1: a name column whose dictionary is empty, and a scope column whose
         // table is, each followed by an index of 0 for every row.
-        let golden = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent()
-            .deletingLastPathComponent().appendingPathComponent("storage/golden/v1/mesh.mts")
-        let rows = try SegmentReader(path: golden.path).footer.spanCount
+        let golden = goldenSegmentPath(version: 1, name: "mesh")
+        let rows = try SegmentReader(path: golden).footer.spanCount
         for column in ["name", "scope"] {
             let path = directory + "/v1-\(column).mts"
-            try FileManager.default.copyItem(atPath: golden.path, toPath: path)
+            try FileManager.default.copyItem(atPath: golden, toPath: path)
             try refused(path, column: column) { _ in [0] + [UInt8](repeating: 0, count: rows) }
         }
     }
@@ -285,8 +278,7 @@ final class StorageTests: XCTestCase {
         let spans = batch(simulatedRequests(count: 12).0)
         let current = directory + "/current.mts"
         try SegmentWriter.write(spans, walSequence: 1, to: current, blockSpans: 24, runSpans: 6)
-        let golden = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent()
-            .deletingLastPathComponent().appendingPathComponent("storage/golden/v1/mesh.mts").path
+        let golden = goldenSegmentPath(version: 1, name: "mesh")
         let compressor = try Zstd.Compressor(level: 3)
         let traceIDs = [spans.traceIDs[0], spans.traceIDs[spans.count - 1], TraceID(high: 1, low: 2)]
         let path = directory + "/mutated.mts"

@@ -182,6 +182,12 @@ func received(_ request: ExportTraceServiceRequest) throws -> DecodedTraceExport
     try DecodedTraceExport(protobuf: try request.serializedBytes())
 }
 
+/// Where `storage/golden/v<version>/<name>.mts` lies in the source tree.
+func goldenSegmentPath(version: Int, name: String) -> String {
+    URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent().deletingLastPathComponent()
+        .appendingPathComponent("storage/golden/v\(version)/\(name).mts").path
+}
+
 // Protobuf written by hand: what no encoder writes, for decoders to meet.
 
 func varint(_ value: UInt64) -> [UInt8] {

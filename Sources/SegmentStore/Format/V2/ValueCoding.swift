@@ -191,35 +191,8 @@ struct ByteStore {
         guard pooled.count == value.count else { return false }
         guard !value.isEmpty else { return true }
         return bytes.withUnsafeBufferPointer { stored in
-            Self.equal(stored.baseAddress! + pooled.start, value.baseAddress!, count: value.count)
+            sameBytes(stored.baseAddress! + pooled.start, value.baseAddress!, count: value.count)
         }
-    }
-
-    /// Whether `count` bytes at `a` and `b` are the same: short strings (most values)
-    /// in a few word loads, without a call.
-    @inline(__always)
-    static func equal(_ a: UnsafeRawPointer, _ b: UnsafeRawPointer, count: Int) -> Bool {
-        if count >= 8 {
-            guard count <= 32 else { return memcmp(a, b, count) == 0 }
-            var offset = 0
-            while offset + 8 < count {
-                if a.loadUnaligned(fromByteOffset: offset, as: UInt64.self) != b.loadUnaligned(fromByteOffset: offset, as: UInt64.self) {
-                    return false
-                }
-                offset += 8
-            }
-            return a.loadUnaligned(fromByteOffset: count - 8, as: UInt64.self) == b.loadUnaligned(fromByteOffset: count - 8, as: UInt64.self)
-        }
-        if count >= 4 {
-            return a.loadUnaligned(as: UInt32.self) == b.loadUnaligned(as: UInt32.self)
-                && a.loadUnaligned(fromByteOffset: count - 4, as: UInt32.self) == b.loadUnaligned(fromByteOffset: count - 4, as: UInt32.self)
-        }
-        var index = 0
-        while index < count {
-            if a.load(fromByteOffset: index, as: UInt8.self) != b.load(fromByteOffset: index, as: UInt8.self) { return false }
-            index += 1
-        }
-        return true
     }
 
     /// The position of `value` in `list` (moved to the front) when it is there, and
@@ -230,6 +203,33 @@ struct ByteStore {
         if let position { list.use(at: position) }
         return (position, fingerprint)
     }
+}
+
+/// Whether `count` bytes at `a` and `b` are the same: short strings (most values)
+/// in a few word loads, without a call.
+@inline(__always)
+func sameBytes(_ a: UnsafeRawPointer, _ b: UnsafeRawPointer, count: Int) -> Bool {
+    if count >= 8 {
+        guard count <= 32 else { return memcmp(a, b, count) == 0 }
+        var offset = 0
+        while offset + 8 < count {
+            if a.loadUnaligned(fromByteOffset: offset, as: UInt64.self) != b.loadUnaligned(fromByteOffset: offset, as: UInt64.self) {
+                return false
+            }
+            offset += 8
+        }
+        return a.loadUnaligned(fromByteOffset: count - 8, as: UInt64.self) == b.loadUnaligned(fromByteOffset: count - 8, as: UInt64.self)
+    }
+    if count >= 4 {
+        return a.loadUnaligned(as: UInt32.self) == b.loadUnaligned(as: UInt32.self)
+            && a.loadUnaligned(fromByteOffset: count - 4, as: UInt32.self) == b.loadUnaligned(fromByteOffset: count - 4, as: UInt32.self)
+    }
+    var index = 0
+    while index < count {
+        if a.load(fromByteOffset: index, as: UInt8.self) != b.load(fromByteOffset: index, as: UInt8.self) { return false }
+        index += 1
+    }
+    return true
 }
 
 /// Assigns dense indexes, in first-seen order, to distinct sequences of integers
@@ -256,7 +256,7 @@ struct SequenceInterner<Element: FixedWidthInteger> {
     func holds(_ index: Int, exactly value: UnsafeBufferPointer<Element>) -> Bool {
         withElements(of: index) { stored in
             stored.count == value.count
-                && (value.isEmpty || ByteStore.equal(stored.baseAddress!, value.baseAddress!, count: value.count * MemoryLayout<Element>.stride))
+                && (value.isEmpty || sameBytes(stored.baseAddress!, value.baseAddress!, count: value.count * MemoryLayout<Element>.stride))
         }
     }
 
