@@ -139,6 +139,102 @@ final class StorageTests: XCTestCase {
         }
     }
 
+
+    func testValueWritersCodeEveryRecentValueAsARepeatAndReadBack() throws {
+        // The writers' lists slide through their memory and are searched by
+        // fingerprint; a reference move-to-front list says what each write must be: a
+        // value among the last 64 distinct ones is one varint naming its position,
+        // any other is new. Everything written reads back through the readers.
+        let lists = ListArena()
+        var strings = StringValueWriter(in: lists)
+        var integers = IntegerValueWriter(in: lists)
+        var stringBytes = ByteWriter()
+        var integerBytes = ByteWriter()
+        var recentStrings: [[UInt8]] = []
+        var recentIntegers: [UInt64] = []
+        var writtenStrings: [[UInt8]] = []
+        var writtenIntegers: [UInt64] = []
+        var restarts: [(strings: Int, integers: Int)] = []
+        var random = SeededGenerator(seed: 7)
+        func uuid(_ high: UInt64, _ low: UInt64) -> String {
+            func hex(_ value: UInt64) -> String {
+                let digits = String(value, radix: 16)
+                return String(repeating: "0", count: 16 - digits.count) + digits
+            }
+            let digits = hex(high) + hex(low)
+            return [0..<8, 8..<12, 12..<16, 16..<20, 20..<32].map { range in
+                String(digits.dropFirst(range.lowerBound).prefix(range.count))
+            }.joined(separator: "-")
+        }
+        for step in 0..<20_000 {
+            if step % 5_000 == 4_999 {
+                strings.restart()
+                integers.restart()
+                recentStrings.removeAll()
+                recentIntegers.removeAll()
+                restarts.append((stringBytes.count, integerBytes.count))
+            }
+            // Mostly values from the list, at any position and just past its end; some new.
+            let pick = Int(random.next() % 80)
+            let string: [UInt8]
+            let integer: UInt64
+            if pick < recentStrings.count {
+                string = recentStrings[pick]
+                integer = recentIntegers[min(pick, recentIntegers.count - 1)]
+            } else {
+                let shape = random.next() % 3
+                let number = random.next() % 100_000
+                string = shape == 0 ? Array("/api/items/\(number)".utf8)
+                    : shape == 1 ? Array(uuid(random.next(), random.next()).utf8) : Array("plain-\(number)-text".utf8)
+                integer = random.next() % 400
+            }
+            let stringStart = stringBytes.count
+            string.withUnsafeBufferPointer { strings.write($0, to: &stringBytes) }
+            let stringCode = Array(stringBytes.bytes[stringStart...])
+            if let position = recentStrings.firstIndex(of: string) {
+                XCTAssertEqual(stringCode, varint(UInt64(position + 3)), "step \(step): a string at position \(position)")
+                recentStrings.remove(at: position)
+            } else {
+                XCTAssertLessThan(stringCode.first ?? 255, 3, "step \(step): a new string is coded as new")
+            }
+            recentStrings.insert(string, at: 0)
+            if recentStrings.count > 64 { recentStrings.removeLast() }
+
+            let integerStart = integerBytes.count
+            integers.write(integer, to: &integerBytes)
+            let integerCode = Array(integerBytes.bytes[integerStart...])
+            if let position = recentIntegers.firstIndex(of: integer) {
+                XCTAssertEqual(integerCode, varint(UInt64(position + 1)), "step \(step): an integer at position \(position)")
+                recentIntegers.remove(at: position)
+            } else {
+                XCTAssertEqual(integerCode.first, 0, "step \(step): a new integer is coded as new")
+            }
+            recentIntegers.insert(integer, at: 0)
+            if recentIntegers.count > 64 { recentIntegers.removeLast() }
+            writtenStrings.append(string)
+            writtenIntegers.append(integer)
+        }
+        withExtendedLifetime(lists) {}
+
+        let stringChunk = stringBytes.bytes
+        var stringReader = ByteReader(stringChunk)
+        var integerReader = ByteReader(integerBytes.bytes)
+        var readStrings = StringValueReader()
+        var readIntegers = IntegerValueReader()
+        var nextRestart = 0
+        for step in writtenStrings.indices {
+            if nextRestart < restarts.count && restarts[nextRestart].strings == stringReader.offset {
+                XCTAssertEqual(restarts[nextRestart].integers, integerReader.offset)
+                readStrings.restart()
+                readIntegers.restart()
+                nextRestart += 1
+            }
+            XCTAssertEqual(Array(try readStrings.read(from: &stringReader).bytes(in: stringChunk)), writtenStrings[step], "step \(step)")
+            XCTAssertEqual(try readIntegers.read(from: &integerReader), writtenIntegers[step], "step \(step)")
+        }
+        XCTAssertEqual(stringReader.remaining, 0)
+        XCTAssertEqual(integerReader.remaining, 0)
+    }
     func testSegmentRoundTripKeepsEveryOTLPField() throws {
         let request = try wireFixture()
         let original = batch([request])

@@ -167,7 +167,9 @@ enum SegmentFormatV2 {
         }
         // Proxies often report microseconds; then every time is stored in µs.
         let timeUnit: UInt64 = wholeMicroseconds ? 1000 : 1
-        var traceStates = StringValueWriter()
+        let lists = ListArena()
+        defer { withExtendedLifetime(lists) {} }
+        var traceStates = StringValueWriter(in: lists)
         var trace = TraceRows()
 
         // A run closes at the first trace boundary after `runSpans` rows; for each run
@@ -526,7 +528,10 @@ struct AttributeDictionary {
         var layout = ByteWriter(capacity: rows.count)
         var fallback = ByteWriter()
         var generic = ByteWriter()
-        var columns = [DedicatedColumn](repeating: DedicatedColumn(), count: chosen.count)
+        // Every column's value lists, in memory freed when the block is encoded.
+        let lists = ListArena()
+        defer { withExtendedLifetime(lists) {} }
+        var columns = chosen.map { _ in DedicatedColumn(in: lists) }
         var runOffsets: [[Int]] = []
         // The column's whole buffer is borrowed once: a closure per row would copy the
         // batch into its context, and each dedicated column is reached through one pointer.
@@ -598,8 +603,13 @@ struct AttributeDictionary {
     /// One dedicated column's values and the lists its strings and integers are coded against.
     private struct DedicatedColumn {
         var values = ByteWriter()
-        var strings = StringValueWriter()
-        var integers = IntegerValueWriter()
+        var strings: StringValueWriter
+        var integers: IntegerValueWriter
+
+        init(in lists: ListArena) {
+            strings = StringValueWriter(in: lists)
+            integers = IntegerValueWriter(in: lists)
+        }
 
         mutating func restart() {
             strings.restart()

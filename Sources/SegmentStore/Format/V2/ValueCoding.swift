@@ -78,97 +78,126 @@ struct MoveToFront<Value> {
     }
 }
 
-/// A value a writer finds in a move-to-front list by a fingerprint first.
-protocol Fingerprinted {
-    var fingerprint: UInt64 { get }
+/// Memory for a writer's move-to-front lists, freed all at once. Each list takes
+/// one stretch of it, its filter, fingerprints and payloads side by side, so a
+/// lookup reads no array header and makes no uniqueness check. Lists keep only
+/// pointers into it: whoever makes them keeps the arena alive while they are used
+/// (`withExtendedLifetime`).
+final class ListArena {
+    private var blocks: [UnsafeMutableRawPointer] = []
+    private var next: UnsafeMutableRawPointer?
+    private var left = 0
+    private static let blockBytes = 64 << 10
+
+    /// `bytes` of memory aligned to a cache line, uninitialized.
+    func allocate(bytes: Int) -> UnsafeMutableRawPointer {
+        let bytes = (bytes + 63) & ~63
+        if bytes > left {
+            let size = max(Self.blockBytes, bytes)
+            let block = UnsafeMutableRawPointer.allocate(byteCount: size, alignment: 64)
+            blocks.append(block)
+            next = block
+            left = size
+        }
+        let memory = next!
+        next = memory + bytes
+        left -= bytes
+        return memory
+    }
+
+    deinit {
+        for block in blocks { block.deallocate() }
+    }
 }
 
-extension UInt64: Fingerprinted {
-    var fingerprint: UInt64 { self &* 0x9E37_79B9_7F4A_7C15 }
-}
-
-/// A move-to-front list a writer searches. It holds its values and their
-/// fingerprints side by side, most recent last, so a search compares fingerprints
-/// in one contiguous array; a counting filter over the fingerprints in the list
-/// answers most misses (a value not seen recently) without a scan.
-struct SearchableMoveToFront<Value: Fingerprinted> {
-    /// The list is `values[low..<high]` (fingerprints likewise), oldest first;
+/// A move-to-front list a writer searches: each entry is a fingerprint, for
+/// finding it, and a payload that says what it is. Fingerprints and payloads lie
+/// in two arrays, most recent last, so a search compares fingerprints in one
+/// contiguous stretch; a counting filter over the fingerprints in the list answers
+/// most misses (a value not seen recently) without a scan. The memory is an
+/// arena's: a copy of a list shares it (a writer never copies one).
+struct SearchableMoveToFront<Payload: BitwiseCopyable> {
+    /// The list is `prints[low..<high]` (payloads likewise), oldest first;
     /// position p is index `high - 1 - p`.
-    private var values: [Value] = []
-    private var prints: [UInt64] = []
+    private let prints: UnsafeMutablePointer<UInt64>
+    private let payloads: UnsafeMutablePointer<Payload>
+    private let present: UnsafeMutablePointer<UInt8>
     private var low = 0
     private var high = 0
-    private var present = [UInt8](repeating: 0, count: 256)
     /// Entries the arrays hold before the list slides back to their start.
-    private static var windowSize: Int { 4 * MoveToFront<Value>.capacity }
+    private static var windowSize: Int { 2 * MoveToFront<Payload>.capacity }
+    private static var filterSize: Int { 256 }
+
+    init(in arena: ListArena) {
+        let printBytes = Self.windowSize * MemoryLayout<UInt64>.stride
+        let payloadBytes = (Self.windowSize * MemoryLayout<Payload>.stride + 7) & ~7
+        let memory = arena.allocate(bytes: printBytes + payloadBytes + Self.filterSize)
+        prints = memory.bindMemory(to: UInt64.self, capacity: Self.windowSize)
+        payloads = (memory + printBytes).bindMemory(to: Payload.self, capacity: Self.windowSize)
+        present = (memory + printBytes + payloadBytes).bindMemory(to: UInt8.self, capacity: Self.filterSize)
+        present.initialize(repeating: 0, count: Self.filterSize)
+    }
 
     private static func slot(_ fingerprint: UInt64) -> Int { Int(truncatingIfNeeded: fingerprint >> 56) }
 
     /// Empties the list.
     mutating func removeAll() {
-        values.removeAll(keepingCapacity: true)
-        prints.removeAll(keepingCapacity: true)
+        // A list nothing was ever inserted into has its filter clear.
+        guard high > 0 else { return }
         low = 0
         high = 0
-        present.withUnsafeMutableBufferPointer { $0.update(repeating: 0) }
+        present.update(repeating: 0, count: Self.filterSize)
     }
 
-    /// The position of the value with `fingerprint` for which `matches` holds.
+    /// The position of the entry with `fingerprint` whose payload `matches`.
     @inline(__always)
-    func position(of fingerprint: UInt64, where matches: (Value) -> Bool) -> Int? {
+    func position(of fingerprint: UInt64, where matches: (Payload) -> Bool) -> Int? {
         guard present[Self.slot(fingerprint)] > 0 else { return nil }
-        return prints.withUnsafeBufferPointer { prints in
-            var index = high - 1
-            while index >= low {
-                if prints[index] == fingerprint && matches(values[index]) { return high - 1 - index }
-                index -= 1
-            }
-            return nil
+        var index = high - 1
+        while index >= low {
+            if prints[index] == fingerprint && matches(payloads[index]) { return high - 1 - index }
+            index -= 1
         }
+        return nil
     }
 
-    /// Moves the value at `position` to the front.
+    /// Moves the entry at `position` to the front.
+    @inline(__always)
     mutating func use(at position: Int) {
         guard position > 0 else { return }
-        let index = high - 1 - position
-        Self.rotateToEnd(&values, from: index, through: high - 1)
-        Self.rotateToEnd(&prints, from: index, through: high - 1)
+        var index = high - 1 - position
+        let (print, payload) = (prints[index], payloads[index])
+        while index < high - 1 {
+            prints[index] = prints[index + 1]
+            payloads[index] = payloads[index + 1]
+            index += 1
+        }
+        prints[index] = print
+        payloads[index] = payload
     }
 
-    /// Puts a new value at the front; the oldest falls off when the list is full.
-    mutating func insert(_ value: Value) {
-        let fingerprint = value.fingerprint
+    /// Puts a new entry at the front; the oldest falls off when the list is full.
+    mutating func insert(_ payload: Payload, fingerprint: UInt64) {
         present[Self.slot(fingerprint)] += 1
         if high == Self.windowSize {
-            values.removeSubrange(0..<low)
-            prints.removeSubrange(0..<low)
-            high -= low
+            let count = high - low
+            prints.update(from: prints + low, count: count)
+            payloads.update(from: payloads + low, count: count)
             low = 0
+            high = count
         }
-        values.append(value)
-        prints.append(fingerprint)
+        prints[high] = fingerprint
+        payloads[high] = payload
         high += 1
-        if high - low > MoveToFront<Value>.capacity {
+        if high - low > MoveToFront<Payload>.capacity {
             present[Self.slot(prints[low])] -= 1
             low += 1
         }
     }
-
-    /// Moves `array[index]` to `last`, shifting the entries between down by one.
-    @inline(__always)
-    private static func rotateToEnd<Element>(_ array: inout [Element], from index: Int, through last: Int) {
-        array.withUnsafeMutableBufferPointer { array in
-            let base = array.baseAddress!
-            let moved = (base + index).move()
-            (base + index).moveInitialize(from: base + index + 1, count: last - index)
-            (base + last).initialize(to: moved)
-        }
-    }
 }
 
-/// Bytes a writer has copied into its store: where, and their hash.
-struct PooledBytes: Fingerprinted {
-    var fingerprint: UInt64
+/// Bytes a writer has copied into its store: where they are.
+struct PooledBytes: BitwiseCopyable {
     var start: Int
     var count: Int
 }
@@ -180,10 +209,10 @@ struct ByteStore {
     mutating func removeAll() { bytes.removeAll(keepingCapacity: true) }
 
     /// Copies `value` in.
-    mutating func add(_ value: UnsafeBufferPointer<UInt8>, fingerprint: UInt64) -> PooledBytes {
+    mutating func add(_ value: UnsafeBufferPointer<UInt8>) -> PooledBytes {
         let start = bytes.count
         bytes.append(contentsOf: value)
-        return PooledBytes(fingerprint: fingerprint, start: start, count: value.count)
+        return PooledBytes(start: start, count: value.count)
     }
 
     /// Whether `pooled` holds exactly the bytes of `value`.
@@ -302,10 +331,17 @@ struct SequenceInterner<Element: FixedWidthInteger> {
 /// tails), as in `10.1.7.3:45012` or `/api/cart/12345`; 2 a new canonical UUID as 16
 /// bytes; n ≥ 3 repeats the value at move-to-front position n − 3.
 struct StringValueWriter {
-    private var recent = SearchableMoveToFront<PooledBytes>()
-    private var heads = SearchableMoveToFront<PooledBytes>()
-    private var tails = SearchableMoveToFront<PooledBytes>()
+    private var recent: SearchableMoveToFront<PooledBytes>
+    private var heads: SearchableMoveToFront<PooledBytes>
+    private var tails: SearchableMoveToFront<PooledBytes>
     private var store = ByteStore()
+
+    /// A writer whose lists live in `arena`.
+    init(in arena: ListArena) {
+        recent = SearchableMoveToFront(in: arena)
+        heads = SearchableMoveToFront(in: arena)
+        tails = SearchableMoveToFront(in: arena)
+    }
 
     /// Starts a run: every list is empty again, so a reader can start here.
     mutating func restart() {
@@ -321,7 +357,7 @@ struct StringValueWriter {
             writer.writeVarint(UInt64(position + 3))
             return
         }
-        recent.insert(store.add(value, fingerprint: fingerprint))
+        recent.insert(store.add(value), fingerprint: fingerprint)
         if let (high, low) = Self.uuid(value) {
             writer.writeVarint(2)
             SegmentFormatV2.writeBigEndian(high, to: &writer)
@@ -347,7 +383,7 @@ struct StringValueWriter {
         } else {
             writer.writeVarint(0)
             writer.write(lengthPrefixed: part)
-            list.insert(store.add(part, fingerprint: fingerprint))
+            list.insert(store.add(part), fingerprint: fingerprint)
         }
     }
 
@@ -475,19 +511,23 @@ struct StringValueReader {
 /// Integer values of one column chunk: 0 then a zig-zag varint for a new value;
 /// n ≥ 1 repeats the value at move-to-front position n − 1.
 struct IntegerValueWriter {
-    private var recent = SearchableMoveToFront<UInt64>()
+    private var recent: SearchableMoveToFront<UInt64>
+
+    /// A writer whose list lives in `arena`.
+    init(in arena: ListArena) { recent = SearchableMoveToFront(in: arena) }
 
     /// Starts a run: the list is empty again, so a reader can start here.
     mutating func restart() { recent.removeAll() }
 
     mutating func write(_ value: UInt64, to writer: inout ByteWriter) {
-        if let position = recent.position(of: value.fingerprint, where: { $0 == value }) {
+        let fingerprint = value &* 0x9E37_79B9_7F4A_7C15
+        if let position = recent.position(of: fingerprint, where: { $0 == value }) {
             writer.writeVarint(UInt64(position + 1))
             recent.use(at: position)
         } else {
             writer.writeVarint(0)
             writer.writeVarint(SegmentFormatV2.zigzag(Int64(bitPattern: value)))
-            recent.insert(value)
+            recent.insert(value, fingerprint: fingerprint)
         }
     }
 }
