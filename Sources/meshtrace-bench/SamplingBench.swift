@@ -14,7 +14,7 @@ struct SamplingBench: ParsableCommand {
     @Option(help: "MeshSim requests to replay (about 17 spans each).")
     var requests = 60_000
 
-    @Option(help: "Traces held open at once for the memory figure.")
+    @Option(help: "Traces held open at once for the memory figure (0: no memory figure).")
     var openTraces = 100_000
 
     @Option(help: "Passes over the traffic; the fastest counts.")
@@ -79,6 +79,7 @@ struct SamplingBench: ParsableCommand {
         }
 
         // Memory per open trace: hold traces undecided, then compare resident memory.
+        guard openTraces > 0 else { return }
         let hold = try PolicyFile.parse(yaml: """
             decision_wait: 1h
             root_wait: 1h

@@ -106,7 +106,7 @@ struct TLSBench: AsyncParsableCommand {
         var tlsConfiguration = TLSConfiguration.makeClientConfiguration()
         tlsConfiguration.trustRoots = .file(directory + "/ca.pem")
         tlsConfiguration.certificateChain = try NIOSSLCertificate.fromPEMFile(directory + "/client.pem").map { .certificate($0) }
-        tlsConfiguration.privateKey = .file(directory + "/client-key.pem")
+        tlsConfiguration.privateKey = .privateKey(try NIOSSLPrivateKey(file: directory + "/client-key.pem", format: .pem))
         tlsConfiguration.applicationProtocols = ["h2"]
         let context = try NIOSSLContext(configuration: tlsConfiguration)
         var rates: [String: (perSecond: Double, cpu: Double)] = [:]
