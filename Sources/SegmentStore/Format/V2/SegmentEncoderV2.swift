@@ -531,42 +531,58 @@ struct AttributeDictionary {
         // Every column's value lists, in memory freed when the block is encoded.
         let lists = ListArena()
         defer { withExtendedLifetime(lists) {} }
-        var columns = chosen.map { _ in DedicatedColumn(in: lists) }
+        var columns = chosen.map { DedicatedColumn(type: $0.type, in: lists) }
         var runOffsets: [[Int]] = []
+        // A run's values wait here, by column, until its rows are scanned; then each
+        // column codes its values in one go, its lists in cache throughout, rather
+        // than every row visiting every column's lists in turn.
+        var pending = [[PendingValue]](repeating: [], count: chosen.count)
         // The column's whole buffer is borrowed once: a closure per row would copy the
         // batch into its context, and each dedicated column is reached through one pointer.
         batch.attributes.bytes.withUnsafeBufferPointer { stored in
             columns.withUnsafeMutableBufferPointer { columns in
-                for (position, row) in rows.enumerated() {
-                    // Rows are visited in trace order, not in the order they arrived.
-                    Self.prefetchAttributes(of: rows, ahead: position, in: batch)
-                    if runOffsets.count < runStarts.count && runStarts[runOffsets.count] == position {
-                        runOffsets.append([layout.count, fallback.count, generic.count] + columns.map(\.values.count))
-                        for column in columns.indices { columns[column].restart() }
-                    }
-                    let bytes = UnsafeBufferPointer(rebasing: stored[batch.attributes.range(of: row)])
-                    if bytes.isEmpty {
-                        layout.writeVarint(0)
-                        continue
-                    }
-                    guard AttributeCoding.scan(bytes, into: &scanned) else {
-                        layout.writeVarint(1)
-                        fallback.write(lengthPrefixed: bytes)
-                        continue
-                    }
-                    let index = layoutIndex(of: bytes, memo: Int(batch.resourceIndices[row]) << 3 | Int(batch.kinds[row].rawValue))
-                    layouts.withElements(of: index) { codes in
-                        for (position, attribute) in scanned.enumerated() {
-                            let code = Int(codes[position])
-                            let column = code < columnOf.count ? Int(columnOf[code]) : -1
-                            guard column >= 0 else {
-                                Self.writePlain(attribute, bytes, to: &generic)
-                                continue
-                            }
-                            columns[column].write(attribute, bytes)
+                pending.withUnsafeMutableBufferPointer { pending in
+                    func codePending() {
+                        for column in columns.indices {
+                            columns[column].write(pending[column], from: stored)
+                            pending[column].removeAll(keepingCapacity: true)
                         }
                     }
-                    layout.writeVarint(UInt64(index + 2))
+                    for (position, row) in rows.enumerated() {
+                        // Rows are visited in trace order, not in the order they arrived.
+                        Self.prefetchAttributes(of: rows, ahead: position, in: batch)
+                        if runOffsets.count < runStarts.count && runStarts[runOffsets.count] == position {
+                            codePending()
+                            runOffsets.append([layout.count, fallback.count, generic.count] + columns.map(\.values.count))
+                            for column in columns.indices { columns[column].restart() }
+                        }
+                        let range = batch.attributes.range(of: row)
+                        let bytes = UnsafeBufferPointer(rebasing: stored[range])
+                        if bytes.isEmpty {
+                            layout.writeVarint(0)
+                            continue
+                        }
+                        guard AttributeCoding.scan(bytes, into: &scanned) else {
+                            layout.writeVarint(1)
+                            fallback.write(lengthPrefixed: bytes)
+                            continue
+                        }
+                        let index = layoutIndex(of: bytes, memo: Int(batch.resourceIndices[row]) << 3 | Int(batch.kinds[row].rawValue))
+                        layouts.withElements(of: index) { codes in
+                            for (position, attribute) in scanned.enumerated() {
+                                let code = Int(codes[position])
+                                let column = code < columnOf.count ? Int(columnOf[code]) : -1
+                                guard column >= 0 else {
+                                    Self.writePlain(attribute, bytes, to: &generic)
+                                    continue
+                                }
+                                let value = range.lowerBound + attribute.value.lowerBound..<range.lowerBound + attribute.value.upperBound
+                                pending[column].append(PendingValue(value: value, scalar: attribute.scalar))
+                            }
+                        }
+                        layout.writeVarint(UInt64(index + 2))
+                    }
+                    codePending()
                 }
             }
         }
@@ -600,13 +616,22 @@ struct AttributeDictionary {
         return index
     }
 
-    /// One dedicated column's values and the lists its strings and integers are coded against.
+    /// A value of a dedicated column waiting to be coded: where it is in the batch's
+    /// attribute bytes, or the number it is.
+    private struct PendingValue {
+        var value: Range<Int>
+        var scalar: UInt64
+    }
+
+    /// One dedicated column's values and the lists its strings or integers are coded against.
     private struct DedicatedColumn {
+        let type: AttributeType
         var values = ByteWriter()
         var strings: StringValueWriter
         var integers: IntegerValueWriter
 
-        init(in lists: ListArena) {
+        init(type: AttributeType, in lists: ListArena) {
+            self.type = type
             strings = StringValueWriter(in: lists)
             integers = IntegerValueWriter(in: lists)
         }
@@ -616,11 +641,17 @@ struct AttributeDictionary {
             integers.restart()
         }
 
-        mutating func write(_ attribute: RawAttribute, _ bytes: UnsafeBufferPointer<UInt8>) {
-            switch attribute.type {
-            case .string: strings.write(UnsafeBufferPointer(rebasing: bytes[attribute.value]), to: &values)
-            case .int: integers.write(attribute.scalar, to: &values)
-            default: AttributeDictionary.writePlain(attribute, bytes, to: &values)
+        /// Codes `pending`, in order; `stored` is the batch's attribute bytes.
+        mutating func write(_ pending: [PendingValue], from stored: UnsafeBufferPointer<UInt8>) {
+            switch type {
+            case .string:
+                for value in pending { strings.write(UnsafeBufferPointer(rebasing: stored[value.value]), to: &values) }
+            case .int:
+                for value in pending { integers.write(value.scalar, to: &values) }
+            default:
+                for value in pending {
+                    AttributeDictionary.writePlain(RawAttribute(key: 0..<0, type: type, value: value.value, scalar: value.scalar), stored, to: &values)
+                }
             }
         }
     }
