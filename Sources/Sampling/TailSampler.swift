@@ -180,6 +180,9 @@ public final class TailSampler: Sendable {
 
         var statistics = Statistics()
         var scratch: [UInt8] = []
+        /// The storage of the last decided trace's view, emptied, for the next one's.
+        var spareParts: [SharedBatch] = []
+        var spareSpans: [SpanRef] = []
         var traceStates = ThresholdedTraceState()
     }
 
@@ -557,6 +560,13 @@ public final class TailSampler: Sendable {
     private static func view(of trace: OpenTrace, _ state: State) -> TraceView {
         var parts: [SharedBatch] = []
         var spans: [SpanRef] = []
+        return view(of: trace, state, parts: &parts, spans: &spans)
+    }
+
+    /// The view of `trace` in the storage of `parts` and `spans` (emptied first).
+    private static func view(of trace: OpenTrace, _ state: State, parts: inout [SharedBatch], spans: inout [SpanRef]) -> TraceView {
+        parts.removeAll(keepingCapacity: true)
+        spans.removeAll(keepingCapacity: true)
         spans.reserveCapacity(trace.spans.count)
         trace.spans.withUnsafeBufferPointer { held in
             for position in held.indices {
@@ -581,7 +591,12 @@ public final class TailSampler: Sendable {
     private static func decide(_ due: Due, _ state: inout State, now: UInt64, into kept: inout SpanBatch) -> Bool {
         let (traceID, generation) = (state.slots[Int(due.slot)].traceID, state.slots[Int(due.slot)].generation)
         guard generation == due.generation, state.index[traceID] == due.slot else { return false }
-        let view = view(of: state.slots[Int(due.slot)], state)
+        // The view is made in the storage the last decision's left (a decision every
+        // few microseconds would otherwise allocate and free two arrays each time).
+        var (parts, spans) = (state.spareParts, state.spareSpans)
+        (state.spareParts, state.spareSpans) = ([], [])
+        let view = view(of: state.slots[Int(due.slot)], state, parts: &parts, spans: &spans)
+        (parts, spans) = ([], [])
         let (randomness, upstream) = Self.randomness(view)
         let verdict = evaluate(view, randomness: randomness, &state, now: now)
         let keep = !verdict.dropped && verdict.threshold.keeps(randomness)
@@ -621,6 +636,11 @@ public final class TailSampler: Sendable {
             state.slots[Int(due.slot)].spans = []
         }
         state.freeSlots.append(due.slot)
+        // The view's storage is kept for the next decision (not a huge trace's: at most
+        // 64 KiB a shard); its batches are not.
+        (parts, spans) = (view.shared, view.spans)
+        parts.removeAll(keepingCapacity: true)
+        (state.spareParts, state.spareSpans) = (parts, spans.capacity <= 4096 ? spans : [])
         // Chunks are released from the front as their last span is decided.
         var released = 0
         while released < state.chunks.count && state.chunks[released] == nil { released += 1 }
