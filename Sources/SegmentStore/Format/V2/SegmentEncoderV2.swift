@@ -623,31 +623,32 @@ struct AttributeDictionary {
         var scalar: UInt64
     }
 
-    /// One dedicated column's values and the lists its strings or integers are coded against.
+    /// One dedicated column's values and, for a string or an integer column, the
+    /// lists its values are coded against.
     private struct DedicatedColumn {
         let type: AttributeType
         var values = ByteWriter()
-        var strings: StringValueWriter
-        var integers: IntegerValueWriter
+        var strings: StringValueWriter?
+        var integers: IntegerValueWriter?
 
         init(type: AttributeType, in lists: ListArena) {
             self.type = type
-            strings = StringValueWriter(in: lists)
-            integers = IntegerValueWriter(in: lists)
+            strings = type == .string ? StringValueWriter(in: lists) : nil
+            integers = type == .int ? IntegerValueWriter(in: lists) : nil
         }
 
         mutating func restart() {
-            strings.restart()
-            integers.restart()
+            strings?.restart()
+            integers?.restart()
         }
 
         /// Codes `pending`, in order; `stored` is the batch's attribute bytes.
         mutating func write(_ pending: [PendingValue], from stored: UnsafeBufferPointer<UInt8>) {
             switch type {
             case .string:
-                for value in pending { strings.write(UnsafeBufferPointer(rebasing: stored[value.value]), to: &values) }
+                for value in pending { strings!.write(UnsafeBufferPointer(rebasing: stored[value.value]), to: &values) }
             case .int:
-                for value in pending { integers.write(value.scalar, to: &values) }
+                for value in pending { integers!.write(value.scalar, to: &values) }
             default:
                 for value in pending {
                     AttributeDictionary.writePlain(RawAttribute(key: 0..<0, type: type, value: value.value, scalar: value.scalar), stored, to: &values)
