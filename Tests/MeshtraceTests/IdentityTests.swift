@@ -461,16 +461,18 @@ final class RawConnection: @unchecked Sendable {
     static func with<T: Sendable>(
         port: Int, tls: (trust: String, identity: TLSBed.Identity?)?, _ body: (RawConnection) async throws -> T
     ) async throws -> T {
-        var context: NIOSSLContext?
+        let context: NIOSSLContext?
         if let tls {
             var configuration = TLSConfiguration.makeClientConfiguration()
             configuration.trustRoots = .file(tls.trust)
             configuration.applicationProtocols = ["http/1.1"]
             if let identity = tls.identity {
                 configuration.certificateChain = try NIOSSLCertificate.fromPEMFile(identity.certificate).map { .certificate($0) }
-                configuration.privateKey = .file(identity.key)
+                configuration.privateKey = .privateKey(try NIOSSLPrivateKey(file: identity.key, format: .pem))
             }
             context = try NIOSSLContext(configuration: configuration)
+        } else {
+            context = nil
         }
         let channel = try await ClientBootstrap(group: MultiThreadedEventLoopGroup.singleton)
             .connect(host: "127.0.0.1", port: port) { channel in
