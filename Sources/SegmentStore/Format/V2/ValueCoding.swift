@@ -142,7 +142,7 @@ struct SearchableMoveToFront<Payload: BitwiseCopyable> {
 
     /// Empties the list.
     mutating func removeAll() {
-        // A list nothing was ever inserted into has its filter clear.
+        // A list nothing was inserted into since it was last emptied has its filter clear.
         guard high > 0 else { return }
         low = 0
         high = 0
